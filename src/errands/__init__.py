@@ -1,0 +1,61 @@
+"""errands: background jobs, schedules and retries on the database you already run.
+
+Define jobs by subclassing :class:`Job`; enqueue them with ``Job.run_in_worker()``
+or :func:`enqueue_many`; run ``errands worker`` to process them; inspect what
+happened with :func:`results` or ``errands results``.
+"""
+
+from errands.api import (
+    backend,
+    cancel,
+    configure,
+    get,
+    processes,
+    purge,
+    requests,
+    results,
+    retry,
+    stats,
+    workers,
+)
+from errands.errors import (
+    BackendError,
+    ConfigurationError,
+    DeferJob,
+    ErrandsError,
+    JobNotRegistered,
+    ParameterError,
+)
+from errands.jobs import EnqueueOptions, Job, enqueue_many
+from errands.models import JobProcess, JobRequest, JobResult, Status
+from errands.registry import register_job
+from errands.serialization import register_type
+
+__all__ = [
+    "BackendError",
+    "ConfigurationError",
+    "DeferJob",
+    "EnqueueOptions",
+    "ErrandsError",
+    "Job",
+    "JobNotRegistered",
+    "JobProcess",
+    "JobRequest",
+    "JobResult",
+    "ParameterError",
+    "Status",
+    "backend",
+    "cancel",
+    "configure",
+    "enqueue_many",
+    "get",
+    "processes",
+    "purge",
+    "register_job",
+    "register_type",
+    "requests",
+    "results",
+    "retry",
+    "stats",
+    "workers",
+]

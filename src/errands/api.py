@@ -1,0 +1,198 @@
+"""Inspecting and operating the queue from Python: list, get, cancel, retry, purge.
+
+Every function here uses the backend named by the current settings
+(``database_url``), opened once per process and reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid as uuid_module
+from typing import TYPE_CHECKING, Any
+
+from errands import settings
+from errands.backends import Backend, open_backend
+from errands.models import (
+    Filters,
+    JobProcess,
+    JobRequest,
+    JobResult,
+    Stats,
+    Status,
+    WorkerInfo,
+)
+
+if TYPE_CHECKING:
+    from errands.jobs import Job
+
+logger = logging.getLogger("errands")
+
+_lock = threading.Lock()
+_backend: Backend | None = None
+
+
+def backend() -> Backend:
+    """The backend of the configured ``database_url`` (reopened when the setting changes)."""
+    global _backend
+    url = settings.current().database_url
+    with _lock:
+        if _backend is None or _backend.url != (url or _default_url()):
+            if _backend is not None:
+                _backend.close()
+            _backend = open_backend(url)
+        return _backend
+
+
+def _default_url() -> str:
+    from errands.backends import DEFAULT_URL
+
+    return DEFAULT_URL
+
+
+def configure(**values: Any) -> None:
+    """Set settings in code (the lowest-priority source); see ``errands.settings``."""
+    settings.configure(**values)
+
+
+def _uuid(value: uuid_module.UUID | str) -> uuid_module.UUID:
+    return value if isinstance(value, uuid_module.UUID) else uuid_module.UUID(str(value))
+
+
+def requests(
+    *,
+    queue: str | None = None,
+    job_class: str | None = None,
+    concurrency_key: str | None = None,
+    limit: int = 100,
+) -> list[JobRequest]:
+    """Pending requests in claim order."""
+    filters = Filters(queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit)
+    return backend().list_requests(filters=filters)
+
+
+def processes(
+    *,
+    queue: str | None = None,
+    job_class: str | None = None,
+    concurrency_key: str | None = None,
+    limit: int = 100,
+) -> list[JobProcess]:
+    """Claimed and running processes, oldest claim first."""
+    filters = Filters(queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit)
+    return backend().list_processes(filters=filters)
+
+
+def results(
+    *,
+    queue: str | None = None,
+    status: Status | str | None = None,
+    job_class: str | None = None,
+    concurrency_key: str | None = None,
+    limit: int = 100,
+) -> list[JobResult]:
+    """Finished processes, newest first."""
+    filters = Filters(
+        queue=queue,
+        status=Status(status) if status else None,
+        job_class=job_class,
+        concurrency_key=concurrency_key,
+        limit=limit,
+    )
+    return backend().list_results(filters=filters)
+
+
+def get(uuid: uuid_module.UUID | str) -> JobRequest | JobProcess | JobResult | None:
+    """A request, process or result by its uuid (a request's uuid finds its latest result)."""
+    return backend().get(uuid=_uuid(uuid))
+
+
+def cancel(uuid: uuid_module.UUID | str) -> JobResult | JobProcess | None:
+    """Cancel a pending request (returns its CANCELLED result) or ask the worker running a
+    process to terminate it (returns the process; its result appears within seconds).
+    None when nothing pending or running has this uuid."""
+    b = backend()
+    result = b.cancel_request(uuid=_uuid(uuid))
+    if result is not None:
+        dispatch_aborted_hooks([result])
+        return result
+    if b.request_cancel(uuid=_uuid(uuid)):
+        found = b.get(uuid=_uuid(uuid))
+        return found if isinstance(found, JobProcess) else None
+    return None
+
+
+def retry(uuid: uuid_module.UUID | str, *, delay: float | None = None) -> JobRequest | None:
+    """Enqueue a finished job again as its next attempt, linked from its result.
+
+    ``delay`` defaults to the job's ``calculate_retry_delay``. Returns None when
+    ``should_enqueue`` declined. Raises LookupError if no result has this uuid.
+    """
+    found = get(uuid)
+    if not isinstance(found, JobResult):
+        raise LookupError(f"no finished job with uuid {uuid}")
+    return retry_result(found, delay=delay)
+
+
+def retry_result(result: JobResult, *, delay: float | None = None) -> JobRequest | None:
+    from errands.jobs import EnqueueOptions, enqueue_in
+    from errands.registry import build_job
+
+    attempt = result.retry_attempt + 1
+    job = build_job(result.job_class, result.parameters)
+    delay = job.calculate_retry_delay(attempt) if delay is None else delay
+    options = EnqueueOptions(
+        queue=result.queue,
+        delay=delay,
+        priority=result.priority,
+        retries=result.retries,
+        retry_attempt=attempt,
+        concurrency_key=result.concurrency_key,
+        timeout=result.timeout,
+    )
+    b = backend()
+    with b.enqueue_transaction() as tx:
+        request = enqueue_in(tx, [job], options=options)[0]
+        if request is not None:
+            tx.link_retry(result_uuid=result.uuid, request_uuid=request.uuid)
+    return request
+
+
+def retry_lost(lost: list[JobResult]) -> None:
+    """Retry LOST results that have attempts left (rescue cannot: the delay is user code)."""
+    for result in lost:
+        if result.retry_attempt >= result.retries:
+            continue
+        try:
+            retry_result(result)
+        except Exception:
+            logger.exception(
+                "could not retry lost job", extra={"job_class": result.job_class, "job_uuid": str(result.uuid)}
+            )
+
+
+def dispatch_aborted_hooks(results: list[JobResult]) -> None:
+    """Run ``Job.on_aborted`` for LOST/CANCELLED results; errors are logged, never raised."""
+    from errands.registry import build_job
+
+    for result in results:
+        try:
+            job: Job = build_job(result.job_class, result.parameters)
+            job.on_aborted(result)
+        except Exception:
+            logger.exception(
+                "on_aborted failed", extra={"job_class": result.job_class, "job_uuid": str(result.uuid)}
+            )
+
+
+def purge(*, older_than: float | None = None) -> int:
+    """Delete results (all, or those that ended more than ``older_than`` seconds ago)."""
+    return backend().purge(older_than_seconds=older_than)
+
+
+def stats() -> Stats:
+    return backend().stats(heartbeat_timeout_seconds=settings.current().heartbeat_timeout)
+
+
+def workers() -> list[WorkerInfo]:
+    return backend().workers(timeout_seconds=settings.current().heartbeat_timeout)

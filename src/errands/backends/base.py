@@ -1,0 +1,225 @@
+"""The seam between errands and a database: a job's life, named by its transitions.
+
+The jobs API and the worker talk only to :class:`Backend`; PostgreSQL and SQLite
+implement it (``postgres.py`` and ``sqlite.py``, each with its SQL in a ``.sql``
+file beside it). State machine of one job::
+
+    enqueue -> JobRequest --claim--> JobProcess --complete--> JobResult
+                  ^   ^                 |  |  \\--rescue (worker dead)--> JobResult(LOST)
+                  |   '----release------'  '--cancel (pending)--> JobResult(CANCELLED)
+                  '---- requeue (retry/defer, same transaction as the result)
+
+Guarantees every implementation keeps:
+
+* a request is claimed by at most one worker (claims never overlap);
+* a process produces at most one result: completing or rescuing a process that
+  no longer exists writes nothing (``complete_many`` skips it);
+* due times and heartbeat staleness are judged by the database clock.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from errands.models import (
+    Filters,
+    JobProcess,
+    JobRequest,
+    JobResult,
+    NewRequest,
+    Outcome,
+    Stats,
+    WorkerInfo,
+)
+
+ConcurrencySlot = tuple[str, str]  # (job_class, concurrency_key)
+
+
+class EnqueueTransaction(abc.ABC):
+    """One open transaction in which jobs are checked and inserted.
+
+    When the caller passed its own connection, this transaction is the caller's:
+    the jobs exist if and only if the caller commits.
+    """
+
+    @abc.abstractmethod
+    def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
+        """Serialise enqueues of the same (job class, concurrency key) until this transaction ends."""
+
+    @abc.abstractmethod
+    def slots_in_use(self, slots: Sequence[ConcurrencySlot]) -> set[ConcurrencySlot]:
+        """Of ``slots``, those with a pending request or a claimed process (one round trip)."""
+
+    @abc.abstractmethod
+    def requests_for_slot(self, slot: ConcurrencySlot) -> list[JobRequest]:
+        """Pending requests of this job class and concurrency key."""
+
+    @abc.abstractmethod
+    def processes_for_slot(self, slot: ConcurrencySlot) -> list[JobProcess]:
+        """Claimed or running processes of this job class and concurrency key."""
+
+    @abc.abstractmethod
+    def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        """Insert all requests in one round trip; return them in the same order."""
+
+    @abc.abstractmethod
+    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
+        """Record on a result which request retries it."""
+
+
+class Listener(abc.ABC):
+    """A running wake-up source; stop it with :meth:`close`."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Backend(abc.ABC):
+    """A database that stores errands' requests, processes, results and workers."""
+
+    #: "postgresql" or "sqlite"
+    name: str
+    url: str
+
+    # -- schema -------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> list[int]:
+        """Create or upgrade the schema; return the versions applied. Safe to run concurrently."""
+
+    @abc.abstractmethod
+    def migration_sql(self) -> str:
+        """The SQL ``migrate`` would run on an empty database, for external tools."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int | None:
+        """The recorded schema version, or None when errands' tables do not exist."""
+
+    @abc.abstractmethod
+    def latest_schema_version(self) -> int:
+        """The version this release of errands needs."""
+
+    # -- enqueue ------------------------------------------------------------
+    @abc.abstractmethod
+    def enqueue_transaction(
+        self, *, connection: Any | None = None
+    ) -> AbstractContextManager[EnqueueTransaction]:
+        """Open a transaction for enqueueing (on ``connection`` when given).
+
+        With ``connection=None`` the transaction commits when the block exits
+        cleanly. With a caller's connection, errands joins the caller's open
+        transaction (a savepoint) and never commits it.
+        """
+
+    # -- worker lifecycle ----------------------------------------------------
+    @abc.abstractmethod
+    def register_worker(self, *, worker: WorkerInfo) -> None: ...
+
+    @abc.abstractmethod
+    def heartbeat(self, *, worker_id: uuid.UUID) -> bool:
+        """Refresh the worker's beat; False if its row is gone (it was declared dead)."""
+
+    @abc.abstractmethod
+    def deregister_worker(self, *, worker_id: uuid.UUID) -> None: ...
+
+    @abc.abstractmethod
+    def claim(self, *, worker_id: uuid.UUID, queues: Sequence[str], limit: int) -> list[JobProcess]:
+        """Move up to ``limit`` due requests of ``queues`` to processes owned by the worker.
+
+        One statement. Order: priority descending, then due time, then oldest first.
+        An empty ``queues`` means every queue.
+        """
+
+    @abc.abstractmethod
+    def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
+        """Stamp ``started_at`` on processes whose job began running."""
+
+    @abc.abstractmethod
+    def complete_many(self, *, outcomes: Sequence[Outcome]) -> list[JobResult]:
+        """Turn processes into results in one transaction, enqueueing requeues.
+
+        Processes that no longer exist (rescued, cancelled) are skipped: the
+        returned list holds only the results actually written.
+        """
+
+    @abc.abstractmethod
+    def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
+        """Put claimed-but-not-started processes back as pending requests."""
+
+    @abc.abstractmethod
+    def rescue_stale_workers(self, *, timeout_seconds: float) -> list[JobResult]:
+        """Convert the processes of workers silent for ``timeout_seconds`` to LOST results.
+
+        Atomic per dead worker and exactly once among concurrent rescuers:
+        the rescuer that deletes the heartbeat row converts that worker's processes.
+        """
+
+    @abc.abstractmethod
+    def lose_processes(self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]) -> list[JobResult]:
+        """Convert a live worker's orphaned processes (no job tracks them) to LOST results."""
+
+    @abc.abstractmethod
+    def processes_of_worker(self, *, worker_id: uuid.UUID) -> list[JobProcess]: ...
+
+    @abc.abstractmethod
+    def prune_results(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
+        """Delete up to ``batch_size`` results older than the cutoff; return how many."""
+
+    @abc.abstractmethod
+    def listen(self, *, on_wake: Callable[[], None]) -> Listener:
+        """Call ``on_wake`` (from a background thread) soon after new work may be due."""
+
+    # -- inspecting and operating --------------------------------------------
+    @abc.abstractmethod
+    def list_requests(self, *, filters: Filters) -> list[JobRequest]: ...
+
+    @abc.abstractmethod
+    def list_processes(self, *, filters: Filters) -> list[JobProcess]: ...
+
+    @abc.abstractmethod
+    def list_results(self, *, filters: Filters) -> list[JobResult]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def get(self, *, uuid: uuid.UUID) -> JobRequest | JobProcess | JobResult | None:
+        """Look a uuid up among requests, processes and results (request uuids of results too)."""
+
+    @abc.abstractmethod
+    def cancel_request(self, *, uuid: uuid.UUID) -> JobResult | None:
+        """Turn a pending request into a CANCELLED result; None if it is not pending."""
+
+    @abc.abstractmethod
+    def request_cancel(self, *, uuid: uuid.UUID) -> bool:
+        """Flag a claimed process so its worker terminates it; False if no such process."""
+
+    @abc.abstractmethod
+    def cancel_requested(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
+        """Processes of this worker flagged for cancellation."""
+
+    @abc.abstractmethod
+    def purge(self, *, older_than_seconds: float | None = None) -> int:
+        """Delete results (all, or those ended before the cutoff); return how many."""
+
+    @abc.abstractmethod
+    def workers(self, *, timeout_seconds: float) -> list[WorkerInfo]:
+        """Heartbeat rows, each marked stale when silent for ``timeout_seconds``."""
+
+    @abc.abstractmethod
+    def stats(self, *, heartbeat_timeout_seconds: float) -> Stats: ...
+
+    @abc.abstractmethod
+    def now(self) -> datetime.datetime:
+        """The database clock."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Slices of ``items`` of at most ``size`` (batches kept under parameter limits)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,44 @@
+"""Every exception errands raises on purpose lives here."""
+
+from __future__ import annotations
+
+
+class ErrandsError(Exception):
+    """Base class for errands' own errors."""
+
+
+class ConfigurationError(ErrandsError):
+    """A setting has a bad value; the message names the setting, value and source."""
+
+
+class JobNotRegistered(ErrandsError):
+    """A job class path was not registered with ``@register_job`` in this process."""
+
+
+class ParameterError(ErrandsError, TypeError):
+    """A job parameter cannot be encoded to (or decoded from) JSON."""
+
+
+class BackendError(ErrandsError):
+    """The database cannot be used: unreachable, unwritable, or not an errands database."""
+
+
+class SchemaOutOfDate(BackendError):
+    """The database's errands schema is missing or older than this version needs."""
+
+
+class DeferJob(Exception):  # noqa: N818 - the name is the reference's public API
+    """Raise from ``Job.run()`` to end this attempt as DEFERRED and run it again later.
+
+    ``delay`` is in seconds. With ``increment_retries`` the deferral counts as an
+    attempt, so a job that keeps deferring eventually runs out of retries.
+    """
+
+    def __init__(self, *, delay: float, increment_retries: bool = False) -> None:
+        super().__init__(f"deferred for {delay} seconds")
+        self.delay = delay
+        self.increment_retries = increment_retries
+
+
+class JobTimeout(Exception):  # noqa: N818 - shown as the result's error type
+    """Recorded as the error type of a job killed at its deadline."""

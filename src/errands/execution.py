@@ -1,0 +1,151 @@
+"""Running one job and describing how it ended, as a plain ``Outcome``.
+
+This runs inside a worker's child process (and in-process for ``errands run``).
+It never touches the database for bookkeeping: the worker parent writes outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import importlib
+import inspect
+import logging
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from errands import serialization
+from errands.errors import DeferJob
+from errands.jobs import Job
+from errands.models import Outcome, Requeue, Status
+from errands.registry import build_job
+
+logger = logging.getLogger("errands")
+
+Handler = Callable[[Job], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """What a child needs to run one claimed process (small and picklable)."""
+
+    process_uuid: uuid.UUID
+    job_class: str
+    parameters: dict[str, Any]
+    retries: int
+    retry_attempt: int
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def import_string(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_handler(middleware: Sequence[str]) -> Handler:
+    """``job.run`` wrapped by each middleware, the first listed outermost.
+
+    A middleware is a class built with the next handler and called with the job:
+    ``Middleware(next_handler)(job)`` must call ``next_handler(job)`` and return its value.
+    """
+    handler: Handler = _run_job
+    for path in reversed(middleware):
+        handler = import_string(path)(handler)
+    return handler
+
+
+def _run_job(job: Job) -> Any:
+    value = job.run()
+    if inspect.isawaitable(value):
+        value = asyncio.run(_await(value))
+    return value
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def execute(assignment: Assignment, handler: Handler) -> Outcome:
+    """Build the job and run it through ``handler``; never raises."""
+    started_at = utcnow()
+    try:
+        job = build_job(assignment.job_class, assignment.parameters)
+    except Exception as exc:
+        return failure(assignment, exc, started_at=started_at, job=None)
+    try:
+        value = handler(job)
+        stored = serialization.encode(
+            value, job_class=assignment.job_class, parameter="return value"
+        )
+    except DeferJob as deferral:
+        return _deferred(assignment, deferral, started_at)
+    except Exception as exc:
+        return failure(assignment, exc, started_at=started_at, job=job)
+    return Outcome(
+        process_uuid=assignment.process_uuid,
+        status=Status.SUCCESSFUL,
+        started_at=started_at,
+        ended_at=utcnow(),
+        return_value=stored,
+    )
+
+
+def _deferred(assignment: Assignment, deferral: DeferJob, started_at: datetime.datetime) -> Outcome:
+    attempt = assignment.retry_attempt + (1 if deferral.increment_retries else 0)
+    return Outcome(
+        process_uuid=assignment.process_uuid,
+        status=Status.DEFERRED,
+        started_at=started_at,
+        ended_at=utcnow(),
+        error=f"Deferred for {deferral.delay} seconds",
+        requeue=Requeue(delay_seconds=float(deferral.delay), retry_attempt=attempt),
+    )
+
+
+def failure(
+    assignment: Assignment,
+    exc: BaseException,
+    *,
+    started_at: datetime.datetime | None,
+    job: Job | None,
+    status: Status = Status.ERRORED,
+    error_type: str | None = None,
+) -> Outcome:
+    """An ERRORED (or LOST) outcome, with a retry when attempts remain and the job loads."""
+    return Outcome(
+        process_uuid=assignment.process_uuid,
+        status=status,
+        started_at=started_at,
+        ended_at=utcnow(),
+        error_type=error_type or qualified_name(type(exc)),
+        error=str(exc),
+        traceback="".join(traceback.format_exception(exc)) if exc.__traceback__ else "",
+        requeue=retry_for(assignment, job),
+    )
+
+
+def retry_for(assignment: Assignment, job: Job | None) -> Requeue | None:
+    """The next attempt of a failed job, or None when retries are used up."""
+    if assignment.retry_attempt >= assignment.retries:
+        return None
+    attempt = assignment.retry_attempt + 1
+    try:
+        if job is None:
+            job = build_job(assignment.job_class, assignment.parameters)
+        delay = float(job.calculate_retry_delay(attempt))
+    except Exception:
+        # A job that cannot be rebuilt will fail the same way again: do not retry it.
+        logger.exception("cannot compute retry delay", extra={"job_class": assignment.job_class})
+        return None
+    return Requeue(delay_seconds=max(delay, 0.0), retry_attempt=attempt)
+
+
+def qualified_name(cls: type[BaseException]) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

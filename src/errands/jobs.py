@@ -1,0 +1,294 @@
+"""The jobs API: define a ``Job``, enqueue it with ``run_in_worker`` or ``enqueue_many``.
+
+Enqueueing is one transaction: concurrency slots are locked, ``should_enqueue`` hooks
+decide, and every accepted job is inserted in one round trip. With ``connection=``
+the transaction is the caller's, so the jobs exist only if the caller commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime
+import inspect
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from errands import api, serialization
+from errands.backends.base import ConcurrencySlot, EnqueueTransaction
+from errands.models import JobProcess, JobRequest, JobResult, NewRequest
+from errands.registry import job_class_path
+
+Delay = float | int | datetime.timedelta | datetime.datetime | None
+
+_current_transaction: contextvars.ContextVar[EnqueueTransaction | None] = contextvars.ContextVar(
+    "errands_enqueue_transaction", default=None
+)
+_PACKAGE_DIR = os.path.dirname(__file__)
+
+
+class Job:
+    """Base class of background jobs. Subclass it, implement ``run()``, decorate with
+    ``@register_job``. The constructor's arguments are the job's parameters: they are
+    stored as JSON at enqueue and passed again when the worker rebuilds the job.
+    """
+
+    _errands_arguments: tuple[tuple[Any, ...], dict[str, Any]]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Job:
+        job = super().__new__(cls)
+        job._errands_arguments = (args, kwargs)
+        return job
+
+    def run(self) -> Any:
+        """The work. May be ``async def``. A returned value must be JSON-serialisable."""
+        raise NotImplementedError(f"{type(self).__name__}.run() is not implemented")
+
+    # -- defaults, overridable per call of run_in_worker ---------------------
+    def default_queue(self) -> str:
+        return "default"
+
+    def default_priority(self) -> int:
+        """Higher runs first: 10 before 5 before 0 before -5."""
+        return 0
+
+    def default_retries(self) -> int:
+        return 0
+
+    def default_concurrency_key(self) -> str:
+        return ""
+
+    def default_timeout(self) -> float | None:
+        """Seconds the job may run before it is killed; None for no limit."""
+        return None
+
+    # -- hooks ------------------------------------------------------------
+    def calculate_retry_delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
+        return 0
+
+    def should_enqueue(self, concurrency_key: str) -> bool:
+        """Decide, inside the enqueue transaction, whether to enqueue this job.
+
+        The default allows one pending-or-processing job per (job class, non-empty
+        concurrency key). Enqueues of the same slot are serialised by a lock, so an
+        override that counts ``get_requested_jobs``/``get_processing_jobs`` is race-free.
+        """
+        if not concurrency_key:
+            return True
+        slot = (job_class_path(type(self)), concurrency_key)
+        return not _transaction().slots_in_use([slot])
+
+    def on_aborted(self, result: JobResult) -> None:
+        """Called after this job's process ended LOST or CANCELLED: ``run()`` never
+        finished, so its ``finally`` blocks may not have run. Exceptions are logged."""
+
+    # -- helpers for should_enqueue --------------------------------------
+    def get_requested_jobs(self, concurrency_key: str | None = None) -> list[JobRequest]:
+        """Pending requests of this class with the key (default: this job's key)."""
+        return _transaction_or_new(
+            lambda tx: tx.requests_for_slot(self._slot(concurrency_key))
+        )
+
+    def get_processing_jobs(self, concurrency_key: str | None = None) -> list[JobProcess]:
+        """Claimed or running processes of this class with the key."""
+        return _transaction_or_new(
+            lambda tx: tx.processes_for_slot(self._slot(concurrency_key))
+        )
+
+    def _slot(self, concurrency_key: str | None) -> ConcurrencySlot:
+        key = self.default_concurrency_key() if concurrency_key is None else concurrency_key
+        return (job_class_path(type(self)), key)
+
+    # -- enqueue -------------------------------------------------------------
+    def run_in_worker(
+        self,
+        *,
+        queue: str | None = None,
+        delay: Delay = None,
+        priority: int | None = None,
+        retries: int | None = None,
+        retry_attempt: int = 0,
+        concurrency_key: str | None = None,
+        timeout: float | None = None,
+        connection: Any | None = None,
+    ) -> JobRequest | None:
+        """Enqueue this job; return the created request, or None if ``should_enqueue`` declined.
+
+        ``delay`` is seconds, a ``timedelta``, or an aware ``datetime`` to start at.
+        ``connection`` is an open database connection of the caller's whose
+        transaction the enqueue joins.
+        """
+        options = EnqueueOptions(
+            queue=queue,
+            delay=delay,
+            priority=priority,
+            retries=retries,
+            retry_attempt=retry_attempt,
+            concurrency_key=concurrency_key,
+            timeout=timeout,
+        )
+        return enqueue_many([self], options=options, connection=connection)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """Per-call overrides of a job's defaults; None means "use the job's default"."""
+
+    queue: str | None = None
+    delay: Delay = None
+    priority: int | None = None
+    retries: int | None = None
+    retry_attempt: int = 0
+    concurrency_key: str | None = None
+    timeout: float | None = None
+
+
+def enqueue_many(
+    jobs: Iterable[Job],
+    *,
+    options: EnqueueOptions | None = None,
+    connection: Any | None = None,
+) -> list[JobRequest | None]:
+    """Enqueue many jobs in one transaction and (for the common case) one insert.
+
+    Returns, in order, each job's request or None where ``should_enqueue`` declined.
+    Parameters are validated before the database is touched.
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return []
+    with api.backend().enqueue_transaction(connection=connection) as tx:
+        return enqueue_in(tx, jobs, options=options)
+
+
+def enqueue_in(
+    tx: EnqueueTransaction, jobs: Sequence[Job], *, options: EnqueueOptions | None = None
+) -> list[JobRequest | None]:
+    """``enqueue_many`` inside an already open enqueue transaction."""
+    options = options or EnqueueOptions()
+    source = _caller_location()
+    prepared = [(job, _new_request(job, options, source)) for job in jobs]
+    with _using_transaction(tx):
+        return _decide_and_insert(tx, prepared)
+
+
+def _decide_and_insert(
+    tx: EnqueueTransaction, prepared: Sequence[tuple[Job, NewRequest]]
+) -> list[JobRequest | None]:
+    slots = sorted({_slot_of(r) for _, r in prepared if r.concurrency_key})
+    if slots:
+        tx.lock_slots(slots)
+    # Slots checked by the default rule are looked up in one query; jobs that
+    # override should_enqueue are asked one by one, after flushing earlier inserts
+    # so their own queries see them.
+    taken = tx.slots_in_use([_slot_of(r) for j, r in prepared if _uses_default_rule(j, r)])
+    decided: list[NewRequest | None] = []
+    batch: list[NewRequest] = []
+    inserted: dict[Any, JobRequest] = {}
+    for job, request in prepared:
+        if _uses_default_rule(job, request):
+            accept = _slot_of(request) not in taken
+            taken.add(_slot_of(request))
+        elif type(job).should_enqueue is Job.should_enqueue:
+            accept = True
+        else:
+            inserted.update((r.uuid, r) for r in tx.insert_requests(batch))
+            batch = []
+            accept = job.should_enqueue(request.concurrency_key)
+        decided.append(request if accept else None)
+        if accept:
+            batch.append(request)
+    inserted.update((r.uuid, r) for r in tx.insert_requests(batch))
+    return [inserted[r.uuid] if r else None for r in decided]
+
+
+def _uses_default_rule(job: Job, request: NewRequest) -> bool:
+    return bool(request.concurrency_key) and type(job).should_enqueue is Job.should_enqueue
+
+
+def _slot_of(request: NewRequest) -> ConcurrencySlot:
+    return (request.job_class, request.concurrency_key)
+
+
+def _new_request(job: Job, options: EnqueueOptions, source: str) -> NewRequest:
+    cls = type(job)
+    path = job_class_path(cls)
+    args, kwargs = job._errands_arguments
+    parameters = serialization.encode_arguments(path, args, kwargs, _positional_names(cls))
+    delay_seconds, start_at = _resolve_delay(options.delay)
+    return NewRequest(
+        job_class=path,
+        parameters=parameters,
+        queue=options.queue or job.default_queue(),
+        priority=job.default_priority() if options.priority is None else options.priority,
+        retries=job.default_retries() if options.retries is None else options.retries,
+        retry_attempt=options.retry_attempt,
+        concurrency_key=(
+            job.default_concurrency_key()
+            if options.concurrency_key is None
+            else options.concurrency_key
+        ),
+        delay_seconds=delay_seconds,
+        start_at=start_at,
+        timeout=job.default_timeout() if options.timeout is None else options.timeout,
+        source=source,
+    )
+
+
+def _positional_names(cls: type[Job]) -> list[str]:
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _resolve_delay(delay: Delay) -> tuple[float, datetime.datetime | None]:
+    """(seconds after the database's now, or an absolute start time)."""
+    if delay is None:
+        return 0.0, None
+    if isinstance(delay, datetime.datetime):
+        if delay.tzinfo is None:
+            raise ValueError(f"delay: datetime {delay!r} must be timezone-aware")
+        return 0.0, delay
+    if isinstance(delay, datetime.timedelta):
+        return delay.total_seconds(), None
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise TypeError(f"delay: expected seconds, timedelta or datetime, got {delay!r}")
+    return float(delay), None
+
+
+def _caller_location() -> str:
+    """``file:line`` of the first frame outside errands: where the job was enqueued from."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+@contextlib.contextmanager
+def _using_transaction(tx: EnqueueTransaction) -> Iterator[None]:
+    token = _current_transaction.set(tx)
+    try:
+        yield
+    finally:
+        _current_transaction.reset(token)
+
+
+def _transaction() -> EnqueueTransaction:
+    tx = _current_transaction.get()
+    if tx is None:
+        raise RuntimeError("should_enqueue() can only check the database while enqueueing")
+    return tx
+
+
+def _transaction_or_new(query: Any) -> Any:
+    tx = _current_transaction.get()
+    if tx is not None:
+        return query(tx)
+    with api.backend().enqueue_transaction() as new_tx:
+        return query(new_tx)

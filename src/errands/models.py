@@ -1,0 +1,232 @@
+"""Plain data for a job's life: request (pending) -> process (claimed/running) -> result.
+
+These classes hold rows as the backends return them. They carry no behaviour
+and import nothing from errands, so every other module may depend on them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    """The terminal status of one process (one attempt at running a job)."""
+
+    SUCCESSFUL = "SUCCESSFUL"
+    ERRORED = "ERRORED"  # run() raised, the class or parameters could not be loaded, or timed out
+    CANCELLED = "CANCELLED"  # cancelled by an operator, or terminated by a second shutdown signal
+    DEFERRED = "DEFERRED"  # run() raised DeferJob; a new request was enqueued
+    LOST = "LOST"  # the process died, or its worker stopped heartbeating
+
+
+#: Statuses that ``run()`` could not observe itself; ``Job.on_aborted`` fires for them.
+ABORTED_STATUSES = frozenset({Status.LOST, Status.CANCELLED})
+#: Statuses that count as a failed attempt and may be retried.
+FAILED_STATUSES = frozenset({Status.ERRORED, Status.LOST})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """What an enqueue asks the backend to insert.
+
+    ``start_at`` is absolute; when it is None the backend computes the due time
+    from the database clock as ``now() + delay_seconds``, so enqueuers with a
+    skewed clock never schedule early or late.
+    """
+
+    job_class: str
+    parameters: dict[str, Any]
+    queue: str = "default"
+    priority: int = 0
+    retries: int = 0
+    retry_attempt: int = 0
+    concurrency_key: str = ""
+    delay_seconds: float = 0.0
+    start_at: datetime.datetime | None = None
+    timeout: float | None = None
+    source: str = ""
+    trace_id: str | None = None
+    span_id: str | None = None
+    uuid: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A pending job: waiting for its ``start_at`` and a free worker."""
+
+    uuid: uuid.UUID
+    created_at: datetime.datetime
+    start_at: datetime.datetime
+    job_class: str
+    parameters: dict[str, Any]
+    queue: str
+    priority: int
+    retries: int
+    retry_attempt: int
+    concurrency_key: str
+    timeout: float | None
+    source: str
+    trace_id: str | None
+    span_id: str | None
+
+    kind = "request"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **_jsonable(asdict(self))}
+
+
+@dataclass(frozen=True, slots=True)
+class JobProcess:
+    """A claimed job: owned by ``worker_id``; running once ``started_at`` is set."""
+
+    uuid: uuid.UUID
+    request_uuid: uuid.UUID
+    requested_at: datetime.datetime
+    created_at: datetime.datetime
+    started_at: datetime.datetime | None
+    worker_id: uuid.UUID
+    job_class: str
+    parameters: dict[str, Any]
+    queue: str
+    priority: int
+    retries: int
+    retry_attempt: int
+    concurrency_key: str
+    timeout: float | None
+    source: str
+    trace_id: str | None
+    span_id: str | None
+    cancel_requested: bool = False
+
+    kind = "process"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **_jsonable(asdict(self))}
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """The history row of one finished process. One process produces exactly one result."""
+
+    uuid: uuid.UUID
+    process_uuid: uuid.UUID
+    request_uuid: uuid.UUID
+    requested_at: datetime.datetime
+    started_at: datetime.datetime | None
+    ended_at: datetime.datetime
+    created_at: datetime.datetime
+    status: Status
+    worker_id: uuid.UUID | None
+    job_class: str
+    parameters: dict[str, Any]
+    queue: str
+    priority: int
+    retries: int
+    retry_attempt: int
+    concurrency_key: str
+    timeout: float | None
+    source: str
+    trace_id: str | None
+    span_id: str | None
+    error_type: str = ""
+    error: str = ""
+    traceback: str = ""
+    return_value: Any = None
+    retry_request_uuid: uuid.UUID | None = None
+
+    kind = "result"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **_jsonable(asdict(self))}
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Instruction, inside an Outcome, to enqueue the job again (a retry or a deferral).
+
+    The new request copies the process's fields with this ``retry_attempt`` and is
+    due ``delay_seconds`` after the database's ``now()``.
+    """
+
+    delay_seconds: float
+    retry_attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one process ended, as the worker parent reports it to the backend."""
+
+    process_uuid: uuid.UUID
+    status: Status
+    started_at: datetime.datetime | None
+    ended_at: datetime.datetime
+    error_type: str = ""
+    error: str = ""
+    traceback: str = ""
+    return_value: Any = None
+    requeue: Requeue | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker's heartbeat row."""
+
+    worker_id: uuid.UUID
+    hostname: str
+    pid: int
+    queues: list[str]
+    started_at: datetime.datetime | None = None
+    last_heartbeat_at: datetime.datetime | None = None
+    stale: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Filters for listing requests, processes or results; None/empty means any."""
+
+    queue: str | None = None
+    status: Status | None = None  # results only
+    job_class: str | None = None
+    concurrency_key: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: str
+    pending: int  # due now
+    scheduled: int  # due later
+    running: int  # claimed processes (started or not)
+    oldest_pending_age: float | None  # seconds, database clock
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    queues: list[QueueStats]
+    results_by_status: dict[str, int]
+    workers_active: int
+    workers_stale: int
+
+    def as_json(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))  # type: ignore[no-any-return]

@@ -1,0 +1,188 @@
+"""Shared fixtures: real databases, isolated per test.
+
+PostgreSQL: one database is created for the session on the server named by
+``ERRANDS_TEST_DATABASE_URL`` (default: the local server), migrated once, emptied
+after every test and dropped at the end. SQLite: a fresh file per test.
+
+The ``backend`` fixture is parametrised over both, so every behavioural test
+runs on each; mark a test ``postgres_only`` where a capability is PostgreSQL's alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import errands
+from errands import settings
+from errands.backends import Backend, open_backend
+from errands.worker import Worker
+
+SERVER_URL = os.environ.get(
+    "ERRANDS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+TABLES = ("errands_request", "errands_process", "errands_result", "errands_worker")
+
+
+def database_url(server_url: str, dbname: str) -> str:
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{dbname}"))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"errands_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = database_url(SERVER_URL, name)
+    backend = open_backend(url)
+    backend.migrate()
+    backend.close()
+    yield url
+    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def empty_postgres(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, TABLES)))
+        )
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of each kind; errands is configured to use it."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'errands.db'}"
+        backend = open_backend(url)
+        backend.migrate()
+        backend.close()
+    else:
+        url = request.getfixturevalue("pg_url")
+    errands.configure(database_url=url)
+    try:
+        yield url
+    finally:
+        errands.configure(database_url=None)
+        if request.param == "postgresql":
+            empty_postgres(url)
+
+
+@pytest.fixture
+def backend(db_url: str) -> Iterator[Backend]:
+    b = open_backend(db_url)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def pg_backend(pg_url: str) -> Iterator[Backend]:
+    """PostgreSQL only, for tests of PostgreSQL-specific behaviour."""
+    errands.configure(database_url=pg_url)
+    b = open_backend(pg_url)
+    try:
+        yield b
+    finally:
+        b.close()
+        errands.configure(database_url=None)
+        empty_postgres(pg_url)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """PostgreSQL-only tests are not generated for SQLite at all (rather than skipped)."""
+    keep = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("db_url") == "sqlite" and item.get_closest_marker("postgres_only"):
+            config.hook.pytest_deselected(items=[item])
+        else:
+            keep.append(item)
+    items[:] = keep
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres_only: the capability exists only on PostgreSQL")
+    config.addinivalue_line("markers", "slow: long-running fault or load test")
+
+
+# -- running a worker in-process ---------------------------------------------------
+
+SUPPORT_DIR = Path(__file__).parent / "support"
+if str(SUPPORT_DIR) not in sys.path:
+    sys.path.insert(0, str(SUPPORT_DIR))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(SUPPORT_DIR), os.environ.get("PYTHONPATH", "")) if p
+)
+
+
+def worker_config(url: str, **overrides: Any) -> settings.Settings:
+    """Settings for a test worker: 2 children, fast polling, the sample jobs imported."""
+    values: dict[str, Any] = {
+        "database_url": url,
+        "import_modules": ("sample_jobs",),
+        "worker_max_processes": 2,
+        "poll_interval": 0.05,
+        "heartbeat_interval": 1,
+        "heartbeat_timeout": 5,
+    }
+    values.update(overrides)
+    return replace(settings.load(environ={}), **values)
+
+
+class WorkerRunner:
+    """Drives a real Worker (with real child processes) turn by turn from a test."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __call__(
+        self,
+        until: Callable[[], bool],
+        *,
+        queues: Sequence[str] = (),
+        timeout: float = 30,
+        **overrides: Any,
+    ) -> Worker:
+        worker = Worker(queues=queues, config=worker_config(self.url, **overrides))
+        worker.start()
+        try:
+            wait_for(until, timeout=timeout, step=worker.turn)
+        finally:
+            worker.stop()
+            while not worker.finished():
+                worker.turn()
+            worker.shut_down()
+        return worker
+
+
+def wait_for(
+    condition: Callable[[], bool], *, timeout: float = 30, step: Callable[[], None] | None = None
+) -> None:
+    """Run ``step`` (or sleep briefly) until ``condition()`` holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout} s")
+        if step is not None:
+            step()
+        else:
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def run_worker(db_url: str) -> WorkerRunner:
+    return WorkerRunner(db_url)

@@ -1,0 +1,238 @@
+"""The jobs API: defining jobs, run_in_worker options, enqueue_many, concurrency keys."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import threading
+import uuid
+from decimal import Decimal
+
+import psycopg
+import pytest
+import sample_jobs
+
+import errands
+from errands import Job, ParameterError, register_job
+from errands.backends import Backend
+from errands.jobs import EnqueueOptions
+
+
+class Unstorable:
+    pass
+
+
+@register_job
+class Welcome(Job):
+    def __init__(self, user_id: int, when: datetime.datetime) -> None:
+        self.user_id = user_id
+        self.when = when
+
+    def default_queue(self) -> str:
+        return "mail"
+
+    def default_priority(self) -> int:
+        return 3
+
+    def default_retries(self) -> int:
+        return 2
+
+    def run(self) -> None:
+        pass
+
+
+@register_job
+class AtMostTwo(Job):
+    """A custom should_enqueue: up to two pending jobs per key."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def default_concurrency_key(self) -> str:
+        return "pair"
+
+    def should_enqueue(self, concurrency_key: str) -> bool:
+        return len(self.get_requested_jobs(concurrency_key)) < 2
+
+    def run(self) -> None:
+        pass
+
+
+NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=datetime.UTC)
+
+
+def test_run_in_worker_returns_the_request_with_the_jobs_defaults(backend: Backend) -> None:
+    line = sys._getframe().f_lineno + 1
+    request = Welcome(42, NOW).run_in_worker()
+    assert request is not None
+    assert request.job_class == "test_jobs_api.Welcome"
+    assert (request.queue, request.priority, request.retries) == ("mail", 3, 2)
+    assert request.retry_attempt == 0
+    assert request.concurrency_key == ""
+    assert request.source == f"{__file__}:{line}"
+    assert [r.uuid for r in errands.requests()] == [request.uuid]
+
+
+def test_run_in_worker_options_override_the_defaults(backend: Backend) -> None:
+    request = Welcome(1, NOW).run_in_worker(
+        queue="slow", priority=-5, retries=7, retry_attempt=1, concurrency_key="k", timeout=9.5
+    )
+    assert request is not None
+    assert (request.queue, request.priority, request.retries, request.retry_attempt) == (
+        "slow",
+        -5,
+        7,
+        1,
+    )
+    assert (request.concurrency_key, request.timeout) == ("k", 9.5)
+
+
+@pytest.mark.parametrize(
+    "delay", [60, 60.0, datetime.timedelta(seconds=60)], ids=["int", "float", "timedelta"]
+)
+def test_delay_counts_from_the_database_clock(backend: Backend, delay: object) -> None:
+    before = backend.now()
+    request = Welcome(1, NOW).run_in_worker(delay=delay)  # type: ignore[arg-type]
+    assert request is not None
+    offset = (request.start_at - before).total_seconds()
+    assert 59 <= offset <= 65
+
+
+def test_delay_as_datetime_sets_the_start_time(backend: Backend) -> None:
+    start = backend.now() + datetime.timedelta(hours=2)
+    request = Welcome(1, NOW).run_in_worker(delay=start)
+    assert request is not None
+    assert abs((request.start_at - start).total_seconds()) < 0.001
+
+
+def test_naive_datetime_delay_is_refused(backend: Backend) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        Welcome(1, NOW).run_in_worker(delay=datetime.datetime(2030, 1, 1))
+    assert errands.requests() == []
+
+
+def test_parameters_round_trip_exactly(backend: Backend) -> None:
+    job = sample_jobs.Echo({"when": NOW, "amount": Decimal("1.10"), "ids": (1, 2), "raw": b"\x00"})
+    request = job.run_in_worker()
+    assert request is not None
+    stored = errands.get(request.uuid)
+    assert stored is not None
+    rebuilt = errands.registry.build_job(stored.job_class, stored.parameters)
+    assert isinstance(rebuilt, sample_jobs.Echo)
+    assert rebuilt.value == {"when": NOW, "amount": Decimal("1.10"), "ids": (1, 2), "raw": b"\x00"}
+    assert isinstance(rebuilt.value["ids"], tuple)
+
+
+def test_unstorable_parameter_fails_at_enqueue_naming_class_and_parameter(backend: Backend) -> None:
+    with pytest.raises(ParameterError) as info:
+        Welcome(Unstorable(), NOW).run_in_worker()  # type: ignore[arg-type]
+    assert isinstance(info.value, TypeError)
+    assert "Welcome" in str(info.value)
+    assert "user_id" in str(info.value)
+    assert errands.requests() == []
+
+
+def test_default_should_enqueue_allows_one_job_per_class_and_key(backend: Backend) -> None:
+    first = sample_jobs.Mail(7).run_in_worker()
+    second = sample_jobs.Mail(7).run_in_worker()
+    other_user = sample_jobs.Mail(8).run_in_worker()
+    assert first is not None and other_user is not None
+    assert second is None
+    assert len(errands.requests(job_class="sample_jobs.Mail")) == 2
+
+
+def test_a_claimed_job_still_holds_its_concurrency_slot(backend: Backend) -> None:
+    assert sample_jobs.Mail(7).run_in_worker() is not None
+    backend.claim(worker_id=uuid.uuid4(), queues=["mail"], limit=10)
+    assert sample_jobs.Mail(7).run_in_worker() is None
+
+
+def test_empty_concurrency_key_never_blocks(backend: Backend) -> None:
+    requests = [sample_jobs.Noop().run_in_worker() for _ in range(3)]
+    assert all(r is not None for r in requests)
+
+
+def test_concurrent_enqueues_of_one_key_create_exactly_one_job(db_url: str) -> None:
+    barrier = threading.Barrier(8)
+    created: list[object] = []
+
+    def enqueue() -> None:
+        barrier.wait()
+        created.append(sample_jobs.Mail(99).run_in_worker())
+
+    threads = [threading.Thread(target=enqueue) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r is not None for r in created) == 1
+    assert len(errands.requests(concurrency_key="user-99")) == 1
+
+
+def test_custom_should_enqueue_can_count_pending_jobs(backend: Backend) -> None:
+    results = [AtMostTwo(n).run_in_worker() for n in range(4)]
+    assert [r is not None for r in results] == [True, True, False, False]
+
+
+def test_get_requested_and_processing_jobs_list_the_slot(backend: Backend) -> None:
+    sample_jobs.Mail(5).run_in_worker()
+    job = sample_jobs.Mail(5)
+    assert [r.concurrency_key for r in job.get_requested_jobs()] == ["user-5"]
+    assert job.get_processing_jobs() == []
+    backend.claim(worker_id=uuid.uuid4(), queues=[], limit=10)
+    assert job.get_requested_jobs() == []
+    assert [p.concurrency_key for p in job.get_processing_jobs()] == ["user-5"]
+
+
+def test_enqueue_many_inserts_all_jobs_in_one_statement(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = type(backend).enqueue_transaction
+
+    def counting(self: Backend, **kwargs: object):  # type: ignore[no-untyped-def]
+        cm = real(self, **kwargs)  # type: ignore[arg-type]
+
+        class Wrap:
+            def __enter__(self_inner):  # type: ignore[no-untyped-def]
+                tx = cm.__enter__()
+                original = tx.insert_requests
+
+                def insert(requests):  # type: ignore[no-untyped-def]
+                    calls.append(len(requests))
+                    return original(requests)
+
+                tx.insert_requests = insert  # type: ignore[method-assign]
+                return tx
+
+            def __exit__(self_inner, *exc):  # type: ignore[no-untyped-def]
+                return cm.__exit__(*exc)
+
+        return Wrap()
+
+    monkeypatch.setattr(type(errands.backend()), "enqueue_transaction", counting)
+    jobs = [sample_jobs.Echo(i) for i in range(2000)]
+    requests = errands.enqueue_many(jobs, options=EnqueueOptions(queue="bulk", priority=1))
+    assert calls == [2000]
+    assert all(r is not None and r.queue == "bulk" for r in requests)
+    assert len(errands.requests(queue="bulk", limit=5000)) == 2000
+
+
+def test_enqueue_many_applies_the_key_rule_within_the_batch(backend: Backend) -> None:
+    requests = errands.enqueue_many([sample_jobs.Mail(1), sample_jobs.Mail(1), sample_jobs.Mail(2)])
+    assert [r is not None for r in requests] == [True, False, True]
+
+
+@pytest.mark.postgres_only
+def test_enqueue_joins_the_callers_transaction(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        with conn.transaction():
+            sample_jobs.Noop().run_in_worker(connection=conn)
+            sample_jobs.Noop().run_in_worker(connection=conn)
+            assert errands.requests() == []  # not visible outside before commit
+        assert len(errands.requests()) == 2
+    with psycopg.connect(db_url) as conn:
+        with pytest.raises(RuntimeError), conn.transaction():
+            sample_jobs.Noop().run_in_worker(connection=conn)
+            raise RuntimeError("roll back")
+    assert len(errands.requests()) == 2

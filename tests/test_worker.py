@@ -1,0 +1,219 @@
+"""The worker: running jobs in child processes and recording every outcome."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import sample_jobs
+from conftest import WorkerRunner
+
+import errands
+from errands import Status
+from errands.backends import Backend
+from errands.models import JobResult, NewRequest
+
+
+def results_by_status(**filters: object) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for result in errands.results(limit=10_000, **filters):  # type: ignore[arg-type]
+        counts[result.status] = counts.get(result.status, 0) + 1
+    return counts
+
+
+def finished(count: int) -> bool:
+    return len(errands.results(limit=10_000)) >= count and not errands.requests(
+        limit=1
+    ) and not errands.processes(limit=1)
+
+
+def only_result() -> JobResult:
+    (result,) = errands.results()
+    return result
+
+
+def test_successful_job_records_its_return_value_and_times(run_worker: WorkerRunner) -> None:
+    request = sample_jobs.Echo({"answer": 42}).run_in_worker()
+    assert request is not None
+    worker = run_worker(lambda: finished(1))
+    result = only_result()
+    assert result.status == Status.SUCCESSFUL
+    assert result.return_value == {"answer": 42}
+    assert result.request_uuid == request.uuid
+    assert result.worker_id == worker.worker_id
+    assert result.started_at is not None
+    assert result.requested_at <= result.started_at <= result.ended_at
+
+
+def test_async_run_is_awaited(run_worker: WorkerRunner) -> None:
+    sample_jobs.AsyncEcho("hi").run_in_worker()
+    run_worker(lambda: finished(1))
+    assert only_result().return_value == "hi"
+
+
+def test_exception_ends_errored_with_type_message_and_traceback(run_worker: WorkerRunner) -> None:
+    sample_jobs.Fail("kaput").run_in_worker()
+    run_worker(lambda: finished(1))
+    result = only_result()
+    assert result.status == Status.ERRORED
+    assert result.error_type == "ValueError"
+    assert result.error == "kaput"
+    assert "raise ValueError(self.message)" in result.traceback
+    assert result.retry_request_uuid is None
+
+
+def test_failed_job_is_retried_until_it_succeeds(run_worker: WorkerRunner, tmp_path: Path) -> None:
+    counter = tmp_path / "attempts"
+    sample_jobs.FailTimes(str(counter), 2).run_in_worker(retries=3)
+    run_worker(lambda: finished(3))
+    chain = sorted(errands.results(), key=lambda r: r.retry_attempt)
+    assert [r.status for r in chain] == [Status.ERRORED, Status.ERRORED, Status.SUCCESSFUL]
+    assert [r.retry_attempt for r in chain] == [0, 1, 2]
+    assert chain[0].retry_request_uuid == chain[1].request_uuid
+    assert chain[1].retry_request_uuid == chain[2].request_uuid
+    assert chain[2].retry_request_uuid is None
+    assert counter.read_text().count("attempt") == 3
+
+
+def test_retries_stop_when_exhausted(run_worker: WorkerRunner) -> None:
+    sample_jobs.Fail().run_in_worker(retries=1)
+    run_worker(lambda: finished(2))
+    chain = sorted(errands.results(), key=lambda r: r.retry_attempt)
+    assert [r.status for r in chain] == [Status.ERRORED, Status.ERRORED]
+    assert chain[-1].retry_request_uuid is None
+
+
+def test_defer_records_deferred_and_runs_again(run_worker: WorkerRunner, tmp_path: Path) -> None:
+    log = tmp_path / "runs"
+    sample_jobs.DeferOnce(str(log)).run_in_worker()
+    run_worker(lambda: finished(2))
+    chain = sorted(errands.results(), key=lambda r: r.ended_at)
+    assert [r.status for r in chain] == [Status.DEFERRED, Status.SUCCESSFUL]
+    assert chain[0].retry_request_uuid == chain[1].request_uuid
+    assert chain[1].retry_attempt == 0  # a plain deferral does not use up a retry
+    assert log.read_text().count("run") == 2
+
+
+def test_unknown_job_class_ends_errored_without_stopping_the_worker(
+    run_worker: WorkerRunner, backend: Backend
+) -> None:
+    with backend.enqueue_transaction() as tx:
+        tx.insert_requests([NewRequest(job_class="nowhere.Missing", parameters={"args": [], "kwargs": {}})])
+    sample_jobs.Echo(1).run_in_worker()
+    run_worker(lambda: finished(2))
+    missing = errands.results(job_class="nowhere.Missing")[0]
+    assert missing.status == Status.ERRORED
+    assert missing.error_type == "errands.errors.JobNotRegistered"
+    assert "nowhere.Missing" in missing.error
+    assert errands.results(job_class="sample_jobs.Echo")[0].status == Status.SUCCESSFUL
+
+
+def test_undecodable_parameters_end_errored(run_worker: WorkerRunner, backend: Backend) -> None:
+    bad = {"args": [{"__errands__": "no-such-type", "value": 1}], "kwargs": {}}
+    with backend.enqueue_transaction() as tx:
+        tx.insert_requests([NewRequest(job_class="sample_jobs.Echo", parameters=bad)])
+    run_worker(lambda: finished(1))
+    result = only_result()
+    assert result.status == Status.ERRORED
+    assert result.error_type == "errands.errors.ParameterError"
+
+
+def test_crashed_job_process_is_lost_and_the_worker_goes_on(run_worker: WorkerRunner) -> None:
+    sample_jobs.Crash().run_in_worker()
+    sample_jobs.Echo("after").run_in_worker(priority=-1)
+    worker = run_worker(lambda: finished(2))
+    crashed = errands.results(job_class="sample_jobs.Crash")[0]
+    assert crashed.status == Status.LOST
+    assert "exited with code 13" in crashed.error
+    assert errands.results(job_class="sample_jobs.Echo")[0].status == Status.SUCCESSFUL
+    assert worker.pool.spawned >= 3  # the dead child was replaced
+
+
+def test_job_past_its_timeout_is_killed_and_errored(run_worker: WorkerRunner) -> None:
+    sample_jobs.Sleep(60).run_in_worker(timeout=0.5)
+    run_worker(lambda: finished(1), timeout=20)
+    result = only_result()
+    assert result.status == Status.ERRORED
+    assert result.error_type == "errands.errors.JobTimeout"
+
+
+def test_cancelling_a_running_job_kills_it_and_fires_on_aborted(
+    run_worker: WorkerRunner, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    request = sample_jobs.AbortAware(str(log)).run_in_worker()
+    assert request is not None
+
+    cancelled = False
+
+    def cancel_once_started() -> bool:
+        nonlocal cancelled
+        if not cancelled and log.exists():
+            (process,) = errands.processes()
+            assert errands.cancel(process.uuid) is not None
+            cancelled = True
+        return cancelled and finished(1)
+
+    run_worker(cancel_once_started, timeout=20)
+    result = only_result()
+    assert result.status == Status.CANCELLED
+    assert log.read_text().splitlines() == ["started", "aborted CANCELLED"]
+
+
+def test_cancelling_a_pending_request_records_cancelled(backend: Backend) -> None:
+    request = sample_jobs.Noop().run_in_worker(delay=3600)
+    assert request is not None
+    result = errands.cancel(request.uuid)
+    assert isinstance(result, JobResult) and result.status == Status.CANCELLED
+    assert errands.requests() == []
+    assert errands.cancel(uuid.uuid4()) is None
+
+
+def test_worker_only_claims_its_queues(run_worker: WorkerRunner) -> None:
+    sample_jobs.Mail(1).run_in_worker()
+    sample_jobs.Noop().run_in_worker()
+    run_worker(lambda: len(errands.results()) >= 1, queues=["mail"])
+    assert [r.job_class for r in errands.results()] == ["sample_jobs.Mail"]
+    assert [r.job_class for r in errands.requests()] == ["sample_jobs.Noop"]
+
+
+def test_higher_priority_runs_first_then_fifo(run_worker: WorkerRunner, tmp_path: Path) -> None:
+    log = tmp_path / "order"
+    for token, priority in [("low", -1), ("first", 0), ("second", 0), ("high", 5)]:
+        sample_jobs.Record(str(log), token).run_in_worker(priority=priority)
+    run_worker(lambda: finished(4), worker_max_processes=1)
+    assert log.read_text().split() == ["high", "first", "second", "low"]
+
+
+def test_delayed_job_waits_for_its_time(run_worker: WorkerRunner) -> None:
+    sample_jobs.Noop().run_in_worker(delay=3600)
+    sample_jobs.Echo(1).run_in_worker()
+    run_worker(lambda: len(errands.results()) >= 1)
+    assert len(errands.requests()) == 1
+
+
+def test_middleware_wraps_each_execution(run_worker: WorkerRunner) -> None:
+    sample_jobs.Echo(5).run_in_worker()
+    run_worker(lambda: finished(1), middleware=("sample_jobs.DoubleResult",))
+    assert only_result().return_value == 10
+
+
+def test_stopping_puts_claimed_but_unstarted_jobs_back(db_url: str) -> None:
+    from conftest import worker_config
+
+    from errands.worker import Worker
+
+    for _ in range(5):
+        sample_jobs.Noop().run_in_worker(delay=0)
+    worker = Worker(config=worker_config(db_url, worker_max_processes=1))
+    worker.start()
+    worker._claim()  # claim everything, start nothing
+    assert len(worker.waiting) == 5
+    worker.stop()
+    while not worker.finished():
+        worker.turn()
+    worker.shut_down()
+    assert len(errands.requests()) == 5
+    assert errands.processes() == []
+    assert errands.results() == []
+    assert errands.workers() == []
