@@ -231,8 +231,7 @@ def test_enqueue_joins_the_callers_transaction(db_url: str) -> None:
             sample_jobs.Noop().run_in_worker(connection=conn)
             assert errands.requests() == []  # not visible outside before commit
         assert len(errands.requests()) == 2
-    with psycopg.connect(db_url) as conn:
-        with pytest.raises(RuntimeError), conn.transaction():
-            sample_jobs.Noop().run_in_worker(connection=conn)
-            raise RuntimeError("roll back")
+    with psycopg.connect(db_url) as conn, pytest.raises(RuntimeError), conn.transaction():
+        sample_jobs.Noop().run_in_worker(connection=conn)
+        raise RuntimeError("roll back")
     assert len(errands.requests()) == 2

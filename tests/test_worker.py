@@ -6,9 +6,9 @@ import uuid
 from pathlib import Path
 
 import sample_jobs
-from conftest import WorkerRunner
 
 import errands
+from conftest import WorkerRunner
 from errands import Status
 from errands.backends import Backend
 from errands.models import JobResult, NewRequest
@@ -22,9 +22,11 @@ def results_by_status(**filters: object) -> dict[str, int]:
 
 
 def finished(count: int) -> bool:
-    return len(errands.results(limit=10_000)) >= count and not errands.requests(
-        limit=1
-    ) and not errands.processes(limit=1)
+    return (
+        len(errands.results(limit=10_000)) >= count
+        and not errands.requests(limit=1)
+        and not errands.processes(limit=1)
+    )
 
 
 def only_result() -> JobResult:
@@ -98,7 +100,9 @@ def test_unknown_job_class_ends_errored_without_stopping_the_worker(
     run_worker: WorkerRunner, backend: Backend
 ) -> None:
     with backend.enqueue_transaction() as tx:
-        tx.insert_requests([NewRequest(job_class="nowhere.Missing", parameters={"args": [], "kwargs": {}})])
+        tx.insert_requests(
+            [NewRequest(job_class="nowhere.Missing", parameters={"args": [], "kwargs": {}})]
+        )
     sample_jobs.Echo(1).run_in_worker()
     run_worker(lambda: finished(2))
     missing = errands.results(job_class="nowhere.Missing")[0]
@@ -200,7 +204,6 @@ def test_middleware_wraps_each_execution(run_worker: WorkerRunner) -> None:
 
 def test_stopping_puts_claimed_but_unstarted_jobs_back(db_url: str) -> None:
     from conftest import worker_config
-
     from errands.worker import Worker
 
     for _ in range(5):

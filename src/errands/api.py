@@ -67,7 +67,9 @@ def requests(
     limit: int = 100,
 ) -> list[JobRequest]:
     """Pending requests in claim order."""
-    filters = Filters(queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit)
+    filters = Filters(
+        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
+    )
     return backend().list_requests(filters=filters)
 
 
@@ -79,7 +81,9 @@ def processes(
     limit: int = 100,
 ) -> list[JobProcess]:
     """Claimed and running processes, oldest claim first."""
-    filters = Filters(queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit)
+    filters = Filters(
+        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
+    )
     return backend().list_processes(filters=filters)
 
 
@@ -167,7 +171,8 @@ def retry_lost(lost: list[JobResult]) -> None:
             retry_result(result)
         except Exception:
             logger.exception(
-                "could not retry lost job", extra={"job_class": result.job_class, "job_uuid": str(result.uuid)}
+                "could not retry lost job",
+                extra={"job_class": result.job_class, "job_uuid": str(result.uuid)},
             )
 
 
@@ -181,7 +186,8 @@ def dispatch_aborted_hooks(results: list[JobResult]) -> None:
             job.on_aborted(result)
         except Exception:
             logger.exception(
-                "on_aborted failed", extra={"job_class": result.job_class, "job_uuid": str(result.uuid)}
+                "on_aborted failed",
+                extra={"job_class": result.job_class, "job_uuid": str(result.uuid)},
             )
 
 

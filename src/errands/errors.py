@@ -27,7 +27,7 @@ class SchemaOutOfDate(BackendError):
     """The database's errands schema is missing or older than this version needs."""
 
 
-class DeferJob(Exception):  # noqa: N818 - the name is the reference's public API
+class DeferJob(Exception):
     """Raise from ``Job.run()`` to end this attempt as DEFERRED and run it again later.
 
     ``delay`` is in seconds. With ``increment_retries`` the deferral counts as an
@@ -40,5 +40,5 @@ class DeferJob(Exception):  # noqa: N818 - the name is the reference's public AP
         self.increment_retries = increment_retries
 
 
-class JobTimeout(Exception):  # noqa: N818 - shown as the result's error type
+class JobTimeout(Exception):
     """Recorded as the error type of a job killed at its deadline."""

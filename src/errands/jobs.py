@@ -13,14 +13,16 @@ import datetime
 import inspect
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from errands import api, serialization
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
 from errands.models import JobProcess, JobRequest, JobResult, NewRequest
 from errands.registry import job_class_path
+
+T = TypeVar("T")
 
 Delay = float | int | datetime.timedelta | datetime.datetime | None
 
@@ -89,15 +91,11 @@ class Job:
     # -- helpers for should_enqueue --------------------------------------
     def get_requested_jobs(self, concurrency_key: str | None = None) -> list[JobRequest]:
         """Pending requests of this class with the key (default: this job's key)."""
-        return _transaction_or_new(
-            lambda tx: tx.requests_for_slot(self._slot(concurrency_key))
-        )
+        return _transaction_or_new(lambda tx: tx.requests_for_slot(self._slot(concurrency_key)))
 
     def get_processing_jobs(self, concurrency_key: str | None = None) -> list[JobProcess]:
         """Claimed or running processes of this class with the key."""
-        return _transaction_or_new(
-            lambda tx: tx.processes_for_slot(self._slot(concurrency_key))
-        )
+        return _transaction_or_new(lambda tx: tx.processes_for_slot(self._slot(concurrency_key)))
 
     def _slot(self, concurrency_key: str | None) -> ConcurrencySlot:
         key = self.default_concurrency_key() if concurrency_key is None else concurrency_key
@@ -286,7 +284,7 @@ def _transaction() -> EnqueueTransaction:
     return tx
 
 
-def _transaction_or_new(query: Any) -> Any:
+def _transaction_or_new(query: Callable[[EnqueueTransaction], T]) -> T:
     tx = _current_transaction.get()
     if tx is not None:
         return query(tx)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import datetime
 import enum
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from uuid import UUID, uuid4
 
 
 class Status(enum.StrEnum):
@@ -32,7 +32,7 @@ FAILED_STATUSES = frozenset({Status.ERRORED, Status.LOST})
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime.datetime):
         return value.isoformat()
-    if isinstance(value, uuid.UUID):
+    if isinstance(value, UUID):
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value
@@ -65,14 +65,14 @@ class NewRequest:
     source: str = ""
     trace_id: str | None = None
     span_id: str | None = None
-    uuid: uuid.UUID = field(default_factory=uuid.uuid4)
+    uuid: UUID = field(default_factory=uuid4)
 
 
 @dataclass(frozen=True, slots=True)
 class JobRequest:
     """A pending job: waiting for its ``start_at`` and a free worker."""
 
-    uuid: uuid.UUID
+    uuid: UUID
     created_at: datetime.datetime
     start_at: datetime.datetime
     job_class: str
@@ -97,12 +97,12 @@ class JobRequest:
 class JobProcess:
     """A claimed job: owned by ``worker_id``; running once ``started_at`` is set."""
 
-    uuid: uuid.UUID
-    request_uuid: uuid.UUID
+    uuid: UUID
+    request_uuid: UUID
     requested_at: datetime.datetime
     created_at: datetime.datetime
     started_at: datetime.datetime | None
-    worker_id: uuid.UUID
+    worker_id: UUID
     job_class: str
     parameters: dict[str, Any]
     queue: str
@@ -126,15 +126,15 @@ class JobProcess:
 class JobResult:
     """The history row of one finished process. One process produces exactly one result."""
 
-    uuid: uuid.UUID
-    process_uuid: uuid.UUID
-    request_uuid: uuid.UUID
+    uuid: UUID
+    process_uuid: UUID
+    request_uuid: UUID
     requested_at: datetime.datetime
     started_at: datetime.datetime | None
     ended_at: datetime.datetime
     created_at: datetime.datetime
     status: Status
-    worker_id: uuid.UUID | None
+    worker_id: UUID | None
     job_class: str
     parameters: dict[str, Any]
     queue: str
@@ -150,7 +150,7 @@ class JobResult:
     error: str = ""
     traceback: str = ""
     return_value: Any = None
-    retry_request_uuid: uuid.UUID | None = None
+    retry_request_uuid: UUID | None = None
 
     kind = "result"
 
@@ -174,7 +174,7 @@ class Requeue:
 class Outcome:
     """How one process ended, as the worker parent reports it to the backend."""
 
-    process_uuid: uuid.UUID
+    process_uuid: UUID
     status: Status
     started_at: datetime.datetime | None
     ended_at: datetime.datetime
@@ -189,7 +189,7 @@ class Outcome:
 class WorkerInfo:
     """A worker's heartbeat row."""
 
-    worker_id: uuid.UUID
+    worker_id: UUID
     hostname: str
     pid: int
     queues: list[str]

@@ -9,6 +9,7 @@ always knows which job a dead or killed child took with it, and killing one job
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import logging
@@ -166,10 +167,8 @@ class Pool:
             if kill:
                 self.kill(child)
                 continue
-            try:
+            with contextlib.suppress(OSError):  # already gone
                 child.conn.send(None)
-            except OSError:
-                pass
         deadline = time.monotonic() + 5
         for child in list(self.children):
             child.process.join(timeout=max(deadline - time.monotonic(), 0))

@@ -42,8 +42,11 @@ def load_job_class(path: str) -> type[Job]:
         if module:
             try:
                 importlib.import_module(module)
-            except ImportError:
-                pass
+            except ModuleNotFoundError as exc:
+                # A missing job module means "not registered"; a module that exists
+                # but fails to import is a bug the user must see, so it propagates.
+                if exc.name is None or not f"{module}.".startswith(f"{exc.name}."):
+                    raise
     try:
         return _jobs[path]
     except KeyError:

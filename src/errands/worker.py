@@ -15,6 +15,7 @@ and lets running jobs finish; a second one kills them and records them CANCELLED
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -31,7 +32,7 @@ from errands import api
 from errands import settings as settings_module
 from errands.backends import Backend
 from errands.errors import JobTimeout
-from errands.execution import Assignment, failure, qualified_name, utcnow
+from errands.execution import Assignment, failure, qualified_name
 from errands.models import ABORTED_STATUSES, JobProcess, JobResult, Outcome, Status, WorkerInfo
 from errands.pool import DONE, STARTED, Child, Pool
 from errands.settings import Settings
@@ -44,11 +45,11 @@ CANCEL_CHECK_INTERVAL = 1.0  # seconds between looks for cancellation requests
 MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
 
 
-class ProcessDied(Exception):  # noqa: N818 - shown as a result's error type
+class ProcessDied(Exception):
     """The child process running a job exited without reporting an outcome."""
 
 
-class Cancelled(Exception):  # noqa: N818 - shown as a result's error type
+class Cancelled(Exception):
     """The job was cancelled by an operator or by a second shutdown signal."""
 
 
@@ -130,10 +131,8 @@ class Worker:
     def wake(self) -> None:
         """Ask the loop to look for work now (safe from any thread or signal handler)."""
         self.work_maybe_due = True
-        try:
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
             os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full, so the loop is waking anyway
 
     def stop(self) -> None:
         """Begin a graceful shutdown; a second call aborts running jobs."""
@@ -197,10 +196,11 @@ class Worker:
 
     def _abort_if_drain_timed_out(self) -> None:
         limit = self.config.worker_drain_timeout
-        if limit is not None and self.stopping_since is not None:
-            if time.monotonic() - self.stopping_since >= limit and not self.aborting:
-                logger.warning("drain timeout reached; terminating running jobs")
-                self.aborting = True
+        if limit is None or self.stopping_since is None or self.aborting:
+            return
+        if time.monotonic() - self.stopping_since >= limit:
+            logger.warning("drain timeout reached; terminating running jobs")
+            self.aborting = True
 
     def _wait_timeout(self) -> float:
         now = time.monotonic()
@@ -269,9 +269,7 @@ class Worker:
     ) -> Outcome:
         started_at = child.started_at if child else None
         self.unmarked_starts.pop(job.uuid, None)
-        return failure(
-            _assignment(job), exc, started_at=started_at, job=None, status=status
-        )
+        return failure(_assignment(job), exc, started_at=started_at, job=None, status=status)
 
     def _dispatch(self) -> None:
         for child in self.pool.idle():
@@ -309,7 +307,10 @@ class Worker:
         due = (
             self.stopping
             or len(self.outcomes) >= FLUSH_SIZE
-            or (self.outcomes_since is not None and time.monotonic() - self.outcomes_since >= FLUSH_INTERVAL)
+            or (
+                self.outcomes_since is not None
+                and time.monotonic() - self.outcomes_since >= FLUSH_INTERVAL
+            )
         )
         if due:
             self.flush()

@@ -49,7 +49,7 @@ class EnqueueTransaction(abc.ABC):
 
     @abc.abstractmethod
     def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
-        """Serialise enqueues of the same (job class, concurrency key) until this transaction ends."""
+        """Serialise enqueues of one (job class, concurrency key) until the transaction ends."""
 
     @abc.abstractmethod
     def slots_in_use(self, slots: Sequence[ConcurrencySlot]) -> set[ConcurrencySlot]:
@@ -159,7 +159,9 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def lose_processes(self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]) -> list[JobResult]:
+    def lose_processes(
+        self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]
+    ) -> list[JobResult]:
         """Convert a live worker's orphaned processes (no job tracks them) to LOST results."""
 
     @abc.abstractmethod

@@ -1,0 +1,341 @@
+"""Settings: one frozen object, assembled from four sources.
+
+Highest priority first:
+
+1. command-line flags (``override_cli``, used by ``errands ...``);
+2. environment variables ``ERRANDS_<NAME>`` (``ERRANDS_IMPORT`` for ``import``);
+3. the ``[tool.errands]`` table of ``pyproject.toml`` in the working directory;
+4. ``errands.configure(name=value)`` in code;
+
+then the defaults. Every value is checked when settings are loaded, and a bad
+one stops errands with an error naming the setting, the value and its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import tomllib
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from errands.errors import ConfigurationError
+
+ENV_PREFIX = "ERRANDS_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """errands' configuration: build one with :func:`load`, or use :func:`current`."""
+
+    database_url: str = ""
+    import_modules: tuple[str, ...] = ()
+    results_retention: float = 7 * 24 * 3600
+    heartbeat_interval: float = 60.0
+    heartbeat_timeout: float = 300.0
+    middleware: tuple[str, ...] = ()
+    schedule: tuple[Any, ...] = ()
+    timezone: str = "UTC"
+    worker_max_processes: int | None = None
+    worker_max_jobs_per_process: int | None = None
+    worker_max_pending_per_process: int = 10
+    worker_stats_every: float = 60.0
+    worker_threads: int = 1
+    worker_drain_timeout: float | None = None
+    poll_interval: float = 1.0
+    notifications: bool = True
+    log_level: str = "INFO"
+    log_format: str = "text"
+    log_jobs: bool = False
+    #: where each non-default value came from, for messages and ``errands settings``
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def max_processes(self) -> int:
+        """Child processes per worker: the setting, or the CPU count."""
+        return self.worker_max_processes or os.cpu_count() or 1
+
+
+# -- parsing one value -------------------------------------------------------------
+
+
+class _Invalid(ValueError):
+    """A value that does not fit its setting; the message says what is expected."""
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("expected a string")
+    return value
+
+
+def _to_number(value: Any, kind: type) -> float:
+    if isinstance(value, bool):
+        raise _Invalid(f"expected {'an integer' if kind is int else 'a number'}")
+    try:
+        number = kind(value.strip()) if isinstance(value, str) else kind(value)
+    except (TypeError, ValueError):
+        raise _Invalid(f"expected {'an integer' if kind is int else 'a number'}") from None
+    if kind is int and isinstance(value, float) and value != number:
+        raise _Invalid("expected an integer")
+    return number  # type: ignore[no-any-return]
+
+
+def _positive(kind: type, *, allow_zero: bool = False) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        number = _to_number(value, kind)
+        if number < 0 or (number == 0 and not allow_zero):
+            raise _Invalid("must be zero or more" if allow_zero else "must be more than zero")
+        return number
+
+    return parse
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse_optional(value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        return parse(value)
+
+    return parse_optional
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+    raise _Invalid("expected true or false")
+
+
+def _to_names(value: Any) -> tuple[str, ...]:
+    """A list of dotted names; from the environment, comma-separated."""
+    if isinstance(value, str):
+        value = [part for part in (p.strip() for p in value.split(",")) if part]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _Invalid("expected a list of dotted names")
+    return tuple(value)
+
+
+def _to_schedule(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise _Invalid(f"expected a JSON list of [job, schedule] pairs ({exc})") from None
+    if not isinstance(value, list | tuple):
+        raise _Invalid("expected a list of [job, schedule] pairs")
+    return tuple(tuple(entry) if isinstance(entry, list) else entry for entry in value)
+
+
+def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _to_str(value).strip()
+        text = text.upper() if upper else text.lower()
+        if text not in options:
+            raise _Invalid(f"expected one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def _to_timezone(value: Any) -> str:
+    name = _to_str(value)
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise _Invalid("expected an IANA time zone name such as 'UTC' or 'Europe/Berlin'") from None
+    return name
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "database_url": _to_str,
+    "import_modules": _to_names,
+    "results_retention": _positive(float),
+    "heartbeat_interval": _positive(float),
+    "heartbeat_timeout": _positive(float),
+    "middleware": _to_names,
+    "schedule": _to_schedule,
+    "timezone": _to_timezone,
+    "worker_max_processes": _optional(_positive(int)),
+    "worker_max_jobs_per_process": _optional(_positive(int)),
+    "worker_max_pending_per_process": _positive(int),
+    "worker_stats_every": _positive(float, allow_zero=True),
+    "worker_threads": _positive(int),
+    "worker_drain_timeout": _optional(_positive(float, allow_zero=True)),
+    "poll_interval": _positive(float),
+    "notifications": _to_bool,
+    "log_level": _choice(LOG_LEVELS, upper=True),
+    "log_format": _choice(LOG_FORMATS),
+    "log_jobs": _to_bool,
+}
+
+#: The name users write (pyproject key, ``ERRANDS_`` suffix) where it differs from the field.
+_PUBLIC_NAMES = {"import_modules": "import"}
+_FIELD_OF_PUBLIC = {public: name for name, public in _PUBLIC_NAMES.items()}
+
+
+def public_name(field_name: str) -> str:
+    return _PUBLIC_NAMES.get(field_name, field_name)
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + public_name(field_name).upper()
+
+
+def _field_name(key: str, source: str) -> str:
+    name = _FIELD_OF_PUBLIC.get(key, key)
+    if name not in _PARSERS:
+        known = ", ".join(sorted(public_name(n) for n in _PARSERS))
+        raise ConfigurationError(f"unknown setting '{key}' in {source}; known settings: {known}")
+    return name
+
+
+def _parse(name: str, value: Any, source: str) -> Any:
+    try:
+        return _PARSERS[name](value)
+    except _Invalid as exc:
+        raise ConfigurationError(
+            f"invalid value {value!r} for setting '{public_name(name)}' (from {source}): {exc}"
+        ) from None
+
+
+# -- the sources ---------------------------------------------------------------------
+
+_lock = threading.RLock()
+_configured: dict[str, Any] = {}
+_cli: dict[str, Any] = {}
+_current: Settings | None = None
+
+
+def configure(**values: Any) -> None:
+    """Set values in code (the lowest-priority source). ``name=None`` removes a value."""
+    global _current
+    with _lock:
+        for key, value in values.items():
+            name = _field_name(key, "errands.configure()")
+            if value is None:
+                _configured.pop(name, None)
+            else:
+                _parse(name, value, "errands.configure()")  # fail now, at the call site
+                _configured[name] = value
+        _current = None
+
+
+def override_cli(values: Mapping[str, Any]) -> None:
+    """Set values from command-line flags (the highest-priority source); None is ignored."""
+    global _current
+    with _lock:
+        _cli.update({k: v for k, v in values.items() if v is not None})
+        _current = None
+
+
+def reset() -> None:
+    """Forget the cached settings (and CLI values), so the next ``current()`` reloads."""
+    global _current
+    with _lock:
+        _cli.clear()
+        _current = None
+
+
+def current() -> Settings:
+    """The settings of this process, loaded once from all sources."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = load(cli=_cli)
+        return _current
+
+
+def load(
+    *,
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Assemble settings from every source (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("errands.configure()", dict(_configured)),
+        *_pyproject_layer(cwd or Path.cwd()),
+        *_environ_layer(environ),
+        ("the command line", {k: v for k, v in (cli or {}).items() if v is not None}),
+    ]
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, layer in layers:
+        for key, value in layer.items():
+            name = _field_name(key, source)
+            values[name] = _parse(name, value, source)
+            sources[name] = source
+    return Settings(**values, sources=sources)
+
+
+def _pyproject_layer(cwd: Path) -> list[tuple[str, Mapping[str, Any]]]:
+    path = cwd / "pyproject.toml"
+    try:
+        with path.open("rb") as file:
+            table = tomllib.load(file).get("tool", {}).get("errands")
+    except FileNotFoundError:
+        return []
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from None
+    if table is None:
+        return []
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"[tool.errands] in {path} must be a table")
+    return [(f"[tool.errands] in {path}", table)]
+
+
+def _environ_layer(environ: Mapping[str, str]) -> list[tuple[str, Mapping[str, Any]]]:
+    """One layer per variable, so an error names the exact variable."""
+    return [
+        (f"environment variable {env_name(name)}", {name: environ[env_name(name)]})
+        for name in _PARSERS
+        if env_name(name) in environ
+    ]
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a child process.
+
+    Every setting is included, so the child's own environment cannot override
+    what the parent decided (for example from a command-line flag).
+    """
+    return {
+        env_name(f.name): _environ_value(f.name, getattr(settings, f.name))
+        for f in dataclasses.fields(Settings)
+        if f.name in _PARSERS
+    }
+
+
+def _environ_value(name: str, value: Any) -> str:
+    if name == "schedule":
+        return json.dumps([list(e) if isinstance(e, tuple) else e for e in value], default=str)
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    """Every setting by its public name (for display)."""
+    return {
+        public_name(f.name): getattr(settings, f.name)
+        for f in dataclasses.fields(Settings)
+        if f.name in _PARSERS
+    }
