@@ -164,3 +164,24 @@ class DoubleResult:
 
     def __call__(self, job: Job) -> Any:
         return self.next_handler(job) * 2
+
+
+@register_job
+class SlowRetry(Job):
+    """Sleeps, marking start and finish in a file; its retries wait an hour (so tests
+    can see a retry request without a worker running it)."""
+
+    def __init__(self, path: str, seconds: float = 30) -> None:
+        self.path = path
+        self.seconds = seconds
+
+    def run(self) -> None:
+        append_line(self.path, "started")
+        time.sleep(self.seconds)
+        append_line(self.path, "finished")
+
+    def calculate_retry_delay(self, attempt: int) -> float:
+        return 3600
+
+    def on_aborted(self, result: Any) -> None:
+        append_line(self.path, f"aborted {result.status}")

@@ -1,0 +1,495 @@
+-- The SQLite backend's SQL: the schema and every query, as named blocks that
+-- errands.backends.sqlfile.load_queries("sqlite.sql") returns by name.
+--
+-- Conventions
+--   * uuids are TEXT (canonical lower-case, hyphenated form);
+--   * timestamps are REAL unix seconds (UTC). "Now" is always the database clock,
+--     read once per transaction with the `now` query and passed back as :now, so
+--     every row written by one transaction carries the same time;
+--   * JSON (parameters, return values, a worker's queues) is TEXT;
+--   * lists of values are passed as one JSON array parameter and expanded with
+--     json_each(), so no statement ever needs a variable number of placeholders
+--     (nor hits SQLite's limit on bound variables) and all SQL stays static.
+--
+-- Locking
+--   SQLite has one writer at a time per database file. Every write transaction
+--   starts with BEGIN IMMEDIATE, which takes the write lock up front (waiting up
+--   to busy_timeout for it). A plain (DEFERRED) BEGIN would start as a reader and
+--   try to upgrade to a writer at its first write; two such transactions that
+--   both read first can never both upgrade, and one fails with SQLITE_BUSY at
+--   once (the busy handler cannot help a reader that holds a snapshot others
+--   changed). Taking the lock first makes writers queue instead of fail, and
+--   makes each write transaction fully serialised: a claim that reads the due
+--   requests and then moves them cannot interleave with another claim, so no
+--   request is ever claimed twice. WAL journal mode lets readers (listings,
+--   stats, the listener) proceed while a writer holds the lock.
+--   Write transactions are kept short: no user code runs while one is open,
+--   except should_enqueue hooks inside an enqueue transaction.
+
+
+-- name: begin_write
+-- Take the write lock now rather than at the first write (see "Locking" above).
+BEGIN IMMEDIATE
+
+-- name: begin_read
+-- A read transaction: every statement until COMMIT sees one snapshot (WAL),
+-- so a job moving from request to process mid-lookup is seen exactly once.
+BEGIN DEFERRED
+
+-- name: commit
+COMMIT
+
+-- name: rollback
+ROLLBACK
+
+-- name: savepoint
+-- Joins a caller's open transaction: errands' writes can be undone on their own
+-- (rollback_to_savepoint) but become durable only when the caller commits.
+SAVEPOINT errands_enqueue
+
+-- name: release_savepoint
+RELEASE SAVEPOINT errands_enqueue
+
+-- name: rollback_to_savepoint
+ROLLBACK TO SAVEPOINT errands_enqueue
+
+-- name: now
+-- julianday('now') is fixed for the duration of one statement; converting it
+-- keeps sub-second precision (unixepoch('subsec') needs SQLite 3.42).
+SELECT (julianday('now') - 2440587.5) * 86400.0 AS now
+
+
+-- ---------------------------------------------------------------------------
+-- Connection setup and schema
+-- ---------------------------------------------------------------------------
+
+-- name: enable_wal
+-- Write-ahead log: readers never block the writer and the writer never blocks
+-- readers. The mode is stored in the file, so this is a no-op after the first time.
+PRAGMA journal_mode = WAL
+
+-- name: set_synchronous
+-- With WAL, NORMAL is durable against application crashes and keeps the
+-- database consistent after a power loss (the last commits may be lost).
+PRAGMA synchronous = NORMAL
+
+-- name: data_version
+-- Changes whenever another connection commits to the file; reading it touches
+-- no table, so polling it is almost free.
+PRAGMA data_version
+
+-- name: database_file
+-- The file behind a connection ("main" database), to check a caller's connection.
+SELECT file FROM pragma_database_list WHERE name = 'main'
+
+-- name: schema_table_exists
+SELECT count(*) AS found FROM sqlite_master WHERE type = 'table' AND name = 'errands_schema'
+
+-- name: schema_version
+SELECT max(version) AS version FROM errands_schema
+
+-- name: create_schema_table
+CREATE TABLE IF NOT EXISTS errands_schema (
+    version INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL
+);
+
+-- name: record_schema_version
+INSERT INTO errands_schema (version, applied_at) VALUES (:version, :now)
+
+-- name: migration_1
+CREATE TABLE errands_request (
+    uuid TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    start_at REAL NOT NULL,
+    job_class TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    retry_attempt INTEGER NOT NULL DEFAULT 0,
+    concurrency_key TEXT NOT NULL DEFAULT '',
+    timeout REAL,
+    source TEXT NOT NULL DEFAULT '',
+    trace_id TEXT,
+    span_id TEXT
+);
+-- The claim order, per queue (workers of named queues) ...
+CREATE INDEX errands_request_claim_order
+    ON errands_request (queue, priority DESC, start_at, created_at);
+-- ... and across all queues (workers of every queue).
+CREATE INDEX errands_request_claim_order_any_queue
+    ON errands_request (priority DESC, start_at, created_at);
+CREATE INDEX errands_request_slot ON errands_request (job_class, concurrency_key);
+
+-- start_at is kept (though JobProcess does not show it) so that a released
+-- process goes back to exactly the request it was.
+CREATE TABLE errands_process (
+    uuid TEXT PRIMARY KEY,
+    request_uuid TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    start_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    worker_id TEXT NOT NULL,
+    job_class TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    retry_attempt INTEGER NOT NULL DEFAULT 0,
+    concurrency_key TEXT NOT NULL DEFAULT '',
+    timeout REAL,
+    source TEXT NOT NULL DEFAULT '',
+    trace_id TEXT,
+    span_id TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX errands_process_worker ON errands_process (worker_id);
+CREATE INDEX errands_process_request ON errands_process (request_uuid);
+CREATE INDEX errands_process_slot ON errands_process (job_class, concurrency_key);
+
+CREATE TABLE errands_result (
+    uuid TEXT PRIMARY KEY,
+    -- One process produces one result: a second write for it is ignored.
+    process_uuid TEXT NOT NULL UNIQUE,
+    request_uuid TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    worker_id TEXT,
+    job_class TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    retry_attempt INTEGER NOT NULL DEFAULT 0,
+    concurrency_key TEXT NOT NULL DEFAULT '',
+    timeout REAL,
+    source TEXT NOT NULL DEFAULT '',
+    trace_id TEXT,
+    span_id TEXT,
+    error_type TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    traceback TEXT NOT NULL DEFAULT '',
+    return_value TEXT,
+    retry_request_uuid TEXT
+);
+CREATE INDEX errands_result_ended_at ON errands_result (ended_at);
+CREATE INDEX errands_result_status ON errands_result (status);
+CREATE INDEX errands_result_job_class ON errands_result (job_class);
+CREATE INDEX errands_result_request ON errands_result (request_uuid);
+
+CREATE TABLE errands_worker (
+    worker_id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    queues TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    last_heartbeat_at REAL NOT NULL
+);
+
+
+-- ---------------------------------------------------------------------------
+-- Enqueueing
+-- ---------------------------------------------------------------------------
+
+-- name: slots_in_use
+-- :slots is a JSON array of [job_class, concurrency_key] pairs; each pair is
+-- looked up through the slot indexes of requests and processes.
+SELECT DISTINCT slot.value ->> 0 AS job_class, slot.value ->> 1 AS concurrency_key
+FROM json_each(:slots) AS slot
+WHERE EXISTS (
+        SELECT 1 FROM errands_request AS r
+        WHERE r.job_class = slot.value ->> 0 AND r.concurrency_key = slot.value ->> 1
+    )
+    OR EXISTS (
+        SELECT 1 FROM errands_process AS p
+        WHERE p.job_class = slot.value ->> 0 AND p.concurrency_key = slot.value ->> 1
+    )
+
+-- name: requests_for_slot
+SELECT * FROM errands_request
+WHERE job_class = :job_class AND concurrency_key = :concurrency_key
+ORDER BY priority DESC, start_at, created_at
+
+-- name: processes_for_slot
+SELECT * FROM errands_process
+WHERE job_class = :job_class AND concurrency_key = :concurrency_key
+ORDER BY created_at
+
+-- name: insert_requests
+-- All requests of one enqueue in one statement. :requests is a JSON array of
+-- objects; a request without start_at is due :now + delay_seconds (database clock).
+INSERT INTO errands_request (
+    uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+)
+SELECT
+    r.value ->> 'uuid',
+    :now,
+    coalesce(r.value ->> 'start_at', :now + (r.value ->> 'delay_seconds')),
+    r.value ->> 'job_class',
+    r.value ->> 'parameters',
+    r.value ->> 'queue',
+    r.value ->> 'priority',
+    r.value ->> 'retries',
+    r.value ->> 'retry_attempt',
+    r.value ->> 'concurrency_key',
+    r.value ->> 'timeout',
+    r.value ->> 'source',
+    r.value ->> 'trace_id',
+    r.value ->> 'span_id'
+FROM json_each(:requests) AS r
+RETURNING *
+
+-- name: link_retry
+UPDATE errands_result SET retry_request_uuid = :request_uuid WHERE uuid = :result_uuid
+
+
+-- ---------------------------------------------------------------------------
+-- Claiming and finishing (the worker)
+-- ---------------------------------------------------------------------------
+
+-- name: due_requests_any_queue
+-- Runs inside BEGIN IMMEDIATE with claim_move_to_process and
+-- claim_delete_requests: no other writer can claim the same rows in between.
+SELECT uuid FROM errands_request
+WHERE start_at <= :now
+ORDER BY priority DESC, start_at, created_at
+LIMIT :limit
+
+-- name: due_requests_of_queues
+-- :queues is a JSON array of queue names.
+SELECT uuid FROM errands_request
+WHERE start_at <= :now AND queue IN (SELECT value FROM json_each(:queues))
+ORDER BY priority DESC, start_at, created_at
+LIMIT :limit
+
+-- name: claim_move_to_process
+-- :claims is a JSON object {request uuid: new process uuid}.
+INSERT INTO errands_process (
+    uuid, request_uuid, requested_at, start_at, created_at, started_at, worker_id,
+    job_class, parameters, queue, priority, retries, retry_attempt, concurrency_key,
+    timeout, source, trace_id, span_id, cancel_requested
+)
+SELECT
+    claim.value, r.uuid, r.created_at, r.start_at, :now, NULL, :worker_id,
+    r.job_class, r.parameters, r.queue, r.priority, r.retries, r.retry_attempt,
+    r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id, 0
+FROM json_each(:claims) AS claim
+JOIN errands_request AS r ON r.uuid = claim.key
+RETURNING *
+
+-- name: claim_delete_requests
+DELETE FROM errands_request WHERE uuid IN (SELECT key FROM json_each(:claims))
+
+-- name: mark_started
+UPDATE errands_process SET started_at = :started_at WHERE uuid = :uuid
+
+-- name: delete_processes
+-- Only processes that still exist come back: one rescued (LOST) or cancelled
+-- meanwhile yields no row, so it never gets a second result.
+DELETE FROM errands_process
+WHERE uuid IN (SELECT value FROM json_each(:uuids))
+RETURNING *
+
+-- name: delete_processes_of_worker
+DELETE FROM errands_process WHERE worker_id = :worker_id RETURNING *
+
+-- name: delete_listed_processes_of_worker
+DELETE FROM errands_process
+WHERE worker_id = :worker_id AND uuid IN (SELECT value FROM json_each(:uuids))
+RETURNING *
+
+-- name: insert_request
+-- One request with an explicit due time (a requeue of a finished process).
+INSERT INTO errands_request (
+    uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+) VALUES (
+    :uuid, :now, :start_at, :job_class, :parameters, :queue, :priority, :retries,
+    :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id
+)
+
+-- name: insert_result
+-- OR IGNORE: the UNIQUE process_uuid guards "one process, one result"; an
+-- ignored row returns nothing, so callers report only results written.
+INSERT OR IGNORE INTO errands_result (
+    uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, created_at,
+    status, worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error, traceback,
+    return_value, retry_request_uuid
+) VALUES (
+    :uuid, :process_uuid, :request_uuid, :requested_at, :started_at, :ended_at, :now,
+    :status, :worker_id, :job_class, :parameters, :queue, :priority, :retries,
+    :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id,
+    :error_type, :error, :traceback, :return_value, :retry_request_uuid
+)
+RETURNING *
+
+-- name: release_to_requests
+-- Claimed but never started: back to the request it was (same uuid, created_at
+-- and start_at, so it keeps its place in the claim order).
+INSERT INTO errands_request (
+    uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+)
+SELECT
+    request_uuid, requested_at, start_at, job_class, parameters, queue, priority, retries,
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+FROM errands_process
+WHERE uuid IN (SELECT value FROM json_each(:uuids)) AND started_at IS NULL
+
+-- name: release_delete_processes
+DELETE FROM errands_process
+WHERE uuid IN (SELECT value FROM json_each(:uuids)) AND started_at IS NULL
+
+
+-- ---------------------------------------------------------------------------
+-- Workers
+-- ---------------------------------------------------------------------------
+
+-- name: register_worker
+INSERT INTO errands_worker (worker_id, hostname, pid, queues, started_at, last_heartbeat_at)
+VALUES (:worker_id, :hostname, :pid, :queues, :now, :now)
+ON CONFLICT (worker_id) DO UPDATE SET
+    hostname = excluded.hostname,
+    pid = excluded.pid,
+    queues = excluded.queues,
+    last_heartbeat_at = excluded.last_heartbeat_at
+
+-- name: heartbeat
+UPDATE errands_worker SET last_heartbeat_at = :now WHERE worker_id = :worker_id
+
+-- name: deregister_worker
+DELETE FROM errands_worker WHERE worker_id = :worker_id
+
+-- name: stale_workers
+SELECT worker_id FROM errands_worker WHERE last_heartbeat_at < :now - :timeout
+
+-- name: delete_stale_worker
+-- The rescuer whose delete removes the row (rowcount 1) owns the rescue of
+-- that worker; a concurrent rescuer, or a worker that beat meanwhile, gets 0.
+DELETE FROM errands_worker WHERE worker_id = :worker_id AND last_heartbeat_at < :now - :timeout
+
+-- name: workers_without_row
+-- Processes whose worker has no heartbeat row at all (it was rescued or
+-- deregistered while a claim of it was still in flight).
+SELECT DISTINCT worker_id FROM errands_process
+WHERE worker_id NOT IN (SELECT worker_id FROM errands_worker)
+
+-- name: worker_exists
+SELECT count(*) AS found FROM errands_worker WHERE worker_id = :worker_id
+
+-- name: processes_of_worker
+SELECT * FROM errands_process WHERE worker_id = :worker_id ORDER BY created_at
+
+-- name: cancel_requested
+SELECT uuid FROM errands_process WHERE worker_id = :worker_id AND cancel_requested
+
+-- name: list_workers
+SELECT *, last_heartbeat_at < :now - :timeout AS stale FROM errands_worker ORDER BY started_at
+
+
+-- ---------------------------------------------------------------------------
+-- Inspecting and operating
+-- ---------------------------------------------------------------------------
+
+-- name: list_requests
+SELECT * FROM errands_request
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+ORDER BY priority DESC, start_at, created_at
+LIMIT :limit
+
+-- name: list_processes
+SELECT * FROM errands_process
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+ORDER BY created_at, rowid
+LIMIT :limit
+
+-- name: list_results
+SELECT * FROM errands_result
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:status IS NULL OR status = :status)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+ORDER BY ended_at DESC, rowid DESC
+LIMIT :limit
+
+-- name: get_request
+SELECT * FROM errands_request WHERE uuid = :uuid
+
+-- name: get_process
+SELECT * FROM errands_process WHERE uuid = :uuid OR request_uuid = :uuid LIMIT 1
+
+-- name: get_result
+-- By its own uuid or its process's; failing both, the latest result of the request.
+SELECT * FROM errands_result
+WHERE uuid = :uuid OR process_uuid = :uuid OR request_uuid = :uuid
+ORDER BY request_uuid = :uuid, ended_at DESC
+LIMIT 1
+
+-- name: delete_request
+DELETE FROM errands_request WHERE uuid = :uuid RETURNING *
+
+-- name: request_cancel
+UPDATE errands_process SET cancel_requested = 1 WHERE uuid = :uuid OR request_uuid = :uuid
+
+-- name: purge_all_results
+DELETE FROM errands_result
+
+-- name: purge_results_before
+DELETE FROM errands_result WHERE ended_at < :now - :older_than
+
+-- name: prune_results
+-- Oldest first, in bounded batches, so one prune never holds the write lock long.
+DELETE FROM errands_result
+WHERE uuid IN (
+    SELECT uuid FROM errands_result
+    WHERE ended_at < :now - :older_than
+    ORDER BY ended_at
+    LIMIT :batch_size
+)
+
+-- name: queue_stats
+WITH waiting AS (
+    SELECT
+        queue,
+        sum(start_at <= :now) AS pending,
+        sum(start_at > :now) AS scheduled,
+        :now - min(CASE WHEN start_at <= :now THEN start_at END) AS oldest_pending_age
+    FROM errands_request
+    GROUP BY queue
+),
+running AS (
+    SELECT queue, count(*) AS running FROM errands_process GROUP BY queue
+),
+queues AS (
+    SELECT queue FROM waiting UNION SELECT queue FROM running
+)
+SELECT
+    queues.queue,
+    coalesce(waiting.pending, 0) AS pending,
+    coalesce(waiting.scheduled, 0) AS scheduled,
+    coalesce(running.running, 0) AS running,
+    waiting.oldest_pending_age
+FROM queues
+LEFT JOIN waiting ON waiting.queue = queues.queue
+LEFT JOIN running ON running.queue = queues.queue
+ORDER BY queues.queue
+
+-- name: results_by_status
+SELECT status, count(*) AS count FROM errands_result GROUP BY status ORDER BY status
+
+-- name: worker_counts
+SELECT
+    coalesce(sum(last_heartbeat_at >= :now - :timeout), 0) AS active,
+    coalesce(sum(last_heartbeat_at < :now - :timeout), 0) AS stale
+FROM errands_worker

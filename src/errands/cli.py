@@ -1,0 +1,1102 @@
+"""The ``errands`` command: migrate, run workers, inspect and operate the queue.
+
+Nothing in the package imports this module; it only calls the public API,
+the settings and the worker.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import importlib
+import json
+import os
+import sqlite3
+import sys
+import uuid as uuid_module
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import psycopg
+
+from errands import api, settings
+from errands.errors import ConfigurationError, DeferJob, ErrandsError, SchemaOutOfDate
+from errands.models import JobProcess, JobRequest, JobResult, Status
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT_SETTINGS: dict[str, Any] = {
+    "help_option_names": ["-h", "--help"],
+    "max_content_width": 100,
+}
+STATUS_NAMES = [s.value for s in Status]
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class CliError(click.ClickException):
+    """A one-line ``Error: ...`` on stderr and an exit code; never a traceback."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _schema_message(exc: Exception) -> str:
+    message = _one_line(str(exc)) or "the database has no errands tables"
+    if "errands migrate" not in message:
+        message += "; run `errands migrate` to create or upgrade errands' tables"
+    return message
+
+
+@contextmanager
+def _friendly_errors() -> Iterator[None]:
+    """Turn errands' own and database errors into ``Error: ...`` lines."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except SchemaOutOfDate as exc:
+        raise CliError(_schema_message(exc), exit_code=2) from None
+    except ConfigurationError as exc:
+        raise CliError(_one_line(str(exc)), exit_code=2) from None
+    except ErrandsError as exc:
+        raise CliError(_one_line(str(exc))) from None
+    except (psycopg.Error, sqlite3.Error) as exc:
+        message = _one_line(str(exc))
+        if "errands_" in message and ("does not exist" in message or "no such table" in message):
+            raise CliError(_schema_message(exc), exit_code=2) from None
+        raise CliError(f"database error: {message}") from None
+
+
+class ErrandsGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        with _friendly_errors():
+            return super().invoke(ctx)
+
+
+# -- settings and imports ------------------------------------------------------------
+
+
+def _config() -> settings.Settings:
+    with _friendly_errors():
+        return settings.current()
+
+
+def _apply(values: Mapping[str, Any]) -> settings.Settings:
+    """Add command-line values (None = not given) and load the settings, checking them."""
+    settings.override_cli(values)
+    return _config()
+
+
+def _import_job_modules(config: settings.Settings) -> list[str]:
+    """Import the modules of the ``import`` setting so their job classes register."""
+    for module in config.import_modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CliError(
+                f"cannot import module {module!r} (from --import / setting 'import'): {exc}"
+            ) from None
+    return list(config.import_modules)
+
+
+def mask_url(url: str) -> str:
+    """The database URL with its password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:***"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{userinfo}@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _describe_database(config: settings.Settings) -> str:
+    from errands.backends import DEFAULT_URL
+
+    url = config.database_url or DEFAULT_URL
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite:").removeprefix("//")
+        path = path[1:] if path.startswith("/") and not path.startswith("//") else path
+        shown = os.path.abspath(path) if path else path
+        if not config.database_url:
+            return f"sqlite {shown} (default; set --database-url or ERRANDS_DATABASE_URL)"
+        return f"sqlite {shown}"
+    return f"postgresql {mask_url(url)}"
+
+
+# -- formatting ----------------------------------------------------------------------
+
+
+def _time(value: datetime.datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _result_duration(result: JobResult) -> float | None:
+    if result.started_at is None:
+        return None
+    return (result.ended_at - result.started_at).total_seconds()
+
+
+def _attempt(row: JobRequest | JobProcess | JobResult) -> str:
+    return f"{row.retry_attempt + 1}/{row.retries + 1}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns aligned on the widest cell; the last column is not padded."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _request_rows(rows: Sequence[JobRequest]) -> str:
+    return table(
+        ["UUID", "JOB CLASS", "QUEUE", "PRIORITY", "ATTEMPT", "CREATED", "START AT", "KEY"],
+        [
+            [
+                r.uuid,
+                r.job_class,
+                r.queue,
+                r.priority,
+                _attempt(r),
+                _time(r.created_at),
+                _time(r.start_at),
+                r.concurrency_key or "-",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _process_rows(rows: Sequence[JobProcess]) -> str:
+    return table(
+        ["UUID", "JOB CLASS", "QUEUE", "PRIORITY", "ATTEMPT", "CLAIMED", "STARTED", "STATE"],
+        [
+            [
+                p.uuid,
+                p.job_class,
+                p.queue,
+                p.priority,
+                _attempt(p),
+                _time(p.created_at),
+                _time(p.started_at),
+                "cancelling" if p.cancel_requested else ("running" if p.started_at else "claimed"),
+            ]
+            for p in rows
+        ],
+    )
+
+
+def _result_rows(rows: Sequence[JobResult]) -> str:
+    return table(
+        ["UUID", "JOB CLASS", "QUEUE", "STATUS", "ATTEMPT", "ENDED", "DURATION", "ERROR"],
+        [
+            [
+                r.uuid,
+                r.job_class,
+                r.queue,
+                r.status.value,
+                _attempt(r),
+                _time(r.ended_at),
+                _duration(_result_duration(r)),
+                r.error_type or "-",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _field_text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _show_row(row: JobRequest | JobProcess | JobResult) -> None:
+    data = row.as_json()
+    traceback = data.pop("traceback", "")
+    if isinstance(row, JobResult):
+        data["duration"] = _duration(_result_duration(row))
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        click.echo(f"{key.ljust(width)}  {_field_text(value)}")
+    if traceback:
+        click.echo("traceback:")
+        for line in str(traceback).rstrip().splitlines():
+            click.echo(f"    {line}")
+
+
+def _parse_uuid(value: str) -> uuid_module.UUID:
+    try:
+        return uuid_module.UUID(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a uuid (e.g. 3f1c2a4e-...)") from None
+
+
+# -- shared options ------------------------------------------------------------------
+
+
+def _json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        f
+    )
+
+
+def _filter_options(*, status: bool) -> Callable[[F], F]:
+    def decorate(f: F) -> F:
+        f = _json_option(f)
+        f = click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            default=50,
+            show_default=True,
+            help="Show at most this many rows.",
+        )(f)
+        f = click.option(
+            "--concurrency-key", "concurrency_key", metavar="KEY", help="Only this concurrency key."
+        )(f)
+        f = click.option(
+            "--job-class",
+            "--job",
+            "job_class",
+            metavar="PATH",
+            help="Only this job class (dotted path, e.g. myapp.jobs.SendWelcome).",
+        )(f)
+        if status:
+            f = click.option(
+                "--status",
+                type=click.Choice(STATUS_NAMES, case_sensitive=False),
+                help="Only results with this status.",
+            )(f)
+        f = click.option("--queue", "-q", metavar="NAME", help="Only this queue.")(f)
+        return f
+
+    return decorate
+
+
+# -- the group ---------------------------------------------------------------------
+
+
+@click.group(cls=ErrandsGroup, context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="postgresql://user@host/db or sqlite:///path.db "
+    "(default: setting database_url, else sqlite:///errands.sqlite3).",
+)
+@click.option(
+    "--import",
+    "import_modules",
+    metavar="MODULE",
+    multiple=True,
+    help="Import this module so its @register_job classes are known (repeatable).",
+)
+@click.version_option(package_name="errands", prog_name="errands")
+def cli(database_url: str | None, import_modules: tuple[str, ...]) -> None:
+    """errands: background jobs, retries and schedules on the database you already run
+    (PostgreSQL, or an embedded SQLite file).
+
+    \b
+    The main workflow:
+      errands demo                          see a worker run example jobs (no setup)
+      errands migrate                       create or upgrade errands' tables
+      errands worker --import myapp.jobs    run jobs enqueued with Job.run_in_worker()
+      errands results                       see what happened, newest first
+      errands get UUID                      one job in full, with its traceback
+
+    Settings come from flags, ERRANDS_* environment variables, [tool.errands]
+    in ./pyproject.toml, or errands.configure(); see `errands settings`.
+    Run `errands COMMAND --help` for a command's options and examples.
+    """
+    settings.reset()
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    settings.override_cli(
+        {
+            "database_url": database_url,
+            "import_modules": tuple(import_modules) if import_modules else None,
+        }
+    )
+
+
+# -- migrate -----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--sql", "print_sql", is_flag=True, help="Print the SQL instead of running it.")
+def migrate(print_sql: bool) -> None:
+    """Create or upgrade errands' tables in the configured database.
+
+    Safe to run repeatedly and from several hosts at once: versions already
+    applied are skipped.
+
+    \b
+    Examples:
+      errands migrate
+      errands --database-url postgresql://app@db/app migrate
+      errands migrate --sql > errands.sql    # for your own migration tool
+    """
+    config = _config()
+    backend = api.backend()
+    if print_sql:
+        click.echo(backend.migration_sql().rstrip())
+        return
+    applied = backend.migrate()
+    where = _describe_database(config)
+    if applied:
+        versions = ", ".join(str(v) for v in applied)
+        click.echo(f"Applied schema version(s) {versions} to {where}.")
+    else:
+        click.echo(
+            f"Schema already up to date (version {backend.latest_schema_version()}) in {where}."
+        )
+
+
+# -- worker --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    metavar="NAME",
+    multiple=True,
+    help="Run only jobs of this queue (repeatable; default: every queue).",
+)
+@click.option(
+    "--max-processes",
+    type=click.IntRange(min=1),
+    help="Child processes running jobs [setting worker_max_processes; default: CPU count].",
+)
+@click.option(
+    "--max-jobs-per-process",
+    type=click.IntRange(min=1),
+    help="Replace a child after this many jobs [worker_max_jobs_per_process; default: never].",
+)
+@click.option(
+    "--max-pending-per-process",
+    type=click.IntRange(min=1),
+    help="Jobs claimed ahead per child [worker_max_pending_per_process; default: 10].",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Threads per child [worker_threads; default: 1]."
+)
+@click.option(
+    "--stats-every",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Log a stats line this often; 0 turns it off [worker_stats_every; default: 60].",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds between heartbeats [heartbeat_interval; default: 60].",
+)
+@click.option(
+    "--heartbeat-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Silence after which a worker counts as dead [heartbeat_timeout; default: 300].",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="On shutdown, wait this long for running jobs, then cancel them "
+    "[worker_drain_timeout; default: wait forever].",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Longest time new work waits to be noticed [poll_interval; default: 1].",
+)
+@click.option(
+    "--no-notifications",
+    is_flag=True,
+    help="Do not use PostgreSQL LISTEN/NOTIFY; poll only [notifications].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(settings.LOG_LEVELS, case_sensitive=False),
+    help="[log_level; default: INFO]",
+)
+@click.option(
+    "--log-format", type=click.Choice(settings.LOG_FORMATS), help="[log_format; default: text]"
+)
+@click.option("--log-jobs", is_flag=True, help="Log a line per finished job [log_jobs].")
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Restart the worker when a .py file below the working directory changes "
+    "(development; needs `pip install 'errands[reload]'`).",
+)
+def worker(
+    queues: tuple[str, ...],
+    max_processes: int | None,
+    max_jobs_per_process: int | None,
+    max_pending_per_process: int | None,
+    threads: int | None,
+    stats_every: float | None,
+    heartbeat_interval: float | None,
+    heartbeat_timeout: float | None,
+    drain_timeout: float | None,
+    poll_interval: float | None,
+    no_notifications: bool,
+    log_level: str | None,
+    log_format: str | None,
+    log_jobs: bool,
+    reload: bool,
+) -> None:
+    """Run a worker: claim due jobs and run each in a child process.
+
+    Stop it with Ctrl-C or SIGTERM: it stops claiming, puts back jobs it has
+    not started, lets running jobs finish and exits 0. A second signal
+    terminates running jobs and records them CANCELLED.
+
+    \b
+    Examples:
+      errands worker --import myapp.jobs
+      errands worker --import myapp.jobs --queue mail --queue default --max-processes 4
+      errands worker --import myapp.jobs --log-format json --log-jobs
+      errands worker --import myapp.jobs --reload --max-processes 2 --stats-every 0
+    """
+    values: dict[str, Any] = {
+        "worker_max_processes": max_processes,
+        "worker_max_jobs_per_process": max_jobs_per_process,
+        "worker_max_pending_per_process": max_pending_per_process,
+        "worker_threads": threads,
+        "worker_stats_every": stats_every,
+        "heartbeat_interval": heartbeat_interval,
+        "heartbeat_timeout": heartbeat_timeout,
+        "worker_drain_timeout": drain_timeout,
+        "poll_interval": poll_interval,
+        "notifications": False if no_notifications else None,
+        "log_level": log_level,
+        "log_format": log_format,
+        "log_jobs": True if log_jobs else None,
+    }
+    config = _apply(values)
+    if reload:
+        try:
+            import watchfiles
+        except ImportError:
+            raise CliError(
+                "--reload needs the watchfiles package: pip install 'errands[reload]'"
+            ) from None
+        cli_values = dict(settings._cli)
+        click.echo(f"Watching {os.getcwd()} for .py changes; the worker restarts on each.", err=True)
+        watchfiles.run_process(
+            os.getcwd(),
+            target=_reloaded_worker,
+            args=(cli_values, list(queues), list(sys.path)),
+            watch_filter=watchfiles.PythonFilter(),
+        )
+        return
+    code = _run_worker(config, list(queues))
+    sys.exit(code)
+
+
+def _run_worker(config: settings.Settings, queues: list[str]) -> int:
+    from errands.logs import configure_logging
+    from errands.worker import Worker
+
+    configure_logging(config.log_level, config.log_format)
+    imported = _import_job_modules(config)
+    with _friendly_errors():
+        backend = api.backend()
+        version = backend.schema_version()
+        latest = backend.latest_schema_version()
+        if version is None or version < latest:
+            found = "no errands tables" if version is None else f"schema version {version}"
+            raise CliError(
+                f"the database ({_describe_database(config)}) has {found}, "
+                f"this errands needs version {latest}; run `errands migrate` first",
+                exit_code=2,
+            )
+        _banner(config, queues, imported)
+        return Worker(queues=queues, config=config, backend=backend).run()
+
+
+def _reloaded_worker(cli_values: dict[str, Any], queues: list[str], path: list[str]) -> None:
+    """Entry point of the worker process that ``--reload`` restarts."""
+    for entry in reversed(path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    settings.reset()
+    settings.override_cli(cli_values)
+    try:
+        code = _run_worker(settings.current(), queues)
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    sys.exit(code)
+
+
+def _banner(config: settings.Settings, queues: list[str], imported: list[str]) -> None:
+    from errands.registry import registered_jobs
+
+    version = _version()
+    jobs = [path for path in registered_jobs() if not path.startswith("errands.demo.")]
+    per_child = config.worker_max_pending_per_process
+    lines = [
+        f"errands {version} worker (pid {os.getpid()})",
+        f"  database   {_describe_database(config)}",
+        f"  queues     {', '.join(queues) if queues else 'all'}",
+        f"  processes  {config.max_processes} (claims up to {per_child} jobs ahead per process)",
+        f"  imported   {', '.join(imported) if imported else '- (use --import MODULE)'}",
+        f"  jobs       {', '.join(jobs) if jobs else '-'}",
+        f"  polling    every {config.poll_interval:g}s"
+        + ("" if config.notifications else " (notifications off)"),
+        "Stop with Ctrl-C or SIGTERM (graceful); a second signal cancels running jobs.",
+    ]
+    click.echo("\n".join(lines), err=True)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("errands")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# -- listing ---------------------------------------------------------------------------
+
+
+@cli.command("requests")
+@_filter_options(status=False)
+def requests_command(
+    queue: str | None,
+    job_class: str | None,
+    concurrency_key: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List pending jobs, in the order workers will claim them.
+
+    \b
+    Examples:
+      errands requests
+      errands requests --queue mail --limit 10
+      errands requests --json
+    """
+    _config()
+    rows = api.requests(queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit)
+    if as_json:
+        _print_json([r.as_json() for r in rows])
+    elif rows:
+        click.echo(_request_rows(rows))
+    else:
+        click.echo("No pending jobs.")
+
+
+@cli.command("processes")
+@_filter_options(status=False)
+def processes_command(
+    queue: str | None,
+    job_class: str | None,
+    concurrency_key: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs claimed by workers (running, or about to run).
+
+    \b
+    Examples:
+      errands processes
+      errands processes --job-class myapp.jobs.SendWelcome --json
+    """
+    _config()
+    rows = api.processes(
+        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
+    )
+    if as_json:
+        _print_json([p.as_json() for p in rows])
+    elif rows:
+        click.echo(_process_rows(rows))
+    else:
+        click.echo("No claimed or running jobs.")
+
+
+@cli.command("results")
+@_filter_options(status=True)
+def results_command(
+    queue: str | None,
+    status: str | None,
+    job_class: str | None,
+    concurrency_key: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List finished jobs, newest first: status, attempt, duration, error type.
+
+    \b
+    Examples:
+      errands results
+      errands results --status ERRORED --json
+      errands results --queue mail --job-class myapp.jobs.SendWelcome --limit 5
+    """
+    _config()
+    rows = api.results(
+        queue=queue,
+        status=status.upper() if status else None,
+        job_class=job_class,
+        concurrency_key=concurrency_key,
+        limit=limit,
+    )
+    if as_json:
+        _print_json([r.as_json() for r in rows])
+    elif rows:
+        click.echo(_result_rows(rows))
+    else:
+        click.echo("No results.")
+
+
+@cli.command("get")
+@click.argument("uuid")
+@_json_option
+def get_command(uuid: str, as_json: bool) -> None:
+    """Show one job in full: a pending request, a running process or a result
+    (with its traceback). A request's uuid finds its latest result.
+
+    \b
+    Examples:
+      errands get 3f1c2a4e-5b6d-4c8e-9f00-0123456789ab
+      errands get 3f1c2a4e-5b6d-4c8e-9f00-0123456789ab --json
+    """
+    _config()
+    row = api.get(_parse_uuid(uuid))
+    if row is None:
+        raise CliError(f"no job has uuid {uuid}")
+    if as_json:
+        _print_json(row.as_json())
+    else:
+        _show_row(row)
+
+
+# -- operating -----------------------------------------------------------------------
+
+
+@cli.command("retry")
+@click.argument("uuid")
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Wait this long before running it (default: the job's calculate_retry_delay).",
+)
+def retry_command(uuid: str, delay: float | None) -> None:
+    """Run a finished job again as its next attempt.
+
+    The new request copies the job's class, parameters and options and is linked
+    from the old result (retry_request_uuid). The job's module must be importable
+    (--import / setting 'import').
+
+    \b
+    Examples:
+      errands --import myapp.jobs retry 3f1c2a4e-5b6d-4c8e-9f00-0123456789ab
+      errands --import myapp.jobs retry 3f1c2a4e-... --delay 60
+    """
+    config = _config()
+    _import_job_modules(config)
+    target = _parse_uuid(uuid)
+    found = api.get(target)
+    if found is None:
+        raise CliError(f"no job has uuid {uuid}")
+    if not isinstance(found, JobResult):
+        raise CliError(f"job {uuid} has not finished (it is a pending {found.kind}); nothing to retry")
+    request = api.retry(found.uuid, delay=delay)
+    if request is None:
+        click.echo(f"Not retried: {found.job_class}.should_enqueue() declined (concurrency key?).")
+        return
+    click.echo(
+        f"Enqueued {request.job_class} as attempt {request.retry_attempt + 1}: request {request.uuid}"
+    )
+
+
+@cli.command("cancel")
+@click.argument("uuid")
+def cancel_command(uuid: str) -> None:
+    """Cancel a pending job, or ask the worker running a job to terminate it.
+
+    A pending request becomes a CANCELLED result at once. A running job's worker
+    notices the request within about a second, kills the job's process and
+    records it CANCELLED.
+
+    \b
+    Example:
+      errands cancel 3f1c2a4e-5b6d-4c8e-9f00-0123456789ab
+    """
+    config = _config()
+    _import_job_modules(config)  # so on_aborted hooks can run
+    target = _parse_uuid(uuid)
+    outcome = api.cancel(target)
+    if isinstance(outcome, JobResult):
+        click.echo(f"Cancelled pending job {outcome.job_class} ({target}); result {outcome.uuid}")
+        return
+    if isinstance(outcome, JobProcess):
+        click.echo(
+            f"Cancellation requested for running job {outcome.job_class} ({outcome.uuid}); "
+            "its worker will terminate it shortly."
+        )
+        return
+    found = api.get(target)
+    if isinstance(found, JobResult):
+        raise CliError(f"job {uuid} already finished ({found.status.value}); nothing to cancel")
+    raise CliError(f"nothing pending or running has uuid {uuid}")
+
+
+@cli.command("purge")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Delete results that ended more than SECONDS ago.",
+)
+@click.option("--all", "purge_all", is_flag=True, help="Delete every result.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def purge_command(older_than: float | None, purge_all: bool, yes: bool) -> None:
+    """Delete results (the history of finished jobs). Pending and running jobs
+    are never touched. Workers also prune results older than the
+    results_retention setting on their own.
+
+    \b
+    Examples:
+      errands purge --older-than 86400      # older than a day
+      errands purge --all --yes
+    """
+    if (older_than is None) == (not purge_all):
+        raise click.UsageError("give exactly one of --older-than SECONDS or --all")
+    config = _config()
+    what = "every result" if purge_all else f"results that ended more than {older_than:g}s ago"
+    if not yes:
+        click.confirm(f"Delete {what} in {_describe_database(config)}?", abort=True, err=True)
+    count = api.purge(older_than=None if purge_all else older_than)
+    click.echo(f"Deleted {count} result{'s' if count != 1 else ''}.")
+
+
+# -- overview ------------------------------------------------------------------------
+
+
+@cli.command("stats")
+@_json_option
+def stats_command(as_json: bool) -> None:
+    """Per-queue counts (pending, scheduled, running, oldest pending age),
+    results by status, and active/stale workers.
+
+    \b
+    Examples:
+      errands stats
+      errands stats --json
+    """
+    _config()
+    stats = api.stats()
+    if as_json:
+        _print_json(stats.as_json())
+        return
+    if stats.queues:
+        click.echo(
+            table(
+                ["QUEUE", "PENDING", "SCHEDULED", "RUNNING", "OLDEST PENDING"],
+                [
+                    [q.queue, q.pending, q.scheduled, q.running, _duration(q.oldest_pending_age)]
+                    for q in stats.queues
+                ],
+            )
+        )
+    else:
+        click.echo("No pending, scheduled or running jobs.")
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(stats.results_by_status.items()))
+    click.echo(f"\nresults: {by_status or 'none'}")
+    click.echo(f"workers: {stats.workers_active} active, {stats.workers_stale} stale")
+
+
+@cli.command("workers")
+@_json_option
+def workers_command(as_json: bool) -> None:
+    """List workers by their heartbeats; a worker silent for heartbeat_timeout
+    seconds is stale (its jobs are rescued as LOST).
+
+    \b
+    Examples:
+      errands workers
+      errands workers --json
+    """
+    _config()
+    rows = api.workers()
+    if as_json:
+        _print_json([w.as_json() for w in rows])
+        return
+    if not rows:
+        click.echo("No workers.")
+        return
+    click.echo(
+        table(
+            ["WORKER", "HOST", "PID", "QUEUES", "STARTED", "LAST HEARTBEAT", "STATE"],
+            [
+                [
+                    w.worker_id,
+                    w.hostname,
+                    w.pid,
+                    ",".join(w.queues) or "all",
+                    _time(w.started_at),
+                    _time(w.last_heartbeat_at),
+                    "stale" if w.stale else "active",
+                ]
+                for w in rows
+            ],
+        )
+    )
+
+
+@cli.command("settings")
+@_json_option
+def settings_command(as_json: bool) -> None:
+    """Show the effective settings and where each came from.
+
+    \b
+    Examples:
+      errands settings
+      ERRANDS_POLL_INTERVAL=0.5 errands settings --json
+    """
+    config = _config()
+    values = settings.as_dict(config)
+    if as_json:
+        _print_json(values)
+        return
+    rows = []
+    for name, value in values.items():
+        field_name = "import_modules" if name == "import" else name
+        shown = list(value) if isinstance(value, tuple) else value
+        if name == "database_url":
+            shown = mask_url(str(value)) if value else '"" (sqlite:///errands.sqlite3)'
+        rows.append([name, _field_text(shown), config.sources.get(field_name, "default")])
+    click.echo(table(["SETTING", "VALUE", "SOURCE"], rows))
+
+
+# -- run -------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _job_arguments(
+    params: Sequence[str], args_json: str | None, params_json: str | None
+) -> tuple[list[Any], dict[str, Any]]:
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    if args_json is not None:
+        try:
+            parsed = json.loads(args_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
+        if not isinstance(parsed, list):
+            raise click.BadParameter("expected a JSON array, e.g. '[42, \"x\"]'", param_hint="--args")
+        args = parsed
+    if params_json is not None:
+        try:
+            parsed = json.loads(params_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from None
+        if not isinstance(parsed, dict):
+            raise click.BadParameter(
+                "expected a JSON object, e.g. '{\"user_id\": 42}'", param_hint="--params"
+            )
+        kwargs.update(parsed)
+    for item in params:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--param")
+        kwargs[name.strip()] = _parse_value(value)
+    return args, kwargs
+
+
+@cli.command("run")
+@click.argument("job_class")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    metavar="NAME=VALUE",
+    multiple=True,
+    help="A keyword argument of the job (repeatable). VALUE is read as JSON when it "
+    "parses (42, true, [1,2], '\"42\"'), otherwise as a string.",
+)
+@click.option("--params", "params_json", metavar="JSON", help="Keyword arguments as a JSON object.")
+@click.option("--args", "args_json", metavar="JSON", help="Positional arguments as a JSON array.")
+@click.option("--now", is_flag=True, help="Run it here and now, without a worker or database.")
+@click.option("--queue", "-q", metavar="NAME", help="Enqueue on this queue (default: the job's).")
+@click.option(
+    "--delay", type=click.FloatRange(min=0), metavar="SECONDS", help="Run no sooner than this."
+)
+@click.option("--priority", type=int, help="Higher runs first (default: the job's).")
+@click.option("--retries", type=click.IntRange(min=0), help="Attempts after a failure.")
+@click.option("--concurrency-key", metavar="KEY", help="Default: the job's.")
+def run_command(
+    job_class: str,
+    params: tuple[str, ...],
+    params_json: str | None,
+    args_json: str | None,
+    now: bool,
+    queue: str | None,
+    delay: float | None,
+    priority: int | None,
+    retries: int | None,
+    concurrency_key: str | None,
+) -> None:
+    """Enqueue one job of JOB_CLASS (a registered class's dotted path) and print
+    its request uuid; with --now, run it in this process instead.
+
+    \b
+    Examples:
+      errands --import myapp.jobs run myapp.jobs.SendWelcome --param user_id=42
+      errands --import myapp.jobs run myapp.jobs.Resize --args '["cat.png", 640]' --delay 30
+      errands --import myapp.jobs run myapp.jobs.SendWelcome --params '{"user_id": 42}' --now
+    """
+    from errands.registry import load_job_class
+
+    config = _config()
+    _import_job_modules(config)
+    args, kwargs = _job_arguments(params, args_json, params_json)
+    cls = load_job_class(job_class)
+    try:
+        job = cls(*args, **kwargs)
+    except TypeError as exc:
+        raise CliError(f"cannot build {job_class} with these arguments: {exc}") from None
+    if now:
+        _run_now(job, config)
+        return
+    request = job.run_in_worker(
+        queue=queue,
+        delay=delay,
+        priority=priority,
+        retries=retries,
+        concurrency_key=concurrency_key,
+    )
+    if request is None:
+        click.echo(
+            f"Not enqueued: {job_class}.should_enqueue() declined "
+            "(a job with the same concurrency key is pending or running).",
+            err=True,
+        )
+        sys.exit(3)
+    click.echo(str(request.uuid))
+
+
+def _run_now(job: Any, config: settings.Settings) -> None:
+    import traceback
+
+    from errands import serialization
+    from errands.execution import build_handler
+
+    handler = build_handler(config.middleware)
+    try:
+        value = handler(job)
+    except DeferJob as deferral:
+        click.echo(f"Deferred: the job asked to run again in {deferral.delay:g}s.", err=True)
+        return
+    except Exception as exc:
+        click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+        raise CliError(f"the job raised {type(exc).__name__}: {_one_line(str(exc))}") from None
+    stored = serialization.encode(value, job_class=type(job).__name__, parameter="return value")
+    if stored is not None:
+        click.echo(json.dumps(stored, default=str))
+
+
+# -- demo ------------------------------------------------------------------------------
+
+
+@cli.command("demo")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the worker running after the demo's jobs finish, so you can enqueue "
+    "more from another terminal; stop it with Ctrl-C.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up if the demo's jobs have not finished by then.",
+)
+def demo_command(keep: bool, timeout: float) -> None:
+    """Enqueue example jobs, run a worker until they finish, print a summary.
+
+    Uses the configured database: with no configuration, the SQLite file
+    errands.sqlite3 in the working directory (created and migrated). The demo's
+    jobs use their own queue, errands-demo, so other jobs are not touched.
+
+    \b
+    Examples:
+      errands demo
+      errands --database-url postgresql://postgres@127.0.0.1/postgres demo
+    """
+    from errands.demo import run_demo
+
+    _config()
+    code = run_demo(keep_running=keep, timeout=timeout)
+    sys.exit(code)
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point of ``errands``."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="errands")
+
+
+_ = functools  # keep for decorators added later
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,246 @@
+"""Faults: killed and paused workers, shutdown signals, drain timeouts, lost connections.
+
+Each scenario kills, pauses or signals real processes: a worker runs as a
+subprocess (``tests/support/worker_main.py``) in its own process group, and a
+second worker, driven in-process, plays the surviving peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sample_jobs
+
+import errands
+from conftest import SUPPORT_DIR, WorkerRunner, wait_for
+from errands import Status
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+class WorkerProcess:
+    """A worker in a subprocess, in its own session so its children can be signalled too."""
+
+    def __init__(self, url: str, log: Path, **settings: object) -> None:
+        environ = {
+            **os.environ,
+            "ERRANDS_DATABASE_URL": url,
+            "ERRANDS_IMPORT": "sample_jobs",
+            "ERRANDS_WORKER_MAX_PROCESSES": "1",
+            "ERRANDS_HEARTBEAT_INTERVAL": "0.5",
+            "ERRANDS_HEARTBEAT_TIMEOUT": "60",
+            "ERRANDS_POLL_INTERVAL": "0.1",
+        }
+        environ.update({f"ERRANDS_{k.upper()}": str(v) for k, v in settings.items()})
+        self.log = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(SUPPORT_DIR / "worker_main.py")],
+            env=environ,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def signal_group(self, signum: int) -> None:
+        os.killpg(self.process.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.signal_group(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        else:
+            # Children of a worker that exited must not outlive it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+SpawnWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
+    started: list[WorkerProcess] = []
+
+    def spawn(**settings: object) -> WorkerProcess:
+        worker = WorkerProcess(db_url, tmp_path / f"worker{len(started)}.log", **settings)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.close()
+
+
+def test_killed_worker_is_rescued_as_lost_and_retried(
+    spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    request = sample_jobs.SlowRetry(str(marks)).run_in_worker(retries=1)
+    assert request is not None
+    doomed = spawn_worker()
+    wait_for(lambda: lines(marks) == ["started"], timeout=30)
+    doomed.signal_group(signal.SIGKILL)  # the whole tree, as a deploy or the OOM killer would
+    doomed.wait(10)
+
+    run_worker(lambda: bool(errands.results()), heartbeat_timeout=2)
+
+    (lost,) = errands.results()
+    assert lost.status == Status.LOST
+    assert lost.error_type == "WorkerLost"
+    assert lost.retry_request_uuid is not None
+    (retry,) = errands.requests()
+    assert (retry.uuid, retry.retry_attempt) == (lost.retry_request_uuid, 1)
+    assert lines(marks) == ["started", "aborted LOST"]  # on_aborted ran exactly once
+    assert errands.processes() == []
+    assert all(w.worker_id != lost.worker_id for w in errands.workers())
+
+
+def test_rescue_waits_for_the_heartbeat_timeout(
+    spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    sample_jobs.SlowRetry(str(marks), seconds=4).run_in_worker()
+    alive = spawn_worker()
+    wait_for(lambda: lines(marks) == ["started"], timeout=30)
+    # A peer with a generous timeout runs its maintenance several times meanwhile.
+    deadline = time.monotonic() + 2
+    run_worker(lambda: time.monotonic() > deadline, heartbeat_timeout=30)
+    assert errands.results() == []
+    assert len(errands.processes()) == 1
+    wait_for(lambda: bool(errands.results()), timeout=30)
+    assert errands.results()[0].status == Status.SUCCESSFUL
+    alive.signal(signal.SIGTERM)
+    assert alive.wait(15) == 0
+
+
+def test_paused_worker_declared_dead_does_not_write_a_second_result(
+    spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    sample_jobs.SlowRetry(str(marks), seconds=2).run_in_worker()
+    paused = spawn_worker()
+    wait_for(lambda: lines(marks) == ["started"], timeout=30)
+    paused.signal_group(signal.SIGSTOP)  # a frozen VM, a long GC pause, a network partition
+    try:
+        run_worker(lambda: bool(errands.results()), heartbeat_timeout=1.5)
+    finally:
+        paused.signal_group(signal.SIGCONT)
+    (lost,) = errands.results()
+    assert lost.status == Status.LOST
+
+    # The job finishes late; its outcome finds no process and writes nothing.
+    wait_for(lambda: "finished" in lines(marks), timeout=30)
+    wait_for(lambda: len(errands.workers()) == 1, timeout=10)  # it registered again
+    time.sleep(1)  # give a wrong second write every chance to happen
+    assert [r.uuid for r in errands.results()] == [lost.uuid]
+    paused.signal(signal.SIGTERM)
+    assert paused.wait(15) == 0
+
+
+def test_sigterm_finishes_running_jobs_and_returns_unstarted_ones(
+    spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    running = sample_jobs.SlowRetry(str(marks), seconds=2).run_in_worker(priority=10)
+    assert running is not None
+    waiting = [sample_jobs.Noop().run_in_worker() for _ in range(3)]
+    worker = spawn_worker()
+    wait_for(lambda: lines(marks) == ["started"], timeout=30)
+    assert len(errands.processes()) == 4  # all four were claimed in one batch
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+    (result,) = errands.results()
+    assert (result.request_uuid, result.status) == (running.uuid, Status.SUCCESSFUL)
+    assert lines(marks) == ["started", "finished"]
+    assert sorted(r.uuid for r in errands.requests()) == sorted(r.uuid for r in waiting if r)
+    assert errands.processes() == []
+    assert errands.workers() == []
+
+
+def test_second_signal_cancels_running_jobs_promptly(
+    spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    sample_jobs.SlowRetry(str(marks), seconds=60).run_in_worker(retries=3)
+    worker = spawn_worker()
+    wait_for(lambda: lines(marks) == ["started"], timeout=30)
+
+    worker.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    began = time.monotonic()
+    worker.signal(signal.SIGINT)
+    assert worker.wait(15) == 0
+    assert time.monotonic() - began < 10
+
+    (result,) = errands.results()
+    assert result.status == Status.CANCELLED
+    assert result.retry_request_uuid is None  # a cancelled job is not retried
+    assert errands.requests() == []
+    assert lines(marks) == ["started", "aborted CANCELLED"]
+
+
+def test_drain_timeout_cancels_jobs_still_running(
+    spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    sample_jobs.SlowRetry(str(marks), seconds=60).run_in_worker()
+    worker = spawn_worker(worker_drain_timeout=1)
+    wait_for(lambda: lines(marks) == ["started"], timeout=30)
+    began = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert 1 <= time.monotonic() - began < 15
+    assert errands.results()[0].status == Status.CANCELLED
+
+
+@pytest.mark.postgres_only
+def test_worker_survives_losing_its_database_connections(
+    run_worker: WorkerRunner, db_url: str
+) -> None:
+    total = 200
+    for i in range(total):
+        sample_jobs.Echo(i).run_in_worker()
+    dbname = db_url.rsplit("/", 1)[1]
+    terminated = threading.Event()
+
+    def terminate_connections() -> None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname,),
+            )
+        terminated.set()
+
+    def done() -> bool:
+        if not terminated.is_set() and len(errands.results(limit=total)) >= total // 4:
+            terminate_connections()
+        return terminated.is_set() and len(errands.results(limit=10 * total)) >= total
+
+    run_worker(done, timeout=60)
+    results = errands.results(limit=10 * total)
+    assert len(results) == total
+    assert {r.status for r in results} == {Status.SUCCESSFUL}
+    assert sorted(r.return_value for r in results) == list(range(total))
+    assert errands.requests() == [] and errands.processes() == []
