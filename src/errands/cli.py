@@ -7,7 +7,6 @@ the settings and the worker.
 from __future__ import annotations
 
 import datetime
-import functools
 import importlib
 import json
 import os
@@ -33,17 +32,24 @@ CONTEXT_SETTINGS: dict[str, Any] = {
     "max_content_width": 100,
 }
 STATUS_NAMES = [s.value for s in Status]
+_CLI_VALUES = "errands.cli_values"  # key in the root context's meta: the global flags
 
 
 # -- errors ----------------------------------------------------------------------------
 
 
 class CliError(click.ClickException):
-    """A one-line ``Error: ...`` on stderr and an exit code; never a traceback."""
+    """A one-line ``Error: ...`` on stderr and exit code 1; never a traceback."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+
+class SetupError(CliError):
+    """Like CliError, with exit code 2: bad settings or a database without the schema."""
+
+    exit_code = 2
+
+
+def _error(message: str, exit_code: int = 1) -> CliError:
+    return SetupError(message) if exit_code == 2 else CliError(message)
 
 
 def _one_line(text: str) -> str:
@@ -65,15 +71,15 @@ def _friendly_errors() -> Iterator[None]:
     except click.ClickException:
         raise
     except SchemaOutOfDate as exc:
-        raise CliError(_schema_message(exc), exit_code=2) from None
+        raise _error(_schema_message(exc), 2) from None
     except ConfigurationError as exc:
-        raise CliError(_one_line(str(exc)), exit_code=2) from None
+        raise _error(_one_line(str(exc)), 2) from None
     except ErrandsError as exc:
         raise CliError(_one_line(str(exc))) from None
     except (psycopg.Error, sqlite3.Error) as exc:
         message = _one_line(str(exc))
         if "errands_" in message and ("does not exist" in message or "no such table" in message):
-            raise CliError(_schema_message(exc), exit_code=2) from None
+            raise _error(_schema_message(exc), 2) from None
         raise CliError(f"database error: {message}") from None
 
 
@@ -155,7 +161,7 @@ def _duration(seconds: float | None) -> str:
         return "-"
     if seconds < 60:
         return f"{seconds:.2f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
@@ -277,9 +283,7 @@ def _parse_uuid(value: str) -> uuid_module.UUID:
 
 
 def _json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
-        f
-    )
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
 
 
 def _filter_options(*, status: bool) -> Callable[[F], F]:
@@ -351,12 +355,12 @@ def cli(database_url: str | None, import_modules: tuple[str, ...]) -> None:
     settings.reset()
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    settings.override_cli(
-        {
-            "database_url": database_url,
-            "import_modules": tuple(import_modules) if import_modules else None,
-        }
-    )
+    values = {
+        "database_url": database_url,
+        "import_modules": tuple(import_modules) if import_modules else None,
+    }
+    click.get_current_context().meta[_CLI_VALUES] = values
+    settings.override_cli(values)
 
 
 # -- migrate -----------------------------------------------------------------------
@@ -521,13 +525,15 @@ def worker(
     config = _apply(values)
     if reload:
         try:
-            import watchfiles
+            watchfiles: Any = importlib.import_module("watchfiles")
         except ImportError:
             raise CliError(
                 "--reload needs the watchfiles package: pip install 'errands[reload]'"
             ) from None
-        cli_values = dict(settings._cli)
-        click.echo(f"Watching {os.getcwd()} for .py changes; the worker restarts on each.", err=True)
+        cli_values = {**click.get_current_context().find_root().meta.get(_CLI_VALUES, {}), **values}
+        click.echo(
+            f"Watching {os.getcwd()} for .py changes; the worker restarts on each.", err=True
+        )
         watchfiles.run_process(
             os.getcwd(),
             target=_reloaded_worker,
@@ -551,10 +557,10 @@ def _run_worker(config: settings.Settings, queues: list[str]) -> int:
         latest = backend.latest_schema_version()
         if version is None or version < latest:
             found = "no errands tables" if version is None else f"schema version {version}"
-            raise CliError(
+            raise _error(
                 f"the database ({_describe_database(config)}) has {found}, "
                 f"this errands needs version {latest}; run `errands migrate` first",
-                exit_code=2,
+                2,
             )
         _banner(config, queues, imported)
         return Worker(queues=queues, config=config, backend=backend).run()
@@ -625,7 +631,9 @@ def requests_command(
       errands requests --json
     """
     _config()
-    rows = api.requests(queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit)
+    rows = api.requests(
+        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
+    )
     if as_json:
         _print_json([r.as_json() for r in rows])
     elif rows:
@@ -748,14 +756,15 @@ def retry_command(uuid: str, delay: float | None) -> None:
     if found is None:
         raise CliError(f"no job has uuid {uuid}")
     if not isinstance(found, JobResult):
-        raise CliError(f"job {uuid} has not finished (it is a pending {found.kind}); nothing to retry")
+        raise CliError(
+            f"job {uuid} has not finished (it is still a {found.kind}); nothing to retry"
+        )
     request = api.retry(found.uuid, delay=delay)
     if request is None:
         click.echo(f"Not retried: {found.job_class}.should_enqueue() declined (concurrency key?).")
         return
-    click.echo(
-        f"Enqueued {request.job_class} as attempt {request.retry_attempt + 1}: request {request.uuid}"
-    )
+    attempt = request.retry_attempt + 1
+    click.echo(f"Enqueued {request.job_class} again as attempt {attempt}: request {request.uuid}")
 
 
 @cli.command("cancel")
@@ -939,7 +948,9 @@ def _job_arguments(
         except json.JSONDecodeError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
         if not isinstance(parsed, list):
-            raise click.BadParameter("expected a JSON array, e.g. '[42, \"x\"]'", param_hint="--args")
+            raise click.BadParameter(
+                "expected a JSON array, e.g. '[42, \"x\"]'", param_hint="--args"
+            )
         args = parsed
     if params_json is not None:
         try:
@@ -1095,8 +1106,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point of ``errands``."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="errands")
 
-
-_ = functools  # keep for decorators added later
 
 if __name__ == "__main__":  # pragma: no cover
     main()

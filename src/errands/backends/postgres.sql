@@ -1,0 +1,618 @@
+-- Every SQL statement of the PostgreSQL backend, as named blocks (see sqlfile.py).
+--
+-- Conventions:
+-- * Parameters are named (%(name)s) and always bound, never spliced into the text.
+--   Batches travel as typed arrays unpacked with unnest(), so one statement (one
+--   round trip) handles any number of rows.
+-- * Times that decide behaviour (due times, heartbeat staleness) use the database
+--   clock, now(), so workers and enqueuers with skewed clocks agree.
+-- * A job moves between tables by DELETE ... RETURNING feeding an INSERT in the
+--   same statement. A row can be deleted only once, so whoever's DELETE returns
+--   it owns the transition: that is what makes claims, completions, cancellations
+--   and rescues happen exactly once without any application-level locking.
+-- * NOTIFY payloads are queue names on channel errands_jobs. Notifications are
+--   delivered only when (and if) the transaction commits, and identical payloads
+--   in one transaction are delivered once, so enqueueing 10 000 jobs of one queue
+--   sends one wake-up.
+
+
+-- Schema ------------------------------------------------------------------------
+
+-- name: lock_migrations
+-- A transaction-scoped advisory lock on a constant key: concurrent migrators
+-- (say, every pod of a deploy running "errands migrate") queue here, and each
+-- later one finds the versions already recorded and applies nothing. The lock is
+-- released at commit or rollback, so a crashed migrator never leaves it held.
+SELECT pg_advisory_xact_lock(hashtext('errands.migrate'))
+
+-- name: create_schema_table
+CREATE TABLE IF NOT EXISTS errands_schema (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: schema_table_exists
+SELECT to_regclass('errands_schema') IS NOT NULL AS present
+
+-- name: recorded_schema_version
+SELECT max(version) AS version FROM errands_schema
+
+-- name: migration_1
+-- Pending jobs. Rows live briefly: inserted at enqueue, deleted at claim.
+CREATE TABLE errands_request (
+    uuid uuid PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    start_at timestamptz NOT NULL,
+    job_class text NOT NULL,
+    parameters jsonb NOT NULL,
+    queue text NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    retries integer NOT NULL DEFAULT 0,
+    retry_attempt integer NOT NULL DEFAULT 0,
+    concurrency_key text NOT NULL DEFAULT '',
+    timeout double precision,
+    source text NOT NULL DEFAULT '',
+    trace_id text,
+    span_id text
+) WITH (
+    -- Queue tables churn: every job inserts one row and deletes it soon after,
+    -- while few rows are live. The default threshold (20 percent of live rows)
+    -- lets a large backlog pile up dead tuples that the claim query's index scan
+    -- must step over; vacuuming after 1 percent, unthrottled, keeps it short.
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- Claiming walks this index in claim order within a queue and stops at LIMIT.
+CREATE INDEX errands_request_claim_idx
+    ON errands_request (queue, priority DESC, start_at, created_at);
+
+-- Concurrency-key checks at enqueue; most jobs have no key, so they are left out.
+CREATE INDEX errands_request_slot_idx
+    ON errands_request (job_class, concurrency_key)
+    WHERE concurrency_key <> '';
+
+-- Claimed jobs, owned by one worker; running once started_at is set.
+-- start_at is kept so that release() can restore the request exactly.
+CREATE TABLE errands_process (
+    uuid uuid PRIMARY KEY,
+    request_uuid uuid NOT NULL,
+    requested_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    worker_id uuid NOT NULL,
+    start_at timestamptz NOT NULL,
+    job_class text NOT NULL,
+    parameters jsonb NOT NULL,
+    queue text NOT NULL,
+    priority integer NOT NULL,
+    retries integer NOT NULL,
+    retry_attempt integer NOT NULL,
+    concurrency_key text NOT NULL DEFAULT '',
+    timeout double precision,
+    source text NOT NULL DEFAULT '',
+    trace_id text,
+    span_id text,
+    cancel_requested boolean NOT NULL DEFAULT false
+) WITH (
+    -- Same churn as errands_request (see above).
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0,
+    -- Room on each page for the started_at / cancel_requested updates to stay
+    -- HOT (no index entry rewritten: neither column is indexed).
+    fillfactor = 90
+);
+
+CREATE INDEX errands_process_worker_idx ON errands_process (worker_id);
+CREATE INDEX errands_process_slot_idx ON errands_process (job_class, concurrency_key);
+CREATE INDEX errands_process_request_idx ON errands_process (request_uuid);
+
+-- History: one row per finished process.
+CREATE TABLE errands_result (
+    uuid uuid PRIMARY KEY,
+    -- UNIQUE: one process produces at most one result, even if two writers
+    -- (a late completion and a rescue) ever raced past the DELETE guard.
+    process_uuid uuid NOT NULL UNIQUE,
+    request_uuid uuid NOT NULL,
+    requested_at timestamptz NOT NULL,
+    started_at timestamptz,
+    ended_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    status text NOT NULL
+        CHECK (status IN ('SUCCESSFUL', 'ERRORED', 'CANCELLED', 'DEFERRED', 'LOST')),
+    worker_id uuid,
+    job_class text NOT NULL,
+    parameters jsonb NOT NULL,
+    queue text NOT NULL,
+    priority integer NOT NULL,
+    retries integer NOT NULL,
+    retry_attempt integer NOT NULL,
+    concurrency_key text NOT NULL DEFAULT '',
+    timeout double precision,
+    source text NOT NULL DEFAULT '',
+    trace_id text,
+    span_id text,
+    error_type text NOT NULL DEFAULT '',
+    error text NOT NULL DEFAULT '',
+    traceback text NOT NULL DEFAULT '',
+    return_value jsonb,
+    retry_request_uuid uuid
+);
+
+-- Listing newest first (scanned backwards) and pruning by age (a range scan on
+-- the low end) share this index rather than maintaining two on the hot insert path.
+CREATE INDEX errands_result_ended_idx ON errands_result (ended_at, created_at);
+CREATE INDEX errands_result_status_idx ON errands_result (status, ended_at);
+CREATE INDEX errands_result_job_class_idx ON errands_result (job_class, ended_at);
+CREATE INDEX errands_result_request_idx ON errands_result (request_uuid);
+
+-- Live workers: one row each, refreshed every heartbeat interval.
+CREATE TABLE errands_worker (
+    worker_id uuid PRIMARY KEY,
+    hostname text NOT NULL,
+    pid integer NOT NULL,
+    queues text[] NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+
+INSERT INTO errands_schema (version) VALUES (1);
+
+
+-- Enqueueing -------------------------------------------------------------------
+
+-- name: lock_slots
+-- One transaction-scoped advisory lock per (job class, concurrency key): a second
+-- enqueue of the same slot waits here until the first commits, then its next
+-- statement (read committed: a fresh snapshot) sees the first one's job. That
+-- makes "check the slot is free, then insert" race-free without locking tables.
+-- The two-key form keeps errands' locks apart from an application's one-key
+-- locks. Locks are taken in hash order so two batches never wait on each other
+-- in a cycle.
+SELECT count(pg_advisory_xact_lock(hashtext('errands.slot'), slot.lock_key))
+FROM (
+    SELECT DISTINCT hashtext(job_class || ':' || concurrency_key) AS lock_key
+    FROM unnest(%(job_class)s::text[], %(concurrency_key)s::text[])
+        AS s(job_class, concurrency_key)
+    ORDER BY lock_key
+) AS slot
+
+-- name: slots_in_use
+SELECT s.job_class, s.concurrency_key
+FROM unnest(%(job_class)s::text[], %(concurrency_key)s::text[]) AS s(job_class, concurrency_key)
+WHERE EXISTS (
+        SELECT 1 FROM errands_request AS r
+        WHERE r.job_class = s.job_class AND r.concurrency_key = s.concurrency_key
+    )
+    OR EXISTS (
+        SELECT 1 FROM errands_process AS p
+        WHERE p.job_class = s.job_class AND p.concurrency_key = s.concurrency_key
+    )
+
+-- name: requests_for_slot
+SELECT *
+FROM errands_request
+WHERE job_class = %(job_class)s AND concurrency_key = %(concurrency_key)s
+ORDER BY priority DESC, start_at, created_at
+
+-- name: processes_for_slot
+SELECT *
+FROM errands_process
+WHERE job_class = %(job_class)s AND concurrency_key = %(concurrency_key)s
+ORDER BY created_at
+
+-- name: insert_requests
+-- The whole batch in one statement. A job without an absolute start_at is due
+-- delay_seconds after the database's now(). The queues of jobs due now are
+-- notified from the same statement (the cross join with a one-row aggregate
+-- makes the notify subquery run without changing the rows returned).
+WITH inserted AS (
+    INSERT INTO errands_request (
+        uuid, start_at, job_class, parameters, queue, priority, retries,
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    )
+    SELECT
+        r.uuid,
+        coalesce(r.start_at, now() + r.delay_seconds * interval '1 second'),
+        r.job_class, r.parameters::jsonb, r.queue, r.priority, r.retries,
+        r.retry_attempt, r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id
+    FROM unnest(
+        %(uuid)s::uuid[], %(start_at)s::timestamptz[], %(delay_seconds)s::float8[],
+        %(job_class)s::text[], %(parameters)s::text[], %(queue)s::text[],
+        %(priority)s::int[], %(retries)s::int[], %(retry_attempt)s::int[],
+        %(concurrency_key)s::text[], %(timeout)s::float8[], %(source)s::text[],
+        %(trace_id)s::text[], %(span_id)s::text[]
+    ) AS r(
+        uuid, start_at, delay_seconds, job_class, parameters, queue, priority, retries,
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    )
+    RETURNING *
+)
+SELECT inserted.*
+FROM inserted
+CROSS JOIN (
+    SELECT count(pg_notify('errands_jobs', due.queue))
+    FROM (SELECT DISTINCT queue FROM inserted WHERE start_at <= now()) AS due
+) AS notified
+
+-- name: link_retry
+UPDATE errands_result
+SET retry_request_uuid = %(request_uuid)s
+WHERE uuid = %(result_uuid)s
+
+
+-- Workers ------------------------------------------------------------------------
+
+-- name: register_worker
+INSERT INTO errands_worker (worker_id, hostname, pid, queues)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(queues)s::text[])
+ON CONFLICT (worker_id) DO UPDATE
+SET hostname = excluded.hostname,
+    pid = excluded.pid,
+    queues = excluded.queues,
+    last_heartbeat_at = now()
+
+-- name: heartbeat
+UPDATE errands_worker SET last_heartbeat_at = now() WHERE worker_id = %(worker_id)s
+
+-- name: deregister_worker
+DELETE FROM errands_worker WHERE worker_id = %(worker_id)s
+
+-- name: claim
+-- FOR UPDATE SKIP LOCKED: concurrent claimers skip the rows another claimer has
+-- locked instead of queueing behind it, so N workers take N disjoint batches
+-- at once. A row that another claimer deleted after this statement's snapshot
+-- is skipped as well (the lock re-checks the latest row version), so one request
+-- is never claimed twice. The requests are deleted and their processes inserted
+-- in the same statement: there is no moment when a job is in neither table.
+WITH due AS (
+    SELECT uuid
+    FROM errands_request
+    WHERE start_at <= now()
+        AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+    ORDER BY priority DESC, start_at, created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    DELETE FROM errands_request AS r
+    USING due
+    WHERE r.uuid = due.uuid
+    RETURNING r.*
+)
+INSERT INTO errands_process (
+    uuid, request_uuid, requested_at, worker_id, start_at, job_class, parameters, queue,
+    priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+)
+SELECT
+    gen_random_uuid(), c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
+    c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
+    c.timeout, c.source, c.trace_id, c.span_id
+FROM claimed AS c
+RETURNING *
+
+-- name: mark_started
+UPDATE errands_process AS p
+SET started_at = s.started_at
+FROM unnest(%(uuid)s::uuid[], %(started_at)s::timestamptz[]) AS s(uuid, started_at)
+WHERE p.uuid = s.uuid AND p.started_at IS NULL
+
+-- name: complete_many
+-- One statement, so one transaction: processes become results, and results that
+-- asked for a requeue get their new request, all or nothing.
+-- * locked: rows are locked in uuid order so that this and a concurrent rescue
+--   of the same processes cannot deadlock.
+-- * finished: processes that no longer exist (rescued as LOST, cancelled) are
+--   simply absent here, so a late completion writes no second result.
+-- * written: ON CONFLICT is a second guard on "one process, one result".
+-- * requeued: built from the written results, so no request is enqueued for a
+--   result that was not written.
+WITH outcome AS (
+    SELECT *
+    FROM unnest(
+        %(process_uuid)s::uuid[], %(status)s::text[], %(started_at)s::timestamptz[],
+        %(ended_at)s::timestamptz[], %(error_type)s::text[], %(error)s::text[],
+        %(traceback)s::text[], %(return_value)s::text[], %(retry_request_uuid)s::uuid[],
+        %(requeue_delay_seconds)s::float8[], %(requeue_attempt)s::int[]
+    ) AS o(
+        process_uuid, status, started_at, ended_at, error_type, error, traceback,
+        return_value, retry_request_uuid, requeue_delay_seconds, requeue_attempt
+    )
+),
+locked AS (
+    SELECT p.uuid
+    FROM errands_process AS p
+    WHERE p.uuid IN (SELECT process_uuid FROM outcome)
+    ORDER BY p.uuid
+    FOR UPDATE
+),
+finished AS (
+    DELETE FROM errands_process AS p
+    USING locked
+    WHERE p.uuid = locked.uuid
+    RETURNING p.*
+),
+written AS (
+    INSERT INTO errands_result (
+        uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
+        worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
+        concurrency_key, timeout, source, trace_id, span_id, error_type, error,
+        traceback, return_value, retry_request_uuid
+    )
+    SELECT
+        gen_random_uuid(), f.uuid, f.request_uuid, f.requested_at,
+        coalesce(o.started_at, f.started_at), o.ended_at, o.status, f.worker_id,
+        f.job_class, f.parameters, f.queue, f.priority, f.retries, f.retry_attempt,
+        f.concurrency_key, f.timeout, f.source, f.trace_id, f.span_id, o.error_type,
+        o.error, o.traceback, o.return_value::jsonb, o.retry_request_uuid
+    FROM finished AS f
+    JOIN outcome AS o ON o.process_uuid = f.uuid
+    ON CONFLICT (process_uuid) DO NOTHING
+    RETURNING *
+),
+requeued AS (
+    INSERT INTO errands_request (
+        uuid, start_at, job_class, parameters, queue, priority, retries, retry_attempt,
+        concurrency_key, timeout, source, trace_id, span_id
+    )
+    SELECT
+        w.retry_request_uuid, now() + o.requeue_delay_seconds * interval '1 second',
+        w.job_class, w.parameters, w.queue, w.priority, w.retries, o.requeue_attempt,
+        w.concurrency_key, w.timeout, w.source, w.trace_id, w.span_id
+    FROM written AS w
+    JOIN outcome AS o ON o.process_uuid = w.process_uuid
+    WHERE w.retry_request_uuid IS NOT NULL
+    RETURNING queue, start_at
+)
+SELECT written.*
+FROM written
+CROSS JOIN (
+    SELECT count(pg_notify('errands_jobs', due.queue))
+    FROM (SELECT DISTINCT queue FROM requeued WHERE start_at <= now()) AS due
+) AS notified
+
+-- name: release
+-- Only processes that never started go back: the request gets its own uuid,
+-- enqueue time and due time again, so it keeps its place in the claim order.
+WITH released AS (
+    DELETE FROM errands_process
+    WHERE uuid = ANY(%(process_uuids)s::uuid[]) AND started_at IS NULL
+    RETURNING *
+),
+restored AS (
+    INSERT INTO errands_request (
+        uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    )
+    SELECT
+        request_uuid, requested_at, start_at, job_class, parameters, queue, priority,
+        retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    FROM released
+    RETURNING queue
+)
+SELECT
+    (SELECT count(*) FROM restored) AS released,
+    (SELECT count(pg_notify('errands_jobs', q.queue))
+     FROM (SELECT DISTINCT queue FROM restored) AS q) AS notified
+
+
+-- Rescuing lost jobs -----------------------------------------------------------
+
+-- name: stale_workers
+SELECT worker_id
+FROM errands_worker
+WHERE last_heartbeat_at < now() - %(timeout_seconds)s::float8 * interval '1 second'
+ORDER BY last_heartbeat_at
+
+-- name: delete_stale_worker
+-- The exactly-once gate of a rescue. Concurrent rescuers all try this delete;
+-- the first takes the row lock, the others wait for it and then find the row
+-- gone (or fresh again, if the worker beat meanwhile: the condition is checked
+-- once more on the latest row version) and return nothing. Only the rescuer that
+-- gets the row back converts the worker's processes, in the same transaction.
+DELETE FROM errands_worker
+WHERE worker_id = %(worker_id)s
+    AND last_heartbeat_at < now() - %(timeout_seconds)s::float8 * interval '1 second'
+RETURNING worker_id
+
+-- name: orphaned_workers
+-- Processes whose worker has no heartbeat row at all (it deregistered with work
+-- left behind, or its row vanished). Only processes claimed longer ago than the
+-- heartbeat timeout count: a live worker whose row a peer deleted registers
+-- again at its next beat, well within that time.
+SELECT DISTINCT p.worker_id
+FROM errands_process AS p
+WHERE p.created_at < now() - %(timeout_seconds)s::float8 * interval '1 second'
+    AND NOT EXISTS (SELECT 1 FROM errands_worker AS w WHERE w.worker_id = p.worker_id)
+
+-- name: lock_orphaned_processes
+-- SKIP LOCKED: processes another rescuer (or a late completion) holds are its
+-- to convert; this rescuer takes the rest.
+SELECT p.uuid
+FROM errands_process AS p
+WHERE p.worker_id = %(worker_id)s
+    AND p.created_at < now() - %(timeout_seconds)s::float8 * interval '1 second'
+    AND NOT EXISTS (SELECT 1 FROM errands_worker AS w WHERE w.worker_id = p.worker_id)
+ORDER BY p.uuid
+FOR UPDATE OF p SKIP LOCKED
+
+-- name: lose_processes
+-- Turn a worker's processes (all of them when process_uuids is NULL) into LOST
+-- results. Rows are locked in uuid order, like complete_many, so the two cannot
+-- deadlock; a process already completed is gone and produces nothing here.
+WITH locked AS (
+    SELECT uuid
+    FROM errands_process
+    WHERE worker_id = %(worker_id)s
+        AND (%(process_uuids)s::uuid[] IS NULL OR uuid = ANY(%(process_uuids)s::uuid[]))
+    ORDER BY uuid
+    FOR UPDATE
+),
+lost AS (
+    DELETE FROM errands_process AS p
+    USING locked
+    WHERE p.uuid = locked.uuid
+    RETURNING p.*
+)
+INSERT INTO errands_result (
+    uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
+    worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error
+)
+SELECT
+    gen_random_uuid(), l.uuid, l.request_uuid, l.requested_at, l.started_at, now(), 'LOST',
+    l.worker_id, l.job_class, l.parameters, l.queue, l.priority, l.retries, l.retry_attempt,
+    l.concurrency_key, l.timeout, l.source, l.trace_id, l.span_id, %(error_type)s, %(error)s
+FROM lost AS l
+ON CONFLICT (process_uuid) DO NOTHING
+RETURNING *
+
+-- name: processes_of_worker
+SELECT * FROM errands_process WHERE worker_id = %(worker_id)s ORDER BY created_at
+
+-- name: prune_results
+-- Bounded batches keep each delete's transaction short. SKIP LOCKED lets the
+-- workers that prune at about the same time take different rows instead of
+-- waiting on each other.
+DELETE FROM errands_result
+WHERE uuid IN (
+    SELECT uuid
+    FROM errands_result
+    WHERE ended_at < now() - %(older_than_seconds)s::float8 * interval '1 second'
+    ORDER BY ended_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+
+
+-- Notifications ----------------------------------------------------------------
+
+-- name: listen
+LISTEN errands_jobs
+
+
+-- Inspecting and operating ---------------------------------------------------------
+-- Filters are fixed SQL: a NULL parameter means "any".
+
+-- name: list_requests
+SELECT *
+FROM errands_request
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+ORDER BY priority DESC, start_at, created_at
+LIMIT %(limit)s
+
+-- name: list_processes
+SELECT *
+FROM errands_process
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+ORDER BY created_at, uuid
+LIMIT %(limit)s
+
+-- name: list_results
+SELECT *
+FROM errands_result
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(status)s::text IS NULL OR status = %(status)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+ORDER BY ended_at DESC, created_at DESC
+LIMIT %(limit)s
+
+-- name: get_request
+SELECT * FROM errands_request WHERE uuid = %(uuid)s
+
+-- name: get_process
+SELECT * FROM errands_process WHERE uuid = %(uuid)s OR request_uuid = %(uuid)s LIMIT 1
+
+-- name: get_result
+-- A result's own uuid or its process's uuid first, else the latest result of
+-- the request with this uuid.
+SELECT *
+FROM errands_result
+WHERE uuid = %(uuid)s OR process_uuid = %(uuid)s OR request_uuid = %(uuid)s
+ORDER BY (uuid = %(uuid)s OR process_uuid = %(uuid)s) DESC, ended_at DESC, created_at DESC
+LIMIT 1
+
+-- name: cancel_request
+-- A pending request has no process yet, so its result gets a fresh process uuid.
+WITH cancelled AS (
+    DELETE FROM errands_request WHERE uuid = %(uuid)s RETURNING *
+)
+INSERT INTO errands_result (
+    uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
+    worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error
+)
+SELECT
+    gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), 'CANCELLED',
+    NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
+    c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s
+FROM cancelled AS c
+RETURNING *
+
+-- name: request_cancel
+UPDATE errands_process
+SET cancel_requested = true
+WHERE uuid = %(uuid)s OR request_uuid = %(uuid)s
+
+-- name: cancel_requested
+SELECT uuid FROM errands_process WHERE worker_id = %(worker_id)s AND cancel_requested
+
+-- name: purge
+DELETE FROM errands_result
+WHERE %(older_than_seconds)s::float8 IS NULL
+    OR ended_at < now() - %(older_than_seconds)s::float8 * interval '1 second'
+
+-- name: workers
+SELECT
+    *,
+    last_heartbeat_at < now() - %(timeout_seconds)s::float8 * interval '1 second' AS stale
+FROM errands_worker
+ORDER BY started_at, worker_id
+
+-- name: queue_stats
+WITH waiting AS (
+    SELECT
+        queue,
+        count(*) FILTER (WHERE start_at <= now()) AS pending,
+        count(*) FILTER (WHERE start_at > now()) AS scheduled,
+        extract(epoch FROM now() - min(start_at) FILTER (WHERE start_at <= now()))::float8
+            AS oldest_pending_age
+    FROM errands_request
+    GROUP BY queue
+),
+running AS (
+    SELECT queue, count(*) AS running FROM errands_process GROUP BY queue
+)
+SELECT
+    coalesce(w.queue, r.queue) AS queue,
+    coalesce(w.pending, 0) AS pending,
+    coalesce(w.scheduled, 0) AS scheduled,
+    coalesce(r.running, 0) AS running,
+    w.oldest_pending_age
+FROM waiting AS w
+FULL JOIN running AS r ON r.queue = w.queue
+ORDER BY 1
+
+-- name: results_by_status
+SELECT status, count(*) AS count FROM errands_result GROUP BY status ORDER BY status
+
+-- name: worker_counts
+SELECT
+    count(*) FILTER (
+        WHERE last_heartbeat_at >= now() - %(timeout_seconds)s::float8 * interval '1 second'
+    ) AS active,
+    count(*) FILTER (
+        WHERE last_heartbeat_at < now() - %(timeout_seconds)s::float8 * interval '1 second'
+    ) AS stale
+FROM errands_worker
+
+-- name: now
+-- clock_timestamp(), not now(): now() is frozen at the start of the transaction.
+SELECT clock_timestamp() AS now
