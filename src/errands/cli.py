@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -22,7 +23,9 @@ import click
 import psycopg
 
 from errands import api, settings
+from errands.backends import Backend
 from errands.errors import ConfigurationError, DeferJob, ErrandsError, SchemaOutOfDate
+from errands.logs import configure_logging
 from errands.models import JobProcess, JobRequest, JobResult, Status
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -292,6 +295,7 @@ def _filter_options(*, status: bool) -> Callable[[F], F]:
         f = click.option(
             "--limit",
             type=click.IntRange(min=1),
+            metavar="N",
             default=50,
             show_default=True,
             help="Show at most this many rows.",
@@ -361,6 +365,11 @@ def cli(database_url: str | None, import_modules: tuple[str, ...]) -> None:
     }
     click.get_current_context().meta[_CLI_VALUES] = values
     settings.override_cli(values)
+    # Warnings of errands' own (e.g. a failing on_aborted hook) print as log lines;
+    # `errands worker` reconfigures from the log_* settings. The connection pool's
+    # retry warnings are dropped: a connection failure ends as one `Error:` line.
+    configure_logging("WARNING", "text")
+    logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 
 # -- migrate -----------------------------------------------------------------------
@@ -411,20 +420,26 @@ def migrate(print_sql: bool) -> None:
 @click.option(
     "--max-processes",
     type=click.IntRange(min=1),
+    metavar="N",
     help="Child processes running jobs [setting worker_max_processes; default: CPU count].",
 )
 @click.option(
     "--max-jobs-per-process",
     type=click.IntRange(min=1),
+    metavar="N",
     help="Replace a child after this many jobs [worker_max_jobs_per_process; default: never].",
 )
 @click.option(
     "--max-pending-per-process",
     type=click.IntRange(min=1),
+    metavar="N",
     help="Jobs claimed ahead per child [worker_max_pending_per_process; default: 10].",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="Threads per child [worker_threads; default: 1]."
+    "--threads",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Threads per child [worker_threads; default: 1].",
 )
 @click.option(
     "--stats-every",
@@ -531,14 +546,24 @@ def worker(
                 "--reload needs the watchfiles package: pip install 'errands[reload]'"
             ) from None
         cli_values = {**click.get_current_context().find_root().meta.get(_CLI_VALUES, {}), **values}
-        click.echo(
-            f"Watching {os.getcwd()} for .py changes; the worker restarts on each.", err=True
-        )
+        _check_schema(config)  # fail once, here, rather than in every restarted worker
+        cwd = os.getcwd()
+        click.echo(f"Watching {cwd} for .py changes; the worker restarts on each.", err=True)
+
+        def announce(changes: set[tuple[Any, str]]) -> None:
+            changed = sorted({os.path.relpath(path, cwd) for _, path in changes})
+            click.echo(f"Changed: {', '.join(changed)}; restarting the worker.", err=True)
+
+        # Restarting stops the worker with SIGINT (graceful) and waits for running
+        # jobs up to the drain timeout before killing it.
+        wait = config.worker_drain_timeout
         watchfiles.run_process(
-            os.getcwd(),
+            cwd,
             target=_reloaded_worker,
             args=(cli_values, list(queues), list(sys.path)),
             watch_filter=watchfiles.PythonFilter(),
+            callback=announce,
+            sigint_timeout=int(wait) + 1 if wait is not None else 30,
         )
         return
     code = _run_worker(config, list(queues))
@@ -546,24 +571,30 @@ def worker(
 
 
 def _run_worker(config: settings.Settings, queues: list[str]) -> int:
-    from errands.logs import configure_logging
     from errands.worker import Worker
 
     configure_logging(config.log_level, config.log_format)
     imported = _import_job_modules(config)
+    backend = _check_schema(config)
+    _banner(config, queues, imported)
+    with _friendly_errors():
+        return Worker(queues=queues, config=config, backend=backend).run()
+
+
+def _check_schema(config: settings.Settings) -> Backend:
+    """The configured backend, after checking that ``errands migrate`` has run."""
     with _friendly_errors():
         backend = api.backend()
         version = backend.schema_version()
         latest = backend.latest_schema_version()
-        if version is None or version < latest:
-            found = "no errands tables" if version is None else f"schema version {version}"
-            raise _error(
-                f"the database ({_describe_database(config)}) has {found}, "
-                f"this errands needs version {latest}; run `errands migrate` first",
-                2,
-            )
-        _banner(config, queues, imported)
-        return Worker(queues=queues, config=config, backend=backend).run()
+    if version is None or version < latest:
+        found = "no errands tables" if version is None else f"schema version {version}"
+        raise _error(
+            f"the database ({_describe_database(config)}) has {found}, "
+            f"this errands needs version {latest}; run `errands migrate` first",
+            2,
+        )
+    return backend
 
 
 def _reloaded_worker(cli_values: dict[str, Any], queues: list[str], path: list[str]) -> None:
@@ -596,6 +627,10 @@ def _banner(config: settings.Settings, queues: list[str], imported: list[str]) -
         f"  jobs       {', '.join(jobs) if jobs else '-'}",
         f"  polling    every {config.poll_interval:g}s"
         + ("" if config.notifications else " (notifications off)"),
+        f"  heartbeat  every {config.heartbeat_interval:g}s, "
+        f"stale after {config.heartbeat_timeout:g}s; "
+        f"stats every {config.worker_stats_every:g}s; log {config.log_level} {config.log_format}"
+        " (all settings: `errands settings`)",
         "Stop with Ctrl-C or SIGTERM (graceful); a second signal cancels running jobs.",
     ]
     click.echo("\n".join(lines), err=True)
@@ -680,7 +715,9 @@ def results_command(
     limit: int,
     as_json: bool,
 ) -> None:
-    """List finished jobs, newest first: status, attempt, duration, error type.
+    """List finished jobs, newest first.
+
+    Shows each result's status, attempt (of 1 + retries), duration and error type.
 
     \b
     Examples:
@@ -708,8 +745,10 @@ def results_command(
 @click.argument("uuid")
 @_json_option
 def get_command(uuid: str, as_json: bool) -> None:
-    """Show one job in full: a pending request, a running process or a result
-    (with its traceback). A request's uuid finds its latest result.
+    """Show one job in full, with its traceback.
+
+    UUID may be a pending request's, a claimed process's or a result's; a
+    request's uuid finds its latest result.
 
     \b
     Examples:
@@ -770,7 +809,7 @@ def retry_command(uuid: str, delay: float | None) -> None:
 @cli.command("cancel")
 @click.argument("uuid")
 def cancel_command(uuid: str) -> None:
-    """Cancel a pending job, or ask the worker running a job to terminate it.
+    """Cancel a pending job, or stop a running one.
 
     A pending request becomes a CANCELLED result at once. A running job's worker
     notices the request within about a second, kills the job's process and
@@ -809,9 +848,10 @@ def cancel_command(uuid: str) -> None:
 @click.option("--all", "purge_all", is_flag=True, help="Delete every result.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def purge_command(older_than: float | None, purge_all: bool, yes: bool) -> None:
-    """Delete results (the history of finished jobs). Pending and running jobs
-    are never touched. Workers also prune results older than the
-    results_retention setting on their own.
+    """Delete results (the history of finished jobs).
+
+    Pending and running jobs are never touched. Workers also prune results
+    older than the results_retention setting on their own.
 
     \b
     Examples:
@@ -834,8 +874,10 @@ def purge_command(older_than: float | None, purge_all: bool, yes: bool) -> None:
 @cli.command("stats")
 @_json_option
 def stats_command(as_json: bool) -> None:
-    """Per-queue counts (pending, scheduled, running, oldest pending age),
-    results by status, and active/stale workers.
+    """Queue counts, results by status and workers.
+
+    Per queue: pending (due now), scheduled (due later), running, and the age
+    of the oldest pending job. Then results by status and active/stale workers.
 
     \b
     Examples:
@@ -867,8 +909,10 @@ def stats_command(as_json: bool) -> None:
 @cli.command("workers")
 @_json_option
 def workers_command(as_json: bool) -> None:
-    """List workers by their heartbeats; a worker silent for heartbeat_timeout
-    seconds is stale (its jobs are rescued as LOST).
+    """List workers and their heartbeats.
+
+    A worker silent for heartbeat_timeout seconds is stale: its jobs are
+    rescued as LOST by the next worker that notices.
 
     \b
     Examples:
@@ -1003,8 +1047,11 @@ def run_command(
     retries: int | None,
     concurrency_key: str | None,
 ) -> None:
-    """Enqueue one job of JOB_CLASS (a registered class's dotted path) and print
-    its request uuid; with --now, run it in this process instead.
+    """Enqueue one job (or run it right here with --now).
+
+    JOB_CLASS is a registered class's dotted path; its module is imported (or
+    give --import). Prints the new request's uuid; with --now, runs the job in
+    this process instead and prints its return value as JSON.
 
     \b
     Examples:

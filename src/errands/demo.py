@@ -149,6 +149,7 @@ class Chain:
     label: str
     note: str
     request_uuid: uuid.UUID
+    delayed: bool = False
     results: list[JobResult] = field(default_factory=list)
     awaiting: uuid.UUID | None = None  # the request that will produce the next result
 
@@ -166,8 +167,9 @@ class Tracker:
     pending: int = 0
     running: int = 0
 
-    def add(self, label: str, note: str, request_uuid: uuid.UUID) -> None:
-        self.chains.append(Chain(label, note, request_uuid, awaiting=request_uuid))
+    def add(self, label: str, note: str, request_uuid: uuid.UUID, *, delayed: bool = False) -> None:
+        chain = Chain(label, note, request_uuid, delayed=delayed, awaiting=request_uuid)
+        self.chains.append(chain)
 
     @property
     def done(self) -> int:
@@ -190,10 +192,13 @@ class Tracker:
             if chain.awaiting is not None:
                 by_request[chain.awaiting] = chain
         awaiting = {c.awaiting for c in self.chains if c.awaiting is not None}
-        self.pending = sum(r.uuid in awaiting for r in api.requests(queue=DEMO_QUEUE, limit=500))
-        self.running = sum(
-            p.request_uuid in awaiting for p in api.processes(queue=DEMO_QUEUE, limit=500)
-        )
+        requests = api.requests(queue=DEMO_QUEUE, limit=500)
+        processes = [
+            p for p in api.processes(queue=DEMO_QUEUE, limit=500) if p.request_uuid in awaiting
+        ]
+        running = sum(p.started_at is not None for p in processes)
+        self.running = running
+        self.pending = sum(r.uuid in awaiting for r in requests) + len(processes) - running
 
 
 class Progress:
@@ -205,10 +210,12 @@ class Progress:
         self.last = ""
         self.width = 0
 
-    def show(self, text: str) -> None:
-        if text == self.last:
+    def show(self, elapsed: float, text: str) -> None:
+        """Show ``text``; off a terminal only when it changed (not for each tick)."""
+        if not self.tty and text == self.last:
             return
         self.last = text
+        text = f"  {elapsed:4.1f}s  {text}"
         if self.tty:
             self.stream.write("\r" + text.ljust(self.width))
             self.width = len(text)
@@ -262,14 +269,14 @@ def _enqueue(workdir: Path, tracker: Tracker, out: TextIO) -> None:
             out.write(f"  {label.ljust(width)}skipped (one is already pending)\n")
             tracker.skipped.append(label)
             continue
-        tracker.add(label, note, request.uuid)
+        tracker.add(label, note, request.uuid, delayed="delay" in options)
         out.write(f"  {label.ljust(width)}{note}\n")
     duplicate = RebuildSearchIndex().run_in_worker()
     label = "RebuildSearchIndex() again"
     if duplicate is None:
         out.write(
-            f"  {label.ljust(width)}skipped: run_in_worker() returned None, "
-            "the key 'search-index' is already pending\n"
+            f"  {label.ljust(width)}skipped: run_in_worker() returned None "
+            "(key 'search-index' is taken)\n"
         )
         tracker.skipped.append(label)
     else:  # pragma: no cover - a custom should_enqueue could allow it
@@ -310,22 +317,31 @@ def _duration(result: JobResult) -> str:
     return f"{(result.ended_at - result.started_at).total_seconds():.2f}s"
 
 
+def _what_happened(chain: Chain, index: int) -> str:
+    result = chain.results[index]
+    if result.status == Status.DEFERRED:
+        return "raised DeferJob: enqueued again" if result.retry_request_uuid else "deferred"
+    if result.status in (Status.ERRORED, Status.LOST):
+        if result.retry_request_uuid is not None:
+            return "failed: retry enqueued"
+        return "failed: no retries left" if result.retries else "failed: no retries"
+    if result.status != Status.SUCCESSFUL:
+        return result.status.value.lower()
+    if index and chain.results[index - 1].status == Status.DEFERRED:
+        return "succeeded after the deferral"
+    if index:
+        return f"succeeded on retry {result.retry_attempt}"
+    if chain.delayed and result.started_at is not None:
+        waited = (result.started_at - result.requested_at).total_seconds()
+        return f"succeeded; started {waited:.1f}s after enqueueing"
+    return "succeeded"
+
+
 def _summary(tracker: Tracker, out: TextIO) -> None:
     headers = ["JOB", "STATUS", "ATTEMPT", "DURATION", "ERROR", "WHAT HAPPENED"]
     rows: list[list[str]] = []
     for chain in tracker.chains:
         for index, result in enumerate(chain.results):
-            last = index == len(chain.results) - 1
-            if result.status == Status.DEFERRED:
-                happened = "deferred (raised DeferJob), enqueued again"
-            elif result.retry_request_uuid is not None:
-                happened = "failed, retried"
-            elif result.status == Status.SUCCESSFUL and index:
-                happened = "succeeded after " + (
-                    "a deferral" if chain.results[0].status == Status.DEFERRED else "retries"
-                )
-            else:
-                happened = chain.note if last else ""
             rows.append(
                 [
                     chain.label if index == 0 else "  \u21b3 next attempt",
@@ -333,7 +349,7 @@ def _summary(tracker: Tracker, out: TextIO) -> None:
                     f"{result.retry_attempt + 1}/{result.retries + 1}",
                     _duration(result),
                     result.error_type or "-",
-                    happened,
+                    _what_happened(chain, index),
                 ]
             )
     for label in tracker.skipped:
@@ -356,11 +372,10 @@ def _hints(tracker: Tracker, out: TextIO, config: settings.Settings) -> None:
         None,
     )
     prefix = "errands"
+    lines = ["", "Where to look next:"]
     if config.sources.get("database_url") == "the command line":
-        prefix = "errands --database-url URL"
-    lines = [
-        "",
-        "Where to look next:",
+        lines.append("  (give each command the same --database-url as this demo)")
+    lines += [
         f"  {prefix} results                 every result, newest first (--json for JSON)",
     ]
     if failed is not None:
@@ -443,8 +458,9 @@ def run_demo(
                     next_check = now + 0.1
                     tracker.refresh()
                     progress.show(
-                        f"  {now - started:4.1f}s  finished {tracker.done}/{len(tracker.chains)}"
-                        f"  pending {tracker.pending}  running {tracker.running}"
+                        now - started,
+                        f"finished {tracker.done}/{len(tracker.chains)}"
+                        f"  waiting {tracker.pending}  running {tracker.running}",
                     )
                     if tracker.complete:
                         finished_in_time = True

@@ -317,14 +317,20 @@ class Worker:
 
     def flush(self) -> None:
         """Write buffered outcomes (and start stamps of jobs still running) in one go."""
+        # Buffers are cleared only after the write succeeded: if the database fails,
+        # the same outcomes are written on the next try (a repeat writes nothing twice,
+        # since completing a process that is already gone is skipped).
         if self.unmarked_starts:
             started = list(self.unmarked_starts.items())
             self.backend.mark_started(started=started)
-            self.unmarked_starts.clear()
+            for process_uuid, _ in started:
+                self.unmarked_starts.pop(process_uuid, None)
         if not self.outcomes:
             return
-        outcomes, self.outcomes, self.outcomes_since = self.outcomes, [], None
+        outcomes = list(self.outcomes)
         results = self.backend.complete_many(outcomes=outcomes)
+        del self.outcomes[: len(outcomes)]
+        self.outcomes_since = time.monotonic() if self.outcomes else None
         self.completed += len(outcomes)
         self._after_results(results)
 

@@ -63,9 +63,15 @@ SELECT (julianday('now') - 2440587.5) * 86400.0 AS now
 -- Connection setup and schema
 -- ---------------------------------------------------------------------------
 
+-- name: journal_mode
+PRAGMA journal_mode
+
 -- name: enable_wal
 -- Write-ahead log: readers never block the writer and the writer never blocks
--- readers. The mode is stored in the file, so this is a no-op after the first time.
+-- readers. The mode is stored in the file, so only the first connection to a
+-- new file needs this. Switching needs an exclusive lock and may fail with
+-- SQLITE_BUSY without waiting (the busy handler is not always called for it),
+-- so the Python side retries it while other connections hold the file.
 PRAGMA journal_mode = WAL
 
 -- name: set_synchronous
@@ -95,7 +101,8 @@ CREATE TABLE IF NOT EXISTS errands_schema (
 );
 
 -- name: record_schema_version
-INSERT INTO errands_schema (version, applied_at) VALUES (:version, :now)
+INSERT INTO errands_schema (version, applied_at)
+VALUES (:version, (julianday('now') - 2440587.5) * 86400.0)
 
 -- name: migration_1
 CREATE TABLE errands_request (
@@ -287,7 +294,8 @@ RETURNING *
 DELETE FROM errands_request WHERE uuid IN (SELECT key FROM json_each(:claims))
 
 -- name: mark_started
-UPDATE errands_process SET started_at = :started_at WHERE uuid = :uuid
+-- Only the first stamp counts (a re-sent start must not move it).
+UPDATE errands_process SET started_at = :started_at WHERE uuid = :uuid AND started_at IS NULL
 
 -- name: delete_processes
 -- Only processes that still exist come back: one rescued (LOST) or cancelled
@@ -376,13 +384,22 @@ SELECT worker_id FROM errands_worker WHERE last_heartbeat_at < :now - :timeout
 DELETE FROM errands_worker WHERE worker_id = :worker_id AND last_heartbeat_at < :now - :timeout
 
 -- name: workers_without_row
--- Processes whose worker has no heartbeat row at all (it was rescued or
--- deregistered while a claim of it was still in flight).
-SELECT DISTINCT worker_id FROM errands_process
-WHERE worker_id NOT IN (SELECT worker_id FROM errands_worker)
+-- Workers that have processes but no heartbeat row at all (one deregistered
+-- with work left behind, or its row vanished). Only processes claimed longer
+-- ago than the heartbeat timeout count: a live worker whose row a peer deleted
+-- registers again at its next beat, well within that time.
+SELECT DISTINCT p.worker_id
+FROM errands_process AS p
+WHERE p.created_at < :now - :timeout
+    AND NOT EXISTS (SELECT 1 FROM errands_worker AS w WHERE w.worker_id = p.worker_id)
 
--- name: worker_exists
-SELECT count(*) AS found FROM errands_worker WHERE worker_id = :worker_id
+-- name: delete_orphaned_processes_of_worker
+-- Re-checked inside the write transaction: the worker may have registered again.
+DELETE FROM errands_process
+WHERE worker_id = :worker_id
+    AND created_at < :now - :timeout
+    AND NOT EXISTS (SELECT 1 FROM errands_worker AS w WHERE w.worker_id = :worker_id)
+RETURNING *
 
 -- name: processes_of_worker
 SELECT * FROM errands_process WHERE worker_id = :worker_id ORDER BY created_at
@@ -391,7 +408,8 @@ SELECT * FROM errands_process WHERE worker_id = :worker_id ORDER BY created_at
 SELECT uuid FROM errands_process WHERE worker_id = :worker_id AND cancel_requested
 
 -- name: list_workers
-SELECT *, last_heartbeat_at < :now - :timeout AS stale FROM errands_worker ORDER BY started_at
+SELECT *, last_heartbeat_at < :now - :timeout AS stale FROM errands_worker
+ORDER BY started_at, worker_id
 
 
 -- ---------------------------------------------------------------------------

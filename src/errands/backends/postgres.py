@@ -1,0 +1,606 @@
+"""The PostgreSQL backend: every query lives in ``postgres.sql`` beside this file.
+
+Connections come from a small ``psycopg_pool`` pool opened on first use; each
+operation is one statement in autocommit mode (so one transaction) unless it says
+otherwise. How the statements stay correct under concurrency (SKIP LOCKED claims,
+advisory locks for concurrency keys, DELETE ... RETURNING as the exactly-once
+gate) is explained next to the SQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from errands.backends.base import Backend, ConcurrencySlot, EnqueueTransaction, Listener
+from errands.backends.sqlfile import load_queries
+from errands.errors import BackendError, SchemaOutOfDate
+from errands.models import (
+    Filters,
+    JobProcess,
+    JobRequest,
+    JobResult,
+    NewRequest,
+    Outcome,
+    QueueStats,
+    Stats,
+    Status,
+    WorkerInfo,
+)
+
+logger = logging.getLogger("errands")
+
+Row = dict[str, Any]
+Connection = psycopg.Connection[Any]
+
+MAX_CONNECTIONS = 4
+CONNECTION_WAIT_SECONDS = 10.0  # how long an operation waits for a pooled connection
+LISTEN_POLL_SECONDS = 0.25  # how often the listener thread checks whether to stop
+LISTEN_MAX_BACKOFF_SECONDS = 5.0
+MIGRATION_PREFIX = "migration_"
+
+
+def queries() -> dict[str, str]:
+    return load_queries("postgres.sql")
+
+
+# -- running statements ------------------------------------------------------------
+
+
+def fetch(conn: Connection, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    """Rows of the named query (none for a statement that returns no rows)."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(queries()[name], params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def execute(conn: Connection, name: str, params: Mapping[str, Any] | None = None) -> int:
+    """Run the named statement; return how many rows it touched."""
+    with conn.cursor() as cursor:
+        cursor.execute(queries()[name], params)
+        return cursor.rowcount
+
+
+@contextlib.contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """Turn psycopg's errors about a missing schema or server into errands' own."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+        raise SchemaOutOfDate(
+            f"the errands tables are missing or outdated in {redacted(url)}: "
+            f"run `errands migrate` ({exc.diag.message_primary})"
+        ) from exc
+    except PoolTimeout as exc:
+        raise BackendError(
+            f"cannot connect to the database {redacted(url)} "
+            f"(the connection pool's log warnings give the reason): {exc}"
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise BackendError(f"cannot use the database {redacted(url)}: {exc}") from exc
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# -- rows to models ------------------------------------------------------------------
+
+
+def _utc(value: Any) -> Any:
+    """Datetimes in UTC whatever the session's TimeZone (a caller's connection may differ)."""
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.UTC)
+    return value
+
+
+def _fields_of(model: Any, row: Row) -> dict[str, Any]:
+    return {f.name: _utc(row[f.name]) for f in dataclasses.fields(model) if f.name in row}
+
+
+def to_request(row: Row) -> JobRequest:
+    return JobRequest(**_fields_of(JobRequest, row))
+
+
+def to_process(row: Row) -> JobProcess:
+    return JobProcess(**_fields_of(JobProcess, row))
+
+
+def to_result(row: Row) -> JobResult:
+    values = _fields_of(JobResult, row)
+    values["status"] = Status(values["status"])
+    return JobResult(**values)
+
+
+def to_worker(row: Row) -> WorkerInfo:
+    return WorkerInfo(**_fields_of(WorkerInfo, row))
+
+
+def claim_order(process_row: Row) -> tuple[int, datetime.datetime, datetime.datetime]:
+    """The claim query's ``ORDER BY`` for its process rows (RETURNING keeps no order)."""
+    return (-process_row["priority"], process_row["start_at"], process_row["requested_at"])
+
+
+# -- query parameters ----------------------------------------------------------------
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def slot_columns(slots: Sequence[ConcurrencySlot]) -> dict[str, list[str]]:
+    return {
+        "job_class": [job_class for job_class, _ in slots],
+        "concurrency_key": [key for _, key in slots],
+    }
+
+
+def request_columns(requests: Sequence[NewRequest]) -> dict[str, list[Any]]:
+    """The batch as one array per column, for ``unnest`` in ``insert_requests``."""
+    return {
+        "uuid": [r.uuid for r in requests],
+        "start_at": [r.start_at for r in requests],
+        "delay_seconds": [float(r.delay_seconds) for r in requests],
+        "job_class": [r.job_class for r in requests],
+        "parameters": [_json(r.parameters) for r in requests],
+        "queue": [r.queue for r in requests],
+        "priority": [r.priority for r in requests],
+        "retries": [r.retries for r in requests],
+        "retry_attempt": [r.retry_attempt for r in requests],
+        "concurrency_key": [r.concurrency_key for r in requests],
+        "timeout": [r.timeout for r in requests],
+        "source": [r.source for r in requests],
+        "trace_id": [r.trace_id for r in requests],
+        "span_id": [r.span_id for r in requests],
+    }
+
+
+def outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    """The batch as one array per column, for ``unnest`` in ``complete_many``.
+
+    A requeued outcome gets its new request's uuid here, so the result can point
+    at the request written in the same statement.
+    """
+    return {
+        "process_uuid": [o.process_uuid for o in outcomes],
+        "status": [str(o.status) for o in outcomes],
+        "started_at": [o.started_at for o in outcomes],
+        "ended_at": [o.ended_at for o in outcomes],
+        "error_type": [o.error_type for o in outcomes],
+        "error": [o.error for o in outcomes],
+        "traceback": [o.traceback for o in outcomes],
+        "return_value": [_json(o.return_value) for o in outcomes],
+        "retry_request_uuid": [uuid.uuid4() if o.requeue else None for o in outcomes],
+        "requeue_delay_seconds": [
+            float(o.requeue.delay_seconds) if o.requeue else None for o in outcomes
+        ],
+        "requeue_attempt": [o.requeue.retry_attempt if o.requeue else None for o in outcomes],
+    }
+
+
+def filter_params(filters: Filters) -> dict[str, Any]:
+    """Filters as query parameters; None (or empty) means "any"."""
+    return {
+        "queue": filters.queue or None,
+        "status": str(filters.status) if filters.status else None,
+        "job_class": filters.job_class or None,
+        "concurrency_key": filters.concurrency_key or None,
+        "limit": filters.limit,
+    }
+
+
+def _first_per_process(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """One outcome per process: a duplicate in a batch could not produce a second result anyway."""
+    seen: dict[uuid.UUID, Outcome] = {}
+    for outcome in outcomes:
+        seen.setdefault(outcome.process_uuid, outcome)
+    return list(seen.values())
+
+
+# -- enqueueing ----------------------------------------------------------------------
+
+
+class PostgresEnqueueTransaction(EnqueueTransaction):
+    """Enqueue statements on one connection, inside a transaction someone else ends."""
+
+    def __init__(self, conn: Connection, url: str) -> None:
+        self._conn = conn
+        self._url = url
+
+    def _fetch(self, name: str, params: Mapping[str, Any]) -> list[Row]:
+        with database_errors(self._url):
+            return fetch(self._conn, name, params)
+
+    def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
+        if slots:
+            self._fetch("lock_slots", slot_columns(slots))
+
+    def slots_in_use(self, slots: Sequence[ConcurrencySlot]) -> set[ConcurrencySlot]:
+        if not slots:
+            return set()
+        rows = self._fetch("slots_in_use", slot_columns(slots))
+        return {(row["job_class"], row["concurrency_key"]) for row in rows}
+
+    def requests_for_slot(self, slot: ConcurrencySlot) -> list[JobRequest]:
+        params = {"job_class": slot[0], "concurrency_key": slot[1]}
+        return [to_request(row) for row in self._fetch("requests_for_slot", params)]
+
+    def processes_for_slot(self, slot: ConcurrencySlot) -> list[JobProcess]:
+        params = {"job_class": slot[0], "concurrency_key": slot[1]}
+        return [to_process(row) for row in self._fetch("processes_for_slot", params)]
+
+    def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        if not requests:
+            return []
+        rows = self._fetch("insert_requests", request_columns(requests))
+        by_uuid = {row["uuid"]: to_request(row) for row in rows}
+        return [by_uuid[request.uuid] for request in requests]
+
+    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
+        self._fetch("link_retry", {"result_uuid": result_uuid, "request_uuid": request_uuid})
+
+
+@contextlib.contextmanager
+def joined_transaction(conn: Connection) -> Iterator[None]:
+    """Run inside the caller's transaction without ever committing it."""
+    if conn.autocommit or conn.info.transaction_status == TransactionStatus.INTRANS:
+        # In a transaction this is a savepoint: a failed enqueue undoes only itself.
+        # In autocommit there is no caller's transaction to join: the enqueue is
+        # its own transaction, as each of the caller's statements would be.
+        with conn.transaction():
+            yield
+    else:
+        # Idle and not autocommit: the first statement opens the caller's implicit
+        # transaction, which the caller commits or rolls back.
+        yield
+
+
+# -- notifications -------------------------------------------------------------------
+
+
+class PostgresListener(Listener):
+    """A daemon thread relaying ``NOTIFY errands_jobs`` to ``on_wake``.
+
+    It uses its own connection (LISTEN needs a dedicated session, and a pooled
+    connection would be handed to others). ``ready`` is set once it listens.
+    """
+
+    def __init__(self, url: str, on_wake: Callable[[], None]) -> None:
+        self.url = url
+        self.on_wake = on_wake
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="errands-listener", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5 * LISTEN_POLL_SECONDS + 1)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        connected_before = False
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    execute(conn, "listen")
+                    self.ready.set()
+                    if connected_before:
+                        self._wake()  # notifications sent while disconnected are lost
+                    connected_before = True
+                    backoff = 0.1
+                    self._relay(conn)
+            except psycopg.Error:
+                self.ready.clear()
+                logger.warning(
+                    "notification listener lost its connection; reconnecting",
+                    extra={"retry_in": backoff},
+                    exc_info=True,
+                )
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, LISTEN_MAX_BACKOFF_SECONDS)
+
+    def _relay(self, conn: Connection) -> None:
+        while not self._stopping.is_set():
+            for _ in conn.notifies(timeout=LISTEN_POLL_SECONDS):
+                self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self.on_wake()
+        except Exception:
+            logger.exception("on_wake callback failed")
+
+
+# -- the backend -----------------------------------------------------------------------
+
+
+class PostgresBackend(Backend):
+    """errands' tables in a PostgreSQL database (``postgresql://`` or ``postgres://`` URL)."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str, *, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.url = url
+        self.max_connections = max_connections
+        self._pool: ConnectionPool[Connection] | None = None
+        self._pool_lock = threading.Lock()
+        self._listeners: list[PostgresListener] = []
+
+    # -- connections ------------------------------------------------------------------
+    def _open_pool(self) -> ConnectionPool[Connection]:
+        with self._pool_lock:
+            if self._pool is None:
+                # Autocommit: most operations are one statement, which is then its
+                # own transaction without a BEGIN/COMMIT round trip. Operations of
+                # several statements open a transaction explicitly.
+                pool: ConnectionPool[Connection] = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.max_connections,
+                    kwargs={"autocommit": True},
+                    timeout=CONNECTION_WAIT_SECONDS,
+                    name="errands",
+                    open=False,
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        with database_errors(self.url), self._open_pool().connection() as conn:
+            yield conn
+
+    def _fetch(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        with self._connection() as conn:
+            return fetch(conn, name, params)
+
+    def _execute(self, name: str, params: Mapping[str, Any] | None = None) -> int:
+        with self._connection() as conn:
+            return execute(conn, name, params)
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    # -- schema -----------------------------------------------------------------------
+    def _migrations(self) -> list[tuple[int, str]]:
+        found = [
+            (int(name.removeprefix(MIGRATION_PREFIX)), sql)
+            for name, sql in queries().items()
+            if name.startswith(MIGRATION_PREFIX)
+        ]
+        return sorted(found)
+
+    def migrate(self) -> list[int]:
+        applied = []
+        with self._connection() as conn, conn.transaction():
+            execute(conn, "lock_migrations")
+            execute(conn, "create_schema_table")
+            current = fetch(conn, "recorded_schema_version")[0]["version"] or 0
+            for version, sql in self._migrations():
+                if version > current:
+                    conn.execute(sql)  # each migration records its own version
+                    applied.append(version)
+        return applied
+
+    def migration_sql(self) -> str:
+        blocks = [queries()["create_schema_table"]] + [sql for _, sql in self._migrations()]
+        return "\n\n".join(blocks) + "\n"
+
+    def schema_version(self) -> int | None:
+        with self._connection() as conn:
+            if not fetch(conn, "schema_table_exists")[0]["present"]:
+                return None
+            version: int | None = fetch(conn, "recorded_schema_version")[0]["version"]
+            return version
+
+    def latest_schema_version(self) -> int:
+        return self._migrations()[-1][0]
+
+    # -- enqueue ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def enqueue_transaction(self, *, connection: Any | None = None) -> Iterator[EnqueueTransaction]:
+        if connection is None:
+            with self._connection() as conn, conn.transaction():
+                yield PostgresEnqueueTransaction(conn, self.url)
+            return
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(
+                f"connection: expected a psycopg.Connection, got {type(connection).__name__}"
+            )
+        with joined_transaction(connection):
+            yield PostgresEnqueueTransaction(connection, self.url)
+
+    # -- worker lifecycle -------------------------------------------------------------
+    def register_worker(self, *, worker: WorkerInfo) -> None:
+        self._execute(
+            "register_worker",
+            {
+                "worker_id": worker.worker_id,
+                "hostname": worker.hostname,
+                "pid": worker.pid,
+                "queues": list(worker.queues),
+            },
+        )
+
+    def heartbeat(self, *, worker_id: uuid.UUID) -> bool:
+        return self._execute("heartbeat", {"worker_id": worker_id}) > 0
+
+    def deregister_worker(self, *, worker_id: uuid.UUID) -> None:
+        self._execute("deregister_worker", {"worker_id": worker_id})
+
+    def claim(self, *, worker_id: uuid.UUID, queues: Sequence[str], limit: int) -> list[JobProcess]:
+        if limit <= 0:
+            return []
+        params = {"worker_id": worker_id, "queues": list(queues), "limit": limit}
+        rows = self._fetch("claim", params)
+        return [to_process(row) for row in sorted(rows, key=claim_order)]
+
+    def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
+        if started:
+            params = {"uuid": [u for u, _ in started], "started_at": [t for _, t in started]}
+            self._execute("mark_started", params)
+
+    def complete_many(self, *, outcomes: Sequence[Outcome]) -> list[JobResult]:
+        if not outcomes:
+            return []
+        unique = _first_per_process(outcomes)
+        rows = self._fetch("complete_many", outcome_columns(unique))
+        by_process = {row["process_uuid"]: to_result(row) for row in rows}
+        return [by_process[o.process_uuid] for o in unique if o.process_uuid in by_process]
+
+    def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
+        if not process_uuids:
+            return 0
+        rows = self._fetch("release", {"process_uuids": list(process_uuids)})
+        released: int = rows[0]["released"]
+        return released
+
+    def rescue_stale_workers(self, *, timeout_seconds: float) -> list[JobResult]:
+        timeout = {"timeout_seconds": float(timeout_seconds)}
+        lost: list[JobResult] = []
+        for row in self._fetch("stale_workers", timeout):
+            lost += self._rescue_worker(row["worker_id"], timeout_seconds)
+        for row in self._fetch("orphaned_workers", timeout):
+            lost += self._rescue_orphans(row["worker_id"], timeout_seconds)
+        return lost
+
+    def _rescue_worker(self, worker_id: uuid.UUID, timeout_seconds: float) -> list[JobResult]:
+        """Convert a silent worker's processes, if this rescuer wins its heartbeat row."""
+        params = {"worker_id": worker_id, "timeout_seconds": float(timeout_seconds)}
+        with self._connection() as conn, conn.transaction():
+            if not fetch(conn, "delete_stale_worker", params):
+                return []  # a peer rescued it, or it beat again
+            error = f"worker {worker_id} stopped heartbeating for over {timeout_seconds} s"
+            return self._lose(conn, worker_id, None, error_type="WorkerLost", error=error)
+
+    def _rescue_orphans(self, worker_id: uuid.UUID, timeout_seconds: float) -> list[JobResult]:
+        """Convert processes whose worker has no heartbeat row at all."""
+        params = {"worker_id": worker_id, "timeout_seconds": float(timeout_seconds)}
+        with self._connection() as conn, conn.transaction():
+            uuids = [row["uuid"] for row in fetch(conn, "lock_orphaned_processes", params)]
+            if not uuids:
+                return []
+            error = f"worker {worker_id} has no heartbeat row; it is gone"
+            return self._lose(conn, worker_id, uuids, error_type="WorkerLost", error=error)
+
+    def lose_processes(
+        self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]
+    ) -> list[JobResult]:
+        if not process_uuids:
+            return []
+        error = f"worker {worker_id} no longer tracked this process"
+        with self._connection() as conn:
+            return self._lose(conn, worker_id, process_uuids, error_type="Orphaned", error=error)
+
+    @staticmethod
+    def _lose(
+        conn: Connection,
+        worker_id: uuid.UUID,
+        process_uuids: Sequence[uuid.UUID] | None,
+        *,
+        error_type: str,
+        error: str,
+    ) -> list[JobResult]:
+        params = {
+            "worker_id": worker_id,
+            "process_uuids": None if process_uuids is None else list(process_uuids),
+            "error_type": error_type,
+            "error": error,
+        }
+        return [to_result(row) for row in fetch(conn, "lose_processes", params)]
+
+    def processes_of_worker(self, *, worker_id: uuid.UUID) -> list[JobProcess]:
+        return [to_process(r) for r in self._fetch("processes_of_worker", {"worker_id": worker_id})]
+
+    def prune_results(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
+        params = {"older_than_seconds": float(older_than_seconds), "batch_size": batch_size}
+        return self._execute("prune_results", params)
+
+    def listen(self, *, on_wake: Callable[[], None]) -> PostgresListener:
+        listener = PostgresListener(self.url, on_wake)
+        self._listeners.append(listener)
+        return listener
+
+    # -- inspecting and operating -------------------------------------------------------
+    def list_requests(self, *, filters: Filters) -> list[JobRequest]:
+        return [to_request(row) for row in self._fetch("list_requests", filter_params(filters))]
+
+    def list_processes(self, *, filters: Filters) -> list[JobProcess]:
+        return [to_process(row) for row in self._fetch("list_processes", filter_params(filters))]
+
+    def list_results(self, *, filters: Filters) -> list[JobResult]:
+        return [to_result(row) for row in self._fetch("list_results", filter_params(filters))]
+
+    def get(self, *, uuid: uuid.UUID) -> JobRequest | JobProcess | JobResult | None:
+        params = {"uuid": uuid}
+        with self._connection() as conn:
+            if rows := fetch(conn, "get_request", params):
+                return to_request(rows[0])
+            if rows := fetch(conn, "get_process", params):
+                return to_process(rows[0])
+            if rows := fetch(conn, "get_result", params):
+                return to_result(rows[0])
+        return None
+
+    def cancel_request(self, *, uuid: uuid.UUID) -> JobResult | None:
+        params = {"uuid": uuid, "error_type": "Cancelled", "error": "cancelled before it started"}
+        rows = self._fetch("cancel_request", params)
+        return to_result(rows[0]) if rows else None
+
+    def request_cancel(self, *, uuid: uuid.UUID) -> bool:
+        return self._execute("request_cancel", {"uuid": uuid}) > 0
+
+    def cancel_requested(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
+        return [row["uuid"] for row in self._fetch("cancel_requested", {"worker_id": worker_id})]
+
+    def purge(self, *, older_than_seconds: float | None = None) -> int:
+        age = None if older_than_seconds is None else float(older_than_seconds)
+        return self._execute("purge", {"older_than_seconds": age})
+
+    def workers(self, *, timeout_seconds: float) -> list[WorkerInfo]:
+        rows = self._fetch("workers", {"timeout_seconds": float(timeout_seconds)})
+        return [to_worker(row) for row in rows]
+
+    def stats(self, *, heartbeat_timeout_seconds: float) -> Stats:
+        timeout = {"timeout_seconds": float(heartbeat_timeout_seconds)}
+        with self._connection() as conn:
+            queue_rows = fetch(conn, "queue_stats")
+            status_rows = fetch(conn, "results_by_status")
+            (workers,) = fetch(conn, "worker_counts", timeout)
+        return Stats(
+            queues=[QueueStats(**row) for row in queue_rows],
+            results_by_status={row["status"]: row["count"] for row in status_rows},
+            workers_active=workers["active"],
+            workers_stale=workers["stale"],
+        )
+
+    def now(self) -> datetime.datetime:
+        now: datetime.datetime = self._fetch("now")[0]["now"]
+        return now.astimezone(datetime.UTC)
