@@ -32,7 +32,14 @@ from errands.worker import Worker
 SERVER_URL = os.environ.get(
     "ERRANDS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = ("errands_request", "errands_process", "errands_result", "errands_worker")
+TABLES = (
+    "errands_request",
+    "errands_process",
+    "errands_result",
+    "errands_worker",
+    "errands_occurrence",
+    "errands_paused_queue",
+)
 
 
 def database_url(server_url: str, dbname: str) -> str:

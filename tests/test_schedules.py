@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import sqlite3
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sample_jobs  # noqa: F401  (registers the jobs named in entries)
 
+import errands
+from conftest import WorkerRunner, worker_config
+from errands import Status, scheduler
+from errands.backends import Backend, open_backend
 from errands.errors import ConfigurationError
 from errands.scheduler import CronSchedule, Entry, Schedule, parse_entries, plan
+from errands.worker import Worker
 
 UTC = datetime.UTC
 
@@ -159,3 +170,151 @@ def test_catch_up_runs_the_most_recent_missed_occurrence_once_on_start() -> None
     current = {daily.key: at("2026-05-01T09:00:00+00:00")}
     assert planned_times(daily, last_run_at=current, starting=True) == ["2026-05-02T09:00:00+00:00"]
     assert planned_times(daily, starting=True) == ["2026-05-02T09:00:00+00:00"]
+
+
+# -- against the database -------------------------------------------------------------------
+
+HORIZON = datetime.timedelta(minutes=5)
+
+
+def test_concurrent_syncs_enqueue_each_occurrence_once(db_url: str) -> None:
+    entries = parse_entries(
+        [["sample_jobs.Noop", "* * * * *"], ["sample_jobs.Echo", "@hourly", {"args": [1]}]]
+    )
+    now = at("2026-05-01T09:00:30+00:00")
+    created: list[int] = []
+
+    def one_worker() -> None:
+        backend = open_backend(db_url)
+        try:
+            created.append(
+                scheduler.sync(backend, entries, horizon=HORIZON, now=now, starting=True)
+            )
+        finally:
+            backend.close()
+
+    threads = [threading.Thread(target=one_worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    requests = errands.requests(limit=1000)
+    starts = sorted((r.job_class, r.start_at.isoformat()) for r in requests)
+    assert len(starts) == len(set(starts)) == sum(created) == 6  # 5 minutes + 1 hour
+    assert starts[0] == ("sample_jobs.Echo", "2026-05-01T10:00:00+00:00")
+
+
+def test_sync_again_adds_only_new_occurrences(backend: Backend) -> None:
+    entries = parse_entries([["sample_jobs.Noop", "* * * * *"]])
+    first = scheduler.sync(backend, entries, horizon=HORIZON, now=at("2026-05-01T09:00:30+00:00"))
+    later = scheduler.sync(backend, entries, horizon=HORIZON, now=at("2026-05-01T09:02:30+00:00"))
+    assert (first, later) == (5, 2)
+    assert len(errands.requests()) == 7
+
+
+def test_removed_or_changed_entries_are_withdrawn_at_start(backend: Backend) -> None:
+    now = at("2026-05-01T09:00:30+00:00")
+    old = parse_entries(
+        [["sample_jobs.Noop", "@daily"], ["sample_jobs.Echo", "@daily", {"args": [1]}]]
+    )
+    scheduler.sync(backend, old, horizon=HORIZON, now=now, starting=True)
+    assert len(errands.requests()) == 2
+
+    changed = parse_entries([["sample_jobs.Noop", "@hourly"]])  # Echo removed, Noop changed
+    scheduler.sync(backend, changed, horizon=HORIZON, now=now, starting=True)
+    (request,) = errands.requests()
+    assert (request.job_class, request.start_at) == (
+        "sample_jobs.Noop",
+        at("2026-05-01T10:00:00+00:00"),
+    )
+    assert set(backend.last_occurrences()) == {changed[0].key}
+
+
+def test_catch_up_enqueues_the_missed_occurrence_once(backend: Backend) -> None:
+    entries = parse_entries([["sample_jobs.Noop", "0 9 * * *", {"catch_up": True}]])
+    first = at("2026-04-28T08:00:00+00:00")
+    scheduler.sync(backend, entries, horizon=HORIZON, now=first, starting=True)
+    for request in errands.requests():
+        errands.cancel(request.uuid)  # no worker ran on 28 April or since
+    now = at("2026-05-01T10:00:00+00:00")
+    created = scheduler.sync(backend, entries, horizon=HORIZON, now=now, starting=True)
+    again = scheduler.sync(backend, entries, horizon=HORIZON, now=now, starting=True)
+    starts = sorted(r.start_at for r in errands.requests())
+    assert (created, again) == (2, 0)
+    assert starts == [now, at("2026-05-02T09:00:00+00:00")]  # the missed one runs now
+
+
+def test_shell_commands_record_exit_code_and_output(
+    run_worker: WorkerRunner, backend: Backend, tmp_path: Path
+) -> None:
+    ok, failing = parse_entries(
+        [
+            ["cmd:echo hello from $0", "@daily"],
+            ["cmd:echo partial; echo oops >&2; exit 3", "@daily"],
+        ]
+    )
+    for entry in (ok, failing):
+        entry.build_job().run_in_worker()
+    run_worker(lambda: len(errands.results()) == 2)
+    by_class = {r.parameters["args"][0]: r for r in errands.results()}
+    good = by_class["echo hello from $0"]
+    assert good.status == Status.SUCCESSFUL
+    assert good.return_value["exit_code"] == 0 and "hello from" in good.return_value["output"]
+    bad = by_class["echo partial; echo oops >&2; exit 3"]
+    assert bad.status == Status.ERRORED
+    assert bad.error_type == "errands.scheduler.CommandFailed"
+    assert "exit code 3" in bad.error and "partial" in bad.error and "oops" in bad.error
+
+
+class EverySecond(Schedule):
+    def next_after(self, moment: datetime.datetime) -> datetime.datetime:
+        return moment.replace(microsecond=0) + datetime.timedelta(seconds=1)
+
+    def describe(self) -> str:
+        return "every second"
+
+
+def test_two_workers_run_each_occurrence_once(db_url: str, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    entry = ["sample_jobs.Record", EverySecond(), {"args": [str(marks), "tick"]}]
+    workers = [
+        Worker(config=worker_config(db_url, schedule=(entry,), heartbeat_interval=0.5))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + 4
+    try:
+        while time.monotonic() < deadline:
+            for worker in workers:
+                worker.turn()
+    finally:
+        for worker in workers:
+            worker.stop()
+            worker.stop()  # abort: do not wait for the requests scheduled ahead
+        while not all(worker.finished() for worker in workers):
+            for worker in workers:
+                worker.turn()
+        for worker in workers:
+            worker.shut_down()
+    successful = [r for r in errands.results(limit=1000) if r.status == Status.SUCCESSFUL]
+    assert len(successful) >= 3
+    assert len(marks.read_text().splitlines()) == len(successful)
+    # Every occurrence became exactly one job, whichever worker got there first.
+    jobs = errands.requests(limit=1000) + errands.processes(limit=1000)
+    assert count_occurrences(db_url) == len(jobs) + len(errands.results(limit=1000))
+
+
+def count_occurrences(url: str) -> int:
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            return int(conn.execute("SELECT count(*) FROM errands_occurrence").fetchone()[0])
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM errands_occurrence").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_bad_schedule_stops_the_worker_before_it_starts(db_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="schedule entry 0"):
+        Worker(config=worker_config(db_url, schedule=(("sample_jobs.Noop", "every day"),)))

@@ -220,3 +220,20 @@ def test_stopping_puts_claimed_but_unstarted_jobs_back(db_url: str) -> None:
     assert errands.processes() == []
     assert errands.results() == []
     assert errands.workers() == []
+
+
+def test_paused_queue_is_not_claimed_until_resumed(run_worker: WorkerRunner) -> None:
+    assert errands.pause_queue("mail") is True
+    assert errands.pause_queue("mail") is False  # already paused
+    assert errands.paused_queues() == ["mail"]
+    sample_jobs.Mail(1).run_in_worker()
+    sample_jobs.Noop().run_in_worker()
+    run_worker(lambda: len(errands.results()) == 1)
+    assert only_result().job_class == "sample_jobs.Noop"
+    (waiting,) = errands.requests()
+    assert waiting.queue == "mail"
+
+    assert errands.resume_queue("mail") is True
+    assert errands.resume_queue("mail") is False
+    run_worker(lambda: finished(2))
+    assert errands.paused_queues() == []

@@ -10,11 +10,15 @@ from errands.api import (
     cancel,
     configure,
     get,
+    pause_queue,
+    paused_queues,
     processes,
     purge,
     requests,
     results,
+    resume_queue,
     retry,
+    schedule_status,
     stats,
     workers,
 )
@@ -29,6 +33,7 @@ from errands.errors import (
 from errands.jobs import EnqueueOptions, Job, enqueue_many
 from errands.models import JobProcess, JobRequest, JobResult, Status
 from errands.registry import register_job
+from errands.scheduler import Schedule
 from errands.serialization import register_type
 
 __all__ = [
@@ -43,19 +48,24 @@ __all__ = [
     "JobRequest",
     "JobResult",
     "ParameterError",
+    "Schedule",
     "Status",
     "backend",
     "cancel",
     "configure",
     "enqueue_many",
     "get",
+    "pause_queue",
+    "paused_queues",
     "processes",
     "purge",
     "register_job",
     "register_type",
     "requests",
     "results",
+    "resume_queue",
     "retry",
+    "schedule_status",
     "stats",
     "workers",
 ]

@@ -25,6 +25,7 @@ from errands.models import (
 
 if TYPE_CHECKING:
     from errands.jobs import Job
+    from errands.scheduler import EntryStatus
 
 logger = logging.getLogger("errands")
 
@@ -202,3 +203,26 @@ def stats() -> Stats:
 
 def workers() -> list[WorkerInfo]:
     return backend().workers(timeout_seconds=settings.current().heartbeat_timeout)
+
+
+def pause_queue(queue: str) -> bool:
+    """Stop all workers claiming from ``queue`` (running jobs finish); False if already paused."""
+    return backend().pause_queue(queue=queue)
+
+
+def resume_queue(queue: str) -> bool:
+    """Let workers claim from ``queue`` again; False if it was not paused."""
+    return backend().resume_queue(queue=queue)
+
+
+def paused_queues() -> list[str]:
+    return backend().paused_queues()
+
+
+def schedule_status(*, count: int = 3) -> list[EntryStatus]:
+    """The configured schedule entries with their next runs and latest occurrence."""
+    from errands import scheduler
+
+    current = settings.current()
+    entries = scheduler.parse_entries(current.schedule, current.timezone)
+    return scheduler.status(backend(), entries, count=count)

@@ -1128,7 +1128,11 @@ def _run_now(job: Any, config: settings.Settings) -> None:
     help="Give up if the demo's jobs have not finished by then.",
 )
 def demo_command(keep: bool, timeout: float) -> None:
-    """Enqueue example jobs, run a worker until they finish, print a summary.
+    """Watch a worker run example jobs, then print a summary (no setup needed).
+
+    Enqueues a few example jobs (successes, retries, a deferral, a delayed job,
+    a duplicate skipped by its concurrency key, a failure), runs a worker in
+    this process until each has its final result, and prints what happened.
 
     Uses the configured database: with no configuration, the SQLite file
     errands.sqlite3 in the working directory (created and migrated). The demo's

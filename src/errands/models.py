@@ -213,6 +213,15 @@ class Filters:
 
 
 @dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One run time of a schedule entry that was enqueued (the scheduler's memory)."""
+
+    entry_key: str
+    run_at: datetime.datetime
+    request_uuid: UUID | None
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     queue: str
     pending: int  # due now

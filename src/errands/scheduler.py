@@ -29,8 +29,9 @@ from typing import Any
 
 from croniter import croniter
 
+from errands.backends.base import Backend
 from errands.errors import ConfigurationError, ErrandsError
-from errands.jobs import Job, enqueue_in
+from errands.jobs import EnqueueOptions, Job, enqueue_in
 from errands.registry import load_job_class, register_job
 
 ALIASES = {
@@ -271,37 +272,37 @@ def _missed_occurrence(
 
 
 def sync(
-    backend: Any,
+    backend: Backend,
     entries: Sequence[Entry],
     *,
     horizon: datetime.timedelta,
     starting: bool = False,
     now: datetime.datetime | None = None,
+    history_seconds: float = 7 * 24 * 3600,
 ) -> int:
-    """Enqueue due-soon occurrences once; on start, withdraw removed entries' ones.
+    """Enqueue the occurrences due within ``horizon``, each exactly once.
 
-    ``now`` defaults to the database clock. Returns how many requests were created.
+    On worker start (``starting``), entries no longer configured are forgotten and
+    their pending occurrences withdrawn first. ``now`` defaults to the database
+    clock. Returns how many requests this call created.
     """
     now = now or backend.now()
     if starting:
-        backend.withdraw_occurrences(keep=[e.key for e in entries], after=now)
+        trim_before = now - datetime.timedelta(seconds=history_seconds)
+        backend.withdraw_occurrences(keep=[e.key for e in entries], trim_before=trim_before)
     if not entries:
         return 0
-    planned = plan(
-        entries,
-        now=now,
-        horizon=horizon,
-        last_run_at=backend.last_occurrences(),
-        starting=starting,
-    )
+    last_run_at = {key: o.run_at for key, o in backend.last_occurrences().items()}
+    planned = plan(entries, now=now, horizon=horizon, last_run_at=last_run_at, starting=starting)
     created = 0
     with backend.enqueue_transaction() as tx:
         reserved = tx.reserve_occurrences([(p.entry.key, p.run_at) for p in planned])
         for item in planned:
             if (item.entry.key, item.run_at) not in reserved:
                 continue  # another worker enqueued this occurrence
-            delay = max(item.run_at, now)  # a caught-up occurrence runs now
-            request = enqueue_in(tx, [item.entry.build_job()], options=_options(delay))[0]
+            start_at = max(item.run_at, now)  # a caught-up occurrence runs now
+            options = EnqueueOptions(delay=start_at)
+            request = enqueue_in(tx, [item.entry.build_job()], options=options)[0]
             if request is not None:
                 tx.link_occurrence(
                     key=item.entry.key, run_at=item.run_at, request_uuid=request.uuid
@@ -310,7 +311,49 @@ def sync(
     return created
 
 
-def _options(start_at: datetime.datetime) -> Any:
-    from errands.jobs import EnqueueOptions
+# -- reporting ---------------------------------------------------------------------------
 
-    return EnqueueOptions(delay=start_at)
+
+@dataclass(frozen=True)
+class EntryStatus:
+    """What ``errands schedule`` shows of one entry."""
+
+    entry: Entry
+    description: str
+    next_runs: list[datetime.datetime]
+    last_run_at: datetime.datetime | None
+    last_request_uuid: Any
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "job": self.entry.job,
+            "key": self.entry.key,
+            "description": self.description,
+            "catch_up": self.entry.catch_up,
+            "next_runs": [moment.isoformat() for moment in self.next_runs],
+            "last_run_at": self.last_run_at.isoformat() if self.last_run_at else None,
+            "last_request_uuid": str(self.last_request_uuid) if self.last_request_uuid else None,
+        }
+
+
+def status(backend: Backend, entries: Sequence[Entry], *, count: int = 3) -> list[EntryStatus]:
+    """Each entry with its next ``count`` run times and its latest enqueued occurrence."""
+    now = backend.now()
+    last = backend.last_occurrences()
+    statuses = []
+    for entry in entries:
+        upcoming, moment = [], now
+        for _ in range(count):
+            moment = entry.schedule.next_after(moment)
+            upcoming.append(moment)
+        occurrence = last.get(entry.key)
+        statuses.append(
+            EntryStatus(
+                entry=entry,
+                description=entry.schedule.describe(),
+                next_runs=upcoming,
+                last_run_at=occurrence.run_at if occurrence else None,
+                last_request_uuid=occurrence.request_uuid if occurrence else None,
+            )
+        )
+    return statuses

@@ -16,6 +16,8 @@ and lets running jobs finish; a second one kills them and records them CANCELLED
 from __future__ import annotations
 
 import contextlib
+import datetime
+import importlib
 import logging
 import os
 import random
@@ -28,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from errands import api
+from errands import api, scheduler
 from errands import settings as settings_module
 from errands.backends import Backend
 from errands.errors import JobTimeout
@@ -73,6 +75,10 @@ class Worker:
         backend: Backend | None = None,
     ) -> None:
         self.config = config or settings_module.current()
+        for module in self.config.import_modules:
+            importlib.import_module(module)  # registers jobs for hooks, retries, schedules
+        # Bad schedule entries stop the worker here, before it claims anything.
+        self.schedule = scheduler.parse_entries(self.config.schedule, self.config.timezone)
         self.queues = list(queues)
         self.backend = backend or api.backend()
         self.worker_id = uuid.uuid4()
@@ -115,6 +121,7 @@ class Worker:
     def start(self) -> None:
         """Register the heartbeat, start listening and spawn the children."""
         self._register()
+        self._guarded(self._start_schedules)
         if self.config.notifications:
             self._listener = self.backend.listen(on_wake=self.wake)
         self.pool.fill()
@@ -455,8 +462,26 @@ class Worker:
             )
         )
 
+    def _start_schedules(self) -> None:
+        self._sync_schedules(starting=True)
+
+    def _sync_schedules(self, *, starting: bool = False) -> None:
+        # Enqueue occurrences two maintenance ticks ahead, so each one is a
+        # delayed request well before it is due and starts on time.
+        horizon = datetime.timedelta(seconds=max(2 * self.config.heartbeat_interval, 60))
+        created = scheduler.sync(
+            self.backend,
+            self.schedule,
+            horizon=horizon,
+            starting=starting,
+            history_seconds=self.config.results_retention,
+        )
+        if created:
+            logger.debug("scheduled occurrences enqueued", extra={"count": created})
+
     def run_maintenance(self) -> None:
-        """Rescue dead workers' jobs, lose own orphans, prune old results."""
+        """Enqueue schedules, rescue dead workers' jobs, lose own orphans, prune results."""
+        self._sync_schedules()
         lost = self.backend.rescue_stale_workers(timeout_seconds=self.config.heartbeat_timeout)
         lost += self._lose_orphans()
         if lost:

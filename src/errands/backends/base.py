@@ -32,6 +32,7 @@ from errands.models import (
     JobRequest,
     JobResult,
     NewRequest,
+    Occurrence,
     Outcome,
     Stats,
     WorkerInfo,
@@ -70,6 +71,22 @@ class EnqueueTransaction(abc.ABC):
     @abc.abstractmethod
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
         """Record on a result which request retries it."""
+
+    @abc.abstractmethod
+    def reserve_occurrences(
+        self, occurrences: Sequence[tuple[str, datetime.datetime]]
+    ) -> set[tuple[str, datetime.datetime]]:
+        """Record (schedule entry key, run time) pairs; return those not recorded before.
+
+        The pair is unique in the database, so among concurrent schedulers exactly
+        one gets each occurrence back and enqueues it.
+        """
+
+    @abc.abstractmethod
+    def link_occurrence(
+        self, *, key: str, run_at: datetime.datetime, request_uuid: uuid.UUID
+    ) -> None:
+        """Remember which request an occurrence enqueued."""
 
 
 class Listener(abc.ABC):
@@ -131,7 +148,7 @@ class Backend(abc.ABC):
         """Move up to ``limit`` due requests of ``queues`` to processes owned by the worker.
 
         One statement. Order: priority descending, then due time, then oldest first.
-        An empty ``queues`` means every queue.
+        An empty ``queues`` means every queue. Paused queues are never claimed from.
         """
 
     @abc.abstractmethod
@@ -174,6 +191,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def listen(self, *, on_wake: Callable[[], None]) -> Listener:
         """Call ``on_wake`` (from a background thread) soon after new work may be due."""
+
+    # -- schedules and queues --------------------------------------------------
+    @abc.abstractmethod
+    def last_occurrences(self) -> dict[str, Occurrence]:
+        """The latest recorded occurrence of each schedule entry."""
+
+    @abc.abstractmethod
+    def withdraw_occurrences(self, *, keep: Sequence[str], trim_before: datetime.datetime) -> int:
+        """Forget schedule entries not in ``keep``, deleting their still-pending requests
+        (returns how many); trim other entries' occurrences due before ``trim_before``
+        (the latest of each is kept)."""
+
+    @abc.abstractmethod
+    def pause_queue(self, *, queue: str) -> bool:
+        """Stop every worker claiming from ``queue``; False if it was already paused."""
+
+    @abc.abstractmethod
+    def resume_queue(self, *, queue: str) -> bool:
+        """Let workers claim from ``queue`` again; False if it was not paused."""
+
+    @abc.abstractmethod
+    def paused_queues(self) -> list[str]: ...
 
     # -- inspecting and operating --------------------------------------------
     @abc.abstractmethod

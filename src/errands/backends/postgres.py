@@ -35,6 +35,7 @@ from errands.models import (
     JobRequest,
     JobResult,
     NewRequest,
+    Occurrence,
     Outcome,
     QueueStats,
     Stats,
@@ -257,6 +258,21 @@ class PostgresEnqueueTransaction(EnqueueTransaction):
 
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
         self._fetch("link_retry", {"result_uuid": result_uuid, "request_uuid": request_uuid})
+
+    def reserve_occurrences(
+        self, occurrences: Sequence[tuple[str, datetime.datetime]]
+    ) -> set[tuple[str, datetime.datetime]]:
+        if not occurrences:
+            return set()
+        params = {"entry_key": [k for k, _ in occurrences], "run_at": [t for _, t in occurrences]}
+        rows = self._fetch("reserve_occurrences", params)
+        return {(row["entry_key"], row["run_at"]) for row in rows}
+
+    def link_occurrence(
+        self, *, key: str, run_at: datetime.datetime, request_uuid: uuid.UUID
+    ) -> None:
+        params = {"entry_key": key, "run_at": run_at, "request_uuid": request_uuid}
+        self._fetch("link_occurrence", params)
 
 
 @contextlib.contextmanager
@@ -547,6 +563,33 @@ class PostgresBackend(Backend):
         listener = PostgresListener(self.url, on_wake)
         self._listeners.append(listener)
         return listener
+
+    # -- schedules and queues ------------------------------------------------------------
+    def last_occurrences(self) -> dict[str, Occurrence]:
+        rows = self._fetch("last_occurrences")
+        return {
+            row["entry_key"]: Occurrence(
+                entry_key=row["entry_key"],
+                run_at=row["run_at"].astimezone(datetime.UTC),
+                request_uuid=row["request_uuid"],
+            )
+            for row in rows
+        }
+
+    def withdraw_occurrences(self, *, keep: Sequence[str], trim_before: datetime.datetime) -> int:
+        with self._connection() as conn, conn.transaction():
+            withdrawn = len(fetch(conn, "withdraw_occurrences", {"keep": list(keep)}))
+            execute(conn, "trim_occurrences", {"trim_before": trim_before})
+        return withdrawn
+
+    def pause_queue(self, *, queue: str) -> bool:
+        return self._execute("pause_queue", {"queue": queue}) > 0
+
+    def resume_queue(self, *, queue: str) -> bool:
+        return self._execute("resume_queue", {"queue": queue}) > 0
+
+    def paused_queues(self) -> list[str]:
+        return [row["queue"] for row in self._fetch("paused_queues")]
 
     # -- inspecting and operating -------------------------------------------------------
     def list_requests(self, *, filters: Filters) -> list[JobRequest]:

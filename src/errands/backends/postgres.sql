@@ -160,6 +160,26 @@ CREATE TABLE errands_worker (
 
 INSERT INTO errands_schema (version) VALUES (1);
 
+-- name: migration_2
+-- Schedule occurrences: one row per (schedule entry, run time) ever enqueued.
+-- The primary key is the exactly-once guarantee of schedules: every worker
+-- tries to insert the same upcoming occurrences, and only one insert succeeds.
+CREATE TABLE errands_occurrence (
+    entry_key text NOT NULL,
+    run_at timestamptz NOT NULL,
+    request_uuid uuid,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entry_key, run_at)
+);
+
+-- Paused queues: no worker claims requests of a queue listed here.
+CREATE TABLE errands_paused_queue (
+    queue text PRIMARY KEY,
+    paused_at timestamptz NOT NULL DEFAULT now()
+);
+
+INSERT INTO errands_schema (version) VALUES (2);
+
 
 -- Enqueueing -------------------------------------------------------------------
 
@@ -237,6 +257,19 @@ CROSS JOIN (
     FROM (SELECT DISTINCT queue FROM inserted WHERE start_at <= now()) AS due
 ) AS notified
 
+-- name: reserve_occurrences
+-- ON CONFLICT DO NOTHING: an occurrence another scheduler recorded first (even
+-- one whose transaction is still open: the insert waits for it) is not returned.
+INSERT INTO errands_occurrence (entry_key, run_at)
+SELECT * FROM unnest(%(entry_key)s::text[], %(run_at)s::timestamptz[])
+ON CONFLICT DO NOTHING
+RETURNING entry_key, run_at
+
+-- name: link_occurrence
+UPDATE errands_occurrence
+SET request_uuid = %(request_uuid)s
+WHERE entry_key = %(entry_key)s AND run_at = %(run_at)s
+
 -- name: link_retry
 UPDATE errands_result
 SET retry_request_uuid = %(request_uuid)s
@@ -272,6 +305,9 @@ WITH due AS (
     FROM errands_request
     WHERE start_at <= now()
         AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+        AND NOT EXISTS (
+            SELECT 1 FROM errands_paused_queue AS paused WHERE paused.queue = errands_request.queue
+        )
     ORDER BY priority DESC, start_at, created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -612,6 +648,42 @@ SELECT
         WHERE last_heartbeat_at < now() - %(timeout_seconds)s::float8 * interval '1 second'
     ) AS stale
 FROM errands_worker
+
+-- Schedules and queues -------------------------------------------------------------
+
+-- name: last_occurrences
+SELECT DISTINCT ON (entry_key) entry_key, run_at, request_uuid
+FROM errands_occurrence
+ORDER BY entry_key, run_at DESC
+
+-- name: withdraw_occurrences
+-- Entries no longer configured: forget their occurrences and delete the requests
+-- of those still pending (a claimed or finished one is left alone).
+WITH forgotten AS (
+    DELETE FROM errands_occurrence
+    WHERE NOT (entry_key = ANY(%(keep)s::text[]))
+    RETURNING request_uuid
+)
+DELETE FROM errands_request
+WHERE uuid IN (SELECT request_uuid FROM forgotten)
+RETURNING uuid
+
+-- name: trim_occurrences
+DELETE FROM errands_occurrence AS o
+WHERE o.run_at < %(trim_before)s
+    AND o.run_at < (
+        SELECT max(latest.run_at) FROM errands_occurrence AS latest
+        WHERE latest.entry_key = o.entry_key
+    )
+
+-- name: pause_queue
+INSERT INTO errands_paused_queue (queue) VALUES (%(queue)s) ON CONFLICT DO NOTHING
+
+-- name: resume_queue
+DELETE FROM errands_paused_queue WHERE queue = %(queue)s
+
+-- name: paused_queues
+SELECT queue FROM errands_paused_queue ORDER BY queue
 
 -- name: now
 -- clock_timestamp(), not now(): now() is frozen at the start of the transaction.

@@ -38,6 +38,7 @@ from errands.models import (
     JobRequest,
     JobResult,
     NewRequest,
+    Occurrence,
     Outcome,
     QueueStats,
     Requeue,
@@ -418,6 +419,26 @@ class SqliteEnqueueTransaction(EnqueueTransaction):
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
         self._session.execute(
             "link_retry", result_uuid=str(result_uuid), request_uuid=str(request_uuid)
+        )
+
+    def reserve_occurrences(
+        self, occurrences: Sequence[tuple[str, datetime.datetime]]
+    ) -> set[tuple[str, datetime.datetime]]:
+        if not occurrences:
+            return set()
+        wanted = {(key, _unix(run_at)): (key, run_at) for key, run_at in occurrences}
+        payload = json.dumps([list(pair) for pair in wanted])
+        rows = self._session.rows("reserve_occurrences", occurrences=payload)
+        return {wanted[(row["entry_key"], row["run_at"])] for row in rows}
+
+    def link_occurrence(
+        self, *, key: str, run_at: datetime.datetime, request_uuid: uuid.UUID
+    ) -> None:
+        self._session.execute(
+            "link_occurrence",
+            entry_key=key,
+            run_at=_unix(run_at),
+            request_uuid=str(request_uuid),
         )
 
 
@@ -852,6 +873,41 @@ class SqliteBackend(Backend):
             )
             pruned: int = cursor.rowcount
         return pruned
+
+    # -- schedules and queues ------------------------------------------------------------
+    def last_occurrences(self) -> dict[str, Occurrence]:
+        with self._read() as session:
+            rows = session.rows("last_occurrences")
+        return {
+            row["entry_key"]: Occurrence(
+                entry_key=row["entry_key"],
+                run_at=_moment(row["run_at"]),
+                request_uuid=uuid.UUID(row["request_uuid"]) if row["request_uuid"] else None,
+            )
+            for row in rows
+        }
+
+    def withdraw_occurrences(self, *, keep: Sequence[str], trim_before: datetime.datetime) -> int:
+        keep_json = json.dumps(list(keep))
+        with self._write() as session:
+            withdrawn: int = session.execute(
+                "withdraw_requests_of_forgotten_entries", keep=keep_json
+            ).rowcount
+            session.execute("forget_entries", keep=keep_json)
+            session.execute("trim_occurrences", trim_before=_unix(trim_before))
+        return withdrawn
+
+    def pause_queue(self, *, queue: str) -> bool:
+        with self._write() as session:
+            return session.execute("pause_queue", queue=queue).rowcount == 1
+
+    def resume_queue(self, *, queue: str) -> bool:
+        with self._write() as session:
+            return session.execute("resume_queue", queue=queue).rowcount == 1
+
+    def paused_queues(self) -> list[str]:
+        with self._read() as session:
+            return [row["queue"] for row in session.rows("paused_queues")]
 
     def listen(self, *, on_wake: Callable[[], None]) -> Listener:
         self._ready()

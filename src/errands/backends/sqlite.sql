@@ -199,6 +199,24 @@ CREATE TABLE errands_worker (
 );
 
 
+-- name: migration_2
+-- Schedule occurrences: the primary key makes each (entry, run time) enqueued
+-- once, however many workers try.
+CREATE TABLE errands_occurrence (
+    entry_key TEXT NOT NULL,
+    run_at REAL NOT NULL,
+    request_uuid TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (entry_key, run_at)
+);
+
+-- Paused queues: no worker claims requests of a queue listed here.
+CREATE TABLE errands_paused_queue (
+    queue TEXT PRIMARY KEY,
+    paused_at REAL NOT NULL
+);
+
+
 -- ---------------------------------------------------------------------------
 -- Enqueueing
 -- ---------------------------------------------------------------------------
@@ -252,6 +270,51 @@ SELECT
 FROM json_each(:requests) AS r
 RETURNING *
 
+-- name: reserve_occurrences
+-- :occurrences is a JSON array of [entry_key, run_at]. INSERT OR IGNORE skips
+-- the occurrences already recorded; the write lock (BEGIN IMMEDIATE) means no
+-- other scheduler is inserting meanwhile.
+INSERT OR IGNORE INTO errands_occurrence (entry_key, run_at, created_at)
+SELECT o.value ->> 0, o.value ->> 1, :now FROM json_each(:occurrences) AS o
+RETURNING entry_key, run_at
+
+-- name: link_occurrence
+UPDATE errands_occurrence SET request_uuid = :request_uuid
+WHERE entry_key = :entry_key AND run_at = :run_at
+
+-- name: last_occurrences
+-- SQLite returns the other columns from the row holding the max().
+SELECT entry_key, max(run_at) AS run_at, request_uuid
+FROM errands_occurrence
+GROUP BY entry_key
+
+-- name: withdraw_requests_of_forgotten_entries
+DELETE FROM errands_request
+WHERE uuid IN (
+    SELECT request_uuid FROM errands_occurrence
+    WHERE entry_key NOT IN (SELECT value FROM json_each(:keep))
+)
+
+-- name: forget_entries
+DELETE FROM errands_occurrence WHERE entry_key NOT IN (SELECT value FROM json_each(:keep))
+
+-- name: trim_occurrences
+DELETE FROM errands_occurrence AS o
+WHERE o.run_at < :trim_before
+    AND o.run_at < (
+        SELECT max(latest.run_at) FROM errands_occurrence AS latest
+        WHERE latest.entry_key = o.entry_key
+    )
+
+-- name: pause_queue
+INSERT OR IGNORE INTO errands_paused_queue (queue, paused_at) VALUES (:queue, :now)
+
+-- name: resume_queue
+DELETE FROM errands_paused_queue WHERE queue = :queue
+
+-- name: paused_queues
+SELECT queue FROM errands_paused_queue ORDER BY queue
+
 -- name: link_retry
 UPDATE errands_result SET retry_request_uuid = :request_uuid WHERE uuid = :result_uuid
 
@@ -265,6 +328,7 @@ UPDATE errands_result SET retry_request_uuid = :request_uuid WHERE uuid = :resul
 -- claim_delete_requests: no other writer can claim the same rows in between.
 SELECT uuid FROM errands_request
 WHERE start_at <= :now
+    AND queue NOT IN (SELECT queue FROM errands_paused_queue)
 ORDER BY priority DESC, start_at, created_at
 LIMIT :limit
 
@@ -272,6 +336,7 @@ LIMIT :limit
 -- :queues is a JSON array of queue names.
 SELECT uuid FROM errands_request
 WHERE start_at <= :now AND queue IN (SELECT value FROM json_each(:queues))
+    AND queue NOT IN (SELECT queue FROM errands_paused_queue)
 ORDER BY priority DESC, start_at, created_at
 LIMIT :limit
 
