@@ -86,7 +86,7 @@ def test_default_url_is_errands_sqlite3_in_the_working_directory(
     try:
         assert isinstance(backend, SqliteBackend)
         assert backend.path == tmp_path / "errands.sqlite3"
-        assert backend.migrate() == [backend.latest_schema_version()]
+        assert backend.migrate() == list(range(1, backend.latest_schema_version() + 1))
     finally:
         backend.close()
     assert (tmp_path / "errands.sqlite3").is_file()
@@ -201,7 +201,7 @@ def test_a_database_without_errands_tables_says_to_migrate(db_path: Path) -> Non
             backend.list_requests(filters=ANY)
         assert str(db_path) in str(info.value)
         assert "errands migrate" in str(info.value)
-        assert backend.migrate() == [1]
+        assert backend.migrate() == [1, 2]
         assert backend.list_requests(filters=ANY) == []
     finally:
         backend.close()
@@ -479,7 +479,7 @@ def test_concurrent_migrations_apply_the_schema_once(tmp_path: Path) -> None:
     """
     outputs = run_together(tmp_path, 4, setup, body, url)
     applied = sorted(json.loads(out) for out in outputs)
-    assert applied == [[], [], [], [1]]
+    assert applied == [[], [], [], [1, 2]]
     backend = open_backend(url)
     try:
         assert backend.schema_version() == 1
