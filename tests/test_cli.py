@@ -624,3 +624,30 @@ def test_cwd_modules_importable_by_console_script(db_url: str, tmp_path: Path) -
     )
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == "hello from cwd"
+
+
+def test_pause_and_resume_a_queue(db_url: str) -> None:
+    paused = invoke(db_url, "pause", "mail")
+    assert paused.exit_code == 0 and "Paused queue 'mail'" in paused.output
+    assert "already paused" in invoke(db_url, "pause", "mail").output
+    assert errands.api.paused_queues() == ["mail"]
+    assert "paused queues: mail" in invoke(db_url, "stats").output
+    resumed = invoke(db_url, "resume", "mail")
+    assert resumed.exit_code == 0 and "Resumed queue 'mail'" in resumed.output
+    assert "was not paused" in invoke(db_url, "resume", "mail").output
+    assert errands.api.paused_queues() == []
+
+
+def test_schedule_lists_entries(db_url: str) -> None:
+    env = {"ERRANDS_SCHEDULE": '[["sample_jobs.Noop", "*/5 * * * *"]]'}
+    table = invoke(db_url, "--import", "sample_jobs", "schedule", env=env)
+    assert table.exit_code == 0, table.output
+    assert "sample_jobs.Noop" in table.output and "NEXT RUNS" in table.output
+    entries = json.loads(
+        invoke(
+            db_url, "--import", "sample_jobs", "schedule", "--count", "2", "--json", env=env
+        ).stdout
+    )
+    assert [e["job"] for e in entries] == ["sample_jobs.Noop"]
+    assert len(entries[0]["next_runs"]) == 2
+    assert "No schedule entries" in invoke(db_url, "schedule").output

@@ -34,7 +34,9 @@ def lines(path: Path) -> list[str]:
 class WorkerProcess:
     """A worker in a subprocess, in its own session so its children can be signalled too."""
 
-    def __init__(self, url: str, log: Path, **settings: object) -> None:
+    def __init__(
+        self, url: str, log: Path, _env: dict[str, str] | None = None, **settings: object
+    ) -> None:
         environ = {
             **os.environ,
             "ERRANDS_DATABASE_URL": url,
@@ -45,6 +47,7 @@ class WorkerProcess:
             "ERRANDS_POLL_INTERVAL": "0.1",
         }
         environ.update({f"ERRANDS_{k.upper()}": str(v) for k, v in settings.items()})
+        environ.update(_env or {})
         self.log = log.open("w")
         self.process = subprocess.Popen(
             [sys.executable, str(SUPPORT_DIR / "worker_main.py")],
@@ -81,8 +84,9 @@ SpawnWorker = Callable[..., WorkerProcess]
 def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
     started: list[WorkerProcess] = []
 
-    def spawn(**settings: object) -> WorkerProcess:
-        worker = WorkerProcess(db_url, tmp_path / f"worker{len(started)}.log", **settings)
+    def spawn(_env: dict[str, str] | None = None, **settings: object) -> WorkerProcess:
+        log = tmp_path / f"worker{len(started)}.log"
+        worker = WorkerProcess(db_url, log, _env, **settings)
         started.append(worker)
         return worker
 
@@ -253,3 +257,50 @@ def test_worker_survives_losing_its_database_connections(
     assert {r.status for r in results} == {Status.SUCCESSFUL}
     assert sorted(r.return_value for r in results) == list(range(total))
     assert errands.requests() == [] and errands.processes() == []
+
+
+def test_four_workers_run_every_job_exactly_once(spawn_worker: SpawnWorker, tmp_path: Path) -> None:
+    total = 20_000
+    marks = tmp_path / "marks"
+    errands.enqueue_many(sample_jobs.Record(str(marks), str(i)) for i in range(total))
+    workers = [spawn_worker(worker_max_processes=2) for _ in range(4)]
+
+    wait_for(lambda: len(lines(marks)) >= total and not errands.processes(limit=1), timeout=300)
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+    assert [worker.wait(30) for worker in workers] == [0, 0, 0, 0]
+
+    assert sorted(lines(marks), key=int) == [str(i) for i in range(total)]  # each ran once
+    results = errands.results(limit=2 * total)
+    assert len(results) == total
+    assert {r.status for r in results} == {Status.SUCCESSFUL}
+    assert len({r.request_uuid for r in results}) == total
+    assert len({r.worker_id for r in results}) == 4  # the work was shared
+    assert errands.requests() == [] and errands.workers() == []
+
+
+@pytest.mark.parametrize("skew", [3600, -3600], ids=["ahead", "behind"])
+def test_a_worker_with_a_wrong_clock_behaves_like_a_right_one(
+    spawn_worker: SpawnWorker, tmp_path: Path, skew: int
+) -> None:
+    marks = tmp_path / "marks"
+    busy_marks = tmp_path / "busy"
+    # A healthy peer, heartbeating, runs a job longer than the skewed worker's timeout.
+    healthy = spawn_worker()
+    sample_jobs.SlowRetry(str(busy_marks), seconds=4).run_in_worker(queue="healthy")
+    sample_jobs.Record(str(marks), "soon").run_in_worker(delay=2)
+    sample_jobs.Record(str(marks), "later").run_in_worker(delay=600)
+    wait_for(lambda: lines(busy_marks) == ["started"], timeout=30)
+    skewed = spawn_worker(heartbeat_timeout=2, _env={"TEST_CLOCK_SKEW_SECONDS": str(skew)})
+
+    # Due in 2 s by the database clock: runs then, neither an hour early nor late.
+    wait_for(lambda: lines(marks) == ["soon"], timeout=15)
+    wait_for(lambda: "finished" in lines(busy_marks), timeout=30)
+    time.sleep(1)
+    statuses = sorted(r.status for r in errands.results())
+    assert statuses == [Status.SUCCESSFUL, Status.SUCCESSFUL]  # no LOST for the healthy peer
+    (later,) = errands.requests()
+    assert later.parameters["args"][1] == "later"
+    for worker in (healthy, skewed):
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0

@@ -351,6 +351,7 @@ def cli(database_url: str | None, import_modules: tuple[str, ...]) -> None:
       errands worker --import myapp.jobs    run jobs enqueued with Job.run_in_worker()
       errands results                       see what happened, newest first
       errands get UUID                      one job in full, with its traceback
+      errands stats                         queue counts and workers at a glance
 
     Settings come from flags, ERRANDS_* environment variables, [tool.errands]
     in ./pyproject.toml, or errands.configure(); see `errands settings`.
@@ -904,6 +905,9 @@ def stats_command(as_json: bool) -> None:
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(stats.results_by_status.items()))
     click.echo(f"\nresults: {by_status or 'none'}")
     click.echo(f"workers: {stats.workers_active} active, {stats.workers_stale} stale")
+    paused = api.paused_queues()
+    if paused:
+        click.echo(f"paused queues: {', '.join(paused)} (`errands resume QUEUE`)")
 
 
 @cli.command("workers")
@@ -941,6 +945,86 @@ def workers_command(as_json: bool) -> None:
                     "stale" if w.stale else "active",
                 ]
                 for w in rows
+            ],
+        )
+    )
+
+
+@cli.command("pause")
+@click.argument("queue")
+def pause_command(queue: str) -> None:
+    """Stop every worker from claiming jobs of QUEUE.
+
+    Jobs already running finish; pending jobs wait until `errands resume QUEUE`.
+    Enqueueing still works.
+
+    \b
+    Example:
+      errands pause mail
+    """
+    _config()
+    if api.pause_queue(queue):
+        click.echo(f"Paused queue {queue!r}: workers stop claiming its jobs.")
+    else:
+        click.echo(f"Queue {queue!r} was already paused.")
+
+
+@cli.command("resume")
+@click.argument("queue")
+def resume_command(queue: str) -> None:
+    """Let workers claim jobs of a paused QUEUE again.
+
+    \b
+    Example:
+      errands resume mail
+    """
+    _config()
+    if api.resume_queue(queue):
+        click.echo(f"Resumed queue {queue!r}.")
+    else:
+        click.echo(f"Queue {queue!r} was not paused.")
+
+
+@cli.command("schedule")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="Show the next N run times of each entry.",
+)
+@_json_option
+def schedule_command(count: int, as_json: bool) -> None:
+    """Show the schedule setting's entries: next runs and the latest one enqueued.
+
+    Workers enqueue scheduled jobs themselves; this only reports.
+
+    \b
+    Examples:
+      errands schedule
+      errands schedule --count 5 --json
+    """
+    config = _config()
+    _import_job_modules(config)
+    entries = api.schedule_status(count=count)
+    if as_json:
+        _print_json([e.as_json() for e in entries])
+        return
+    if not entries:
+        click.echo("No schedule entries (setting 'schedule').")
+        return
+    click.echo(
+        table(
+            ["JOB", "SCHEDULE", "NEXT RUNS", "LAST ENQUEUED"],
+            [
+                [
+                    e.entry.job,
+                    e.description,
+                    ", ".join(_time(moment) for moment in e.next_runs) or "-",
+                    _time(e.last_run_at),
+                ]
+                for e in entries
             ],
         )
     )
