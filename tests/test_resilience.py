@@ -35,7 +35,12 @@ class WorkerProcess:
     """A worker in a subprocess, in its own session so its children can be signalled too."""
 
     def __init__(
-        self, url: str, log: Path, _env: dict[str, str] | None = None, **settings: object
+        self,
+        url: str,
+        log: Path,
+        _env: dict[str, str] | None = None,
+        _queues: tuple[str, ...] = (),
+        **settings: object,
     ) -> None:
         environ = {
             **os.environ,
@@ -50,7 +55,7 @@ class WorkerProcess:
         environ.update(_env or {})
         self.log = log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, str(SUPPORT_DIR / "worker_main.py")],
+            [sys.executable, str(SUPPORT_DIR / "worker_main.py"), *_queues],
             env=environ,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -84,9 +89,11 @@ SpawnWorker = Callable[..., WorkerProcess]
 def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
     started: list[WorkerProcess] = []
 
-    def spawn(_env: dict[str, str] | None = None, **settings: object) -> WorkerProcess:
+    def spawn(
+        _env: dict[str, str] | None = None, _queues: tuple[str, ...] = (), **settings: object
+    ) -> WorkerProcess:
         log = tmp_path / f"worker{len(started)}.log"
-        worker = WorkerProcess(db_url, log, _env, **settings)
+        worker = WorkerProcess(db_url, log, _env, _queues, **settings)
         started.append(worker)
         return worker
 
@@ -286,15 +293,16 @@ def test_a_worker_with_a_wrong_clock_behaves_like_a_right_one(
     marks = tmp_path / "marks"
     busy_marks = tmp_path / "busy"
     # A healthy peer, heartbeating, runs a job longer than the skewed worker's timeout.
-    healthy = spawn_worker()
+    healthy = spawn_worker(_queues=("healthy",))
     sample_jobs.SlowRetry(str(busy_marks), seconds=4).run_in_worker(queue="healthy")
     sample_jobs.Record(str(marks), "soon").run_in_worker(delay=2)
     sample_jobs.Record(str(marks), "later").run_in_worker(delay=600)
     wait_for(lambda: lines(busy_marks) == ["started"], timeout=30)
-    skewed = spawn_worker(heartbeat_timeout=2, _env={"TEST_CLOCK_SKEW_SECONDS": str(skew)})
+    skew_env = {"TEST_CLOCK_SKEW_SECONDS": str(skew)}
+    skewed = spawn_worker(_env=skew_env, _queues=("default",), heartbeat_timeout=2)
 
     # Due in 2 s by the database clock: runs then, neither an hour early nor late.
-    wait_for(lambda: lines(marks) == ["soon"], timeout=15)
+    wait_for(lambda: lines(marks) == ["soon"], timeout=60)
     wait_for(lambda: "finished" in lines(busy_marks), timeout=30)
     time.sleep(1)
     statuses = sorted(r.status for r in errands.results())

@@ -6,18 +6,25 @@ Every function here uses the backend named by the current settings
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid as uuid_module
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from errands import settings
 from errands.backends import Backend, open_backend
 from errands.models import (
+    Cursor,
     Filters,
     JobProcess,
     JobRequest,
     JobResult,
+    Kind,
+    PageSpec,
+    Selection,
     Stats,
     Status,
     WorkerInfo,
@@ -31,18 +38,40 @@ logger = logging.getLogger("errands")
 
 _lock = threading.Lock()
 _backend: Backend | None = None
+#: Backends installed by ``use_backend``, innermost last; they win over the setting.
+_overrides: list[Backend] = []
 
 
 def backend() -> Backend:
-    """The backend of the configured ``database_url`` (reopened when the setting changes)."""
+    """The backend of the configured ``database_url`` (reopened when the setting changes),
+    or the one installed by :func:`use_backend`."""
     global _backend
     url = settings.current().database_url
     with _lock:
+        if _overrides:
+            return _overrides[-1]
         if _backend is None or _backend.url != (url or _default_url()):
             if _backend is not None:
                 _backend.close()
             _backend = open_backend(url)
         return _backend
+
+
+@contextlib.contextmanager
+def use_backend(replacement: Backend) -> Iterator[Backend]:
+    """Make :func:`backend` return ``replacement`` inside the block, in every thread.
+
+    Meant for tests (``errands.testing`` builds on it): the override is process-wide
+    so that code running in other threads (a web framework's test client, say) sees
+    it too. Blocks may nest; the innermost wins. The replacement is not closed here.
+    """
+    with _lock:
+        _overrides.append(replacement)
+    try:
+        yield replacement
+    finally:
+        with _lock:
+            _overrides.remove(replacement)
 
 
 def _default_url() -> str:
@@ -226,3 +255,133 @@ def schedule_status(*, count: int = 3) -> list[EntryStatus]:
     current = settings.current()
     entries = scheduler.parse_entries(current.schedule, current.timezone)
     return scheduler.status(backend(), entries, count=count)
+
+
+# -- operating on a selection (the dashboard; the CLI may use these too) ------------------
+
+#: Rows one statement of a bulk operation touches, so no transaction holds locks long.
+BULK_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class BulkOutcome:
+    """What a bulk operation did: ``done`` rows; ``skipped`` ones it could not act on
+    (a retry declined by ``should_enqueue`` or failing, see the log)."""
+
+    done: int
+    skipped: int = 0
+
+
+def count(kind: Kind | str, selection: Selection) -> int:
+    """How many requests, processes or results ``selection`` covers."""
+    return backend().count(kind=Kind(kind), selection=selection)
+
+
+def cancel_selected(kind: Kind | str, selection: Selection) -> BulkOutcome:
+    """Cancel every selected pending request (each becomes a CANCELLED result and its
+    ``on_aborted`` runs) or ask the workers of every selected process to terminate it."""
+    b = backend()
+    if Kind(kind) is Kind.PROCESS:
+        return BulkOutcome(done=b.request_cancel_processes(selection=selection))
+    if Kind(kind) is not Kind.REQUEST:
+        raise ValueError("only requests and processes can be cancelled")
+    done = 0
+    while batch := b.cancel_requests(selection=selection, limit=BULK_BATCH):
+        dispatch_aborted_hooks(batch)
+        done += len(batch)
+    return BulkOutcome(done=done)
+
+
+def retry_selected(selection: Selection, *, limit: int = BULK_BATCH) -> BulkOutcome:
+    """Retry up to ``limit`` selected results that were not retried yet, newest first.
+
+    Each is retried as :func:`retry_result` does (its next attempt, linked from the
+    result). Results whose job declines or fails to enqueue are counted as skipped.
+    """
+    pending = replace(selection, retried=False)
+    outcome = BulkOutcome(done=0)
+    cursor: Cursor | None = None
+    while outcome.done + outcome.skipped < limit:
+        page = PageSpec(after=cursor, limit=min(100, limit - outcome.done - outcome.skipped))
+        results = backend().page_results(selection=pending, page=page)
+        if not results:
+            break
+        for result in results:
+            outcome = _retry_counted(result, outcome)
+        cursor = Cursor(at=results[-1].ended_at, uuid=results[-1].uuid)
+    return outcome
+
+
+def _retry_counted(result: JobResult, outcome: BulkOutcome) -> BulkOutcome:
+    try:
+        retried = retry_result(result, delay=0) is not None
+    except Exception:
+        logger.exception(
+            "could not retry job",
+            extra={"job_class": result.job_class, "job_uuid": str(result.uuid)},
+        )
+        retried = False
+    if retried:
+        return replace(outcome, done=outcome.done + 1)
+    return replace(outcome, skipped=outcome.skipped + 1)
+
+
+def delete_selected(kind: Kind | str, selection: Selection) -> BulkOutcome:
+    """Delete every selected pending request (without a result) or result."""
+    b = backend()
+    done = 0
+    while deleted := b.delete(kind=Kind(kind), selection=selection, limit=BULK_BATCH):
+        done += deleted
+    return BulkOutcome(done=done)
+
+
+def delete(uuid: uuid_module.UUID | str) -> bool:
+    """Delete the pending request or the result with this uuid; False if there is none.
+
+    A running process cannot be deleted: :func:`cancel` it.
+    """
+    b = backend()
+    only = Selection(uuid=_uuid(uuid))
+    return any(b.delete(kind=kind, selection=only, limit=1) for kind in (Kind.REQUEST, Kind.RESULT))
+
+
+Attempt = JobRequest | JobProcess | JobResult
+
+
+def retry_chain(uuid: uuid_module.UUID | str, *, longest: int = 50) -> list[Attempt]:
+    """Every attempt of the job that ``uuid`` belongs to, first to last.
+
+    Attempts are linked by retries and deferrals: a result's ``retry_request_uuid``
+    is the next attempt's request, found again by :meth:`Backend.retried_by`.
+    Chains longer than ``longest`` are cut at both ends around ``uuid``.
+    """
+    found = get(uuid)
+    if found is None:
+        return []
+    return [*reversed(_earlier_attempts(found, longest)), found, *_later_attempts(found, longest)]
+
+
+def _request_uuid_of(attempt: Attempt) -> uuid_module.UUID:
+    return attempt.uuid if isinstance(attempt, JobRequest) else attempt.request_uuid
+
+
+def _earlier_attempts(attempt: Attempt, longest: int) -> list[Attempt]:
+    earlier: list[Attempt] = []
+    while len(earlier) < longest:
+        previous = backend().retried_by(request_uuid=_request_uuid_of(attempt))
+        if previous is None:
+            break
+        earlier.append(previous)
+        attempt = previous
+    return earlier
+
+
+def _later_attempts(attempt: Attempt, longest: int) -> list[Attempt]:
+    later: list[Attempt] = []
+    while len(later) < longest and isinstance(attempt, JobResult) and attempt.retry_request_uuid:
+        following = get(attempt.retry_request_uuid)
+        if following is None:
+            break  # the next attempt's rows were pruned or deleted
+        later.append(following)
+        attempt = following
+    return later

@@ -212,6 +212,74 @@ class Filters:
     limit: int = 100
 
 
+class Kind(enum.StrEnum):
+    """The three tables a job passes through, for operations that take any of them."""
+
+    REQUEST = "request"
+    PROCESS = "process"
+    RESULT = "result"
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which rows of one table a page, a count or a bulk operation covers; None means any.
+
+    ``since``/``until`` bound the table's own time column, inclusively: when a
+    request was enqueued, when a process was claimed, when a result ended.
+    Fields that do not apply to a table are ignored there.
+    """
+
+    queue: str | None = None
+    job_class: str | None = None
+    concurrency_key: str | None = None
+    #: the row's own uuid, its request's or its process's
+    uuid: UUID | None = None
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+    #: requests only: True for those due now (pending), False for those due later (scheduled)
+    due: bool | None = None
+    #: results only
+    status: Status | None = None
+    #: results only: True for results already retried or deferred (a follow-up request exists)
+    retried: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A place in a listing: the sort time and uuid of the last row already shown.
+
+    The sort time is a request's ``start_at``, a process's ``created_at`` or a
+    result's ``ended_at``; the uuid breaks ties, so no row is shown twice or skipped.
+    """
+
+    at: datetime.datetime
+    uuid: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class PageSpec:
+    """One page of a listing, found by keyset (fast at any depth, unlike OFFSET).
+
+    The default order is the natural one of each table: requests due soonest,
+    processes claimed longest ago, results ended most recently; ``reverse`` flips it.
+    """
+
+    after: Cursor | None = None
+    reverse: bool = False
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """How many results of one status ended in one time bucket."""
+
+    bucket_start: datetime.datetime
+    status: Status
+    count: int
+    #: of those, how many were retried (a follow-up request exists; deferrals excluded)
+    retried: int
+
+
 @dataclass(frozen=True, slots=True)
 class Occurrence:
     """One run time of a schedule entry that was enqueued (the scheduler's memory)."""

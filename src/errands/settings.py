@@ -54,6 +54,10 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     log_jobs: bool = False
+    #: the dashboard's login password; empty: no password login (see errands.dashboard)
+    dashboard_password: str = field(default="", repr=False)
+    #: the dashboard shows everything but offers no action (retry, cancel, delete, pause)
+    dashboard_read_only: bool = False
     #: where each non-default value came from, for messages and ``errands settings``
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -179,6 +183,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_level": _choice(LOG_LEVELS, upper=True),
     "log_format": _choice(LOG_FORMATS),
     "log_jobs": _to_bool,
+    "dashboard_password": _to_str,
+    "dashboard_read_only": _to_bool,
 }
 
 #: The name users write (pyproject key, ``ERRANDS_`` suffix) where it differs from the field.

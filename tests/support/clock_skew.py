@@ -17,6 +17,8 @@ def skew_clock(seconds: float) -> None:
     real_datetime = datetime.datetime
 
     class SkewedDateTime(real_datetime):
+        __slots__ = ()  # same layout as datetime, which C extensions check
+
         @classmethod
         def now(cls, tz: datetime.tzinfo | None = None) -> "SkewedDateTime":
             moment = real_datetime.now(tz) + datetime.timedelta(seconds=seconds)

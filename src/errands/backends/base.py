@@ -31,10 +31,15 @@ from errands.models import (
     JobProcess,
     JobRequest,
     JobResult,
+    Kind,
     NewRequest,
     Occurrence,
     Outcome,
+    PageSpec,
+    QueueStats,
+    Selection,
     Stats,
+    Throughput,
     WorkerInfo,
 )
 
@@ -192,6 +197,18 @@ class Backend(abc.ABC):
     def listen(self, *, on_wake: Callable[[], None]) -> Listener:
         """Call ``on_wake`` (from a background thread) soon after new work may be due."""
 
+    def listen_results(
+        self, *, on_results: Callable[[frozenset[uuid.UUID] | None], None]
+    ) -> Listener:
+        """Call ``on_results`` (from a background thread) soon after results are written,
+        with the request uuids of the new results, or None when unknown ("look again").
+
+        Used by ``errands.wait_for_result``. The listener is subscribed when this
+        returns. This default relays every wake-up of :meth:`listen` as None, which
+        suits backends whose ``listen`` fires on any commit (SQLite).
+        """
+        return self.listen(on_wake=lambda: on_results(None))
+
     # -- schedules and queues --------------------------------------------------
     @abc.abstractmethod
     def last_occurrences(self) -> dict[str, Occurrence]:
@@ -251,6 +268,58 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def stats(self, *, heartbeat_timeout_seconds: float) -> Stats: ...
+
+    # -- pages, counts and bulk operations (the dashboard) ------------------------------
+    @abc.abstractmethod
+    def queue_stats(self) -> list[QueueStats]:
+        """Per queue: pending, scheduled and running jobs (``stats`` without the history)."""
+
+    @abc.abstractmethod
+    def page_requests(self, *, selection: Selection, page: PageSpec) -> list[JobRequest]:
+        """Selected requests due soonest first (``start_at``, then uuid), after ``page.after``."""
+
+    @abc.abstractmethod
+    def page_processes(self, *, selection: Selection, page: PageSpec) -> list[JobProcess]:
+        """Selected processes claimed longest ago first (``created_at``, then uuid)."""
+
+    @abc.abstractmethod
+    def page_results(self, *, selection: Selection, page: PageSpec) -> list[JobResult]:
+        """Selected results ended most recently first (``ended_at``, then uuid)."""
+
+    @abc.abstractmethod
+    def count(self, *, kind: Kind, selection: Selection) -> int:
+        """How many rows of the table ``kind`` the selection covers."""
+
+    @abc.abstractmethod
+    def throughput(self, *, since: datetime.datetime, bucket_seconds: int) -> list[Throughput]:
+        """Results ended at or after ``since``, counted per status and time bucket.
+
+        Buckets start at whole multiples of ``bucket_seconds`` since the Unix epoch;
+        empty buckets are left out. Ordered by bucket, then status.
+        """
+
+    @abc.abstractmethod
+    def retried_by(self, *, request_uuid: uuid.UUID) -> JobResult | None:
+        """The result whose retry or deferral enqueued this request, if any."""
+
+    @abc.abstractmethod
+    def cancel_requests(self, *, selection: Selection, limit: int) -> list[JobResult]:
+        """Turn up to ``limit`` selected pending requests into CANCELLED results, at once.
+
+        Like :meth:`cancel_request`, a request claimed meanwhile is left alone.
+        """
+
+    @abc.abstractmethod
+    def request_cancel_processes(self, *, selection: Selection) -> int:
+        """Flag every selected process for its worker to terminate; return how many."""
+
+    @abc.abstractmethod
+    def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
+        """Delete up to ``limit`` selected requests or results; return how many.
+
+        Requests vanish without a result. Processes cannot be deleted (their worker
+        still runs them): ``kind=Kind.PROCESS`` raises ValueError.
+        """
 
     @abc.abstractmethod
     def now(self) -> datetime.datetime:

@@ -34,12 +34,16 @@ from errands.models import (
     JobProcess,
     JobRequest,
     JobResult,
+    Kind,
     NewRequest,
     Occurrence,
     Outcome,
+    PageSpec,
     QueueStats,
+    Selection,
     Stats,
     Status,
+    Throughput,
     WorkerInfo,
 )
 
@@ -209,6 +213,35 @@ def filter_params(filters: Filters) -> dict[str, Any]:
     }
 
 
+def selection_params(selection: Selection) -> dict[str, Any]:
+    """A Selection as query parameters; None (or empty) means "any"."""
+    return {
+        "queue": selection.queue or None,
+        "job_class": selection.job_class or None,
+        "concurrency_key": selection.concurrency_key or None,
+        "uuid": selection.uuid,
+        "since": selection.since,
+        "until": selection.until,
+        "due": selection.due,
+        "status": str(selection.status) if selection.status else None,
+        "retried": selection.retried,
+    }
+
+
+def page_params(selection: Selection, page: PageSpec) -> dict[str, Any]:
+    after = page.after
+    return {
+        **selection_params(selection),
+        "after_at": after.at if after else None,
+        "after_uuid": after.uuid if after else None,
+        "limit": page.limit,
+    }
+
+
+def page_query(name: str, page: PageSpec) -> str:
+    return f"page_{name}_reversed" if page.reverse else f"page_{name}"
+
+
 def _first_per_process(outcomes: Sequence[Outcome]) -> list[Outcome]:
     """One outcome per process: a duplicate in a batch could not produce a second result anyway."""
     seen: dict[uuid.UUID, Outcome] = {}
@@ -300,6 +333,9 @@ class PostgresListener(Listener):
     connection would be handed to others). ``ready`` is set once it listens.
     """
 
+    #: the named statement that subscribes to the channel
+    query = "listen"
+
     def __init__(self, url: str, on_wake: Callable[[], None]) -> None:
         self.url = url
         self.on_wake = on_wake
@@ -318,7 +354,7 @@ class PostgresListener(Listener):
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
-                    execute(conn, "listen")
+                    execute(conn, self.query)
                     self.ready.set()
                     if connected_before:
                         self._wake()  # notifications sent while disconnected are lost
@@ -337,14 +373,38 @@ class PostgresListener(Listener):
 
     def _relay(self, conn: Connection) -> None:
         while not self._stopping.is_set():
-            for _ in conn.notifies(timeout=LISTEN_POLL_SECONDS):
-                self._wake()
+            for notify in conn.notifies(timeout=LISTEN_POLL_SECONDS):
+                self._notified(notify.payload)
+
+    def _notified(self, payload: str) -> None:
+        self._wake()
 
     def _wake(self) -> None:
         try:
             self.on_wake()
         except Exception:
             logger.exception("on_wake callback failed")
+
+
+class PostgresResultListener(PostgresListener):
+    """Relays ``NOTIFY errands_results`` (sent by a trigger on ``errands_result``) to
+    ``on_results`` with the request uuids of the new results; None means "unknown"
+    (a batch too large for the payload, or a reconnect that may have missed some)."""
+
+    query = "listen_results"
+
+    def __init__(
+        self, url: str, on_results: Callable[[frozenset[uuid.UUID] | None], None]
+    ) -> None:
+        self.on_results = on_results
+        super().__init__(url, lambda: on_results(None))
+
+    def _notified(self, payload: str) -> None:
+        try:
+            uuids = frozenset(uuid.UUID(part) for part in payload.split(",")) if payload else None
+            self.on_results(uuids)
+        except Exception:
+            logger.exception("on_results callback failed")
 
 
 # -- the backend -----------------------------------------------------------------------
@@ -564,6 +624,16 @@ class PostgresBackend(Backend):
         self._listeners.append(listener)
         return listener
 
+    def listen_results(
+        self, *, on_results: Callable[[frozenset[uuid.UUID] | None], None]
+    ) -> PostgresListener:
+        listener = PostgresResultListener(self.url, on_results)
+        self._listeners.append(listener)
+        # Results written before LISTEN took effect would wake nobody; callers
+        # look at the database after this returns, so wait until it listens.
+        listener.ready.wait(CONNECTION_WAIT_SECONDS)
+        return listener
+
     # -- schedules and queues ------------------------------------------------------------
     def last_occurrences(self) -> dict[str, Occurrence]:
         rows = self._fetch("last_occurrences")
@@ -643,6 +713,61 @@ class PostgresBackend(Backend):
             workers_active=workers["active"],
             workers_stale=workers["stale"],
         )
+
+    # -- pages, counts and bulk operations ----------------------------------------------
+    def queue_stats(self) -> list[QueueStats]:
+        return [QueueStats(**row) for row in self._fetch("queue_stats")]
+
+    def page_requests(self, *, selection: Selection, page: PageSpec) -> list[JobRequest]:
+        rows = self._fetch(page_query("requests", page), page_params(selection, page))
+        return [to_request(row) for row in rows]
+
+    def page_processes(self, *, selection: Selection, page: PageSpec) -> list[JobProcess]:
+        rows = self._fetch(page_query("processes", page), page_params(selection, page))
+        return [to_process(row) for row in rows]
+
+    def page_results(self, *, selection: Selection, page: PageSpec) -> list[JobResult]:
+        rows = self._fetch(page_query("results", page), page_params(selection, page))
+        return [to_result(row) for row in rows]
+
+    def count(self, *, kind: Kind, selection: Selection) -> int:
+        rows = self._fetch(f"count_{kind}s", selection_params(selection))
+        counted: int = rows[0]["count"]
+        return counted
+
+    def throughput(self, *, since: datetime.datetime, bucket_seconds: int) -> list[Throughput]:
+        params = {"since": since, "bucket_seconds": int(bucket_seconds)}
+        return [
+            Throughput(
+                bucket_start=row["bucket_start"].astimezone(datetime.UTC),
+                status=Status(row["status"]),
+                count=row["count"],
+                retried=row["retried"],
+            )
+            for row in self._fetch("throughput", params)
+        ]
+
+    def retried_by(self, *, request_uuid: uuid.UUID) -> JobResult | None:
+        rows = self._fetch("retried_by", {"request_uuid": request_uuid})
+        return to_result(rows[0]) if rows else None
+
+    def cancel_requests(self, *, selection: Selection, limit: int) -> list[JobResult]:
+        params = {
+            **selection_params(selection),
+            "limit": limit,
+            "error_type": "Cancelled",
+            "error": "cancelled before it started",
+        }
+        return [to_result(row) for row in self._fetch("cancel_requests", params)]
+
+    def request_cancel_processes(self, *, selection: Selection) -> int:
+        return self._execute("request_cancel_processes", selection_params(selection))
+
+    def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
+        if kind is Kind.PROCESS:
+            raise ValueError("processes cannot be deleted: cancel them instead")
+        params = {**selection_params(selection), "limit": limit}
+        return self._execute(f"delete_{kind}s", params)
 
     def now(self) -> datetime.datetime:
         now: datetime.datetime = self._fetch("now")[0]["now"]

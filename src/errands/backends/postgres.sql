@@ -180,6 +180,52 @@ CREATE TABLE errands_paused_queue (
 
 INSERT INTO errands_schema (version) VALUES (2);
 
+-- name: migration_3
+-- For the dashboard's listings and its job detail page. Plain CREATE INDEX
+-- blocks writes to errands_result while it builds (seconds on millions of rows):
+-- run `errands migrate` when a short pause of job completions is acceptable.
+-- Results of one queue, newest first (other filters got their index in migration_1).
+CREATE INDEX errands_result_queue_idx ON errands_result (queue, ended_at);
+-- Results of one concurrency key; most jobs have none, so they are left out.
+CREATE INDEX errands_result_slot_idx ON errands_result (concurrency_key, ended_at)
+    WHERE concurrency_key <> '';
+-- The result a retry or deferral came from (the retry chain, walked backwards);
+-- only retried and deferred results have one.
+CREATE INDEX errands_result_retry_idx ON errands_result (retry_request_uuid)
+    WHERE retry_request_uuid IS NOT NULL;
+
+INSERT INTO errands_schema (version) VALUES (3);
+
+-- name: migration_4
+-- Wake-ups for errands.wait_for_result(): each statement that writes results
+-- (completions, cancellations, rescues) sends one NOTIFY on channel
+-- errands_results, delivered at commit. A trigger rather than a pg_notify in each
+-- of those statements, so that no writer of results can forget it. One
+-- notification per statement, not per row, keeps a batch of completions at one
+-- NOTIFY. The payload lists the request uuids of the new results, comma-separated,
+-- or is empty (meaning "any") when they would not fit: payloads must stay under
+-- 8000 bytes.
+CREATE FUNCTION errands_notify_results() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    finished text;
+BEGIN
+    SELECT string_agg(DISTINCT request_uuid::text, ',') INTO finished FROM written;
+    IF finished IS NOT NULL THEN
+        PERFORM pg_notify(
+            'errands_results', CASE WHEN length(finished) < 7900 THEN finished ELSE '' END
+        );
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER errands_result_notify
+    AFTER INSERT ON errands_result
+    REFERENCING NEW TABLE AS written
+    FOR EACH STATEMENT EXECUTE FUNCTION errands_notify_results();
+
+INSERT INTO errands_schema (version) VALUES (4);
+
 
 -- Enqueueing -------------------------------------------------------------------
 
@@ -528,6 +574,10 @@ WHERE uuid IN (
 -- name: listen
 LISTEN errands_jobs
 
+-- name: listen_results
+-- Sent by the trigger of migration_4 whenever results are written.
+LISTEN errands_results
+
 
 -- Inspecting and operating ---------------------------------------------------------
 -- Filters are fixed SQL: a NULL parameter means "any".
@@ -688,3 +738,243 @@ SELECT queue FROM errands_paused_queue ORDER BY queue
 -- name: now
 -- clock_timestamp(), not now(): now() is frozen at the start of the transaction.
 SELECT clock_timestamp() AS now
+
+
+-- Dashboard: pages, counts and bulk operations ------------------------------------
+-- A Selection's filters are fixed SQL where a NULL parameter means "any" (each
+-- execution is planned with its values, so a NULL filter costs nothing and the
+-- others can use their index). Pages are found by keyset: the row comparison
+-- "(sort time, uuid) after the cursor" starts an index scan at the cursor, so
+-- the thousandth page costs what the first does, unlike OFFSET.
+
+-- name: page_requests
+SELECT *
+FROM errands_request
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
+    AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+    AND (%(after_at)s::timestamptz IS NULL
+        OR (start_at, uuid) > (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
+ORDER BY start_at, uuid
+LIMIT %(limit)s
+
+-- name: page_requests_reversed
+SELECT *
+FROM errands_request
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
+    AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+    AND (%(after_at)s::timestamptz IS NULL
+        OR (start_at, uuid) < (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
+ORDER BY start_at DESC, uuid DESC
+LIMIT %(limit)s
+
+-- name: page_processes
+SELECT *
+FROM errands_process
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+    AND (%(after_at)s::timestamptz IS NULL
+        OR (created_at, uuid) > (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
+ORDER BY created_at, uuid
+LIMIT %(limit)s
+
+-- name: page_processes_reversed
+SELECT *
+FROM errands_process
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+    AND (%(after_at)s::timestamptz IS NULL
+        OR (created_at, uuid) < (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
+ORDER BY created_at DESC, uuid DESC
+LIMIT %(limit)s
+
+-- name: page_results
+SELECT *
+FROM errands_result
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR ended_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR ended_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL
+        OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid OR process_uuid = %(uuid)s::uuid)
+    AND (%(status)s::text IS NULL OR status = %(status)s::text)
+    AND (%(retried)s::boolean IS NULL
+        OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+    AND (%(after_at)s::timestamptz IS NULL
+        OR (ended_at, uuid) < (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
+ORDER BY ended_at DESC, uuid DESC
+LIMIT %(limit)s
+
+-- name: page_results_reversed
+SELECT *
+FROM errands_result
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR ended_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR ended_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL
+        OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid OR process_uuid = %(uuid)s::uuid)
+    AND (%(status)s::text IS NULL OR status = %(status)s::text)
+    AND (%(retried)s::boolean IS NULL
+        OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+    AND (%(after_at)s::timestamptz IS NULL
+        OR (ended_at, uuid) > (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
+ORDER BY ended_at, uuid
+LIMIT %(limit)s
+
+-- name: count_requests
+SELECT count(*) AS count
+FROM errands_request
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
+    AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+
+-- name: count_processes
+SELECT count(*) AS count
+FROM errands_process
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+
+-- name: count_results
+SELECT count(*) AS count
+FROM errands_result
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR ended_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR ended_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL
+        OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid OR process_uuid = %(uuid)s::uuid)
+    AND (%(status)s::text IS NULL OR status = %(status)s::text)
+    AND (%(retried)s::boolean IS NULL
+        OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+
+-- name: throughput
+-- One pass over the window through the ended_at index, grouped in the database:
+-- the dashboard's chart and its outcome cards both come from these rows.
+SELECT
+    to_timestamp(
+        (floor(extract(epoch FROM ended_at) / %(bucket_seconds)s::int)
+            * %(bucket_seconds)s::int)::float8
+    ) AS bucket_start,
+    status,
+    count(*) AS count,
+    count(*) FILTER (WHERE retry_request_uuid IS NOT NULL AND status <> 'DEFERRED') AS retried
+FROM errands_result
+WHERE ended_at >= %(since)s::timestamptz
+GROUP BY 1, 2
+ORDER BY 1, 2
+
+-- name: retried_by
+SELECT *
+FROM errands_result
+WHERE retry_request_uuid = %(request_uuid)s
+ORDER BY ended_at DESC
+LIMIT 1
+
+-- name: cancel_requests
+-- SKIP LOCKED: a request a worker is claiming right now is the worker's (the
+-- claim deletes it); the rest are deleted here and become CANCELLED results in
+-- the same statement, so each ends in exactly one of the two.
+WITH chosen AS (
+    SELECT uuid
+    FROM errands_request
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+        AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+        AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+        AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+        AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+        AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
+        AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+    ORDER BY start_at, uuid
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+cancelled AS (
+    DELETE FROM errands_request AS r USING chosen WHERE r.uuid = chosen.uuid RETURNING r.*
+)
+INSERT INTO errands_result (
+    uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
+    worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error
+)
+SELECT
+    gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), 'CANCELLED',
+    NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
+    c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s
+FROM cancelled AS c
+RETURNING *
+
+-- name: request_cancel_processes
+UPDATE errands_process
+SET cancel_requested = true
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+
+-- name: delete_requests
+-- SKIP LOCKED: requests being claimed right now are left to their worker.
+DELETE FROM errands_request
+WHERE uuid IN (
+    SELECT uuid
+    FROM errands_request
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+        AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+        AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+        AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+        AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+        AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
+        AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+
+-- name: delete_results
+-- Bounded batches keep each transaction short, as in prune_results.
+DELETE FROM errands_result
+WHERE uuid IN (
+    SELECT uuid
+    FROM errands_result
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+        AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+        AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+        AND (%(since)s::timestamptz IS NULL OR ended_at >= %(since)s::timestamptz)
+        AND (%(until)s::timestamptz IS NULL OR ended_at <= %(until)s::timestamptz)
+        AND (%(uuid)s::uuid IS NULL
+            OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid OR process_uuid = %(uuid)s::uuid)
+        AND (%(status)s::text IS NULL OR status = %(status)s::text)
+        AND (%(retried)s::boolean IS NULL
+            OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)

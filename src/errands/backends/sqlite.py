@@ -37,13 +37,17 @@ from errands.models import (
     JobProcess,
     JobRequest,
     JobResult,
+    Kind,
     NewRequest,
     Occurrence,
     Outcome,
+    PageSpec,
     QueueStats,
     Requeue,
+    Selection,
     Stats,
     Status,
+    Throughput,
     WorkerInfo,
 )
 
@@ -371,6 +375,22 @@ def _lose(
         if result is not None:
             results.append(result)
     return results
+
+
+def _cancelled(session: _Session, request: sqlite3.Row) -> JobResult | None:
+    """The CANCELLED result of a request just deleted (it never had a process)."""
+    return _insert_result(
+        session,
+        request,
+        process_uuid=str(uuid4()),
+        request_uuid=request["uuid"],
+        requested_at=request["created_at"],
+        worker_id=None,
+        status=str(Status.CANCELLED),
+        ended_at=session.now,
+        error_type=CANCELLED,
+        error="cancelled before it started",
+    )
 
 
 # -- enqueueing ------------------------------------------------------------------------------
@@ -950,18 +970,7 @@ class SqliteBackend(Backend):
             request = session.execute("delete_request", uuid=str(uuid)).fetchone()
             if request is None:
                 return None
-            return _insert_result(
-                session,
-                request,
-                process_uuid=str(uuid4()),  # its parameter `uuid` hides the module
-                request_uuid=request["uuid"],
-                requested_at=request["created_at"],
-                worker_id=None,
-                status=str(Status.CANCELLED),
-                ended_at=session.now,
-                error_type=CANCELLED,
-                error="cancelled before it started",
-            )
+            return _cancelled(session, request)
 
     def request_cancel(self, *, uuid: uuid.UUID) -> bool:
         with self._write() as session:
@@ -999,6 +1008,73 @@ class SqliteBackend(Backend):
             workers_stale=counts["stale"],
         )
 
+    # -- pages, counts and bulk operations ----------------------------------------------
+    def queue_stats(self) -> list[QueueStats]:
+        with self._read() as session:
+            return [QueueStats(**dict(row)) for row in session.rows("queue_stats")]
+
+    def page_requests(self, *, selection: Selection, page: PageSpec) -> list[JobRequest]:
+        return [_request(row) for row in self._page("requests", selection, page)]
+
+    def page_processes(self, *, selection: Selection, page: PageSpec) -> list[JobProcess]:
+        return [_process(row) for row in self._page("processes", selection, page)]
+
+    def page_results(self, *, selection: Selection, page: PageSpec) -> list[JobResult]:
+        return [_result(row) for row in self._page("results", selection, page)]
+
+    def _page(self, name: str, selection: Selection, page: PageSpec) -> list[sqlite3.Row]:
+        query = f"page_{name}_reversed" if page.reverse else f"page_{name}"
+        with self._read() as session:
+            return session.rows(query, **_page_params(selection, page))
+
+    def count(self, *, kind: Kind, selection: Selection) -> int:
+        with self._read() as session:
+            row = session.execute(f"count_{kind}s", **_selection_params(selection)).fetchone()
+        counted: int = row["count"]
+        return counted
+
+    def throughput(self, *, since: datetime.datetime, bucket_seconds: int) -> list[Throughput]:
+        with self._read() as session:
+            rows = session.rows(
+                "throughput", since=_unix(since), bucket_seconds=int(bucket_seconds)
+            )
+        return [
+            Throughput(
+                bucket_start=_moment(row["bucket_start"]),
+                status=Status(row["status"]),
+                count=row["count"],
+                retried=row["retried"],
+            )
+            for row in rows
+        ]
+
+    def retried_by(self, *, request_uuid: uuid.UUID) -> JobResult | None:
+        with self._read() as session:
+            row = session.execute("retried_by", request_uuid=str(request_uuid)).fetchone()
+        return None if row is None else _result(row)
+
+    def cancel_requests(self, *, selection: Selection, limit: int) -> list[JobResult]:
+        with self._write() as session:
+            requests = session.rows(
+                "delete_selected_requests_returning", **_selection_params(selection), limit=limit
+            )
+            results = [_cancelled(session, request) for request in requests]
+        return [result for result in results if result is not None]
+
+    def request_cancel_processes(self, *, selection: Selection) -> int:
+        with self._write() as session:
+            params = _selection_params(selection)
+            flagged: int = session.execute("request_cancel_processes", **params).rowcount
+        return flagged
+
+    def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
+        if kind is Kind.PROCESS:
+            raise ValueError("processes cannot be deleted: cancel them instead")
+        with self._write() as session:
+            params = _selection_params(selection)
+            deleted: int = session.execute(f"delete_{kind}s", **params, limit=limit).rowcount
+        return deleted
+
     def now(self) -> datetime.datetime:
         unix: float = self._connection().execute(QUERIES["now"]).fetchone()[0]
         return _moment(unix)
@@ -1021,4 +1097,29 @@ def _filter_params(filters: Filters) -> dict[str, Any]:
         "job_class": filters.job_class,
         "concurrency_key": filters.concurrency_key,
         "limit": filters.limit,
+    }
+
+
+def _selection_params(selection: Selection) -> dict[str, Any]:
+    """A Selection as query parameters; None (or empty) means "any"."""
+    return {
+        "queue": selection.queue or None,
+        "job_class": selection.job_class or None,
+        "concurrency_key": selection.concurrency_key or None,
+        "uuid": None if selection.uuid is None else str(selection.uuid),
+        "since": _unix(selection.since),
+        "until": _unix(selection.until),
+        "due": selection.due,
+        "status": None if selection.status is None else str(selection.status),
+        "retried": selection.retried,
+    }
+
+
+def _page_params(selection: Selection, page: PageSpec) -> dict[str, Any]:
+    after = page.after
+    return {
+        **_selection_params(selection),
+        "after_at": _unix(after.at) if after else None,
+        "after_uuid": str(after.uuid) if after else None,
+        "limit": page.limit,
     }

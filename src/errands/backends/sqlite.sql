@@ -217,6 +217,13 @@ CREATE TABLE errands_paused_queue (
 );
 
 
+-- name: migration_3
+-- The result a retry or deferral came from (the dashboard's retry chain, walked
+-- backwards); only retried and deferred results have one.
+CREATE INDEX errands_result_retry ON errands_result (retry_request_uuid)
+    WHERE retry_request_uuid IS NOT NULL;
+
+
 -- ---------------------------------------------------------------------------
 -- Enqueueing
 -- ---------------------------------------------------------------------------
@@ -576,3 +583,203 @@ SELECT
     coalesce(sum(last_heartbeat_at >= :now - :timeout), 0) AS active,
     coalesce(sum(last_heartbeat_at < :now - :timeout), 0) AS stale
 FROM errands_worker
+
+
+-- ---------------------------------------------------------------------------
+-- Dashboard: pages, counts and bulk operations
+-- ---------------------------------------------------------------------------
+-- A Selection's filters are fixed SQL where a NULL parameter means "any".
+-- Pages are found by keyset: "(sort time, uuid) after the cursor" is a range on
+-- the sort-time index (without a cursor, up to an infinite time), so a deep page
+-- costs what the first one does, unlike OFFSET. The cursor's time went through a
+-- datetime (microseconds) and back, so times within half a microsecond of it
+-- count as equal to it and the uuid decides.
+
+-- name: page_requests
+SELECT * FROM errands_request
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR created_at >= :since)
+    AND (:until IS NULL OR created_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid)
+    AND (:due IS NULL OR (start_at <= :now) = :due)
+    AND start_at >= coalesce(:after_at - 5e-7, -9e999)
+    AND (start_at > :after_at + 5e-7 OR :after_uuid IS NULL OR uuid > :after_uuid)
+ORDER BY start_at, uuid
+LIMIT :limit
+
+-- name: page_requests_reversed
+SELECT * FROM errands_request
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR created_at >= :since)
+    AND (:until IS NULL OR created_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid)
+    AND (:due IS NULL OR (start_at <= :now) = :due)
+    AND start_at <= coalesce(:after_at + 5e-7, 9e999)
+    AND (start_at < :after_at - 5e-7 OR :after_uuid IS NULL OR uuid < :after_uuid)
+ORDER BY start_at DESC, uuid DESC
+LIMIT :limit
+
+-- name: page_processes
+SELECT * FROM errands_process
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR created_at >= :since)
+    AND (:until IS NULL OR created_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+    AND created_at >= coalesce(:after_at - 5e-7, -9e999)
+    AND (created_at > :after_at + 5e-7 OR :after_uuid IS NULL OR uuid > :after_uuid)
+ORDER BY created_at, uuid
+LIMIT :limit
+
+-- name: page_processes_reversed
+SELECT * FROM errands_process
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR created_at >= :since)
+    AND (:until IS NULL OR created_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+    AND created_at <= coalesce(:after_at + 5e-7, 9e999)
+    AND (created_at < :after_at - 5e-7 OR :after_uuid IS NULL OR uuid < :after_uuid)
+ORDER BY created_at DESC, uuid DESC
+LIMIT :limit
+
+-- name: page_results
+SELECT * FROM errands_result
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR ended_at >= :since)
+    AND (:until IS NULL OR ended_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
+    AND (:status IS NULL OR status = :status)
+    AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+    AND ended_at <= coalesce(:after_at + 5e-7, 9e999)
+    AND (ended_at < :after_at - 5e-7 OR :after_uuid IS NULL OR uuid < :after_uuid)
+ORDER BY ended_at DESC, uuid DESC
+LIMIT :limit
+
+-- name: page_results_reversed
+SELECT * FROM errands_result
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR ended_at >= :since)
+    AND (:until IS NULL OR ended_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
+    AND (:status IS NULL OR status = :status)
+    AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+    AND ended_at >= coalesce(:after_at - 5e-7, -9e999)
+    AND (ended_at > :after_at + 5e-7 OR :after_uuid IS NULL OR uuid > :after_uuid)
+ORDER BY ended_at, uuid
+LIMIT :limit
+
+-- name: count_requests
+SELECT count(*) AS count FROM errands_request
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR created_at >= :since)
+    AND (:until IS NULL OR created_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid)
+    AND (:due IS NULL OR (start_at <= :now) = :due)
+
+-- name: count_processes
+SELECT count(*) AS count FROM errands_process
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR created_at >= :since)
+    AND (:until IS NULL OR created_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+
+-- name: count_results
+SELECT count(*) AS count FROM errands_result
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR ended_at >= :since)
+    AND (:until IS NULL OR ended_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
+    AND (:status IS NULL OR status = :status)
+    AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+
+-- name: throughput
+-- Bucket starts are whole multiples of :bucket_seconds (times are positive,
+-- so the cast's truncation is a floor).
+SELECT
+    CAST(ended_at / :bucket_seconds AS INTEGER) * :bucket_seconds AS bucket_start,
+    status,
+    count(*) AS count,
+    sum(retry_request_uuid IS NOT NULL AND status <> 'DEFERRED') AS retried
+FROM errands_result
+WHERE ended_at >= :since
+GROUP BY 1, 2
+ORDER BY 1, 2
+
+-- name: retried_by
+SELECT * FROM errands_result
+WHERE retry_request_uuid = :request_uuid
+ORDER BY ended_at DESC
+LIMIT 1
+
+-- name: delete_selected_requests_returning
+-- Runs in a write transaction that turns each deleted request into a CANCELLED
+-- result (cancel_requests); the write lock keeps workers from claiming meanwhile.
+DELETE FROM errands_request
+WHERE uuid IN (
+    SELECT uuid FROM errands_request
+    WHERE (:queue IS NULL OR queue = :queue)
+        AND (:job_class IS NULL OR job_class = :job_class)
+        AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+        AND (:since IS NULL OR created_at >= :since)
+        AND (:until IS NULL OR created_at <= :until)
+        AND (:uuid IS NULL OR uuid = :uuid)
+        AND (:due IS NULL OR (start_at <= :now) = :due)
+    ORDER BY start_at, uuid
+    LIMIT :limit
+)
+RETURNING *
+
+-- name: request_cancel_processes
+UPDATE errands_process SET cancel_requested = 1
+WHERE (:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR created_at >= :since)
+    AND (:until IS NULL OR created_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+
+-- name: delete_requests
+DELETE FROM errands_request
+WHERE uuid IN (
+    SELECT uuid FROM errands_request
+    WHERE (:queue IS NULL OR queue = :queue)
+        AND (:job_class IS NULL OR job_class = :job_class)
+        AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+        AND (:since IS NULL OR created_at >= :since)
+        AND (:until IS NULL OR created_at <= :until)
+        AND (:uuid IS NULL OR uuid = :uuid)
+        AND (:due IS NULL OR (start_at <= :now) = :due)
+    LIMIT :limit
+)
+
+-- name: delete_results
+DELETE FROM errands_result
+WHERE uuid IN (
+    SELECT uuid FROM errands_result
+    WHERE (:queue IS NULL OR queue = :queue)
+        AND (:job_class IS NULL OR job_class = :job_class)
+        AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+        AND (:since IS NULL OR ended_at >= :since)
+        AND (:until IS NULL OR ended_at <= :until)
+        AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
+        AND (:status IS NULL OR status = :status)
+        AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+    LIMIT :limit
+)
