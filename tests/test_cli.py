@@ -3,6 +3,7 @@ signals and child processes matter."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -651,3 +652,31 @@ def test_schedule_lists_entries(db_url: str) -> None:
     assert [e["job"] for e in entries] == ["sample_jobs.Noop"]
     assert len(entries[0]["next_runs"]) == 2
     assert "No schedule entries" in invoke(db_url, "schedule").output
+
+
+def test_schedule_shows_the_last_occurrences_outcome(db_url: str) -> None:
+    from errands import scheduler
+
+    entries = scheduler.parse_entries([["sample_jobs.Noop", "* * * * *"]])
+    scheduler.sync(errands.backend(), entries, horizon=datetime.timedelta(0))
+    env = {"ERRANDS_SCHEDULE": '[["sample_jobs.Noop", "* * * * *"]]'}
+    (entry,) = json.loads(invoke(db_url, "schedule", "--json", env=env).stdout)
+    assert entry["last_outcome"] == "PENDING"
+    assert entry["last_run_at"] is not None
+
+
+def test_schedule_check_validates_without_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default SQLite file would be created
+    good = {"ERRANDS_SCHEDULE": '[["sample_jobs.Noop", "@daily"], ["cmd:true", "0 9 * * 1-5"]]'}
+    result = invoke(None, "--import", "sample_jobs", "schedule", "check", env=good)
+    assert result.exit_code == 0, result.output
+    assert "2 schedule entries are valid" in result.output
+    bad = {
+        "ERRANDS_SCHEDULE": '[["sample_jobs.Noop", "@daily"], ["sample_jobs.Noop", "0 25 * * *"]]'
+    }
+    result = CliRunner().invoke(cli, ["--import", "sample_jobs", "schedule", "check"], env=bad)
+    assert result.exit_code == 2
+    assert "schedule entry 1" in result.output and "0 25 * * *" in result.output
+    assert not (tmp_path / "errands.sqlite3").exists()

@@ -385,3 +385,43 @@ def _later_attempts(attempt: Attempt, longest: int) -> list[Attempt]:
         later.append(following)
         attempt = following
     return later
+
+
+# -- waiting for results ---------------------------------------------------------------
+
+
+def wait_for_result(
+    uuid: uuid_module.UUID | str,
+    *,
+    timeout: float | None = None,
+    follow_retries: bool = True,
+) -> JobResult:
+    """Block until the job enqueued as request ``uuid`` has its final result; return it.
+
+    Final means SUCCESSFUL, or ERRORED/LOST/CANCELLED with no retry left: a retried
+    or DEFERRED attempt is followed to the request that continues the job (unless
+    ``follow_retries=False``, which returns the first result). The wait is woken by
+    a notification on PostgreSQL and by a commit to the file on SQLite, not by tight
+    polling. ``timeout`` is in seconds (None waits for ever); when it passes,
+    TimeoutError names the job's latest state. LookupError if no job has the uuid.
+    A SUCCESSFUL result carries ``run()``'s value as ``return_value`` (stored as JSON).
+    """
+    from errands import waiting
+
+    return waiting.wait_for_result(
+        backend(), _uuid(uuid), timeout=timeout, follow_retries=follow_retries
+    )
+
+
+async def wait_for_result_async(
+    uuid: uuid_module.UUID | str,
+    *,
+    timeout: float | None = None,
+    follow_retries: bool = True,
+) -> JobResult:
+    """:func:`wait_for_result` for ``async`` code (the wait runs on a thread)."""
+    from errands import waiting
+
+    return await waiting.wait_for_result_async(
+        backend(), _uuid(uuid), timeout=timeout, follow_retries=follow_retries
+    )

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import psycopg
 
-from errands import api, settings
+from errands import api, scheduler, settings
 from errands.backends import Backend
 from errands.errors import ConfigurationError, DeferJob, ErrandsError, SchemaOutOfDate
 from errands.logs import configure_logging
@@ -985,7 +985,7 @@ def resume_command(queue: str) -> None:
         click.echo(f"Queue {queue!r} was not paused.")
 
 
-@cli.command("schedule")
+@cli.group("schedule", invoke_without_command=True)
 @click.option(
     "--count",
     type=click.IntRange(min=1),
@@ -995,39 +995,75 @@ def resume_command(queue: str) -> None:
     help="Show the next N run times of each entry.",
 )
 @_json_option
-def schedule_command(count: int, as_json: bool) -> None:
-    """Show the schedule setting's entries: next runs and the latest one enqueued.
+@click.pass_context
+def schedule_command(ctx: click.Context, count: int, as_json: bool) -> None:
+    """Show the schedule setting's entries: next runs and the last occurrence's outcome.
 
     Workers enqueue scheduled jobs themselves; this only reports.
+    `errands schedule check` validates the entries without a database.
 
     \b
     Examples:
       errands schedule
       errands schedule --count 5 --json
+      errands schedule check
     """
+    if ctx.invoked_subcommand is not None:
+        return
     config = _config()
     _import_job_modules(config)
     entries = api.schedule_status(count=count)
     if as_json:
-        _print_json([e.as_json() for e in entries])
+        _print_json([{**e.as_json(), "last_outcome": _last_outcome(e)} for e in entries])
         return
     if not entries:
         click.echo("No schedule entries (setting 'schedule').")
         return
     click.echo(
         table(
-            ["JOB", "SCHEDULE", "NEXT RUNS", "LAST ENQUEUED"],
+            ["JOB", "SCHEDULE", "NEXT RUNS", "LAST RUN AT", "LAST OUTCOME"],
             [
                 [
                     e.entry.job,
                     e.description,
                     ", ".join(_time(moment) for moment in e.next_runs) or "-",
                     _time(e.last_run_at),
+                    _last_outcome(e),
                 ]
                 for e in entries
             ],
         )
     )
+
+
+def _last_outcome(entry: scheduler.EntryStatus) -> str:
+    """PENDING, RUNNING, a result's status, or "-" when nothing was enqueued yet."""
+    if entry.last_request_uuid is None:
+        return "-"
+    found = api.get(entry.last_request_uuid)
+    if isinstance(found, JobResult):
+        return str(found.status)
+    if isinstance(found, JobProcess):
+        return "RUNNING"
+    return "PENDING" if found is not None else "-"
+
+
+@schedule_command.command("check")
+def schedule_check_command() -> None:
+    """Validate the schedule entries (rules, job classes, parameters); exit 2 if one is bad.
+
+    Needs no database: run it in CI or before a deploy.
+
+    \b
+    Example:
+      errands --import myapp.jobs schedule check
+    """
+    config = _config()
+    _import_job_modules(config)
+    entries = scheduler.parse_entries(config.schedule, config.timezone)
+    for entry in entries:
+        click.echo(f"ok  {entry.job}: {entry.schedule.describe()}")
+    click.echo(f"{len(entries)} schedule entries are valid.")
 
 
 @cli.command("settings")

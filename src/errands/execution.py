@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from errands import serialization
+from errands import serialization, telemetry
 from errands.errors import DeferJob
 from errands.jobs import Job
-from errands.models import Outcome, Requeue, Status
+from errands.models import JobProcess, Outcome, Requeue, Status
 from errands.registry import build_job
 
 logger = logging.getLogger("errands")
@@ -37,6 +37,25 @@ class Assignment:
     parameters: dict[str, Any]
     retries: int
     retry_attempt: int
+    # For the CONSUMER span: its name, message id and link to the enqueuing span.
+    queue: str = "default"
+    request_uuid: uuid.UUID | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+
+    @classmethod
+    def of(cls, job: JobProcess) -> Assignment:
+        return cls(
+            process_uuid=job.uuid,
+            job_class=job.job_class,
+            parameters=job.parameters,
+            retries=job.retries,
+            retry_attempt=job.retry_attempt,
+            queue=job.queue,
+            request_uuid=job.request_uuid,
+            trace_id=job.trace_id,
+            span_id=job.span_id,
+        )
 
 
 def utcnow() -> datetime.datetime:
@@ -72,7 +91,18 @@ async def _await(value: Any) -> Any:
 
 
 def execute(assignment: Assignment, handler: Handler) -> Outcome:
-    """Build the job and run it through ``handler``; never raises."""
+    """Build the job and run it through ``handler``; never raises.
+
+    The run is traced as a CONSUMER span ``process {queue}`` linked to the span
+    that enqueued the job; a failure sets the span's error status.
+    """
+    with telemetry.processing(assignment) as record_outcome:
+        outcome = _execute(assignment, handler)
+        record_outcome(outcome)
+    return outcome
+
+
+def _execute(assignment: Assignment, handler: Handler) -> Outcome:
     started_at = utcnow()
     try:
         job = build_job(assignment.job_class, assignment.parameters)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from errands import api, serialization
+from errands import api, serialization, telemetry
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
 from errands.models import JobProcess, JobRequest, JobResult, NewRequest
 from errands.registry import job_class_path
@@ -159,19 +159,31 @@ def enqueue_many(
     jobs = list(jobs)
     if not jobs:
         return []
-    with api.backend().enqueue_transaction(connection=connection) as tx:
+    backend = api.backend()
+    with (
+        telemetry.counting_sends(backend, connection),
+        backend.enqueue_transaction(connection=connection) as tx,
+    ):
         return enqueue_in(tx, jobs, options=options)
 
 
 def enqueue_in(
     tx: EnqueueTransaction, jobs: Sequence[Job], *, options: EnqueueOptions | None = None
 ) -> list[JobRequest | None]:
-    """``enqueue_many`` inside an already open enqueue transaction."""
+    """``enqueue_many`` inside an already open enqueue transaction.
+
+    The call is traced as one PRODUCER span whose ids every request stores (a
+    batch is one send, linked from each of its jobs' process spans). Its sends
+    are counted when the transaction commits if the caller opened the transaction
+    inside ``telemetry.counting_sends``, and right away otherwise.
+    """
     options = options or EnqueueOptions()
     source = _caller_location()
-    prepared = [(job, _new_request(job, options, source)) for job in jobs]
-    with _using_transaction(tx):
-        return _decide_and_insert(tx, prepared)
+    requests = [_new_request(job, options, source) for job in jobs]
+    with telemetry.sending(requests) as send, _using_transaction(tx):
+        results = _decide_and_insert(tx, list(zip(jobs, send.requests, strict=True)))
+        send.sent(results)
+    return results
 
 
 def _decide_and_insert(

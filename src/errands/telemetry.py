@@ -141,7 +141,9 @@ def _attributes(operation: str, queue: str | None) -> dict[str, Any]:
 
 def _type_name(exc: BaseException) -> str:
     cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
 
 
 # -- producer ------------------------------------------------------------------------
@@ -350,73 +352,87 @@ def _connection_state(connection: Any) -> Callable[[], str]:
 
 @dataclasses.dataclass
 class _Waiting:
+    """Sends of one enqueue into a caller's transaction, waiting to be counted or dropped."""
+
     backend: Backend
     state: Callable[[], str]
     sends: list[_Sent]
     since: float = dataclasses.field(default_factory=time.monotonic)
-    next_check: float = 0.0
     backoff: float = PENDING_CHECK_INTERVAL
+    next_lookup: float = 0.0
     errors: int = 0
 
-    def settle(self, now: float, *, force: bool) -> bool:
-        """True once counted or dropped; False to look again later."""
+    def settle(self, now: float, *, force: bool, final: bool) -> bool:
+        """True once counted or dropped; False to look again later.
+
+        The connection's state is read before the rows: a transaction seen ended
+        has committed or rolled back by then, so the lookup that follows decides.
+        Connections whose state is open or unknown are looked up less and less often.
+        """
         state = self.state()
-        if state == OPEN and not force:
-            return now - self.since > PENDING_MAX_WAIT
+        if state != ENDED and not force and now < self.next_lookup:
+            return False
         try:
             committed = self.backend.get(uuid=self.sends[0].probe) is not None
         except Exception:
             self.errors += 1
             logger.debug("cannot tell whether enqueued jobs were committed", exc_info=True)
-            return self.errors >= 3
+            return final or self.errors >= 3
         if committed:
             for sent in self.sends:
                 _record_sent(sent, now)
             return True
-        if state == ENDED or now - self.since > PENDING_MAX_WAIT:
-            return True  # rolled back: nothing was sent
-        self.backoff = min(self.backoff * 2, 30.0)  # UNKNOWN: look again, less often
-        self.next_check = now + self.backoff
-        return force and state == OPEN
+        if state == ENDED or final or now - self.since > PENDING_MAX_WAIT:
+            return True  # rolled back (or never seen committed): nothing was sent
+        self.backoff = min(self.backoff * 2, 30.0)
+        self.next_lookup = now + self.backoff
+        return False
 
 
 class _PendingSends:
     """Sends waiting for callers' transactions, settled by one daemon thread."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the fields
+        self._resolving = threading.Lock()  # one settling round at a time
         self._items: list[_Waiting] = []
         self._thread: threading.Thread | None = None
         self._at_exit = False
 
     def add(self, item: _Waiting) -> None:
-        item.next_check = item.since + PENDING_CHECK_INTERVAL
+        item.next_lookup = item.since + item.backoff
         with self._lock:
             self._items.append(item)
             if not self._at_exit:
-                atexit.register(self.resolve, force=True)
+                atexit.register(self.resolve, force=True, final=True)
                 self._at_exit = True
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="errands-telemetry", daemon=True
-                )
-                self._thread.start()
+            self._ensure_thread()
 
-    def resolve(self, *, force: bool = False) -> int:
-        now = time.monotonic()
-        with self._lock:
-            due = [i for i in self._items if force or i.next_check <= now]
-            self._items = [i for i in self._items if i not in due]
-        kept = [i for i in due if not i.settle(now, force=force)]
-        with self._lock:
-            self._items += kept
-            return len(self._items)
+    def resolve(self, *, force: bool = False, final: bool = False) -> int:
+        """Settle what can be settled (everything now with ``force``; at exit, ``final``
+        drops what is still unseen); return how many still wait."""
+        with self._resolving:
+            now = time.monotonic()
+            with self._lock:
+                items, self._items = self._items, []
+            kept = [i for i in items if not i.settle(now, force=force, final=final)]
+            with self._lock:
+                self._items += kept
+                if self._items:
+                    self._ensure_thread()
+                return len(self._items)
 
     def forget(self) -> None:
         """In a forked child: the parent counts its own pending sends."""
         self._lock = threading.Lock()
+        self._resolving = threading.Lock()
         self._items = []
         self._thread = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="errands-telemetry", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -606,7 +622,9 @@ def _queue_rows(metric: str) -> Iterable[metrics.Observation]:
     for queue in sorted(wanted or by_queue):
         row = by_queue.get(queue)
         value = (getattr(row, metric) or 0) if row is not None else 0
-        observations.append(metrics.Observation(value, {MESSAGING_SYSTEM: SYSTEM, DESTINATION: queue}))
+        observations.append(
+            metrics.Observation(value, {MESSAGING_SYSTEM: SYSTEM, DESTINATION: queue})
+        )
     return observations
 
 

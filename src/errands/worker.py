@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from errands import api, scheduler
+from errands import api, scheduler, telemetry
 from errands import settings as settings_module
 from errands.backends import Backend
 from errands.errors import JobTimeout
@@ -125,6 +125,7 @@ class Worker:
         if self.config.notifications:
             self._listener = self.backend.listen(on_wake=self.wake)
         self.pool.fill()
+        telemetry.register_worker_gauges(self)
         now = time.monotonic()
         self.deadlines.heartbeat = now + self.config.heartbeat_interval
         self.deadlines.stats = now + (self.config.worker_stats_every or float("inf"))
@@ -342,6 +343,7 @@ class Worker:
         self._after_results(results)
 
     def _after_results(self, results: list[JobResult]) -> None:
+        telemetry.record_results(results)
         aborted = [r for r in results if r.status in ABORTED_STATUSES]
         if aborted:
             api.dispatch_aborted_hooks(aborted)
@@ -513,13 +515,7 @@ class Worker:
 
 
 def _assignment(job: JobProcess) -> Assignment:
-    return Assignment(
-        process_uuid=job.uuid,
-        job_class=job.job_class,
-        parameters=job.parameters,
-        retries=job.retries,
-        retry_attempt=job.retry_attempt,
-    )
+    return Assignment.of(job)
 
 
 def _job_fields(job: JobProcess | None, **more: Any) -> dict[str, Any]:

@@ -485,6 +485,9 @@ class MemoryBackend(Backend):
                 workers_stale=0,
             )
 
+    def queue_stats(self) -> list[QueueStats]:
+        return self.stats(heartbeat_timeout_seconds=0).queues
+
     def _queue_stats(self, queue: str, now: datetime.datetime) -> QueueStats:
         requests = [r for r in self.requests.values() if r.queue == queue]
         due = [r for r in requests if r.start_at <= now]

@@ -1,0 +1,153 @@
+"""Turning data into HTML: the Jinja2 environment, its filters, and page responses.
+
+Autoescaping is on for every template, so job parameters, errors and tracebacks
+(user data) are always escaped; nothing is marked safe by hand.
+
+A page's template may define a ``live`` block: when the dashboard's script asks
+for it (header ``X-Errands-Fragment``), only that block is rendered, and the page
+swaps it in place. That is how lists and cards refresh without a page reload.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from errands.dashboard import security
+
+#: Sent with every page: no caching of job data, no framing, no foreign scripts.
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Vary": "Cookie, X-Errands-Fragment",
+}
+LIVE_BLOCK = "live"
+try:
+    VERSION = importlib.metadata.version("errands")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    VERSION = "dev"
+
+
+@dataclass(frozen=True)
+class Look:
+    """What every page needs to know about this dashboard."""
+
+    read_only: bool
+    has_login: bool
+    refresh_seconds: float
+    title: str = "errands"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("errands.dashboard", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        short_uuid=short_uuid,
+        json_pretty=json_pretty,
+        json_short=json_short,
+        seconds=seconds,
+        iso=iso,
+    )
+    env.globals.update(url=url, static=static)
+    return env
+
+
+class Renderer:
+    def __init__(self, look: Look) -> None:
+        self.look = look
+        self.env = environment()
+
+    def page(
+        self, request: Request, template: str, context: dict[str, Any], *, status: int = 200
+    ) -> HTMLResponse:
+        """The whole page, or only its live block when the page's script asks for it."""
+        full = {**self._common(request), **context}
+        compiled = self.env.get_template(template)
+        if security.FRAGMENT_HEADER in request.headers and LIVE_BLOCK in compiled.blocks:
+            block = compiled.blocks[LIVE_BLOCK](compiled.new_context(full))
+            html = "".join(block)
+        else:
+            html = compiled.render(full)
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def _common(self, request: Request) -> dict[str, Any]:
+        session = security.session_of(request)
+        return {
+            "request": request,
+            "look": self.look,
+            "can_act": not self.look.read_only,
+            "csrf_token": session.get("csrf", ""),
+            "logged_in": session.get("auth") is True,
+            "flash": session.pop("flash", None),
+            "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+        }
+
+
+# -- template helpers ---------------------------------------------------------------------
+
+
+@jinja2.pass_context
+def url(context: jinja2.runtime.Context, name: str, query: str = "", **path_params: Any) -> str:
+    """The path of a named route, below wherever the dashboard is mounted."""
+    request: Request = context["request"]
+    path = request.url_for(name, **path_params).path
+    return f"{path}{query}" if query and query != "?" else path
+
+
+@jinja2.pass_context
+def static(context: jinja2.runtime.Context, path: str) -> str:
+    """A static file's path, with the version so browsers fetch it anew after upgrades."""
+    return url(context, "static", path=path) + f"?v={VERSION}"
+
+
+def short_uuid(value: Any) -> str:
+    return str(value)[:8] if value else ""
+
+
+def json_pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def json_short(value: Any, length: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def seconds(value: float | None) -> str:
+    """A duration in words a person reads at a glance: 850 ms, 12.3 s, 4 min 5 s, 3 h 10 min."""
+    if value is None:
+        return ""
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, secs = divmod(int(value), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def iso(value: datetime.datetime | None) -> str:
+    """UTC ISO 8601, for ``<time datetime>``; the page's script shows it in local time."""
+    return value.astimezone(datetime.UTC).isoformat() if value else ""
