@@ -1,0 +1,222 @@
+"""The dashboard's pages: each GET handler reads the database and renders; none writes.
+
+Handlers are plain functions (Starlette runs them in its thread pool, since the
+backends block). Every listing is a keyset page of at most ``PAGE_SIZE`` rows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from errands import api
+from errands.dashboard import chart, queries
+from errands.dashboard.render import Renderer
+from errands.errors import ErrandsError
+from errands.models import (
+    JobProcess,
+    JobRequest,
+    JobResult,
+    Kind,
+    QueueStats,
+    Status,
+)
+
+LIST_TEMPLATES = {
+    Kind.REQUEST: "requests.html",
+    Kind.PROCESS: "processes.html",
+    Kind.RESULT: "results.html",
+}
+BULK_ACTIONS: dict[Kind, tuple[str, ...]] = {
+    Kind.REQUEST: ("cancel", "delete"),
+    Kind.PROCESS: ("cancel",),
+    Kind.RESULT: ("retry", "delete"),
+}
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    name: str
+    stats: QueueStats | None
+    paused: bool
+
+
+class Pages:
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+
+    def render(
+        self, request: Request, template: str, status: int = 200, **context: Any
+    ) -> Response:
+        return self.renderer.page(request, template, context, status=status)
+
+    # -- overview ------------------------------------------------------------------------
+    def overview(self, request: Request) -> Response:
+        window = request.query_params.get("window", "24h")
+        window = window if window in queries.WINDOWS else "24h"
+        backend = api.backend()
+        now = backend.now()
+        since = now - queries.window(window)
+        bucket = chart.BUCKET_SECONDS[window]
+        rows = backend.throughput(since=since, bucket_seconds=bucket)
+        return self.render(
+            request,
+            "overview.html",
+            nav="overview",
+            window=window,
+            windows=list(queries.WINDOWS),
+            now=now,
+            counts=chart.outcome_counts(rows),
+            chart=chart.build_chart(rows, since=since, now=now, bucket_seconds=bucket),
+            queues=queue_rows(),
+            workers=api.workers(),
+        )
+
+    # -- listings ------------------------------------------------------------------------
+    def requests(self, request: Request) -> Response:
+        return self._listing(request, Kind.REQUEST)
+
+    def processes(self, request: Request) -> Response:
+        return self._listing(request, Kind.PROCESS)
+
+    def results(self, request: Request) -> Response:
+        return self._listing(request, Kind.RESULT)
+
+    def _listing(self, request: Request, kind: Kind) -> Response:
+        now = api.backend().now()
+        context: dict[str, Any] = {
+            "nav": f"{kind}s",
+            "kind": str(kind),
+            "now": now,
+            "queues": queue_rows(),
+            "statuses": [str(s) for s in Status],
+            "bulk_actions": BULK_ACTIONS[kind],
+        }
+        try:
+            query = queries.parse_list_query(kind, request.query_params, now)
+        except queries.BadQuery as exc:
+            filters = {k: v for k, v in request.query_params.items() if k in queries.FILTER_NAMES}
+            return self.render(
+                request, LIST_TEMPLATES[kind], status=400, error=str(exc), rows=[], query=None,
+                filters=filters, next_page=None, **context,
+            )
+        rows, next_page = fetch_page(kind, query)
+        return self.render(
+            request, LIST_TEMPLATES[kind], error="", rows=rows, query=query,
+            filters=query.filters, next_page=next_page, **context,
+        )
+
+    # -- one job ---------------------------------------------------------------------------
+    def job(self, request: Request) -> Response:
+        key = request.path_params["uuid"]
+        try:
+            wanted = uuid.UUID(key)
+        except ValueError:
+            return self.render(request, "missing.html", status=404, nav="", uuid=key)
+        chain = api.retry_chain(wanted)
+        found = next((attempt for attempt in chain if _is(attempt, wanted)), None)
+        if found is None:
+            return self.render(request, "missing.html", status=404, nav="", uuid=key)
+        return self.render(
+            request,
+            "job.html",
+            nav=f"{found.kind}s",
+            job=found,
+            chain=chain,
+            now=api.backend().now(),
+            paused=found.queue in api.paused_queues(),
+        )
+
+    # -- workers and schedules -------------------------------------------------------------
+    def workers(self, request: Request) -> Response:
+        return self.render(
+            request, "workers.html", nav="workers", workers=api.workers(), now=api.backend().now()
+        )
+
+    def schedules(self, request: Request) -> Response:
+        try:
+            entries, error = api.schedule_status(count=3), ""
+        except ErrandsError as exc:
+            entries, error = [], str(exc)
+        return self.render(
+            request, "schedules.html", nav="schedules", entries=entries, error=error,
+            now=api.backend().now(),
+        )
+
+    # -- bulk confirmation -------------------------------------------------------------------
+    def confirm_bulk(self, request: Request) -> Response:
+        """States how many rows a bulk action would touch; the action itself is a POST."""
+        params = request.query_params
+        action, kind = params.get("action", ""), params.get("kind", "")
+        if kind not in {str(k) for k in Kind} or action not in BULK_ACTIONS[Kind(kind)]:
+            return self.render(request, "missing.html", status=404, nav="", uuid="")
+        now = api.backend().now()
+        try:
+            query = queries.parse_list_query(Kind(kind), params, now)
+        except queries.BadQuery as exc:
+            return self.render(request, "missing.html", status=400, nav="", uuid=str(exc))
+        selection = replace(query.selection, until=now)
+        if action == "retry":
+            selection = replace(selection, retried=False)
+        return self.render(
+            request,
+            "confirm.html",
+            nav=f"{kind}s",
+            action=action,
+            kind=kind,
+            count=api.count(kind, selection),
+            filters=query.filters,
+            until=now.isoformat(),
+            back=query.link(),
+        )
+
+
+def fetch_page(kind: Kind, query: queries.ListQuery) -> tuple[list[Any], str | None]:
+    """One page of rows, and the query string of the next page if there is one."""
+    backend = api.backend()
+    one_more = replace(query.page, limit=query.page.limit + 1)
+    fetched: list[Any]
+    if kind is Kind.REQUEST:
+        fetched = backend.page_requests(selection=query.selection, page=one_more)
+    elif kind is Kind.PROCESS:
+        fetched = backend.page_processes(selection=query.selection, page=one_more)
+    else:
+        fetched = backend.page_results(selection=query.selection, page=one_more)
+    rows = fetched[: query.page.limit]
+    if len(fetched) <= query.page.limit:
+        return rows, None
+    return rows, query.next_page(sort_time(rows[-1]), rows[-1].uuid)
+
+
+def sort_time(row: JobRequest | JobProcess | JobResult) -> datetime.datetime:
+    """The column each listing is ordered by (see ``Backend.page_*``)."""
+    if isinstance(row, JobRequest):
+        return row.start_at
+    if isinstance(row, JobProcess):
+        return row.created_at
+    return row.ended_at
+
+
+def queue_rows() -> list[QueueRow]:
+    """Every queue with jobs, and every paused queue even when it is empty."""
+    stats = {s.queue: s for s in api.backend().queue_stats()}
+    paused = set(api.paused_queues())
+    return [
+        QueueRow(name=name, stats=stats.get(name), paused=name in paused)
+        for name in sorted(stats.keys() | paused)
+    ]
+
+
+def _is(attempt: JobRequest | JobProcess | JobResult, wanted: uuid.UUID) -> bool:
+    """True when ``wanted`` names this attempt (its own, its request's or its process's uuid)."""
+    ids = {attempt.uuid}
+    if isinstance(attempt, JobProcess | JobResult):
+        ids.add(attempt.request_uuid)
+    if isinstance(attempt, JobResult):
+        ids.add(attempt.process_uuid)
+    return wanted in ids
