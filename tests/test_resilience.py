@@ -286,9 +286,26 @@ def test_four_workers_run_every_job_exactly_once(spawn_worker: SpawnWorker, tmp_
     assert errands.requests() == [] and errands.workers() == []
 
 
-@pytest.mark.parametrize("skew", [3600, -3600], ids=["ahead", "behind"])
+FAKETIME_LIBRARY = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+
+
+def skewed_clock(offset: str) -> dict[str, str]:
+    """Environment that runs a process (and its children) with its wall clock off by
+    ``offset`` (libfaketime, Debian package faketime); monotonic clocks stay true."""
+    assert FAKETIME_LIBRARY.exists(), "install Debian's faketime package (see .ci/run)"
+    return {
+        "LD_PRELOAD": str(FAKETIME_LIBRARY),
+        "FAKETIME": offset,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+
+
+# On SQLite every process reads the one host's clock, which is the database's clock:
+# a worker cannot disagree with it.
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("offset", ["+1h", "-1h"], ids=["ahead", "behind"])
 def test_a_worker_with_a_wrong_clock_behaves_like_a_right_one(
-    spawn_worker: SpawnWorker, tmp_path: Path, skew: int
+    spawn_worker: SpawnWorker, tmp_path: Path, offset: str
 ) -> None:
     marks = tmp_path / "marks"
     busy_marks = tmp_path / "busy"
@@ -298,8 +315,7 @@ def test_a_worker_with_a_wrong_clock_behaves_like_a_right_one(
     sample_jobs.Record(str(marks), "soon").run_in_worker(delay=2)
     sample_jobs.Record(str(marks), "later").run_in_worker(delay=600)
     wait_for(lambda: lines(busy_marks) == ["started"], timeout=30)
-    skew_env = {"TEST_CLOCK_SKEW_SECONDS": str(skew)}
-    skewed = spawn_worker(_env=skew_env, _queues=("default",), heartbeat_timeout=2)
+    skewed = spawn_worker(_env=skewed_clock(offset), _queues=("default",), heartbeat_timeout=2)
 
     # Due in 2 s by the database clock: runs then, neither an hour early nor late.
     wait_for(lambda: lines(marks) == ["soon"], timeout=60)
@@ -307,6 +323,11 @@ def test_a_worker_with_a_wrong_clock_behaves_like_a_right_one(
     time.sleep(1)
     statuses = sorted(r.status for r in errands.results())
     assert statuses == [Status.SUCCESSFUL, Status.SUCCESSFUL]  # no LOST for the healthy peer
+    # The skew was real: the skewed job process stamped its start with its own clock.
+    (soon,) = errands.results(queue="default")
+    ended_by_database = errands.backend().now()
+    apparent_skew = (soon.started_at - ended_by_database).total_seconds()
+    assert abs(apparent_skew - (3600 if offset == "+1h" else -3600)) < 120
     (later,) = errands.requests()
     assert later.parameters["args"][1] == "later"
     for worker in (healthy, skewed):

@@ -20,6 +20,8 @@ from errands.api import (
     retry,
     schedule_status,
     stats,
+    wait_for_result,
+    wait_for_result_async,
     workers,
 )
 from errands.errors import (
@@ -67,5 +69,7 @@ __all__ = [
     "retry",
     "schedule_status",
     "stats",
+    "wait_for_result",
+    "wait_for_result_async",
     "workers",
 ]

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import threading
 import uuid as uuid_module
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,8 @@ _lock = threading.Lock()
 _backend: Backend | None = None
 #: Backends installed by ``use_backend``, innermost last; they win over the setting.
 _overrides: list[Backend] = []
+#: Opens the backend of a URL; integrations replace it with ``set_backend_opener``.
+_opener: Callable[[str | None], Backend] = open_backend
 
 
 def backend() -> Backend:
@@ -53,8 +55,23 @@ def backend() -> Backend:
         if _backend is None or _backend.url != (url or _default_url()):
             if _backend is not None:
                 _backend.close()
-            _backend = open_backend(url)
+            _backend = _opener(url)
         return _backend
+
+
+def set_backend_opener(opener: Callable[[str | None], Backend] | None) -> None:
+    """Open backends with ``opener(database_url)`` from now on (None: the default).
+
+    For integrations that extend a backend (``errands.contrib.django`` makes
+    enqueues join Django's transaction). The current backend is closed, and the
+    next :func:`backend` call opens one with ``opener``.
+    """
+    global _backend, _opener
+    with _lock:
+        _opener = opener or open_backend
+        previous, _backend = _backend, None
+    if previous is not None:
+        previous.close()
 
 
 @contextlib.contextmanager

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import clock_skew  # noqa: F401  (job processes of a skewed test worker share its clock)
-
 from errands import DeferJob, Job, register_job
 
 

@@ -7,7 +7,6 @@ Arguments are the queues to serve (none: every queue).
 
 import sys
 
-import clock_skew  # noqa: F401  (first: may shift the wall clock for the whole process)
 import sample_jobs  # noqa: F401  (registers the jobs)
 
 from errands.worker import Worker

@@ -49,6 +49,14 @@ from errands.models import (
 
 logger = logging.getLogger("errands")
 
+#: The dashboard's count and delete statements, by table.
+COUNT_QUERIES = {
+    Kind.REQUEST: "count_requests",
+    Kind.PROCESS: "count_processes",
+    Kind.RESULT: "count_results",
+}
+DELETE_QUERIES = {Kind.REQUEST: "delete_requests", Kind.RESULT: "delete_results"}
+
 Row = dict[str, Any]
 Connection = psycopg.Connection[Any]
 
@@ -731,7 +739,7 @@ class PostgresBackend(Backend):
         return [to_result(row) for row in rows]
 
     def count(self, *, kind: Kind, selection: Selection) -> int:
-        rows = self._fetch(f"count_{kind}s", selection_params(selection))
+        rows = self._fetch(COUNT_QUERIES[kind], selection_params(selection))
         counted: int = rows[0]["count"]
         return counted
 
@@ -767,7 +775,7 @@ class PostgresBackend(Backend):
         if kind is Kind.PROCESS:
             raise ValueError("processes cannot be deleted: cancel them instead")
         params = {**selection_params(selection), "limit": limit}
-        return self._execute(f"delete_{kind}s", params)
+        return self._execute(DELETE_QUERIES[kind], params)
 
     def now(self) -> datetime.datetime:
         now: datetime.datetime = self._fetch("now")[0]["now"]

@@ -226,6 +226,15 @@ CREATE TRIGGER errands_result_notify
 
 INSERT INTO errands_schema (version) VALUES (4);
 
+-- name: migration_5
+-- Claim order across every queue (workers started without --queue). Without it
+-- such a claim sorted every due request to find the first few: a cost that grew
+-- with the backlog. Delayed requests sort after the due ones of the same
+-- priority, so a large number of them costs the claim nothing.
+CREATE INDEX errands_request_due_idx ON errands_request (priority DESC, start_at, created_at);
+
+INSERT INTO errands_schema (version) VALUES (5);
+
 
 -- Enqueueing -------------------------------------------------------------------
 
@@ -346,17 +355,46 @@ DELETE FROM errands_worker WHERE worker_id = %(worker_id)s
 -- is skipped as well (the lock re-checks the latest row version), so one request
 -- is never claimed twice. The requests are deleted and their processes inserted
 -- in the same statement: there is no moment when a job is in neither table.
+--
+-- Only one of the two arms of "due" runs (the other's condition on the number
+-- of queues is false before any row is read). Each walks an index in claim
+-- order and stops after LIMIT rows, so a claim costs the same with ten due
+-- requests or a million, and delayed requests are never visited:
+-- * every queue: errands_request_due_idx;
+-- * named queues: errands_request_claim_idx once per queue, then the best
+--   LIMIT of those. Rows an inner LIMIT locked but the outer one drops stay
+--   requests; their locks end with this statement's transaction.
 WITH due AS (
-    SELECT uuid
-    FROM errands_request
-    WHERE start_at <= now()
-        AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
-        AND NOT EXISTS (
-            SELECT 1 FROM errands_paused_queue AS paused WHERE paused.queue = errands_request.queue
-        )
-    ORDER BY priority DESC, start_at, created_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    SELECT any_queue.uuid
+    FROM (
+        SELECT uuid
+        FROM errands_request AS r
+        WHERE cardinality(%(queues)s::text[]) = 0
+            AND r.start_at <= now()
+            AND NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = r.queue)
+        ORDER BY r.priority DESC, r.start_at, r.created_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS any_queue
+    UNION ALL
+    SELECT named.uuid
+    FROM (
+        SELECT r.uuid
+        FROM unnest(%(queues)s::text[]) AS q(queue)
+        CROSS JOIN LATERAL (
+            SELECT uuid, priority, start_at, created_at
+            FROM errands_request
+            WHERE queue = q.queue AND start_at <= now()
+            -- queue leads the order (a no-op, it is fixed here) so that the plan
+            -- reads errands_request_claim_idx rather than filtering another index.
+            ORDER BY queue, priority DESC, start_at, created_at
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS r
+        WHERE NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = q.queue)
+        ORDER BY r.priority DESC, r.start_at, r.created_at
+        LIMIT %(limit)s
+    ) AS named
 ),
 claimed AS (
     DELETE FROM errands_request AS r
@@ -877,19 +915,26 @@ WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
         OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
 
 -- name: throughput
--- One pass over the window through the ended_at index, grouped in the database:
--- the dashboard's chart and its outcome cards both come from these rows.
+-- One pass over the window, grouped in the database: the dashboard's chart and
+-- its outcome cards both come from these rows. Rows are grouped by bucket number
+-- in float8 arithmetic (extract() would compute in numeric, several times slower)
+-- and turned into times once per group.
 SELECT
-    to_timestamp(
-        (floor(extract(epoch FROM ended_at) / %(bucket_seconds)s::int)
-            * %(bucket_seconds)s::int)::float8
-    ) AS bucket_start,
-    status,
-    count(*) AS count,
-    count(*) FILTER (WHERE retry_request_uuid IS NOT NULL AND status <> 'DEFERRED') AS retried
-FROM errands_result
-WHERE ended_at >= %(since)s::timestamptz
-GROUP BY 1, 2
+    to_timestamp(counted.bucket * %(bucket_seconds)s::float8) AS bucket_start,
+    counted.status,
+    counted.count,
+    counted.retried
+FROM (
+    SELECT
+        floor(date_part('epoch', ended_at) / %(bucket_seconds)s::float8) AS bucket,
+        status,
+        count(*) AS count,
+        count(*) FILTER (WHERE retry_request_uuid IS NOT NULL AND status <> 'DEFERRED')
+            AS retried
+    FROM errands_result
+    WHERE ended_at >= %(since)s::timestamptz
+    GROUP BY 1, 2
+) AS counted
 ORDER BY 1, 2
 
 -- name: retried_by

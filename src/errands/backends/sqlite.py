@@ -53,6 +53,14 @@ from errands.models import (
 
 logger = logging.getLogger("errands")
 
+#: The dashboard's count and delete statements, by table.
+COUNT_QUERIES = {
+    Kind.REQUEST: "count_requests",
+    Kind.PROCESS: "count_processes",
+    Kind.RESULT: "count_results",
+}
+DELETE_QUERIES = {Kind.REQUEST: "delete_requests", Kind.RESULT: "delete_results"}
+
 QUERIES = load_queries("sqlite.sql")
 URL_PREFIX = "sqlite:///"
 #: Seconds a connection waits for another connection's lock before "database is locked".
@@ -1029,7 +1037,7 @@ class SqliteBackend(Backend):
 
     def count(self, *, kind: Kind, selection: Selection) -> int:
         with self._read() as session:
-            row = session.execute(f"count_{kind}s", **_selection_params(selection)).fetchone()
+            row = session.execute(COUNT_QUERIES[kind], **_selection_params(selection)).fetchone()
         counted: int = row["count"]
         return counted
 
@@ -1072,7 +1080,7 @@ class SqliteBackend(Backend):
             raise ValueError("processes cannot be deleted: cancel them instead")
         with self._write() as session:
             params = _selection_params(selection)
-            deleted: int = session.execute(f"delete_{kind}s", **params, limit=limit).rowcount
+            deleted: int = session.execute(DELETE_QUERIES[kind], **params, limit=limit).rowcount
         return deleted
 
     def now(self) -> datetime.datetime:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -86,7 +87,9 @@ class Actions:
         if kind_name not in {str(k) for k in Kind} or action not in BULK_ACTIONS[Kind(kind_name)]:
             return Done(f"unknown bulk action {action!r} on {kind_name!r}", ok=False)
         kind = Kind(kind_name)
-        filters = {name: _text(form, name) for name in queries.FILTERS_OF[kind] if _text(form, name)}
+        filters = {
+            name: _text(form, name) for name in queries.FILTERS_OF[kind] if _text(form, name)
+        }
         now = api.backend().now()
         selection = queries.bounded(queries.selection_of(filters, now), _text(form, "until"))
         if action == "retry":
@@ -95,7 +98,9 @@ class Actions:
             outcome = api.cancel_selected(kind, selection)
         else:
             outcome = api.delete_selected(kind, selection)
-        skipped = f" ({outcome.skipped} could not be retried: see the log)" if outcome.skipped else ""
+        skipped = (
+            f" ({outcome.skipped} could not be retried: see the log)" if outcome.skipped else ""
+        )
         return Done(f"{action}: {outcome.done} {kind}(s){skipped}")
 
     # -- queues and schedules -------------------------------------------------------------
@@ -151,8 +156,6 @@ async def log_out(request: Request) -> Response:
 
 
 def queries_next(target: str) -> str:
-    from urllib.parse import urlencode
-
     return "?" + urlencode({"next": target})
 
 

@@ -83,9 +83,7 @@ def build_chart(
         per_bucket[row.bucket_start][row.status] = row.count
     starts = bucket_starts(since, now, bucket_seconds)
     peak = max((sum(per_bucket[start].values()) for start in starts), default=0)
-    bars = [
-        _bar(position, start, per_bucket[start], peak) for position, start in enumerate(starts)
-    ]
+    bars = [_bar(position, start, per_bucket[start], peak) for position, start in enumerate(starts)]
     return Chart(bars=bars, peak=peak, bucket_seconds=bucket_seconds, width=len(bars) * BAR_WIDTH)
 
 
@@ -97,5 +95,7 @@ def _bar(position: int, start: datetime.datetime, counts: dict[Status, int], pea
             continue
         height = HEIGHT * count / peak
         top -= height
-        segments.append(Segment(status=str(status), count=count, y=round(top, 2), height=round(height, 2)))
+        segments.append(
+            Segment(status=str(status), count=count, y=round(top, 2), height=round(height, 2))
+        )
     return Bar(start=start, total=sum(counts.values()), x=position * BAR_WIDTH, segments=segments)

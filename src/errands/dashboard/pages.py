@@ -32,6 +32,8 @@ LIST_TEMPLATES = {
     Kind.PROCESS: "processes.html",
     Kind.RESULT: "results.html",
 }
+#: The listing (route name) of each table.
+PLURAL = {Kind.REQUEST: "requests", Kind.PROCESS: "processes", Kind.RESULT: "results"}
 BULK_ACTIONS: dict[Kind, tuple[str, ...]] = {
     Kind.REQUEST: ("cancel", "delete"),
     Kind.PROCESS: ("cancel",),
@@ -89,11 +91,13 @@ class Pages:
 
     def _listing(self, request: Request, kind: Kind) -> Response:
         now = api.backend().now()
+        queues = queue_rows()
         context: dict[str, Any] = {
-            "nav": f"{kind}s",
+            "nav": PLURAL[kind],
             "kind": str(kind),
             "now": now,
-            "queues": queue_rows(),
+            "queues": queues,
+            "paused": {q.name for q in queues if q.paused},
             "statuses": [str(s) for s in Status],
             "bulk_actions": BULK_ACTIONS[kind],
         }
@@ -102,13 +106,26 @@ class Pages:
         except queries.BadQuery as exc:
             filters = {k: v for k, v in request.query_params.items() if k in queries.FILTER_NAMES}
             return self.render(
-                request, LIST_TEMPLATES[kind], status=400, error=str(exc), rows=[], query=None,
-                filters=filters, next_page=None, **context,
+                request,
+                LIST_TEMPLATES[kind],
+                status=400,
+                error=str(exc),
+                rows=[],
+                query=None,
+                filters=filters,
+                next_page=None,
+                **context,
             )
         rows, next_page = fetch_page(kind, query)
         return self.render(
-            request, LIST_TEMPLATES[kind], error="", rows=rows, query=query,
-            filters=query.filters, next_page=next_page, **context,
+            request,
+            LIST_TEMPLATES[kind],
+            error="",
+            rows=rows,
+            query=query,
+            filters=query.filters,
+            next_page=next_page,
+            **context,
         )
 
     # -- one job ---------------------------------------------------------------------------
@@ -125,7 +142,7 @@ class Pages:
         return self.render(
             request,
             "job.html",
-            nav=f"{found.kind}s",
+            nav=PLURAL[Kind(found.kind)],
             job=found,
             chain=chain,
             now=api.backend().now(),
@@ -144,7 +161,11 @@ class Pages:
         except ErrandsError as exc:
             entries, error = [], str(exc)
         return self.render(
-            request, "schedules.html", nav="schedules", entries=entries, error=error,
+            request,
+            "schedules.html",
+            nav="schedules",
+            entries=entries,
+            error=error,
             now=api.backend().now(),
         )
 
@@ -166,7 +187,7 @@ class Pages:
         return self.render(
             request,
             "confirm.html",
-            nav=f"{kind}s",
+            nav=PLURAL[Kind(kind)],
             action=action,
             kind=kind,
             count=api.count(kind, selection),

@@ -69,7 +69,9 @@ class ListQuery:
 
 def parse_list_query(kind: Kind, query: Mapping[str, str], now: datetime.datetime) -> ListQuery:
     """Raises BadQuery naming the parameter whose value is unusable."""
-    filters = {name: query[name].strip() for name in FILTERS_OF[kind] if query.get(name, "").strip()}
+    filters = {
+        name: query[name].strip() for name in FILTERS_OF[kind] if query.get(name, "").strip()
+    }
     page = PageSpec(
         after=decode_cursor(query["after"]) if query.get("after") else None,
         reverse=query.get("order") == "reverse",
@@ -110,7 +112,9 @@ def decode_cursor(text: str) -> Cursor:
     at, _, row = text.partition(CURSOR_SEPARATOR)
     try:
         moment = datetime.datetime.fromisoformat(at)
-        return Cursor(at=moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC), uuid=uuid.UUID(row))
+        return Cursor(
+            at=moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC), uuid=uuid.UUID(row)
+        )
     except ValueError:
         raise BadQuery(f"after: {text!r} is not a page cursor") from None
 

@@ -80,13 +80,37 @@ class Renderer:
     ) -> HTMLResponse:
         """The whole page, or only its live block when the page's script asks for it."""
         full = {**self._common(request), **context}
+        # The macros, bound to this request (they build URLs); every template calls them `m`.
+        full["m"] = self.env.get_template("macros.html").make_module(full)
         compiled = self.env.get_template(template)
-        if security.FRAGMENT_HEADER in request.headers and LIVE_BLOCK in compiled.blocks:
-            block = compiled.blocks[LIVE_BLOCK](compiled.new_context(full))
-            html = "".join(block)
-        else:
+        html = None
+        if security.FRAGMENT_HEADER in request.headers:
+            html = self._live_block(compiled, full)
+        if html is None:
             html = compiled.render(full)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def _live_block(self, template: jinja2.Template, variables: dict[str, Any]) -> str | None:
+        """The ``live`` block alone, with the blocks it uses resolved as ``extends`` would:
+        the page's own first, then each parent's."""
+        context = template.new_context(variables)
+        parent = self._parent_of(template)
+        while parent is not None:
+            for name, render in parent.blocks.items():
+                context.blocks.setdefault(name, []).append(render)
+            parent = self._parent_of(parent)
+        if LIVE_BLOCK not in context.blocks:
+            return None
+        return "".join(context.blocks[LIVE_BLOCK][0](context))
+
+    def _parent_of(self, template: jinja2.Template) -> jinja2.Template | None:
+        if template.name is None:
+            return None
+        source, _, _ = self.env.loader.get_source(self.env, template.name)  # type: ignore[union-attr]
+        extends = self.env.parse(source).find(jinja2.nodes.Extends)
+        if extends is None or not isinstance(extends.template, jinja2.nodes.Const):
+            return None
+        return self.env.get_template(extends.template.value)
 
     def _common(self, request: Request) -> dict[str, Any]:
         session = security.session_of(request)

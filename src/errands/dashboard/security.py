@@ -108,11 +108,11 @@ class SessionCookie:
         scope[SESSION_KEY] = session
 
         async def send_with_cookie(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                if json.dumps(scope[SESSION_KEY], sort_keys=True) != before:
-                    headers = list(message.get("headers", []))
-                    headers.append((b"set-cookie", self._cookie(scope).encode("latin-1")))
-                    message["headers"] = headers
+            starting = message["type"] == "http.response.start"
+            if starting and json.dumps(scope[SESSION_KEY], sort_keys=True) != before:
+                headers = list(message.get("headers", []))
+                headers.append((b"set-cookie", self._cookie(scope).encode("latin-1")))
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)

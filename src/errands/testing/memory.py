@@ -257,7 +257,12 @@ class MemoryBackend(Backend):
         self, request: JobRequest, worker_id: uuid.UUID, *, started_at: datetime.datetime | None
     ) -> JobProcess:
         del self.requests[request.uuid]
-        fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(JobRequest)}
+        shared = {f.name for f in dataclasses.fields(JobProcess)}
+        fields = {
+            f.name: getattr(request, f.name)
+            for f in dataclasses.fields(JobRequest)
+            if f.name in shared
+        }
         fields.update(
             uuid=uuid.uuid4(),
             request_uuid=request.uuid,
