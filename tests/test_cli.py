@@ -680,3 +680,21 @@ def test_schedule_check_validates_without_a_database(
     assert result.exit_code == 2
     assert "schedule entry 1" in result.output and "0 25 * * *" in result.output
     assert not (tmp_path / "errands.sqlite3").exists()
+
+
+def test_global_options_are_also_accepted_after_the_command() -> None:
+    result = invoke(
+        None,
+        "--import",
+        "first.jobs",
+        "settings",
+        "--import",
+        "second.jobs",
+        "--database-url",
+        "sqlite:///after.db",
+        "--json",
+    )
+    shown = json.loads(result.stdout)
+    assert shown["import"] == ["first.jobs", "second.jobs"]
+    assert shown["database_url"] == "sqlite:///after.db"
+    assert "--import MODULE" in invoke(None, "worker", "--help").output

@@ -1270,6 +1270,54 @@ def demo_command(keep: bool, timeout: float) -> None:
     sys.exit(code)
 
 
+# -- global options, also accepted after the command ------------------------------------
+
+
+def _record_cli_values(ctx: click.Context, values: Mapping[str, Any]) -> None:
+    root = ctx.find_root().meta.setdefault(_CLI_VALUES, {})
+    root.update(values)
+    settings.override_cli(values)
+
+
+def _command_database_url(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value:
+        _record_cli_values(ctx, {"database_url": value})
+
+
+def _command_imports(ctx: click.Context, _: click.Parameter, value: tuple[str, ...]) -> None:
+    if value:
+        before = ctx.find_root().meta.get(_CLI_VALUES, {}).get("import_modules") or ()
+        _record_cli_values(ctx, {"import_modules": (*before, *value)})
+
+
+def _accept_global_options(command: click.Command) -> None:
+    """Let ``errands worker --import myapp.jobs`` mean ``errands --import myapp.jobs worker``."""
+    command.params += [
+        click.Option(
+            ["--database-url"],
+            metavar="URL",
+            expose_value=False,
+            callback=_command_database_url,
+            help="Same as the global --database-url.",
+        ),
+        click.Option(
+            ["--import", "command_imports"],
+            metavar="MODULE",
+            multiple=True,
+            expose_value=False,
+            callback=_command_imports,
+            help="Same as the global --import (repeatable).",
+        ),
+    ]
+    if isinstance(command, click.Group):
+        for subcommand in command.commands.values():
+            _accept_global_options(subcommand)
+
+
+for _command in cli.commands.values():
+    _accept_global_options(_command)
+
+
 # -- entry point -------------------------------------------------------------------------
 
 

@@ -226,15 +226,6 @@ CREATE TRIGGER errands_result_notify
 
 INSERT INTO errands_schema (version) VALUES (4);
 
--- name: migration_5
--- Claim order across every queue (workers started without --queue). Without it
--- such a claim sorted every due request to find the first few: a cost that grew
--- with the backlog. Delayed requests sort after the due ones of the same
--- priority, so a large number of them costs the claim nothing.
-CREATE INDEX errands_request_due_idx ON errands_request (priority DESC, start_at, created_at);
-
-INSERT INTO errands_schema (version) VALUES (5);
-
 
 -- Enqueueing -------------------------------------------------------------------
 
@@ -356,45 +347,46 @@ DELETE FROM errands_worker WHERE worker_id = %(worker_id)s
 -- is never claimed twice. The requests are deleted and their processes inserted
 -- in the same statement: there is no moment when a job is in neither table.
 --
--- Only one of the two arms of "due" runs (the other's condition on the number
--- of queues is false before any row is read). Each walks an index in claim
--- order and stops after LIMIT rows, so a claim costs the same with ten due
--- requests or a million, and delayed requests are never visited:
--- * every queue: errands_request_due_idx;
--- * named queues: errands_request_claim_idx once per queue, then the best
---   LIMIT of those. Rows an inner LIMIT locked but the outer one drops stay
---   requests; their locks end with this statement's transaction.
-WITH due AS (
-    SELECT any_queue.uuid
-    FROM (
-        SELECT uuid
-        FROM errands_request AS r
-        WHERE cardinality(%(queues)s::text[]) = 0
-            AND r.start_at <= now()
-            AND NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = r.queue)
-        ORDER BY r.priority DESC, r.start_at, r.created_at
+-- Cost: every read walks errands_request_claim_idx in order and stops early, so
+-- a claim costs the same with ten due requests or a million, and delayed
+-- requests (due later, so after the due ones of their priority) are not read:
+-- * present: the distinct queues that have requests, one index probe per queue
+--   (a "loose index scan"), for a worker of every queue;
+-- * due: the first LIMIT due requests of each wanted queue, then the first LIMIT
+--   of those. Rows an inner LIMIT locked but the outer one drops stay requests;
+--   their locks end with this statement's transaction.
+WITH RECURSIVE present(queue) AS (
+    (SELECT queue FROM errands_request ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (
+        SELECT r.queue FROM errands_request AS r
+        WHERE r.queue > present.queue
+        ORDER BY r.queue
+        LIMIT 1
+    )
+    FROM present
+    WHERE present.queue IS NOT NULL
+),
+wanted AS (
+    SELECT queue FROM present
+    WHERE cardinality(%(queues)s::text[]) = 0 AND queue IS NOT NULL
+    UNION
+    SELECT queue FROM unnest(%(queues)s::text[]) AS named(queue)
+),
+due AS (
+    SELECT r.uuid
+    FROM wanted AS w
+    CROSS JOIN LATERAL (
+        SELECT uuid, priority, start_at, created_at
+        FROM errands_request
+        WHERE queue = w.queue AND start_at <= now()
+        ORDER BY priority DESC, start_at, created_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
-    ) AS any_queue
-    UNION ALL
-    SELECT named.uuid
-    FROM (
-        SELECT r.uuid
-        FROM unnest(%(queues)s::text[]) AS q(queue)
-        CROSS JOIN LATERAL (
-            SELECT uuid, priority, start_at, created_at
-            FROM errands_request
-            WHERE queue = q.queue AND start_at <= now()
-            -- queue leads the order (a no-op, it is fixed here) so that the plan
-            -- reads errands_request_claim_idx rather than filtering another index.
-            ORDER BY queue, priority DESC, start_at, created_at
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ) AS r
-        WHERE NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = q.queue)
-        ORDER BY r.priority DESC, r.start_at, r.created_at
-        LIMIT %(limit)s
-    ) AS named
+    ) AS r
+    WHERE NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = w.queue)
+    ORDER BY r.priority DESC, r.start_at, r.created_at
+    LIMIT %(limit)s
 ),
 claimed AS (
     DELETE FROM errands_request AS r

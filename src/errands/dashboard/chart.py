@@ -7,10 +7,14 @@ bucket), so the page needs no charting library and renders without JavaScript.
 from __future__ import annotations
 
 import datetime
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from errands.backends.base import Backend
 from errands.models import Status, Throughput
 
 #: Bottom to top in each bar; also the order of the cards.
@@ -99,3 +103,98 @@ def _bar(position: int, start: datetime.datetime, counts: dict[Status, int], pea
             Segment(status=str(status), count=count, y=round(top, 2), height=round(height, 2))
         )
     return Bar(start=start, total=sum(counts.values()), x=position * BAR_WIDTH, segments=segments)
+
+
+# -- keeping a window's counts cheap to refresh --------------------------------------------
+
+
+def aligned(moment: datetime.datetime, bucket_seconds: int) -> datetime.datetime:
+    """The start of the bucket holding ``moment``."""
+    start = int(moment.timestamp()) // bucket_seconds * bucket_seconds
+    return datetime.datetime.fromtimestamp(start, tz=datetime.UTC)
+
+
+@dataclass(frozen=True)
+class _Settled:
+    rows: list[Throughput]
+    start: datetime.datetime  # the rows cover buckets from this one ...
+    boundary: datetime.datetime  # ... to the one before this one
+    fetched_at: float  # time.monotonic()
+
+
+class ThroughputCache:
+    """A window's bucket counts, with the settled buckets recounted only once in a while.
+
+    Counting a week of a busy history reads every result of the week, too slow to
+    repeat at every live refresh. A bucket is *settled* once it ended
+    ``settle_seconds`` ago (results are written shortly after they end: workers
+    flush outcomes in batches, rescues write LOST results when they notice), and
+    settled buckets hardly change. They are kept for ``ttl_seconds``, then
+    recounted in a background thread while the previous counts are still served;
+    the buckets after them are counted at every request. So only the first view
+    of a window reads it whole, and a late change to an old bucket (a deletion, a
+    retry of an old failure) shows within about ``ttl_seconds``.
+    """
+
+    def __init__(self, *, ttl_seconds: float = 60.0, settle_seconds: float = 120.0) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.settle = datetime.timedelta(seconds=settle_seconds)
+        self._lock = threading.Lock()
+        self._settled: dict[tuple[str, int], _Settled] = {}
+        self._refreshing: set[tuple[str, int]] = set()
+        # One thread, reused: a backend may keep one connection per thread.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="errands-counts")
+
+    def rows(
+        self,
+        backend: Backend,
+        *,
+        since: datetime.datetime,
+        now: datetime.datetime,
+        bucket_seconds: int,
+    ) -> list[Throughput]:
+        """Counts of every bucket from the one holding ``since`` to the one holding ``now``."""
+        first = aligned(since, bucket_seconds)
+        settled = self._settled_rows(backend, first, now, bucket_seconds)
+        recent = backend.throughput(since=settled.boundary, bucket_seconds=bucket_seconds)
+        return [row for row in settled.rows + recent if row.bucket_start >= first]
+
+    def _settled_rows(
+        self, backend: Backend, first: datetime.datetime, now: datetime.datetime, bucket: int
+    ) -> _Settled:
+        key = (backend.url, bucket)
+        with self._lock:
+            cached = self._settled.get(key)
+            expired = cached is not None and time.monotonic() - cached.fetched_at > self.ttl_seconds
+            refresh = expired and key not in self._refreshing
+            if refresh:
+                self._refreshing.add(key)
+        if cached is None or cached.start > first:
+            return self._count(backend, key, first, now, bucket)
+        if refresh:
+            self._executor.submit(self._count, backend, key, first, now, bucket)
+        return cached
+
+    def _count(
+        self,
+        backend: Backend,
+        key: tuple[str, int],
+        first: datetime.datetime,
+        now: datetime.datetime,
+        bucket: int,
+    ) -> _Settled:
+        try:
+            boundary = max(first, aligned(now - self.settle, bucket))
+            rows = backend.throughput(since=first, bucket_seconds=bucket)
+            settled = _Settled(
+                rows=[row for row in rows if row.bucket_start < boundary],
+                start=first,
+                boundary=boundary,
+                fetched_at=time.monotonic(),
+            )
+            with self._lock:
+                self._settled[key] = settled
+            return settled
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)

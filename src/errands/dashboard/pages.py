@@ -51,6 +51,7 @@ class QueueRow:
 class Pages:
     def __init__(self, renderer: Renderer) -> None:
         self.renderer = renderer
+        self.counts = chart.ThroughputCache()
 
     def render(
         self, request: Request, template: str, status: int = 200, **context: Any
@@ -63,9 +64,9 @@ class Pages:
         window = window if window in queries.WINDOWS else "24h"
         backend = api.backend()
         now = backend.now()
-        since = now - queries.window(window)
         bucket = chart.BUCKET_SECONDS[window]
-        rows = backend.throughput(since=since, bucket_seconds=bucket)
+        since = chart.aligned(now - queries.window(window), bucket)  # whole buckets only
+        rows = self.counts.rows(backend, since=since, now=now, bucket_seconds=bucket)
         return self.render(
             request,
             "overview.html",

@@ -33,6 +33,7 @@ logger = logging.getLogger("errands")
 PENDING_CHECK_INTERVAL = 0.5  # seconds between looks at callers' open transactions
 PENDING_MAX_WAIT = 300.0  # seconds after which an unseen commit counts as a rollback
 CONNECTION_HOLD = 10.0  # seconds a caller's sqlite3 connection may be held to watch it
+FINAL_PASS_LIMIT = 2.0  # seconds the last settling at exit may take
 
 
 @contextlib.contextmanager
@@ -190,12 +191,30 @@ class _PendingSends:
             now = time.monotonic()
             with self._lock:
                 items, self._items = self._items, []
-            kept = [i for i in items if not i.settle(now, force=force, final=final)]
+            kept = self._settle(items, now, force=force, final=final)
             with self._lock:
                 self._items += kept
                 if self._items:
                     self._ensure_thread()
                 return len(self._items)
+
+    def _settle(
+        self, items: list[_Waiting], now: float, *, force: bool, final: bool
+    ) -> list[_Waiting]:
+        """The items still waiting. At exit, a database that failed once is not asked
+        again, and the whole pass stops after ``FINAL_PASS_LIMIT`` seconds."""
+        kept = []
+        failing: set[int] = set()
+        deadline = time.monotonic() + FINAL_PASS_LIMIT
+        for item in items:
+            if final and (id(item.backend) in failing or time.monotonic() > deadline):
+                continue
+            errors = item.errors
+            if not item.settle(now, force=force, final=final):
+                kept.append(item)
+            if item.errors > errors:
+                failing.add(id(item.backend))
+        return kept
 
     def waiting(self) -> int:
         with self._lock:
