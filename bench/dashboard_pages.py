@@ -14,6 +14,7 @@ fastest and slowest. The database is dropped at the end unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -37,14 +38,16 @@ INSERT INTO errands_result (
 SELECT
     gen_random_uuid(), gen_random_uuid(), gen_random_uuid(),
     t.ended - interval '3 seconds', t.ended - interval '2 seconds', t.ended, t.ended,
-    t.status, %(worker)s, 'app.jobs.' || (ARRAY['Send', 'Resize', 'Sync', 'Report', 'Bill'])[1 + i %% 5],
+    t.status, %(worker)s,
+    'app.jobs.' || (ARRAY['Send', 'Resize', 'Sync', 'Report', 'Bill'])[1 + i %% 5],
     jsonb_build_object('args', jsonb_build_array(i), 'kwargs', '{}'::jsonb),
     (ARRAY['default', 'emails', 'reports', 'billing'])[1 + i %% 4],
     0, 3, 0, CASE WHEN i %% 50 = 0 THEN 'customer-' || (i %% 997) ELSE '' END,
     CASE WHEN t.status = 'ERRORED' THEN 'ValueError' ELSE '' END,
     CASE WHEN t.status = 'ERRORED' THEN 'bad input ' || i ELSE '' END,
     CASE WHEN t.status = 'ERRORED'
-        THEN E'Traceback (most recent call last):\\n  File "app/jobs.py", line 42, in run\\nValueError: bad input'
+        THEN E'Traceback (most recent call last):\\n  File "app/jobs.py", line 42, in run\\n'
+            || 'ValueError: bad input'
         ELSE '' END,
     CASE WHEN i %% 100 = 1 THEN gen_random_uuid() END
 FROM generate_series(1, %(rows)s) AS i
@@ -127,7 +130,10 @@ def pages(url: str) -> list[tuple[str, str]]:
         ("processes", "/processes"),
         ("workers", "/workers"),
         ("job detail (retry chain)", f"/jobs/{retried}"),
-        ("bulk confirm: retry all errored (count)", "/bulk?action=retry&kind=result&status=ERRORED"),
+        (
+            "bulk confirm: retry all errored (count)",
+            "/bulk?action=retry&kind=result&status=ERRORED",
+        ),
         ("bulk confirm: delete all results (count)", "/bulk?action=delete&kind=result"),
         ("live refresh, overview 24 h", "/?window=24h#fragment"),
     ]
@@ -160,8 +166,6 @@ def time_pages(url: str, repeat: int) -> list[tuple[str, list[float]]]:
 
 def deep_page(client: object) -> str:
     """The path of the 200th page of results (10,000 rows in), found by following links."""
-    import re
-
     path = "/results"
     for _ in range(199):
         html = client.get(path).text  # type: ignore[attr-defined]

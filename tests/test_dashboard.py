@@ -491,3 +491,14 @@ def test_a_plain_asgi_router_can_dispatch_to_it_with_a_root_path(db_url: str) ->
     page = TestClient(application).get("/errands/workers")
     assert page.status_code == 200
     assert 'href="/errands/schedules"' in page.text
+
+
+def test_an_unreachable_database_gives_a_page_that_says_so(
+    make_client: Client, tmp_path: Any
+) -> None:
+    client = make_client(password="", insecure_no_auth=True)
+    errands.configure(database_url=f"sqlite:///{tmp_path}/missing-directory/errands.db")
+    response = client.get("/results")
+    assert response.status_code == 503
+    assert "missing-directory" in response.text
+    assert "errands cannot answer right now" in response.text

@@ -203,3 +203,32 @@ def test_api_delete_finds_a_request_or_a_result_but_not_a_process(backend: Backe
     assert api.get(request.uuid) is None
     assert api.get(result.uuid) is None
     assert isinstance(api.get(process.uuid), JobProcess)
+
+
+def test_the_overview_recounts_settled_buckets_only_after_their_ttl(backend: Backend) -> None:
+    from conftest import wait_for
+    from errands.dashboard.chart import ThroughputCache, outcome_counts
+
+    now = backend.now()
+    ten_minutes_ago = now - datetime.timedelta(minutes=10)
+    enqueue(backend, 3, queue="old")
+    finish(backend, claim(backend, "old"), ended_at=ten_minutes_ago)
+    cache = ThroughputCache(ttl_seconds=3600, settle_seconds=120)
+
+    def successful(cache: ThroughputCache) -> int:
+        rows = cache.rows(
+            backend, since=now - datetime.timedelta(hours=1), now=backend.now(), bucket_seconds=60
+        )
+        return outcome_counts(rows)["SUCCESSFUL"]
+
+    assert successful(cache) == 3
+    results(backend, 2)  # recent buckets are counted at every request
+    assert successful(cache) == 5
+    backend.delete(kind=Kind.RESULT, selection=Selection(queue="old"), limit=10)
+    assert successful(cache) == 5  # the settled bucket is not recounted within its ttl
+
+    expiring = ThroughputCache(ttl_seconds=0, settle_seconds=120)
+    assert successful(expiring) == 2  # counted whole at its first view
+    enqueue(backend, 4, queue="late")  # written late into a settled bucket
+    finish(backend, claim(backend, "late"), ended_at=ten_minutes_ago)
+    wait_for(lambda: successful(expiring) == 6)  # recounted in the background

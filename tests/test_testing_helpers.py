@@ -114,7 +114,7 @@ def test_drain_runs_higher_priority_first() -> None:
 def test_drain_stops_a_job_that_never_finishes() -> None:
     with testing.capture() as jobs:
         Forever().run_in_worker()
-        with pytest.raises(testing.RunawayJobs, match="integration_jobs.Forever"):
+        with pytest.raises(testing.RunawayJobs, match=r"integration_jobs\.Forever"):
             jobs.drain(max_jobs=5)
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from errands import api, testing
-from errands.backends import Backend, open_backend
-from errands.testing.databases import BackgroundWorker, TestDatabases, worker_settings
+if TYPE_CHECKING:  # imported in the fixtures: loading the plugin must stay cheap and safe
+    from errands.backends import Backend
+    from errands.testing import Recorder
+    from errands.testing.databases import BackgroundWorker, TestDatabases
 
 ENV_SERVER_URL = "ERRANDS_TEST_DATABASE_URL"
 
@@ -41,15 +43,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture
-def errands_capture() -> Iterator[testing.Recorder]:
+def errands_capture() -> Iterator[Recorder]:
     """Enqueued jobs are recorded, not run; ``drain()`` runs them."""
+    from errands import testing
+
     with testing.capture() as recorder:
         yield recorder
 
 
 @pytest.fixture
-def errands_immediate() -> Iterator[testing.Recorder]:
+def errands_immediate() -> Iterator[Recorder]:
     """Jobs run in-process as soon as they are enqueued; results are recorded."""
+    from errands import testing
+
     with testing.immediate() as recorder:
         yield recorder
 
@@ -57,6 +63,8 @@ def errands_immediate() -> Iterator[testing.Recorder]:
 @pytest.fixture(scope="session")
 def errands_test_databases(pytestconfig: pytest.Config) -> Iterator[TestDatabases]:
     """The source of ``errands_database`` (one PostgreSQL template per session)."""
+    from errands.testing.databases import TestDatabases
+
     server = (
         pytestconfig.getoption("errands_database_url")
         or pytestconfig.getini("errands_database_url")
@@ -73,6 +81,9 @@ def errands_test_databases(pytestconfig: pytest.Config) -> Iterator[TestDatabase
 @pytest.fixture
 def errands_backend(errands_test_databases: TestDatabases, tmp_path: Path) -> Iterator[Backend]:
     """The backend of a fresh errands database, used by errands for this test."""
+    from errands import api
+    from errands.backends import open_backend
+
     with errands_test_databases.database(tmp_path) as url:
         backend = open_backend(url)
         try:
@@ -91,6 +102,8 @@ def errands_database(errands_backend: Backend) -> str:
 @pytest.fixture
 def errands_worker(errands_backend: Backend) -> Iterator[BackgroundWorker]:
     """A real worker on the test's errands database, stopped (gracefully) after the test."""
+    from errands.testing.databases import BackgroundWorker, worker_settings
+
     worker = BackgroundWorker(errands_backend, worker_settings(errands_backend.url), queues=[])
     worker.start()
     try:

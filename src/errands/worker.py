@@ -1,13 +1,19 @@
 """The worker: claims jobs in batches, runs them in child processes, records outcomes.
 
-One loop in the parent process owns the database. Each turn it:
+One loop in the parent process owns the children and the jobs in hand. Each turn it:
 
-1. waits for a child message, a child exit, a wake-up (notification, signal) or a deadline;
-2. turns child messages into started stamps and outcomes (buffered);
-3. kills jobs past their timeout or flagged for cancellation;
-4. hands waiting jobs to idle children and claims more when there is room;
-5. flushes buffered outcomes in one transaction (every few tens of milliseconds);
-6. heartbeats, rescues dead workers' jobs and prunes old results when they are due.
+1. waits for an outcome from a child, a child exit, a wake-up (notification,
+   signal, finished database batch) or a deadline;
+2. buffers outcomes; kills jobs past their timeout or flagged for cancellation;
+3. hands waiting jobs to free child slots;
+4. starts the next database batch when one is due: start stamps and buffered
+   outcomes written, more jobs claimed, cancellation flags read;
+5. heartbeats, rescues dead workers' jobs and prunes old results when they are due.
+
+Database batches run on a background thread (``DatabaseThread``), one at a time,
+so the children keep getting jobs while the database works. Every other database
+call waits for the batch in flight first: the database has one caller at a time,
+and every step sees the effects of the steps before it, as if all ran in turn.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming, puts back jobs not yet started,
 and lets running jobs finish; a second one kills them and records them CANCELLED.
@@ -16,6 +22,7 @@ and lets running jobs finish; a second one kills them and records them CANCELLED
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import importlib
 import logging
@@ -23,20 +30,29 @@ import os
 import random
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from errands import api, scheduler, telemetry
 from errands import settings as settings_module
 from errands.backends import Backend
 from errands.errors import JobTimeout
 from errands.execution import Assignment, failure, qualified_name
-from errands.models import ABORTED_STATUSES, JobProcess, JobResult, Outcome, Status, WorkerInfo
-from errands.pool import DONE, STARTED, Child, Pool
+from errands.models import (
+    ABORTED_STATUSES,
+    JobProcess,
+    JobResult,
+    Outcome,
+    Requeue,
+    Status,
+    WorkerInfo,
+)
+from errands.pool import Child, Pool, Slot
 from errands.settings import Settings
 
 logger = logging.getLogger("errands")
@@ -44,7 +60,10 @@ logger = logging.getLogger("errands")
 FLUSH_INTERVAL = 0.02  # seconds an outcome may wait to be batched with others
 FLUSH_SIZE = 500  # flush at once when this many outcomes wait
 CANCEL_CHECK_INTERVAL = 1.0  # seconds between looks for cancellation requests
+START_CHECK_INTERVAL = 0.05  # seconds between looks for jobs that began running
 MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
+
+KillReason = Literal["timeout", "cancel"]
 
 
 class ProcessDied(Exception):
@@ -55,13 +74,125 @@ class Cancelled(Exception):
     """The job was cancelled by an operator or by a second shutdown signal."""
 
 
+class Interrupted(Exception):
+    """The job's process was killed to stop another job running in it.
+
+    With ``worker_threads`` above one a child runs several jobs, and stopping one
+    (timeout, cancellation) kills them all. The others are recorded LOST and
+    enqueued again at the same attempt: the interruption uses up none of their retries.
+    """
+
+
 @dataclass
 class Deadlines:
     heartbeat: float = 0.0
     maintenance: float = 0.0
     poll: float = 0.0
     cancel_check: float = 0.0
+    start_check: float = 0.0
     stats: float = 0.0
+
+
+# -- database batches --------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One round of the worker's routine database work, in this order: stamp the
+    jobs that began, write outcomes, claim up to ``claim_limit`` jobs, read
+    cancellation flags. A step that fails stops the batch; ``error`` tells why,
+    and the fields of the steps that did not happen stay None."""
+
+    started: list[tuple[uuid.UUID, datetime.datetime]]
+    outcomes: list[Outcome]
+    claim_limit: int
+    check_cancel: bool
+    marked: bool = False
+    results: list[JobResult] | None = None
+    claimed: list[JobProcess] | None = None
+    cancel_flagged: set[uuid.UUID] | None = None
+    error: Exception | None = None
+
+    def run(self, backend: Backend, worker_id: uuid.UUID, queues: Sequence[str]) -> None:
+        try:
+            if self.started:
+                backend.mark_started(started=self.started)
+            self.marked = True
+            self.results = backend.complete_many(outcomes=self.outcomes) if self.outcomes else []
+            if self.claim_limit:
+                self.claimed = backend.claim(
+                    worker_id=worker_id, queues=queues, limit=self.claim_limit
+                )
+            if self.check_cancel:
+                self.cancel_flagged = set(backend.cancel_requested(worker_id=worker_id))
+        except Exception as exc:
+            self.error = exc
+
+
+class DatabaseThread:
+    """Runs one ``Batch`` at a time on a daemon thread and calls ``on_done`` after each."""
+
+    def __init__(self, run: Callable[[Batch], None], on_done: Callable[[], None]) -> None:
+        self._run = run
+        self._on_done = on_done
+        self._condition = threading.Condition()
+        self._submitted: Batch | None = None  # waiting for the thread
+        self._in_flight: Batch | None = None  # submitted and not yet collected
+        self._done = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight is not None
+
+    def submit(self, batch: Batch) -> None:
+        with self._condition:
+            if self._in_flight is not None:
+                raise RuntimeError("a database batch is already in flight")
+            self._in_flight = self._submitted = batch
+            self._done = False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="errands-database", daemon=True
+                )
+                self._thread.start()
+            self._condition.notify_all()
+
+    def collect(self, *, wait: bool = False) -> Batch | None:
+        """The batch in flight once it is done (waiting for it if asked), else None."""
+        with self._condition:
+            while wait and self._in_flight is not None and not self._done:
+                self._condition.wait()
+            if self._in_flight is None or not self._done:
+                return None
+            batch, self._in_flight = self._in_flight, None
+            return batch
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        while True:
+            with self._condition:
+                while self._submitted is None and not self._closed:
+                    self._condition.wait()
+                if self._closed:
+                    return
+                batch, self._submitted = self._submitted, None
+            if batch is not None:
+                self._run(batch)
+            with self._condition:
+                self._done = True
+                self._condition.notify_all()
+            self._on_done()
+
+
+# -- the worker ----------------------------------------------------------------------------
 
 
 class Worker:
@@ -82,17 +213,21 @@ class Worker:
         self.queues = list(queues)
         self.backend = backend or api.backend()
         self.worker_id = uuid.uuid4()
-        self.capacity = self.config.max_processes * self.config.worker_max_pending_per_process
+        threads = self.config.worker_threads
+        # Jobs in hand (running or waiting) at most: enough to keep every slot busy.
+        per_child = max(self.config.worker_max_pending_per_process, threads)
+        self.capacity = self.config.max_processes * per_child
         self.pool = Pool(
             size=self.config.max_processes,
             environ=settings_module.to_environ(self.config),
             max_jobs_per_child=self.config.worker_max_jobs_per_process,
+            threads=threads,
         )
         self.waiting: deque[JobProcess] = deque()
         self.outcomes: list[Outcome] = []
-        self.outcomes_since: float | None = None
-        self.unmarked_starts: dict[uuid.UUID, Any] = {}
-        self.aborted_pending: list[JobResult] = []
+        self.unmarked_starts: dict[uuid.UUID, datetime.datetime] = {}
+        self.unwritten_since: float | None = None  # the oldest buffered outcome or stamp
+        self.database = DatabaseThread(self._run_batch, on_done=self._nudge)
         self.deadlines = Deadlines()
         self.work_maybe_due = True
         self.stopping = False
@@ -104,6 +239,7 @@ class Worker:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self.pool.watch(self._wake_r)
         self._listener: Any = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -134,11 +270,15 @@ class Worker:
         """True once a stopping worker has nothing left running or unwritten."""
         if not self.stopping:
             return False
-        return not self.pool.busy() and not self.outcomes and not self.waiting
+        return not (self.pool.busy() or self.outcomes or self.waiting or self.database.busy)
 
     def wake(self) -> None:
         """Ask the loop to look for work now (safe from any thread or signal handler)."""
         self.work_maybe_due = True
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """End the loop's current wait (safe from any thread or signal handler)."""
         with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
             os.write(self._wake_w, b"x")
 
@@ -158,49 +298,60 @@ class Worker:
     # -- one turn of the loop ------------------------------------------------
     def turn(self) -> None:
         """One pass of the loop (public so that tests and the demo can drive a worker)."""
-        ready = self.pool.wait(self._wait_timeout(), [self._wake_r])
-        if self._wake_r in ready:
+        events = self.pool.wait(self._wait_timeout())
+        if events.woken:
             self._drain_wake_pipe()
-        self._read_children(ready)
+        self._apply_finished_batch()
+        for slot, outcome in events.finished:
+            self._finished(slot, outcome)
+        for child in events.exited:
+            self._child_exited(child)
         if self.stopping:
             self._guarded(self._release_waiting)
             self._abort_if_drain_timed_out()
         if self.aborting:
             self._abort_running()
-        self._enforce_timeouts()
-        self._guarded(self._check_cancellations)
+        self._check_starts_and_timeouts()
         self.pool.retire_exhausted()
         if not self.stopping:
             self.pool.fill()
         self._dispatch()
-        self._guarded(self._claim)
-        self._dispatch()
-        self._guarded(self._flush_if_due)
+        self._start_batch()
         self._maintain()
 
     def _guarded(self, operation: Callable[[], None]) -> None:
         """Run a database operation; on failure log it and back off instead of dying.
 
-        Nothing is lost meanwhile: outcomes stay buffered, claimed jobs stay claimed,
-        and both are written once the database answers again.
+        The batch in flight is waited for first, so that the database has one
+        caller at a time. Nothing is lost meanwhile: outcomes stay buffered,
+        claimed jobs stay claimed, and both are written once the database answers again.
         """
-        now = time.monotonic()
-        if now < self.database_retry_at:
+        if time.monotonic() < self.database_retry_at:
             return
+        self._settle()
+        if time.monotonic() < self.database_retry_at:
+            return  # the batch just failed
         try:
             operation()
-        except Exception:
-            self.database_failures += 1
-            backoff = min(0.1 * 2**self.database_failures, MAX_BACKOFF)
-            self.database_retry_at = now + backoff
-            logger.exception(
-                "database operation failed; retrying",
-                extra={"operation": operation.__name__, "retry_in": round(backoff, 2)},
-            )
+        except Exception as exc:
+            self._database_failed(operation.__name__, exc)
         else:
-            if self.database_failures:
-                logger.warning("database reachable again", extra={"operation": operation.__name__})
-            self.database_failures = 0
+            self._database_answered(operation.__name__)
+
+    def _database_failed(self, operation: str, exc: Exception) -> None:
+        self.database_failures += 1
+        backoff = min(0.1 * 2**self.database_failures, MAX_BACKOFF)
+        self.database_retry_at = time.monotonic() + backoff
+        logger.error(
+            "database operation failed; retrying",
+            extra={"operation": operation, "retry_in": round(backoff, 2)},
+            exc_info=exc,
+        )
+
+    def _database_answered(self, operation: str) -> None:
+        if self.database_failures:
+            logger.warning("database reachable again", extra={"operation": operation})
+        self.database_failures = 0
 
     def _abort_if_drain_timed_out(self) -> None:
         limit = self.config.worker_drain_timeout
@@ -215,11 +366,14 @@ class Worker:
         deadlines = [self.deadlines.heartbeat, self.deadlines.stats]
         if not self.stopping:
             deadlines.append(self.deadlines.poll)
-        if self.outcomes_since is not None:
-            deadlines.append(max(self.outcomes_since + FLUSH_INTERVAL, self.database_retry_at))
-        if self.pool.busy():
+        if self.unwritten_since is not None and not self.database.busy:
+            deadlines.append(max(self.unwritten_since + FLUSH_INTERVAL, self.database_retry_at))
+        running = self.pool.busy()
+        if running or self.waiting:
             deadlines.append(self.deadlines.cancel_check)
-            deadlines += self._timeout_deadlines()
+        if any(not slot.started for slot in running):
+            deadlines.append(self.deadlines.start_check)
+        deadlines += [self._timeout_deadline(slot) for slot in running if slot.job.timeout]
         return max(min(deadlines) - now, 0.0)
 
     def _drain_wake_pipe(self) -> None:
@@ -230,117 +384,160 @@ class Worker:
             pass
 
     # -- children --------------------------------------------------------------
-    def _read_children(self, ready: list[Any]) -> None:
-        for obj in ready:
-            child = self.pool.child_of_conn(obj)
-            if child is not None:
-                self._receive(child)
-        for obj in ready:
-            child = self.pool.child_of_sentinel(obj)
-            if child is not None:
-                self._child_exited(child)
-
-    def _receive(self, child: Child) -> None:
-        try:
-            while child.conn.poll():
-                self._handle_message(child, child.conn.recv())
-        except (EOFError, OSError):
-            pass  # the child exited; its sentinel reports that
-
-    def _handle_message(self, child: Child, message: tuple[Any, ...]) -> None:
-        if message[0] == STARTED:
-            child.started_at = message[2]
-            child.started_monotonic = time.monotonic()
-            self.unmarked_starts[message[1]] = message[2]
-        elif message[0] == DONE:
-            outcome: Outcome = message[1]
-            self.unmarked_starts.pop(outcome.process_uuid, None)
-            child.job = None
-            self._record(outcome)
+    def _finished(self, slot: Slot, outcome: Outcome) -> None:
+        self.unmarked_starts.pop(slot.job.uuid, None)
+        self._record(outcome)
 
     def _child_exited(self, child: Child) -> None:
-        self._receive(child)  # whatever it sent before exiting
-        job = child.job
-        self.pool.remove(child)
-        if job is None:
-            return  # retired after its last job, or idle
+        if child not in self.pool.children:
+            return  # killed earlier in this turn; its jobs are accounted for
+        for slot, outcome in self.pool.receive(child):  # whatever it sent before exiting
+            self._finished(slot, outcome)
+        held = self.pool.remove(child)
         exitcode = child.process.exitcode
-        error = ProcessDied(f"job process {child.pid} exited with code {exitcode}")
-        # A job that started was interrupted mid-run (LOST); one that never started
-        # failed while the child was setting it up (ERRORED).
-        status = Status.LOST if child.started_at is not None else Status.ERRORED
-        logger.error("job process died", extra=_job_fields(job, exitcode=exitcode))
-        self._record(self._failure(job, child, error, status=status))
+        for slot in held:
+            # A job that started was interrupted mid-run (LOST); one that never started
+            # failed while the child was setting it up (ERRORED).
+            status = Status.LOST if slot.started else Status.ERRORED
+            error = ProcessDied(f"job process {child.pid} exited with code {exitcode}")
+            logger.error("job process died", extra=_job_fields(slot.job, exitcode=exitcode))
+            self._record(self._failure(slot, error, status=status))
 
-    def _failure(
-        self, job: JobProcess, child: Child | None, exc: BaseException, *, status: Status
-    ) -> Outcome:
-        started_at = child.started_at if child else None
-        self.unmarked_starts.pop(job.uuid, None)
-        return failure(_assignment(job), exc, started_at=started_at, job=None, status=status)
+    def _failure(self, slot: Slot, exc: BaseException, *, status: Status) -> Outcome:
+        self.unmarked_starts.pop(slot.job.uuid, None)
+        return failure(
+            _assignment(slot.job), exc, started_at=slot.started_at, job=None, status=status
+        )
 
     def _dispatch(self) -> None:
-        for child in self.pool.idle():
-            if not self.waiting or self.stopping:
-                return
-            self.pool.dispatch(child, self.waiting.popleft())
+        if self.waiting and not self.stopping:
+            self.pool.dispatch(self.waiting)
 
-    # -- claiming ----------------------------------------------------------------
-    def _claim(self) -> None:
-        if self.stopping:
-            return
+    # -- database batches ------------------------------------------------------------
+    def _start_batch(self) -> None:
+        """Hand the database work that is due to the database thread (if it is free)."""
         now = time.monotonic()
+        if self.database.busy or now < self.database_retry_at:
+            return
+        batch = self._due_batch(now)
+        if batch is not None:
+            self.database.submit(batch)
+
+    def _due_batch(self, now: float) -> Batch | None:
+        claim_limit = self._claim_limit(now)
+        check_cancel = now >= self.deadlines.cancel_check and bool(self.pool.busy() or self.waiting)
+        unwritten = bool(self.outcomes or self.unmarked_starts)
+        # Outcomes ride along with any batch; on their own they wait to be batched.
+        write = unwritten and (claim_limit > 0 or check_cancel or self._write_due(now))
+        if not (claim_limit or check_cancel or write):
+            return None
+        if claim_limit:
+            self.deadlines.poll = now + self.config.poll_interval
+        if check_cancel:
+            self.deadlines.cancel_check = now + CANCEL_CHECK_INTERVAL
+        return self._take_batch(write=write, claim_limit=claim_limit, check_cancel=check_cancel)
+
+    def _take_batch(self, *, write: bool, claim_limit: int, check_cancel: bool) -> Batch:
+        """A batch that owns the buffered outcomes and stamps (``write``) until applied."""
+        batch = Batch(
+            started=list(self.unmarked_starts.items()) if write else [],
+            outcomes=list(self.outcomes) if write else [],
+            claim_limit=claim_limit,
+            check_cancel=check_cancel,
+        )
+        if write:
+            self.outcomes.clear()
+            self.unmarked_starts.clear()
+            self.unwritten_since = None
+        return batch
+
+    def _run_batch(self, batch: Batch) -> None:
+        batch.run(self.backend, self.worker_id, self.queues)
+
+    def _write_due(self, now: float) -> bool:
+        return (
+            self.stopping
+            or len(self.outcomes) >= FLUSH_SIZE
+            or (self.unwritten_since is not None and now - self.unwritten_since >= FLUSH_INTERVAL)
+        )
+
+    def _claim_limit(self, now: float) -> int:
+        """How many jobs to claim now (0: not now)."""
+        if self.stopping:
+            return 0
         if now >= self.deadlines.poll:
             self.work_maybe_due = True
-        in_hand = len(self.waiting) + len(self.pool.busy())
-        free = self.capacity - in_hand
-        # Claim in batches: only once the waiting line is shorter than the pool.
-        if not self.work_maybe_due or free <= 0 or len(self.waiting) >= self.pool.size:
-            return
-        claimed = self.backend.claim(worker_id=self.worker_id, queues=self.queues, limit=free)
-        self.waiting.extend(claimed)
-        self.deadlines.poll = now + self.config.poll_interval
-        # A full batch means more may be waiting; a short one means the queue is empty.
-        self.work_maybe_due = len(claimed) == free
+        free = self.capacity - len(self.waiting) - len(self.pool.busy())
+        # Claim in batches, once the waiting line is down to half of what may be held:
+        # the children keep working on the rest while the claim is on its way.
+        if not self.work_maybe_due or free <= 0 or len(self.waiting) > self.capacity // 2:
+            return 0
+        return free
+
+    def _settle(self) -> None:
+        """Wait for the batch in flight and apply it."""
+        batch = self.database.collect(wait=True)
+        if batch is not None:
+            self._apply(batch)
+
+    def _apply_finished_batch(self) -> None:
+        batch = self.database.collect()
+        if batch is not None:
+            self._apply(batch)
+
+    def _apply(self, batch: Batch) -> None:
+        if not batch.marked:  # stamp them next time
+            self.unmarked_starts = dict(batch.started) | self.unmarked_starts
+        if batch.results is None:
+            self._requeue_unwritten(batch.outcomes)
+        else:
+            self.completed += len(batch.outcomes)
+            self._after_results(batch.results)
+        if batch.claimed is not None:
+            self.waiting.extend(batch.claimed)
+            # A full batch means more may be waiting; a short one means the queue is empty.
+            self.work_maybe_due = len(batch.claimed) == batch.claim_limit
+        if batch.cancel_flagged:
+            self._cancel(batch.cancel_flagged)
+        if batch.error is not None:
+            self._database_failed("batch", batch.error)
+        else:
+            self._database_answered("batch")
+
+    def _requeue_unwritten(self, outcomes: list[Outcome]) -> None:
+        """Outcomes whose write failed go back to the front of the buffer.
+
+        They are written on the next try; a repeat writes nothing twice, since
+        completing a process that is already gone is skipped.
+        """
+        if outcomes:
+            self.outcomes[:0] = outcomes
+            self.unwritten_since = self.unwritten_since or time.monotonic()
+
+    def _claim(self) -> None:
+        """Claim now, on this thread (for tests: the loop claims in the background)."""
+        self._settle()
+        limit = self._claim_limit(time.monotonic())
+        if limit:
+            batch = Batch(started=[], outcomes=[], claim_limit=limit, check_cancel=False)
+            self._run_batch(batch)
+            self._apply(batch)
 
     # -- outcomes ----------------------------------------------------------------
     def _record(self, outcome: Outcome) -> None:
-        if not self.outcomes:
-            self.outcomes_since = time.monotonic()
+        if self.unwritten_since is None:
+            self.unwritten_since = time.monotonic()
         self.outcomes.append(outcome)
 
-    def _flush_if_due(self) -> None:
-        if not self.outcomes and not self.unmarked_starts:
-            return
-        due = (
-            self.stopping
-            or len(self.outcomes) >= FLUSH_SIZE
-            or (
-                self.outcomes_since is not None
-                and time.monotonic() - self.outcomes_since >= FLUSH_INTERVAL
-            )
-        )
-        if due:
-            self.flush()
-
     def flush(self) -> None:
-        """Write buffered outcomes (and start stamps of jobs still running) in one go."""
-        # Buffers are cleared only after the write succeeded: if the database fails,
-        # the same outcomes are written on the next try (a repeat writes nothing twice,
-        # since completing a process that is already gone is skipped).
-        if self.unmarked_starts:
-            started = list(self.unmarked_starts.items())
-            self.backend.mark_started(started=started)
-            for process_uuid, _ in started:
-                self.unmarked_starts.pop(process_uuid, None)
-        if not self.outcomes:
-            return
-        outcomes = list(self.outcomes)
-        results = self.backend.complete_many(outcomes=outcomes)
-        del self.outcomes[: len(outcomes)]
-        self.outcomes_since = time.monotonic() if self.outcomes else None
-        self.completed += len(outcomes)
-        self._after_results(results)
+        """Write buffered outcomes (and start stamps of jobs still running) now."""
+        self._settle()
+        if self.outcomes or self.unmarked_starts:
+            batch = self._take_batch(write=True, claim_limit=0, check_cancel=False)
+            self._run_batch(batch)
+            self._apply(batch)
+            if batch.error is not None:
+                raise batch.error
 
     def _after_results(self, results: list[JobResult]) -> None:
         telemetry.record_results(results)
@@ -351,57 +548,78 @@ class Worker:
             for result in results:
                 logger.info("job finished", extra=_result_fields(result))
 
-    # -- timeouts and cancellation -------------------------------------------------
-    def _timeout_deadlines(self) -> list[float]:
-        return [
-            child.started_monotonic + child.job.timeout
-            for child in self.pool.busy()
-            if child.job and child.job.timeout and child.started_monotonic is not None
-        ]
+    # -- starts, timeouts and cancellation -------------------------------------------------
+    def _check_starts_and_timeouts(self) -> None:
+        """Notice jobs that began (to stamp them, and to time them) and kill late ones.
 
-    def _enforce_timeouts(self) -> None:
+        Children report a start through shared memory, without waking the parent,
+        so the parent looks every ``START_CHECK_INTERVAL`` while a job is unseen.
+        """
         now = time.monotonic()
-        for child in self.pool.busy():
-            job = child.job
-            if job is None or not job.timeout or child.started_monotonic is None:
-                continue
-            if now - child.started_monotonic >= job.timeout:
-                error = JobTimeout(f"job exceeded its timeout of {job.timeout} seconds")
-                self._kill(child, self._failure(job, child, error, status=Status.ERRORED))
+        if now >= self.deadlines.start_check:
+            self.deadlines.start_check = now + START_CHECK_INTERVAL
+            for slot in self.pool.notice_starts():
+                if slot.started_at is not None:
+                    self.unmarked_starts[slot.job.uuid] = slot.started_at
+                    self.unwritten_since = self.unwritten_since or now
+        for child in list(self.pool.children):
+            late = [s for s in child.jobs() if s.job.timeout and now >= self._timeout_deadline(s)]
+            if late:
+                self._kill(child, {slot.job.uuid: "timeout" for slot in late})
 
-    def _check_cancellations(self) -> None:
-        now = time.monotonic()
-        if now < self.deadlines.cancel_check or not (self.pool.busy() or self.waiting):
-            return
-        self.deadlines.cancel_check = now + CANCEL_CHECK_INTERVAL
-        flagged = set(self.backend.cancel_requested(worker_id=self.worker_id))
-        if flagged:
-            self._cancel(flagged)
+    def _timeout_deadline(self, slot: Slot) -> float:
+        """A job's time is counted from its start; one not seen started is looked at again."""
+        if slot.started_monotonic is None or not slot.job.timeout:
+            return self.deadlines.start_check
+        return slot.started_monotonic + slot.job.timeout
 
     def _cancel(self, flagged: set[uuid.UUID]) -> None:
         for job in [j for j in self.waiting if j.uuid in flagged]:
             self.waiting.remove(job)
-            self._record(self._cancelled(job, None))
-        for child in self.pool.busy():
-            if child.job and child.job.uuid in flagged:
-                self._kill(child, self._cancelled(child.job, child))
+            self._record(self._cancelled(Slot(job=job, dispatched_monotonic=0.0)))
+        for child in list(self.pool.children):
+            targets: dict[uuid.UUID, KillReason]
+            targets = {s.job.uuid: "cancel" for s in child.jobs() if s.job.uuid in flagged}
+            if targets:
+                self._kill(child, targets)
 
-    def _cancelled(self, job: JobProcess, child: Child | None) -> Outcome:
-        outcome = self._failure(job, child, Cancelled("cancelled"), status=Status.CANCELLED)
-        return Outcome(  # a cancelled job is not retried
-            process_uuid=outcome.process_uuid,
-            status=Status.CANCELLED,
-            started_at=outcome.started_at,
-            ended_at=outcome.ended_at,
-            error_type=outcome.error_type,
-            error=outcome.error,
-        )
+    def _cancelled(self, slot: Slot) -> Outcome:
+        outcome = self._failure(slot, Cancelled("cancelled"), status=Status.CANCELLED)
+        return dataclasses.replace(outcome, requeue=None)  # a cancelled job is not retried
 
-    def _kill(self, child: Child, outcome: Outcome) -> None:
-        logger.warning("terminating job", extra=_job_fields(child.job, reason=outcome.error_type))
-        child.job = None
-        self.pool.kill(child)
-        self._record(outcome)
+    def _kill(self, child: Child, targets: dict[uuid.UUID, KillReason]) -> None:
+        """Kill a child to stop the ``targets`` among its jobs.
+
+        Jobs that ended before the kill keep their own outcome. The others it held
+        (only with ``worker_threads`` above one) are not at fault: one that began
+        is recorded LOST and enqueued again at the same attempt; one that had not
+        begun goes back to the waiting line.
+        """
+        finished, held = self.pool.kill(child)
+        for slot, outcome in finished:
+            self._finished(slot, outcome)
+        for slot in held:
+            reason = targets.get(slot.job.uuid)
+            if reason is not None:
+                logger.warning("terminating job", extra=_job_fields(slot.job, reason=reason))
+                self._record(self._stopped(slot, reason))
+            elif slot.started:
+                self._record(self._interrupted(slot, targets))
+            else:
+                self.waiting.appendleft(slot.job)
+
+    def _stopped(self, slot: Slot, reason: KillReason) -> Outcome:
+        if reason == "cancel":
+            return self._cancelled(slot)
+        error = JobTimeout(f"job exceeded its timeout of {slot.job.timeout} seconds")
+        return self._failure(slot, error, status=Status.ERRORED)
+
+    def _interrupted(self, slot: Slot, targets: dict[uuid.UUID, KillReason]) -> Outcome:
+        stopped = ", ".join(f"{job} ({reason})" for job, reason in targets.items())
+        error = Interrupted(f"its process was killed to stop job {stopped}")
+        outcome = self._failure(slot, error, status=Status.LOST)
+        again = Requeue(delay_seconds=0.0, retry_attempt=slot.job.retry_attempt)
+        return dataclasses.replace(outcome, requeue=again)
 
     # -- shutdown -------------------------------------------------------------------
     def _release_waiting(self) -> None:
@@ -410,20 +628,27 @@ class Worker:
             self.waiting.clear()
 
     def _abort_running(self) -> None:
-        for child in self.pool.busy():
-            if child.job is not None:
-                self._kill(child, self._cancelled(child.job, child))
+        """Kill every child: running jobs end CANCELLED, jobs not begun go back."""
+        for child in list(self.pool.children):
+            child.notice_starts()
+            targets: dict[uuid.UUID, KillReason]
+            targets = {s.job.uuid: "cancel" for s in child.jobs() if s.started}
+            if child.busy:
+                self._kill(child, targets)
 
     def shut_down(self) -> None:
         try:
             self.stopping = True
+            self._settle()
             self._release_waiting()
             if self.pool.busy():
                 self._abort_running()
+                self._release_waiting()
             self.flush()
             self.pool.close()
             self.backend.deregister_worker(worker_id=self.worker_id)
         finally:
+            self.database.close()
             if self._listener is not None:
                 self._listener.close()
             os.close(self._wake_r)
@@ -493,8 +718,9 @@ class Worker:
         self.backend.prune_results(older_than_seconds=self.config.results_retention)
 
     def _lose_orphans(self) -> list[JobResult]:
+        # No batch is in flight here (see _guarded): every claimed job is tracked.
         tracked = {j.uuid for j in self.waiting}
-        tracked |= {c.job.uuid for c in self.pool.busy() if c.job}
+        tracked |= {slot.job.uuid for slot in self.pool.busy()}
         tracked |= {o.process_uuid for o in self.outcomes}
         mine = self.backend.processes_of_worker(worker_id=self.worker_id)
         orphans = [p.uuid for p in mine if p.uuid not in tracked]
@@ -544,4 +770,4 @@ def _result_fields(result: JobResult) -> dict[str, Any]:
     }
 
 
-__all__ = ["Cancelled", "ProcessDied", "Worker", "qualified_name"]
+__all__ = ["Cancelled", "Interrupted", "ProcessDied", "Worker", "qualified_name"]

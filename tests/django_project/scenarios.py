@@ -25,14 +25,14 @@ django.setup()
 
 from django.db import transaction  # noqa: E402
 from django.test import Client  # noqa: E402
+from shop import tasks  # noqa: E402
+from shop.jobs import ShipOrder  # noqa: E402
+from shop.models import Order  # noqa: E402
 
 import errands  # noqa: E402
 from errands.contrib.django.backends import DjangoPostgresBackend, DjangoSqliteBackend  # noqa: E402
 from errands.contrib.django.conf import database_url  # noqa: E402
 from errands.errors import ParameterError  # noqa: E402
-from shop import tasks  # noqa: E402
-from shop.jobs import ShipOrder  # noqa: E402
-from shop.models import Order  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -124,9 +124,8 @@ def separate_database() -> None:
 
 def dashboard() -> None:
     from django.contrib.auth.models import User
-    from starlette.testclient import TestClient
-
     from project.asgi import application
+    from starlette.testclient import TestClient
 
     User.objects.create_user("staff", password="x", is_staff=True)
     User.objects.create_user("visitor", password="x")

@@ -46,9 +46,10 @@ def finish(
     status: Status = Status.SUCCESSFUL,
     *,
     requeue: Requeue | None = None,
+    ended_at: datetime.datetime | None = None,
     **fields: Any,
 ) -> list[JobResult]:
-    now = backend.now()
+    now = ended_at or backend.now()
     started = now - datetime.timedelta(seconds=2)
     outcomes = [
         Outcome(

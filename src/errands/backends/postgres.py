@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import threading
@@ -121,13 +122,19 @@ def redacted(url: str) -> str:
 
 def _utc(value: Any) -> Any:
     """Datetimes in UTC whatever the session's TimeZone (a caller's connection may differ)."""
-    if isinstance(value, datetime.datetime):
+    if isinstance(value, datetime.datetime) and value.tzinfo is not datetime.UTC:
         return value.astimezone(datetime.UTC)
     return value
 
 
+@functools.cache
+def _field_names(model: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(model))
+
+
 def _fields_of(model: Any, row: Row) -> dict[str, Any]:
-    return {f.name: _utc(row[f.name]) for f in dataclasses.fields(model) if f.name in row}
+    # Hot: the worker turns every claimed and finished job's row into a model.
+    return {name: _utc(row[name]) for name in _field_names(model) if name in row}
 
 
 def to_request(row: Row) -> JobRequest:
@@ -401,9 +408,7 @@ class PostgresResultListener(PostgresListener):
 
     query = "listen_results"
 
-    def __init__(
-        self, url: str, on_results: Callable[[frozenset[uuid.UUID] | None], None]
-    ) -> None:
+    def __init__(self, url: str, on_results: Callable[[frozenset[uuid.UUID] | None], None]) -> None:
         self.on_results = on_results
         super().__init__(url, lambda: on_results(None))
 

@@ -389,9 +389,10 @@ due AS (
     LIMIT %(limit)s
 ),
 claimed AS (
+    -- By primary key (= ANY of an array): a join with "due" may be planned as a
+    -- scan of the whole backlog.
     DELETE FROM errands_request AS r
-    USING due
-    WHERE r.uuid = due.uuid
+    WHERE r.uuid = ANY(ARRAY(SELECT uuid FROM due))
     RETURNING r.*
 )
 INSERT INTO errands_process (
@@ -436,14 +437,13 @@ WITH outcome AS (
 locked AS (
     SELECT p.uuid
     FROM errands_process AS p
-    WHERE p.uuid IN (SELECT process_uuid FROM outcome)
+    WHERE p.uuid = ANY(%(process_uuid)s::uuid[])
     ORDER BY p.uuid
     FOR UPDATE
 ),
 finished AS (
     DELETE FROM errands_process AS p
-    USING locked
-    WHERE p.uuid = locked.uuid
+    WHERE p.uuid = ANY(ARRAY(SELECT uuid FROM locked))
     RETURNING p.*
 ),
 written AS (

@@ -18,7 +18,7 @@ from errands.dashboard import actions, security
 from errands.dashboard.actions import Actions
 from errands.dashboard.pages import Pages
 from errands.dashboard.render import Look, Renderer
-from errands.errors import ConfigurationError
+from errands.errors import ConfigurationError, ErrandsError
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -61,12 +61,14 @@ def create_app(
         secret_key=security.session_secret(password, secret_key),
     )
     look = Look(read_only=read_only, has_login=bool(password), refresh_seconds=refresh_seconds)
+    pages = Pages(Renderer(look))
     return Starlette(
-        routes=_routes(Pages(Renderer(look)), Actions(read_only=read_only), password),
+        routes=_routes(pages, Actions(read_only=read_only), password),
         middleware=[
             Middleware(security.SessionCookie, secret_key=access.secret_key),
             Middleware(security.Gate, access=access),
         ],
+        exception_handlers={ErrandsError: pages.failure},
     )
 
 

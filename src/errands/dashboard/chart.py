@@ -155,46 +155,59 @@ class ThroughputCache:
     ) -> list[Throughput]:
         """Counts of every bucket from the one holding ``since`` to the one holding ``now``."""
         first = aligned(since, bucket_seconds)
-        settled = self._settled_rows(backend, first, now, bucket_seconds)
+        key = (backend.url, bucket_seconds)
+        settled = self._usable(key, first)
+        if settled is None:  # first view of this window: count it whole, keep the settled part
+            every = backend.throughput(since=first, bucket_seconds=bucket_seconds)
+            self._keep(key, every, first, now, bucket_seconds)
+            return every
+        if self._expired(key, settled):
+            self._executor.submit(self._recount, backend, key, first, now, bucket_seconds)
         recent = backend.throughput(since=settled.boundary, bucket_seconds=bucket_seconds)
         return [row for row in settled.rows + recent if row.bucket_start >= first]
 
-    def _settled_rows(
-        self, backend: Backend, first: datetime.datetime, now: datetime.datetime, bucket: int
-    ) -> _Settled:
-        key = (backend.url, bucket)
+    def _usable(self, key: tuple[str, int], first: datetime.datetime) -> _Settled | None:
         with self._lock:
-            cached = self._settled.get(key)
-            expired = cached is not None and time.monotonic() - cached.fetched_at > self.ttl_seconds
-            refresh = expired and key not in self._refreshing
-            if refresh:
-                self._refreshing.add(key)
-        if cached is None or cached.start > first:
-            return self._count(backend, key, first, now, bucket)
-        if refresh:
-            self._executor.submit(self._count, backend, key, first, now, bucket)
-        return cached
+            settled = self._settled.get(key)
+        return settled if settled is not None and settled.start <= first else None
 
-    def _count(
+    def _expired(self, key: tuple[str, int], settled: _Settled) -> bool:
+        """True once the settled counts are older than the ttl and nobody recounts them yet."""
+        with self._lock:
+            if time.monotonic() - settled.fetched_at <= self.ttl_seconds or key in self._refreshing:
+                return False
+            self._refreshing.add(key)
+            return True
+
+    def _recount(
         self,
         backend: Backend,
         key: tuple[str, int],
         first: datetime.datetime,
         now: datetime.datetime,
         bucket: int,
-    ) -> _Settled:
+    ) -> None:
         try:
-            boundary = max(first, aligned(now - self.settle, bucket))
-            rows = backend.throughput(since=first, bucket_seconds=bucket)
-            settled = _Settled(
-                rows=[row for row in rows if row.bucket_start < boundary],
-                start=first,
-                boundary=boundary,
-                fetched_at=time.monotonic(),
-            )
-            with self._lock:
-                self._settled[key] = settled
-            return settled
+            every = backend.throughput(since=first, bucket_seconds=bucket)
+            self._keep(key, every, first, now, bucket)
         finally:
             with self._lock:
                 self._refreshing.discard(key)
+
+    def _keep(
+        self,
+        key: tuple[str, int],
+        rows: list[Throughput],
+        first: datetime.datetime,
+        now: datetime.datetime,
+        bucket: int,
+    ) -> None:
+        boundary = max(first, aligned(now - self.settle, bucket))
+        settled = _Settled(
+            rows=[row for row in rows if row.bucket_start < boundary],
+            start=first,
+            boundary=boundary,
+            fetched_at=time.monotonic(),
+        )
+        with self._lock:
+            self._settled[key] = settled

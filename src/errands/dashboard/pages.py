@@ -58,6 +58,10 @@ class Pages:
     ) -> Response:
         return self.renderer.page(request, template, context, status=status)
 
+    def failure(self, request: Request, exc: Exception) -> Response:
+        """errands' own errors (database unreachable, schema out of date) as a page."""
+        return self.render(request, "failure.html", status=503, nav="", message=str(exc))
+
     # -- overview ------------------------------------------------------------------------
     def overview(self, request: Request) -> Response:
         window = request.query_params.get("window", "24h")

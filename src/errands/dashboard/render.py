@@ -114,13 +114,15 @@ class Renderer:
 
     def _common(self, request: Request) -> dict[str, Any]:
         session = security.session_of(request)
+        fragment = security.FRAGMENT_HEADER in request.headers
         return {
             "request": request,
             "look": self.look,
             "can_act": not self.look.read_only,
             "csrf_token": session.get("csrf", ""),
             "logged_in": session.get("auth") is True,
-            "flash": session.pop("flash", None),
+            # A refreshing fragment must not eat the message meant for the next page.
+            "flash": None if fragment else session.pop("flash", None),
             "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         }
 

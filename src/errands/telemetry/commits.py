@@ -33,7 +33,7 @@ logger = logging.getLogger("errands")
 PENDING_CHECK_INTERVAL = 0.5  # seconds between looks at callers' open transactions
 PENDING_MAX_WAIT = 300.0  # seconds after which an unseen commit counts as a rollback
 CONNECTION_HOLD = 10.0  # seconds a caller's sqlite3 connection may be held to watch it
-FINAL_PASS_LIMIT = 2.0  # seconds the last settling at exit may take
+FINAL_PASS_LIMIT = 2.0  # seconds the exit may wait for the last settling
 
 
 @contextlib.contextmanager
@@ -156,7 +156,7 @@ class _Waiting:
             return final or self.errors >= 3
         if committed:
             for sent in self.sends:
-                record_sent(sent, now)
+                record_sent(sent, sent.ended)  # the caller's transaction is not errands' time
             return True
         if ended or final or now - self.since > PENDING_MAX_WAIT:
             return True  # rolled back (or never seen committed): nothing was sent
@@ -180,7 +180,7 @@ class _PendingSends:
         with self._lock:
             self._items.append(item)
             if not self._at_exit:
-                atexit.register(self.resolve, force=True, final=True)
+                atexit.register(self._settle_at_exit)
                 self._at_exit = True
             self._ensure_thread()
 
@@ -201,13 +201,11 @@ class _PendingSends:
     def _settle(
         self, items: list[_Waiting], now: float, *, force: bool, final: bool
     ) -> list[_Waiting]:
-        """The items still waiting. At exit, a database that failed once is not asked
-        again, and the whole pass stops after ``FINAL_PASS_LIMIT`` seconds."""
+        """The items still waiting (at exit, a database that failed is not asked again)."""
         kept = []
         failing: set[int] = set()
-        deadline = time.monotonic() + FINAL_PASS_LIMIT
         for item in items:
-            if final and (id(item.backend) in failing or time.monotonic() > deadline):
+            if final and id(item.backend) in failing:
                 continue
             errors = item.errors
             if not item.settle(now, force=force, final=final):
@@ -215,6 +213,15 @@ class _PendingSends:
             if item.errors > errors:
                 failing.add(id(item.backend))
         return kept
+
+    def _settle_at_exit(self) -> None:
+        # In a thread, so that an unreachable database delays the exit by
+        # FINAL_PASS_LIMIT seconds at most.
+        final = threading.Thread(
+            target=self.resolve, kwargs={"force": True, "final": True}, daemon=True
+        )
+        final.start()
+        final.join(FINAL_PASS_LIMIT)
 
     def waiting(self) -> int:
         with self._lock:

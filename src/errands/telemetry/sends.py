@@ -39,7 +39,8 @@ class Sent:
 
     counts: dict[str, int]  # queue -> messages
     queue: str | None  # the destination, when the call had one queue
-    started: float  # monotonic
+    started: float  # monotonic, the enqueue call's start
+    ended: float  # monotonic, the enqueue call's end (before any commit)
     probe: uuid.UUID  # one inserted request: present in the database iff committed
 
 
@@ -69,10 +70,10 @@ class Sending:
         counts: dict[str, int] = {}
         for request in enqueued:
             counts[request.queue] = counts.get(request.queue, 0) + 1
-        sent = Sent(counts, self.queue, self.started, enqueued[0].uuid)
+        sent = Sent(counts, self.queue, self.started, time.monotonic(), enqueued[0].uuid)
         pending = collector.get()
         if pending is None:
-            record_sent(sent, time.monotonic())
+            record_sent(sent, sent.ended)
         else:
             pending.append(sent)
 
@@ -135,11 +136,12 @@ def _describe_sent(span: trace.Span, attempted: int, enqueued: list[JobRequest])
         span.set_attribute(SKIPPED, True)
 
 
-def record_sent(sent: Sent, now: float) -> None:
+def record_sent(sent: Sent, ended: float) -> None:
+    """Count a committed send; its duration runs from the call's start to ``ended``."""
     instruments = conventions.instruments()
     for queue, count in sent.counts.items():
         instruments.sent.add(count, conventions.attributes("send", queue))
-    instruments.duration.record(now - sent.started, conventions.attributes("send", sent.queue))
+    instruments.duration.record(ended - sent.started, conventions.attributes("send", sent.queue))
 
 
 def _record_failed_send(

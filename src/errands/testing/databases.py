@@ -20,7 +20,6 @@ from urllib.parse import urlsplit, urlunsplit
 from errands import api, settings
 from errands.backends import Backend, open_backend
 from errands.models import JobRequest, JobResult
-from errands.worker import Worker
 
 #: Worker settings that make a test worker react fast; used unless the app set them.
 TEST_WORKER_DEFAULTS: dict[str, Any] = {
@@ -120,6 +119,8 @@ class BackgroundWorker:
     """A real worker, turned by a daemon thread until :meth:`stop`."""
 
     def __init__(self, backend: Backend, config: settings.Settings, queues: list[str]) -> None:
+        from errands.worker import Worker  # the worker's modules load only when one is used
+
         self.backend = backend
         self.worker = Worker(queues=queues, config=config, backend=backend)
         self._stopping = threading.Event()

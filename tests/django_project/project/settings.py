@@ -62,3 +62,6 @@ ERRANDS = {
 }
 if os.environ.get("PROJECT_ERRANDS_URL"):
     ERRANDS["database_url"] = os.environ["PROJECT_ERRANDS_URL"]
+
+# errands closes its connections before Django drops the test database.
+TEST_RUNNER = "errands.contrib.django.test.DiscoverRunner"

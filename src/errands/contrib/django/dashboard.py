@@ -28,7 +28,7 @@ def is_staff_session(session_key: str) -> bool:
     request = HttpRequest()
     request.session = engine.SessionStore(session_key)
     user = get_user(request)  # checks the session's auth hash, as Django's middleware does
-    return bool(user.is_active and user.is_staff)
+    return bool(user.is_active and getattr(user, "is_staff", False))
 
 
 async def authenticate_staff(request: Any) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import connections
 
 from errands.execution import Handler
 from errands.jobs import Job
@@ -26,3 +26,11 @@ class CloseOldConnections:
             return self.next_handler(job)
         finally:
             close_old_connections()
+
+
+def close_old_connections() -> None:
+    """Django's ``close_old_connections``, sparing connections inside an atomic block
+    (jobs run in-process by ``errands.testing`` within a TestCase's transaction)."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()

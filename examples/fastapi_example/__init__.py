@@ -1,0 +1,1 @@
+"""An errands example application (see examples/README.md)."""
