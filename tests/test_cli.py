@@ -698,3 +698,18 @@ def test_global_options_are_also_accepted_after_the_command() -> None:
     assert shown["import"] == ["first.jobs", "second.jobs"]
     assert shown["database_url"] == "sqlite:///after.db"
     assert "--import MODULE" in invoke(None, "worker", "--help").output
+
+
+def test_health_exits_0_only_with_a_fresh_worker(db_url: str, backend: Any) -> None:
+    from errands.models import WorkerInfo
+
+    result = CliRunner().invoke(cli, ["--database-url", db_url, "health", "--queue", "mail"])
+    assert result.exit_code == 1
+    assert "no worker" in result.output
+    worker = WorkerInfo(worker_id=uuid.uuid4(), hostname="h", pid=1, queues=["mail"])
+    backend.register_worker(worker=worker)
+    result = CliRunner().invoke(cli, ["--database-url", db_url, "health", "--queue", "mail"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: database reachable")
+    report = CliRunner().invoke(cli, ["--database-url", db_url, "health", "--json"])
+    assert json.loads(report.stdout)["ok"] is True

@@ -435,10 +435,6 @@ def read_spans(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pool.Pool.dispatch must send execution.Assignment.of(job) (lead's one-line change)",
-)
 def test_worker_job_processes_emit_linked_process_spans(
     db_url: str,
     run_worker: WorkerRunner,

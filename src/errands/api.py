@@ -202,7 +202,9 @@ def retry_result(result: JobResult, *, delay: float | None = None) -> JobRequest
         timeout=result.timeout,
     )
     b = backend()
-    with b.enqueue_transaction() as tx:
+    from errands import telemetry
+
+    with telemetry.counting_sends(b), b.enqueue_transaction() as tx:
         request = enqueue_in(tx, [job], options=options)[0]
         if request is not None:
             tx.link_retry(result_uuid=result.uuid, request_uuid=request.uuid)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import psycopg
 
-from errands import api, scheduler, settings
+from errands import api, health, scheduler, settings
 from errands.backends import Backend
 from errands.errors import ConfigurationError, DeferJob, ErrandsError, SchemaOutOfDate
 from errands.logs import configure_logging
@@ -1064,6 +1064,52 @@ def schedule_check_command() -> None:
     for entry in entries:
         click.echo(f"ok  {entry.job}: {entry.schedule.describe()}")
     click.echo(f"{len(entries)} schedule entries are valid.")
+
+
+@cli.command("health")
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    metavar="QUEUE",
+    help="A queue some worker with a fresh heartbeat must serve (repeatable; default: any).",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Oldest heartbeat that counts as fresh [default: heartbeat_timeout].",
+)
+@_json_option
+def health_command(queues: tuple[str, ...], max_age: float | None, as_json: bool) -> None:
+    """Exit 0 when errands can work here, 1 with the reasons otherwise.
+
+    Healthy: the database answers, errands' schema is current, and every
+    QUEUE is served by a worker whose heartbeat is fresh (a worker started
+    without --queue serves them all). For container liveness and readiness probes.
+
+    \b
+    Examples:
+      errands health
+      errands health --queue emails --queue default
+      errands health --max-age 120 --json
+    """
+    config = _config()
+    report = health.check_health(
+        queues, backend=api.backend(), heartbeat_timeout=max_age or config.heartbeat_timeout
+    )
+    if as_json:
+        _print_json(report.as_json())
+    elif report.ok:
+        workers = f"{report.workers_fresh} worker{'s' if report.workers_fresh != 1 else ''}"
+        click.echo(
+            f"ok: database reachable, schema version {report.schema_version}, "
+            f"{workers} with a fresh heartbeat"
+        )
+    else:
+        for reason in report.reasons:
+            click.echo(f"unhealthy: {reason}", err=True)
+    sys.exit(0 if report.ok else 1)
 
 
 @cli.command("settings")

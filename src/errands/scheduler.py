@@ -29,6 +29,7 @@ from typing import Any
 
 from croniter import croniter
 
+from errands import telemetry
 from errands.backends.base import Backend
 from errands.errors import ConfigurationError, ErrandsError
 from errands.jobs import EnqueueOptions, Job, enqueue_in
@@ -295,7 +296,7 @@ def sync(
     last_run_at = {key: o.run_at for key, o in backend.last_occurrences().items()}
     planned = plan(entries, now=now, horizon=horizon, last_run_at=last_run_at, starting=starting)
     created = 0
-    with backend.enqueue_transaction() as tx:
+    with telemetry.counting_sends(backend), backend.enqueue_transaction() as tx:
         reserved = tx.reserve_occurrences([(p.entry.key, p.run_at) for p in planned])
         for item in planned:
             if (item.entry.key, item.run_at) not in reserved:

@@ -711,6 +711,7 @@ class Worker:
         self._sync_schedules()
         lost = self.backend.rescue_stale_workers(timeout_seconds=self.config.heartbeat_timeout)
         lost += self._lose_orphans()
+        telemetry.record_results(lost)
         if lost:
             logger.warning("rescued lost jobs", extra={"count": len(lost)})
             api.retry_lost(lost)

@@ -303,6 +303,25 @@ CROSS JOIN (
     FROM (SELECT DISTINCT queue FROM inserted WHERE start_at <= now()) AS due
 ) AS notified
 
+-- name: transaction_now
+-- now() is the start time of the transaction: every row written in it carries
+-- the same value, whichever statement computes it.
+SELECT now() AS now
+
+-- name: copy_requests
+-- Large enqueue batches (see copy_requests in postgres.py); binary format,
+-- columns in the order of COPY_REQUEST_COLUMNS.
+COPY errands_request (
+    uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+) FROM STDIN (FORMAT BINARY)
+
+-- name: notify_queues
+-- Delivered at commit, once per distinct queue of the transaction (see the
+-- conventions at the top of this file).
+SELECT count(pg_notify('errands_jobs', queue)) AS notified
+FROM unnest(%(queues)s::text[]) AS due(queue)
+
 -- name: reserve_occurrences
 -- ON CONFLICT DO NOTHING: an occurrence another scheduler recorded first (even
 -- one whose transaction is still open: the insert waits for it) is not returned.
