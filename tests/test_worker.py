@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 
+import pytest
 import sample_jobs
 
 import errands
@@ -237,3 +239,22 @@ def test_paused_queue_is_not_claimed_until_resumed(run_worker: WorkerRunner) -> 
     assert errands.resume_queue("mail") is False
     run_worker(lambda: finished(2))
     assert errands.paused_queues() == []
+
+
+def test_stats_line_reports_queues_and_throughput(
+    run_worker: WorkerRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(3):
+        sample_jobs.Noop().run_in_worker()
+    sample_jobs.Mail(7).run_in_worker(delay=600)
+    with caplog.at_level(logging.INFO, logger="errands"):
+        worker = run_worker(lambda: finished_count(3))
+        worker.log_stats()
+    (record,) = [r for r in caplog.records if r.getMessage() == "worker stats"][-1:]
+    assert record.completed == 3  # type: ignore[attr-defined]
+    assert record.jobs_per_second > 0  # type: ignore[attr-defined]
+    assert record.queues["mail"] == {"pending": 0, "running": 0}  # type: ignore[attr-defined]
+
+
+def finished_count(count: int) -> bool:
+    return len(errands.results(limit=10_000)) >= count

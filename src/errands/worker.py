@@ -236,6 +236,7 @@ class Worker:
         self.database_failures = 0
         self.database_retry_at = 0.0
         self.completed = 0
+        self._last_stats = (time.monotonic(), 0)  # (when, completed) at the last stats line
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -730,6 +731,11 @@ class Worker:
         return self.backend.lose_processes(worker_id=self.worker_id, process_uuids=orphans)
 
     def log_stats(self) -> None:
+        """Log this worker's state, its queues' depth and its throughput since the last line."""
+        now = time.monotonic()
+        since, completed_then = self._last_stats
+        self._last_stats = (now, self.completed)
+        elapsed = max(now - since, 1e-9)
         logger.info(
             "worker stats",
             extra={
@@ -737,8 +743,23 @@ class Worker:
                 "running": len(self.pool.busy()),
                 "waiting": len(self.waiting),
                 "completed": self.completed,
+                "jobs_per_second": round((self.completed - completed_then) / elapsed, 1),
+                "queues": self._queue_depths(),
             },
         )
+
+    def _queue_depths(self) -> dict[str, dict[str, int]]:
+        """Pending (due) and running jobs per served queue; empty if the database fails."""
+        try:
+            stats = self.backend.stats(heartbeat_timeout_seconds=self.config.heartbeat_timeout)
+        except Exception:
+            logger.debug("stats query failed", exc_info=True)
+            return {}
+        return {
+            q.queue: {"pending": q.pending, "running": q.running}
+            for q in stats.queues
+            if not self.queues or q.queue in self.queues
+        }
 
 
 def _assignment(job: JobProcess) -> Assignment:
