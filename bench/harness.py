@@ -371,10 +371,7 @@ class SqliteBenchDatabase(BenchDatabase):
             conn.executemany(
                 "INSERT INTO errands_request (uuid, created_at, start_at, job_class,"
                 " parameters, queue) VALUES (?, ?, ?, ?, '{}', 'default')",
-                (
-                    (str(uuid.uuid4()), now, now + 86400 + i, job_class)
-                    for i in range(delayed)
-                ),
+                ((str(uuid.uuid4()), now, now + 86400 + i, job_class) for i in range(delayed)),
             )
             conn.execute("COMMIT")
 

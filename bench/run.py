@@ -211,9 +211,7 @@ class Benchmark:
         self.figures[-1].ratio = self.ratio(self.figures[-1].median)
 
     def measure_drain_default(self) -> None:
-        runs = repeat(
-            self.scale.runs, lambda: measures.drain(self.db, self.scale.drain_jobs, {})
-        )
+        runs = repeat(self.scale.runs, lambda: measures.drain(self.db, self.scale.drain_jobs, {}))
         self.add(Figure("drain, default settings", "jobs/s", runs, note=_describe({})))
         self.figures[-1].ratio = self.ratio(self.figures[-1].median)
 

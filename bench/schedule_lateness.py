@@ -69,8 +69,10 @@ def main() -> None:
         sys.exit("no scheduled job ran")
     p95 = late[min(len(late) - 1, int(0.95 * len(late)))]
     print(f"backend {backend.name}: {len(late)} occurrences")
-    print(f"lateness median {statistics.median(late) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
-          f"max {late[-1] * 1000:.0f} ms (poll_interval {config.poll_interval} s)")
+    print(
+        f"lateness median {statistics.median(late) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
+        f"max {late[-1] * 1000:.0f} ms (poll_interval {config.poll_interval} s)"
+    )
 
 
 if __name__ == "__main__":

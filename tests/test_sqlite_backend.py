@@ -201,7 +201,7 @@ def test_a_database_without_errands_tables_says_to_migrate(db_path: Path) -> Non
             backend.list_requests(filters=ANY)
         assert str(db_path) in str(info.value)
         assert "errands migrate" in str(info.value)
-        assert backend.migrate() == [1, 2]
+        assert backend.migrate() == list(range(1, backend.latest_schema_version() + 1))
         assert backend.list_requests(filters=ANY) == []
     finally:
         backend.close()
@@ -479,9 +479,9 @@ def test_concurrent_migrations_apply_the_schema_once(tmp_path: Path) -> None:
     """
     outputs = run_together(tmp_path, 4, setup, body, url)
     applied = sorted(json.loads(out) for out in outputs)
-    assert applied == [[], [], [], [1, 2]]
     backend = open_backend(url)
     try:
+        assert applied == [[], [], [], list(range(1, backend.latest_schema_version() + 1))]
         assert backend.schema_version() == backend.latest_schema_version()
         assert backend.list_requests(filters=ANY) == []
     finally:

@@ -21,7 +21,7 @@ from sample_jobs import DeferOnce, Echo, FailTimes, Record, WithTypes
 
 import errands
 from conftest import SERVER_URL
-from errands import settings, testing
+from errands import testing
 from errands.backends import Backend
 from errands.errors import ParameterError
 from errands.models import Status
@@ -343,7 +343,3 @@ def test_postgres_notifies_the_request_uuids_of_new_results(errands_backend: Bac
         )
         payloads = [n.payload for n in conn.notifies(timeout=5, stop_after=1)]
     assert payloads == [str(request.uuid)]
-
-
-def test_settings_are_left_as_found() -> None:
-    assert "poll_interval" not in settings.current().sources
