@@ -333,3 +333,21 @@ def test_a_worker_with_a_wrong_clock_behaves_like_a_right_one(
     for worker in (healthy, skewed):
         worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0
+
+
+def test_killed_job_process_is_lost_and_retried(run_worker: WorkerRunner, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    sample_jobs.SleepUnlessRerun(str(pid_file)).run_in_worker(retries=1)
+
+    def kill_once_started() -> bool:
+        if pid_file.exists() and not getattr(kill_once_started, "done", False):
+            os.kill(int(lines(pid_file)[0]), signal.SIGKILL)
+            kill_once_started.done = True  # type: ignore[attr-defined]
+        return len(errands.results()) == 2
+
+    run_worker(kill_once_started)
+    lost, rerun = sorted(errands.results(), key=lambda r: r.retry_attempt)
+    assert (lost.status, lost.error_type) == (Status.LOST, "errands.worker.ProcessDied")
+    assert "-9" in lost.error  # the exit code of a SIGKILL
+    assert lost.retry_request_uuid == rerun.request_uuid
+    assert (rerun.status, rerun.return_value) == (Status.SUCCESSFUL, "rerun")

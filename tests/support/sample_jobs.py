@@ -185,3 +185,19 @@ class SlowRetry(Job):
 
     def on_aborted(self, result: Any) -> None:
         append_line(self.path, f"aborted {result.status}")
+
+
+@register_job
+class SleepUnlessRerun(Job):
+    """First run: writes its process id to ``path`` and sleeps (to be killed from
+    outside); any later run returns at once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def run(self) -> str:
+        if Path(self.path).exists():
+            return "rerun"
+        append_line(self.path, str(os.getpid()))
+        time.sleep(60)
+        return "slept"
