@@ -713,3 +713,33 @@ def test_health_exits_0_only_with_a_fresh_worker(db_url: str, backend: Any) -> N
     assert result.output.startswith("ok: database reachable")
     report = CliRunner().invoke(cli, ["--database-url", db_url, "health", "--json"])
     assert json.loads(report.stdout)["ok"] is True
+
+
+def test_queue_pause_and_resume(db_url: str) -> None:
+    assert "Paused queue 'mail'" in invoke(db_url, "queue", "pause", "mail").stdout
+    assert "already paused" in invoke(db_url, "queue", "pause", "mail").stdout
+    assert invoke(db_url, "queue", "paused").stdout.split() == ["mail"]
+    assert "Resumed queue 'mail'" in invoke(db_url, "queue", "resume", "mail").stdout
+    assert errands.api.paused_queues() == []
+
+
+def test_dashboard_refuses_to_start_without_authentication(db_url: str) -> None:
+    result = CliRunner().invoke(cli, ["--database-url", db_url, "dashboard"])
+    assert result.exit_code == 2
+    assert "ERRANDS_DASHBOARD_PASSWORD" in result.output
+
+
+def test_dashboard_refuses_no_auth_beyond_localhost(db_url: str) -> None:
+    args = ["--database-url", db_url, "dashboard", "--insecure-no-auth", "--host", "0.0.0.0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "refusing to serve" in result.output
+
+
+def test_settings_never_print_secrets() -> None:
+    env = {"ERRANDS_DASHBOARD_PASSWORD": "hunter2"}
+    url = "postgresql://app:s3cret@db/app"
+    for args in (["settings"], ["settings", "--json"]):
+        output = invoke(url, *args, env=env).output
+        assert "hunter2" not in output and "s3cret" not in output
+        assert "***" in output

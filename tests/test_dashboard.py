@@ -3,6 +3,7 @@ CSRF, escaping, read-only mode, every page and every action."""
 
 from __future__ import annotations
 
+import datetime
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 import errands
-from errands import api, settings
+from errands import api, scheduler, settings
 from errands.backends import Backend
 from errands.dashboard import create_app, serve
 from errands.errors import ConfigurationError
@@ -455,6 +456,24 @@ def test_running_a_scheduled_job_now(make_client: Client) -> None:
         (request,) = api.requests()
         assert request.job_class == "sample_jobs.Echo"
         assert response.headers["location"] == f"/jobs/{request.uuid}"
+    finally:
+        errands.configure(schedule=None)
+
+
+def test_schedules_show_what_became_of_the_latest_occurrence(
+    make_client: Client, backend: Backend
+) -> None:
+    errands.configure(schedule=[["sample_jobs.Noop", "@yearly"]])
+    try:
+        current = settings.current()
+        entries = scheduler.parse_entries(current.schedule, current.timezone)
+        scheduler.sync(backend, entries, horizon=datetime.timedelta(minutes=5), starting=True)
+        (occurrence,) = api.requests()
+        client = make_client()
+        log_in(client)
+        page = client.get("/schedules").text
+        assert f'href="/jobs/{occurrence.uuid}"' in page
+        assert "s-SCHEDULED" in page
     finally:
         errands.configure(schedule=None)
 

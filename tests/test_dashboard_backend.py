@@ -9,8 +9,10 @@ import uuid
 import pytest
 from dashboard_rows import claim, enqueue, failed, finish, results
 
+from conftest import wait_for
 from errands import api
 from errands.backends import Backend
+from errands.dashboard.chart import ThroughputCache, outcome_counts
 from errands.models import (
     Cursor,
     JobProcess,
@@ -206,9 +208,6 @@ def test_api_delete_finds_a_request_or_a_result_but_not_a_process(backend: Backe
 
 
 def test_the_overview_recounts_settled_buckets_only_after_their_ttl(backend: Backend) -> None:
-    from conftest import wait_for
-    from errands.dashboard.chart import ThroughputCache, outcome_counts
-
     now = backend.now()
     ten_minutes_ago = now - datetime.timedelta(minutes=10)
     enqueue(backend, 3, queue="old")
@@ -232,3 +231,18 @@ def test_the_overview_recounts_settled_buckets_only_after_their_ttl(backend: Bac
     enqueue(backend, 4, queue="late")  # written late into a settled bucket
     finish(backend, claim(backend, "late"), ended_at=ten_minutes_ago)
     wait_for(lambda: successful(expiring) == 6)  # recounted in the background
+
+
+def test_a_long_first_count_does_not_hold_the_page(backend: Backend) -> None:
+    results(backend, 2)
+    cache = ThroughputCache(wait_seconds=0)  # as if counting took longer than a page may wait
+    now = backend.now()
+
+    def rows() -> list | None:
+        return cache.rows(
+            backend, since=now - datetime.timedelta(hours=1), now=now, bucket_seconds=60
+        )
+
+    first = rows()
+    assert first is None or sum(row.count for row in first) == 2
+    wait_for(lambda: (found := rows()) is not None and sum(row.count for row in found) == 2)

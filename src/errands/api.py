@@ -315,7 +315,8 @@ def retry_selected(selection: Selection, *, limit: int = BULK_BATCH) -> BulkOutc
     """Retry up to ``limit`` selected results that were not retried yet, newest first.
 
     Each is retried as :func:`retry_result` does (its next attempt, linked from the
-    result). Results whose job declines or fails to enqueue are counted as skipped.
+    result), due at once rather than after the job's retry delay. Results whose job
+    declines or fails to enqueue are counted as skipped.
     """
     pending = replace(selection, retried=False)
     outcome = BulkOutcome(done=0)

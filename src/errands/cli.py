@@ -1124,6 +1124,11 @@ def settings_command(as_json: bool) -> None:
     """
     config = _config()
     values = settings.as_dict(config)
+    # Secrets are never printed: the password in the URL, and the dashboard's password.
+    if values.get("database_url"):
+        values["database_url"] = mask_url(str(values["database_url"]))
+    if values.get("dashboard_password"):
+        values["dashboard_password"] = "***"
     if as_json:
         _print_json(values)
         return
@@ -1314,6 +1319,117 @@ def demo_command(keep: bool, timeout: float) -> None:
     _config()
     code = run_demo(keep_running=keep, timeout=timeout)
     sys.exit(code)
+
+
+# -- dashboard and queues ------------------------------------------------------------
+
+
+@cli.command("dashboard")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but 127.0.0.1 lets other machines connect.",
+)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--password",
+    metavar="TEXT",
+    help="The login password [dashboard_password]. Prefer the environment variable "
+    "ERRANDS_DASHBOARD_PASSWORD: a flag is visible to other users in `ps`.",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="No login at all, for a dashboard on your own machine (127.0.0.1 only).",
+)
+@click.option(
+    "--read-only",
+    is_flag=True,
+    default=None,
+    help="Show everything but allow no action [dashboard_read_only].",
+)
+def dashboard_command(
+    host: str, port: int, password: str | None, insecure_no_auth: bool, read_only: bool | None
+) -> None:
+    """Serve the web dashboard: queues, jobs, tracebacks, workers, schedules.
+
+    Needs the dashboard extra: pip install 'errands[dashboard]'. Every page asks
+    for the password (setting dashboard_password) unless --insecure-no-auth.
+    To add the dashboard to your own ASGI application instead, mount
+    errands.dashboard.create_app() (see the README).
+
+    \b
+    Examples:
+      ERRANDS_DASHBOARD_PASSWORD=... errands dashboard
+      errands dashboard --insecure-no-auth --port 9000
+      ERRANDS_DASHBOARD_PASSWORD=... errands dashboard --host 0.0.0.0 --read-only
+    """
+    # An absent flag must not override the setting from the environment or pyproject.
+    config = _apply({"dashboard_password": password, "dashboard_read_only": read_only or None})
+    _import_job_modules(config)  # retries rebuild jobs; schedules name their classes
+    try:
+        from errands import dashboard
+    except ImportError as exc:
+        raise CliError(
+            f"the dashboard needs its extra: pip install 'errands[dashboard]' ({exc})"
+        ) from None
+    _check_schema(config)
+    click.echo(
+        f"errands dashboard on http://{host}:{port}/ ({_describe_database(config)}); "
+        "Ctrl-C stops it",
+        err=True,
+    )
+    dashboard.serve(host, port, insecure_no_auth=insecure_no_auth)
+
+
+@cli.group("queue", cls=ErrandsGroup)
+def queue_group() -> None:
+    """Pause and resume queues. No worker claims jobs of a paused queue; jobs
+    already running finish. Jobs can still be enqueued to it."""
+
+
+@queue_group.command("pause")
+@click.argument("name")
+def queue_pause_command(name: str) -> None:
+    """Stop every worker claiming jobs of queue NAME.
+
+    \b
+    Example:
+      errands queue pause emails
+    """
+    _config()
+    if api.pause_queue(name):
+        click.echo(
+            f"Paused queue {name!r}: until `errands queue resume {name}`, "
+            "no worker claims its jobs."
+        )
+    else:
+        click.echo(f"Queue {name!r} was already paused.")
+
+
+@queue_group.command("resume")
+@click.argument("name")
+def queue_resume_command(name: str) -> None:
+    """Let workers claim jobs of queue NAME again.
+
+    \b
+    Example:
+      errands queue resume emails
+    """
+    _config()
+    if api.resume_queue(name):
+        click.echo(f"Resumed queue {name!r}.")
+    else:
+        click.echo(f"Queue {name!r} was not paused.")
+
+
+@queue_group.command("paused")
+def queue_paused_command() -> None:
+    """List the paused queues, one per line."""
+    _config()
+    for name in api.paused_queues():
+        click.echo(name)
 
 
 # -- global options, also accepted after the command ------------------------------------

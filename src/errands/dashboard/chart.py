@@ -11,7 +11,8 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from errands.backends.base import Backend
@@ -134,14 +135,26 @@ class ThroughputCache:
     the buckets after them are counted at every request. So only the first view
     of a window reads it whole, and a late change to an old bucket (a deletion, a
     retry of an old failure) shows within about ``ttl_seconds``.
+
+    That first count runs in the background too: a page waits ``wait_seconds``
+    for it and, if it is not done, renders without counts (None), which the
+    page's next refresh fills in. A page never waits for a long count.
     """
 
-    def __init__(self, *, ttl_seconds: float = 60.0, settle_seconds: float = 120.0) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_seconds: float = 60.0,
+        settle_seconds: float = 120.0,
+        wait_seconds: float = 0.25,
+    ) -> None:
         self.ttl_seconds = ttl_seconds
         self.settle = datetime.timedelta(seconds=settle_seconds)
+        self.wait_seconds = wait_seconds
         self._lock = threading.Lock()
         self._settled: dict[tuple[str, int], _Settled] = {}
         self._refreshing: set[tuple[str, int]] = set()
+        self._first_counts: dict[tuple[str, int], Future[list[Throughput]]] = {}
         # One thread, reused: a backend may keep one connection per thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="errands-counts")
 
@@ -152,19 +165,51 @@ class ThroughputCache:
         since: datetime.datetime,
         now: datetime.datetime,
         bucket_seconds: int,
-    ) -> list[Throughput]:
-        """Counts of every bucket from the one holding ``since`` to the one holding ``now``."""
+    ) -> list[Throughput] | None:
+        """Counts of every bucket from the one holding ``since`` to the one holding ``now``;
+        None while the window's first count is still running."""
         first = aligned(since, bucket_seconds)
         key = (backend.url, bucket_seconds)
         settled = self._usable(key, first)
         if settled is None:  # first view of this window: count it whole, keep the settled part
-            every = backend.throughput(since=first, bucket_seconds=bucket_seconds)
-            self._keep(key, every, first, now, bucket_seconds)
-            return every
+            counting = self._first_count(backend, key, first, now, bucket_seconds)
+            try:
+                every = counting.result(timeout=self.wait_seconds)
+            except FutureTimeout:
+                return None
+            return [row for row in every if row.bucket_start >= first]
         if self._expired(key, settled):
             self._executor.submit(self._recount, backend, key, first, now, bucket_seconds)
         recent = backend.throughput(since=settled.boundary, bucket_seconds=bucket_seconds)
         return [row for row in settled.rows + recent if row.bucket_start >= first]
+
+    def _first_count(
+        self,
+        backend: Backend,
+        key: tuple[str, int],
+        first: datetime.datetime,
+        now: datetime.datetime,
+        bucket: int,
+    ) -> Future[list[Throughput]]:
+        """The running first count of this window (started now if none is running)."""
+        with self._lock:
+            running = self._first_counts.get(key)
+            if running is None or (running.done() and running.exception() is not None):
+                running = self._executor.submit(self._count_whole, backend, key, first, now, bucket)
+                self._first_counts[key] = running
+            return running
+
+    def _count_whole(
+        self,
+        backend: Backend,
+        key: tuple[str, int],
+        first: datetime.datetime,
+        now: datetime.datetime,
+        bucket: int,
+    ) -> list[Throughput]:
+        every = backend.throughput(since=first, bucket_seconds=bucket)
+        self._keep(key, every, first, now, bucket)
+        return every
 
     def _usable(self, key: tuple[str, int], first: datetime.datetime) -> _Settled | None:
         with self._lock:
@@ -188,8 +233,7 @@ class ThroughputCache:
         bucket: int,
     ) -> None:
         try:
-            every = backend.throughput(since=first, bucket_seconds=bucket)
-            self._keep(key, every, first, now, bucket)
+            self._count_whole(backend, key, first, now, bucket)
         finally:
             with self._lock:
                 self._refreshing.discard(key)

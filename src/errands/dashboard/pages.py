@@ -78,8 +78,11 @@ class Pages:
             window=window,
             windows=list(queries.WINDOWS),
             now=now,
-            counts=chart.outcome_counts(rows),
-            chart=chart.build_chart(rows, since=since, now=now, bucket_seconds=bucket),
+            # None while a long first count runs: the page's next refresh shows it.
+            counts=None if rows is None else chart.outcome_counts(rows),
+            chart=None
+            if rows is None
+            else chart.build_chart(rows, since=since, now=now, bucket_seconds=bucket),
             queues=queue_rows(),
             workers=api.workers(),
         )
@@ -109,18 +112,7 @@ class Pages:
         try:
             query = queries.parse_list_query(kind, request.query_params, now)
         except queries.BadQuery as exc:
-            filters = {k: v for k, v in request.query_params.items() if k in queries.FILTER_NAMES}
-            return self.render(
-                request,
-                LIST_TEMPLATES[kind],
-                status=400,
-                error=str(exc),
-                rows=[],
-                query=None,
-                filters=filters,
-                next_page=None,
-                **context,
-            )
+            return self._unusable_filters(request, kind, str(exc), context)
         rows, next_page = fetch_page(kind, query)
         return self.render(
             request,
@@ -130,6 +122,23 @@ class Pages:
             query=query,
             filters=query.filters,
             next_page=next_page,
+            **context,
+        )
+
+    def _unusable_filters(
+        self, request: Request, kind: Kind, error: str, context: dict[str, Any]
+    ) -> Response:
+        """The listing's form, refilled as given, with what is wrong and no rows."""
+        given = {k: v for k, v in request.query_params.items() if k in queries.FILTER_NAMES}
+        return self.render(
+            request,
+            LIST_TEMPLATES[kind],
+            status=400,
+            error=error,
+            rows=[],
+            query=None,
+            filters=given,
+            next_page=None,
             **context,
         )
 
@@ -165,11 +174,14 @@ class Pages:
             entries, error = api.schedule_status(count=3), ""
         except ErrandsError as exc:
             entries, error = [], str(exc)
+        # What became of each entry's latest occurrence: pending, running or its result.
+        latest = {e.entry.key: api.get(e.last_request_uuid) for e in entries if e.last_request_uuid}
         return self.render(
             request,
             "schedules.html",
             nav="schedules",
             entries=entries,
+            latest=latest,
             error=error,
             now=api.backend().now(),
         )

@@ -90,5 +90,12 @@
   setInterval(function () { localizeTimes(document); }, 30000);
   document.querySelectorAll("[data-live]").forEach(function (container) {
     setInterval(function () { refresh(container); }, refreshMs);
+    // Parts still being counted on the server come back sooner than the usual refresh.
+    if (container.querySelector("[data-pending]")) {
+      var soon = setInterval(function () {
+        if (container.querySelector("[data-pending]")) refresh(container);
+        else clearInterval(soon);
+      }, 700);
+    }
   });
 })();
