@@ -102,27 +102,34 @@ def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
         worker.close()
 
 
-def test_killed_worker_is_rescued_as_lost_and_retried(
+def test_killed_worker_is_rescued_as_lost_and_retried_to_success(
     spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path
 ) -> None:
-    marks = tmp_path / "marks"
-    request = sample_jobs.SlowRetry(str(marks)).run_in_worker(retries=1)
+    pid_file = tmp_path / "pid"
+    request = sample_jobs.SleepUnlessRerun(str(pid_file)).run_in_worker(retries=1)
     assert request is not None
     doomed = spawn_worker()
-    wait_for(lambda: lines(marks) == ["started"], timeout=30)
+    wait_for(pid_file.exists, timeout=30)
     doomed.signal_group(signal.SIGKILL)  # the whole tree, as a deploy or the OOM killer would
     doomed.wait(10)
 
-    run_worker(lambda: bool(errands.results()), heartbeat_timeout=2)
+    # A surviving worker rescues the job once the heartbeat times out, and runs the retry.
+    run_worker(lambda: len(errands.results()) == 2, heartbeat_timeout=2)
 
-    (lost,) = errands.results()
-    assert lost.status == Status.LOST
-    assert lost.error_type == "WorkerLost"
-    assert lost.retry_request_uuid is not None
-    (retry,) = errands.requests()
-    assert (retry.uuid, retry.retry_attempt) == (lost.retry_request_uuid, 1)
-    assert lines(marks) == ["started", "aborted LOST"]  # on_aborted ran exactly once
-    assert errands.processes() == []
+    lost, retried = sorted(errands.results(), key=lambda r: r.retry_attempt)
+    assert (lost.status, lost.error_type, lost.request_uuid) == (
+        Status.LOST,
+        "WorkerLost",
+        request.uuid,
+    )
+    assert lost.retry_request_uuid == retried.request_uuid
+    assert (retried.status, retried.retry_attempt, retried.return_value) == (
+        Status.SUCCESSFUL,
+        1,
+        "rerun",
+    )
+    assert lines(Path(f"{pid_file}.aborted")) == ["LOST"]  # on_aborted ran exactly once
+    assert errands.requests() == [] and errands.processes() == []
     assert all(w.worker_id != lost.worker_id for w in errands.workers())
 
 

@@ -258,3 +258,35 @@ def test_stats_line_reports_queues_and_throughput(
 
 def finished_count(count: int) -> bool:
     return len(errands.results(limit=10_000)) >= count
+
+
+def test_worker_heartbeats_between_slow_on_aborted_hooks(db_url: str) -> None:
+    from conftest import worker_config
+    from errands.worker import Worker
+
+    requests = [sample_jobs.SlowAbortHook(0.3).run_in_worker() for _ in range(5)]
+    cancelled = [errands.backend().cancel_request(uuid=r.uuid) for r in requests if r]
+    worker = Worker(config=worker_config(db_url, heartbeat_interval=0.2))
+    worker.start()
+    try:
+        (before,) = errands.workers()
+        worker.run_aborted_hooks([r for r in cancelled if r])  # 1.5 s of hooks
+        (after,) = errands.workers()
+    finally:
+        worker.stop()
+        while not worker.finished():
+            worker.turn()
+        worker.shut_down()
+    assert before.last_heartbeat_at and after.last_heartbeat_at
+    assert (after.last_heartbeat_at - before.last_heartbeat_at).total_seconds() >= 1.0
+
+
+@pytest.mark.parametrize(("limit", "expected_pids"), [(1, 4), (None, 1)])
+def test_max_jobs_per_process_recycles_children(
+    run_worker: WorkerRunner, limit: int | None, expected_pids: int
+) -> None:
+    for _ in range(4):
+        sample_jobs.ProcessId().run_in_worker()
+    run_worker(lambda: finished(4), worker_max_processes=1, worker_max_jobs_per_process=limit)
+    pids = {r.return_value for r in errands.results()}
+    assert len(pids) == expected_pids

@@ -1,23 +1,30 @@
 """The worker's child processes, and the protocol between the parent and them.
 
 A child is a spawned Python process that imports the job modules, then runs the
-jobs its parent assigns it, each in one of its ``worker_threads`` slots: with one
-slot (the default) a child runs one job at a time on its main thread; with more,
-each slot is a thread, and ``async def run()`` jobs run on one event loop shared
-by the child's slots. A slot holds at most one job, so the parent always knows
-exactly which jobs a child has in hand, and so which jobs a dead child took with it.
+jobs its parent hands it on ``worker_threads`` runners (its main thread, plus
+threads when there are more); ``async def run()`` jobs run on one event loop
+shared by the child's runners. Each job the child holds sits in one of its
+slots, so the parent always knows exactly which jobs a child has, and so which
+jobs a dead child took with it.
 
-The protocol, chosen to cost as little as possible per job (plain tuples pickle
-in about a microsecond, dataclasses in tens):
+A child may hold up to ``PREFETCH`` jobs more than it has runners, queued in
+order: the next job is at hand when one ends, and messages carry many jobs, so
+short jobs cost a fraction of a pipe round trip each (every message can wake a
+sleeping process, which costs far more than running a no-op job). Only a "fast"
+child is given queued jobs: once a job has run for ``SLOW_JOB`` seconds, the
+parent takes back the jobs queued behind it (a recall) and hands them to others.
 
-* parent -> child: a list of ``(slot, assignment fields)``, or ``None``: finish
-  the jobs in hand, then exit;
-* child -> parent: ``(slot, outcome fields)`` when a job has ended;
+The protocol (plain tuples: they pickle in about a microsecond, dataclasses in tens):
+
+* parent -> child: ``("assign", [(slot, assignment fields), ...])``;
+  ``("recall",)``: give back every job not begun; ``None``: finish, then exit;
+* child -> parent: ``([(slot, outcome fields), ...], recalled slots or None)``;
 * shared memory: ``started[slot]`` is the wall-clock time at which the slot's
-  current job began, or 0.0 before that. The parent resets it before it assigns
-  the slot, the child sets it before the job's code runs; the pipe orders the
-  two. Reading it costs the parent no message and no wake-up per job, yet it
-  tells the parent, even after the child died, which of its jobs had begun.
+  job began, or 0.0 before that. The parent resets it before it fills the slot,
+  the child sets it as it takes the job from its queue (under the lock that a
+  recall takes too); the pipe orders the two. Reading it costs the parent no
+  message and no wake-up, and tells it, even after the child died, which of its
+  jobs had begun.
 """
 
 from __future__ import annotations
@@ -31,14 +38,15 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import selectors
 import signal
+import struct
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -51,8 +59,14 @@ from errands.models import JobProcess, Outcome, Requeue, Status
 
 logger = logging.getLogger("errands")
 
+PREFETCH = 16  # jobs a fast child may hold beyond its runners
+SLOW_JOB = 0.05  # seconds: a job running this long makes its child slow
+OUTBOX_AGE = 0.002  # seconds a child may hold an outcome back to send it with others
+OUTBOX_SIZE = 64  # a child sends its outcomes at once when this many wait
+
 _spawn = multiprocessing.get_context("spawn")
 _PICKLE = pickle.HIGHEST_PROTOCOL
+_HEADER = struct.Struct("!I")
 _STATUSES = {status.value: status for status in Status}
 
 Wire = tuple[Any, ...]
@@ -111,11 +125,58 @@ def _utc_from_timestamp(seconds: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
 
 
+def write_message(fd: int, message: Any) -> None:
+    """One length-prefixed pickle, written whole (the descriptor blocks)."""
+    data = pickle.dumps(message, _PICKLE)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class MessageReader:
+    """Splits the bytes of a pipe into messages; one read takes whatever is there."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+        self.closed = False
+
+    def read(self) -> list[Any]:
+        """The complete messages available now (the descriptor must not block)."""
+        try:
+            while chunk := os.read(self.fd, 1 << 16):
+                self.buffer += chunk
+                if len(chunk) < 1 << 16:
+                    break
+            else:
+                self.closed = True  # end of file: the writer is gone
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.closed = True
+        return self._split()
+
+    def _split(self) -> list[Any]:
+        messages = []
+        while len(self.buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self.buffer)
+            end = _HEADER.size + size
+            if len(self.buffer) < end:
+                break
+            messages.append(pickle.loads(self.buffer[_HEADER.size : end]))
+            del self.buffer[:end]
+        return messages
+
+
 # -- the child ---------------------------------------------------------------------------
 
 
 def child_main(
-    conn: Connection, environ: Mapping[str, str], max_jobs: int | None, started: Any
+    inbox: Connection,
+    outbox: Connection,
+    environ: Mapping[str, str],
+    max_jobs: int | None,
+    started: Any,
 ) -> None:
     """Entry point of a child process."""
     # The parent decides about shutdown: a Ctrl-C on the terminal reaches the whole
@@ -126,53 +187,129 @@ def child_main(
     current = settings.current()
     for module in current.import_modules:
         importlib.import_module(module)
-    runner = ChildRunner(conn, started, current.middleware, threads=current.worker_threads)
+    runner = ChildRunner(
+        inbox.fileno(), outbox.fileno(), started, current.middleware, current.worker_threads
+    )
     runner.serve(max_jobs)
 
 
 class ChildRunner:
-    """Receives assignments, runs each in its slot, sends each outcome back."""
+    """The child's side: a reader thread takes messages off the pipe into a queue,
+    ``threads`` runners (the main thread first) take jobs from it, and outcomes go
+    back in batches: at once when the queue runs low, else within ``OUTBOX_AGE``."""
 
     def __init__(
-        self, conn: Connection, started: Any, middleware: Iterable[str], *, threads: int
+        self, inbox: int, outbox: int, started: Any, middleware: Iterable[str], threads: int
     ) -> None:
-        self.conn = conn
+        self.inbox = inbox
+        self.outbox = outbox
         self.started = started
+        self.threads = threads
         self.loop = SharedEventLoop()
         self.handler = build_handler(middleware, innermost=self.loop.run_job)
-        self.send_lock = threading.Lock()
-        self.executor = ThreadPoolExecutor(threads, "errands-slot") if threads > 1 else None
+        self.lock = threading.Condition()
+        self.queue: deque[tuple[int, Wire]] = deque()
+        self.finished: list[tuple[int, Wire]] = []
+        self.finished_since: float | None = None
+        self.closing = False
+        self.received = 0
+        self.low_water = (threads + PREFETCH) // 2
+        self._alarm_r, self._alarm_w = os.pipe()
 
     def serve(self, max_jobs: int | None) -> None:
-        received = 0
-        try:
-            while max_jobs is None or received < max_jobs:
-                try:
-                    message = pickle.loads(self.conn.recv_bytes())
-                except (EOFError, OSError):
-                    return  # the parent is gone
+        reader = threading.Thread(
+            target=self._read, args=(max_jobs,), name="errands-child-reader", daemon=True
+        )
+        reader.start()
+        runners = [
+            threading.Thread(target=self._run_jobs, name=f"errands-slot-{n}", daemon=True)
+            for n in range(1, self.threads)
+        ]
+        for thread in runners:
+            thread.start()
+        self._run_jobs()  # the main thread is a runner too: jobs may rely on it
+        for thread in runners:
+            thread.join()
+        self._send_finished()
+
+    # -- runners --------------------------------------------------------------------
+    def _run_jobs(self) -> None:
+        while (job := self._next()) is not None:
+            slot, wire = job
+            outcome = execute(assignment_from_wire(wire), self.handler)
+            self._report(slot, outcome)
+
+    def _next(self) -> tuple[int, Wire] | None:
+        with self.lock:
+            while not self.queue and not self.closing:
+                self.lock.wait()
+            if not self.queue:
+                return None
+            slot, wire = self.queue.popleft()
+            self.started[slot] = time.time()  # under the lock: a recall sees it begun
+            return slot, wire
+
+    def _report(self, slot: int, outcome: Outcome) -> None:
+        with self.lock:
+            self.finished.append((slot, outcome_to_wire(outcome)))
+            urgent = len(self.queue) <= self.low_water or len(self.finished) >= OUTBOX_SIZE
+            first = self.finished_since is None
+            if first:
+                self.finished_since = time.monotonic()
+        if urgent:
+            self._send_finished()
+        elif first:
+            os.write(self._alarm_w, b"x")  # the reader sends it within OUTBOX_AGE
+
+    def _send_finished(self, recalled: list[int] | None = None) -> None:
+        with self.lock:
+            finished, self.finished = self.finished, []
+            self.finished_since = None
+            if finished or recalled is not None:
+                with contextlib.suppress(OSError):  # the parent is gone
+                    write_message(self.outbox, (finished, recalled))
+
+    # -- the reader thread ------------------------------------------------------------
+    def _read(self, max_jobs: int | None) -> None:
+        reader = MessageReader(self.inbox)
+        os.set_blocking(self.inbox, False)
+        os.set_blocking(self._alarm_r, False)
+        while not reader.closed:
+            select.select([self.inbox, self._alarm_r], [], [], self._outbox_wait())
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._alarm_r, 4096)
+            for message in reader.read():
                 if message is None:
-                    return
-                for slot, wire in message:
-                    received += 1
-                    self._start(slot, wire)
-        finally:
-            if self.executor is not None:
-                self.executor.shutdown(wait=True)  # jobs in hand finish first
+                    reader.closed = True
+                    break
+                self._handle(message, max_jobs)
+            self._send_if_aged()
+        with self.lock:
+            self.closing = True
+            self.lock.notify_all()
 
-    def _start(self, slot: int, wire: Wire) -> None:
-        if self.executor is None:
-            self._run(slot, wire)
-        else:
-            self.executor.submit(self._run, slot, wire)
+    def _outbox_wait(self) -> float | None:
+        since = self.finished_since
+        return None if since is None else max(since + OUTBOX_AGE - time.monotonic(), 0.0)
 
-    def _run(self, slot: int, wire: Wire) -> None:
-        assignment = assignment_from_wire(wire)
-        self.started[slot] = time.time()
-        outcome = execute(assignment, self.handler)
-        message = pickle.dumps((slot, outcome_to_wire(outcome)), _PICKLE)
-        with self.send_lock, contextlib.suppress(OSError):  # OSError: the parent is gone
-            self.conn.send_bytes(message)
+    def _send_if_aged(self) -> None:
+        since = self.finished_since
+        if since is not None and time.monotonic() - since >= OUTBOX_AGE:
+            self._send_finished()
+
+    def _handle(self, message: tuple[Any, ...], max_jobs: int | None) -> None:
+        if message[0] == "assign":
+            with self.lock:
+                self.queue.extend(message[1])
+                self.received += len(message[1])
+                if max_jobs is not None and self.received >= max_jobs:
+                    self.closing = True  # exit once these are done
+                self.lock.notify_all()
+        elif message[0] == "recall":
+            with self.lock:
+                recalled = [slot for slot, _ in self.queue]
+                self.queue.clear()
+            self._send_finished(recalled)
 
 
 def build_handler(middleware: Iterable[str], *, innermost: Handler) -> Handler:
@@ -187,8 +324,8 @@ def build_handler(middleware: Iterable[str], *, innermost: Handler) -> Handler:
 class SharedEventLoop:
     """One event loop per child, on its own thread, for ``async def run()`` jobs.
 
-    A slot that runs a coroutine job waits for it here, so the child's async jobs
-    (up to one per slot) run concurrently on one loop, and loop-bound resources
+    A runner that runs a coroutine job waits for it here, so the child's async jobs
+    (up to one per runner) run concurrently on one loop, and loop-bound resources
     (HTTP sessions, connection pools) can outlive a single job.
     """
 
@@ -238,10 +375,14 @@ class Slot:
 @dataclass(eq=False)
 class Child:
     process: BaseProcess
-    conn: Connection
+    inbox: Connection  # the parent writes here
+    outbox: Connection  # the parent reads here
+    reader: MessageReader
     started: Any  # shared array of doubles, one per slot
     slots: list[Slot | None]
+    runners: int
     jobs_left: int | None
+    recalling: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -254,11 +395,29 @@ class Child:
     def jobs(self) -> list[Slot]:
         return [slot for slot in self.slots if slot is not None]
 
-    def free_slots(self) -> list[int]:
+    def queued(self) -> list[Slot]:
+        return [slot for slot in self.slots if slot is not None and not slot.started]
+
+    def slow_since(self) -> float | None:
+        """When the earliest of its running jobs began (monotonic), if any."""
+        begun = [s.started_monotonic for s in self.slots if s and s.started_monotonic]
+        return min(begun, default=None)
+
+    def is_slow(self, now: float) -> bool:
+        since = self.slow_since()
+        return since is not None and now - since >= SLOW_JOB
+
+    def free_slots(self, now: float) -> list[int]:
+        """Slots to fill now: a slow or recalled child gets no more than it can run."""
         if self.jobs_left == 0:
             return []
+        held = sum(1 for slot in self.slots if slot is not None)
+        room = self.runners if self.recalling or self.is_slow(now) else len(self.slots)
         free = [index for index, slot in enumerate(self.slots) if slot is None]
-        return free if self.jobs_left is None else free[: self.jobs_left]
+        count = max(min(room - held, len(free)), 0)
+        if self.jobs_left is not None:
+            count = min(count, self.jobs_left)
+        return free[:count]
 
     def notice_starts(self) -> list[Slot]:
         """Slots whose job began since the parent last looked (from shared memory)."""
@@ -279,14 +438,15 @@ class Events:
     """What one wait of the pool brought."""
 
     finished: list[tuple[Slot, Outcome]]
+    recalled: list[Slot]
     exited: list[Child]
     woken: bool
 
 
 class Pool:
-    """A fixed number of child processes with ``threads`` slots each, refilled when a
-    child exits or is killed. The parent's loop waits on all of them (and on the
-    extra file descriptors it watches) through one selector."""
+    """``size`` child processes with ``threads`` runners each, refilled when a child
+    exits or is killed. The parent's loop waits on all of them (and on the file
+    descriptors it watches) through one selector."""
 
     def __init__(
         self,
@@ -304,10 +464,6 @@ class Pool:
         self.spawned = 0
         self._selector = selectors.DefaultSelector()
 
-    @property
-    def slots(self) -> int:
-        return self.size * self.threads
-
     def watch(self, fd: int) -> None:
         """Also end ``wait`` when ``fd`` becomes readable (the worker's wake-up pipe)."""
         self._selector.register(fd, selectors.EVENT_READ, ("wake", None))
@@ -317,44 +473,49 @@ class Pool:
             self.children.append(self._spawn())
 
     def _spawn(self) -> Child:
-        parent_conn, child_conn = _spawn.Pipe()
-        started = _spawn.RawArray("d", self.threads)
+        child_inbox, inbox = _spawn.Pipe(duplex=False)
+        outbox, child_outbox = _spawn.Pipe(duplex=False)
+        slots = self.threads + PREFETCH
+        started = _spawn.RawArray("d", slots)
         process = _spawn.Process(
             target=child_main,
-            args=(child_conn, self.environ, self.max_jobs_per_child, started),
+            args=(child_inbox, child_outbox, self.environ, self.max_jobs_per_child, started),
             name="errands-job",
             daemon=True,
         )
         process.start()
-        child_conn.close()
+        child_inbox.close()
+        child_outbox.close()
+        os.set_blocking(outbox.fileno(), False)
         self.spawned += 1
         child = Child(
             process=process,
-            conn=parent_conn,
+            inbox=inbox,
+            outbox=outbox,
+            reader=MessageReader(outbox.fileno()),
             started=started,
-            slots=[None] * self.threads,
+            slots=[None] * slots,
+            runners=self.threads,
             jobs_left=self.max_jobs_per_child,
         )
-        self._selector.register(parent_conn.fileno(), selectors.EVENT_READ, ("conn", child))
+        self._selector.register(outbox.fileno(), selectors.EVENT_READ, ("outbox", child))
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
         return child
 
     # -- jobs ---------------------------------------------------------------------------
     def busy(self) -> list[Slot]:
-        """Every job in the children's hands."""
+        """Every job in the children's hands, begun or queued."""
         return [slot for child in self.children for slot in child.jobs()]
-
-    def free_slots(self) -> int:
-        return sum(len(child.free_slots()) for child in self.children)
 
     def dispatch(self, waiting: deque[JobProcess]) -> int:
         """Hand jobs from the front of ``waiting`` to free slots; returns how many.
 
         Slots are filled round-robin over the children, so that a few jobs spread
-        over the processes rather than queueing for the threads of one. Each child
-        gets its share in one message.
+        over the processes rather than queueing in one. Each child gets its share
+        in one message.
         """
-        free = {child: child.free_slots() for child in self.children}
+        now = time.monotonic()
+        free = {child: child.free_slots(now) for child in self.children}
         batches: dict[Child, list[tuple[int, Wire]]] = {}
         while waiting and any(free.values()):
             for child, indexes in free.items():
@@ -364,11 +525,18 @@ class Pool:
         sent = 0
         for child, batch in batches.items():
             try:
-                child.conn.send_bytes(pickle.dumps(batch, _PICKLE))
+                write_message(child.inbox.fileno(), ("assign", batch))
                 sent += len(batch)
             except OSError:  # the child is gone (its exit is handled on its own)
                 self._take_back(child, batch, waiting)
         return sent
+
+    def _occupy(self, child: Child, index: int, job: JobProcess) -> tuple[int, Wire]:
+        child.slots[index] = Slot(job=job, dispatched_monotonic=time.monotonic())
+        child.started[index] = 0.0  # before the send: the child sets it after receiving
+        if child.jobs_left is not None:
+            child.jobs_left -= 1
+        return index, assignment_to_wire(Assignment.of(job))
 
     @staticmethod
     def _take_back(child: Child, batch: list[tuple[int, Wire]], waiting: deque[JobProcess]) -> None:
@@ -381,42 +549,50 @@ class Pool:
         if child.jobs_left is not None:
             child.jobs_left += len(batch)
 
-    def _occupy(self, child: Child, index: int, job: JobProcess) -> tuple[int, Wire]:
-        child.slots[index] = Slot(job=job, dispatched_monotonic=time.monotonic())
-        child.started[index] = 0.0  # before the send: the child sets it after receiving
-        if child.jobs_left is not None:
-            child.jobs_left -= 1
-        return index, assignment_to_wire(Assignment.of(job))
-
     def notice_starts(self) -> list[Slot]:
         return [slot for child in self.children for slot in child.notice_starts()]
 
+    def recall(self, child: Child) -> None:
+        """Ask the child to give back the jobs it has not begun (answered in ``wait``)."""
+        if not child.recalling:
+            with contextlib.suppress(OSError):  # the child is gone: its exit says the rest
+                write_message(child.inbox.fileno(), ("recall",))
+                child.recalling = True
+
     # -- waiting and reading --------------------------------------------------------------
     def wait(self, timeout: float) -> Events:
-        events = Events(finished=[], exited=[], woken=False)
+        events = Events(finished=[], recalled=[], exited=[], woken=False)
         for key, _ in self._selector.select(max(timeout, 0.0)):
             kind, child = key.data
             if kind == "wake":
                 events.woken = True
-            elif kind == "conn":
-                events.finished += self.receive(child)
+            elif kind == "outbox":
+                finished, recalled = self.receive(child)
+                events.finished += finished
+                events.recalled += recalled
             elif child not in events.exited:
                 events.exited.append(child)
         return events
 
-    def receive(self, child: Child) -> list[tuple[Slot, Outcome]]:
-        """Outcomes the child has sent; each frees its slot."""
-        finished = []
-        try:
-            while child.conn.poll():
-                index, wire = pickle.loads(child.conn.recv_bytes())
-                slot = child.slots[index]
-                child.slots[index] = None
+    def receive(self, child: Child) -> tuple[list[tuple[Slot, Outcome]], list[Slot]]:
+        """Outcomes and recalled jobs the child has sent; each frees its slot."""
+        finished: list[tuple[Slot, Outcome]] = []
+        recalled: list[Slot] = []
+        for outcomes, given_back in child.reader.read():
+            for index, wire in outcomes:
+                slot = self._free(child, index)
                 if slot is not None:
                     finished.append((slot, outcome_from_wire(slot.job.uuid, wire)))
-        except (EOFError, OSError):
-            pass  # the child exited; its sentinel reports that
-        return finished
+            if given_back is not None:
+                recalled += [s for s in (self._free(child, i) for i in given_back) if s]
+                child.recalling = False
+        return finished, recalled
+
+    @staticmethod
+    def _free(child: Child, index: int) -> Slot | None:
+        slot = child.slots[index]
+        child.slots[index] = None
+        return slot
 
     # -- children ending ---------------------------------------------------------------------
     def remove(self, child: Child) -> list[Slot]:
@@ -426,9 +602,10 @@ class Pool:
         child.notice_starts()  # the shared memory outlives the process
         if child in self.children:
             self.children.remove(child)
-            self._selector.unregister(child.conn.fileno())
+            self._selector.unregister(child.outbox.fileno())
             self._selector.unregister(child.process.sentinel)
-        child.conn.close()
+        child.inbox.close()
+        child.outbox.close()
         held = child.jobs()
         child.slots = [None] * len(child.slots)
         return held
@@ -438,8 +615,8 @@ class Pool:
         if child.process.is_alive():
             child.process.kill()
         child.process.join(timeout=5)
-        finished = self.receive(child)
-        return finished, self.remove(child)
+        finished, recalled = self.receive(child)
+        return finished, recalled + self.remove(child)
 
     def retire_exhausted(self) -> None:
         """Children that reached max jobs per child exit by themselves once idle."""
@@ -454,7 +631,7 @@ class Pool:
                 self.kill(child)
                 continue
             with contextlib.suppress(OSError):  # already gone
-                child.conn.send_bytes(pickle.dumps(None, _PICKLE))
+                write_message(child.inbox.fileno(), None)
         deadline = time.monotonic() + 5
         for child in list(self.children):
             child.process.join(timeout=max(deadline - time.monotonic(), 0))

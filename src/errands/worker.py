@@ -35,6 +35,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,7 +53,7 @@ from errands.models import (
     Status,
     WorkerInfo,
 )
-from errands.pool import Child, Pool, Slot
+from errands.pool import SLOW_JOB, Child, Pool, Slot
 from errands.settings import Settings
 
 logger = logging.getLogger("errands")
@@ -62,6 +63,7 @@ FLUSH_SIZE = 500  # flush at once when this many outcomes wait
 CANCEL_CHECK_INTERVAL = 1.0  # seconds between looks for cancellation requests
 START_CHECK_INTERVAL = 0.05  # seconds between looks for jobs that began running
 MAX_BACKOFF = 5.0  # seconds between attempts while the database is unreachable
+MAX_BOUNCES = 3  # a job handed to this many children that died before it began fails
 
 KillReason = Literal["timeout", "cancel"]
 
@@ -98,10 +100,11 @@ class Deadlines:
 
 @dataclass
 class Batch:
-    """One round of the worker's routine database work, in this order: stamp the
-    jobs that began, write outcomes, claim up to ``claim_limit`` jobs, read
-    cancellation flags. A step that fails stops the batch; ``error`` tells why,
-    and the fields of the steps that did not happen stay None."""
+    """One round of the worker's routine database work: stamp the jobs that began,
+    write outcomes, read cancellation flags and, meanwhile, claim up to
+    ``claim_limit`` jobs. A failed step stops the steps after it (the claim runs on
+    its own); ``error`` tells why, and the fields of the steps that did not happen
+    stay None."""
 
     started: list[tuple[uuid.UUID, datetime.datetime]]
     outcomes: list[Outcome]
@@ -113,20 +116,41 @@ class Batch:
     cancel_flagged: set[uuid.UUID] | None = None
     error: Exception | None = None
 
-    def run(self, backend: Backend, worker_id: uuid.UUID, queues: Sequence[str]) -> None:
+    def run(
+        self,
+        backend: Backend,
+        worker_id: uuid.UUID,
+        queues: Sequence[str],
+        claim_on: Executor | None = None,
+    ) -> None:
+        """Run the steps; with ``claim_on``, the claim runs there, beside the writes
+        (on another connection: claims and writes touch different rows)."""
+        claim: Future[list[JobProcess]] | None = None
+        if self.claim_limit and claim_on is not None:
+            claim = claim_on.submit(
+                backend.claim, worker_id=worker_id, queues=queues, limit=self.claim_limit
+            )
         try:
-            if self.started:
-                backend.mark_started(started=self.started)
-            self.marked = True
-            self.results = backend.complete_many(outcomes=self.outcomes) if self.outcomes else []
-            if self.claim_limit:
+            self._write(backend, worker_id)
+            if self.claim_limit and claim is None:
                 self.claimed = backend.claim(
                     worker_id=worker_id, queues=queues, limit=self.claim_limit
                 )
-            if self.check_cancel:
-                self.cancel_flagged = set(backend.cancel_requested(worker_id=worker_id))
         except Exception as exc:
             self.error = exc
+        if claim is not None:
+            try:
+                self.claimed = claim.result()
+            except Exception as exc:
+                self.error = self.error or exc
+
+    def _write(self, backend: Backend, worker_id: uuid.UUID) -> None:
+        if self.started:
+            backend.mark_started(started=self.started)
+        self.marked = True
+        self.results = backend.complete_many(outcomes=self.outcomes) if self.outcomes else []
+        if self.check_cancel:
+            self.cancel_flagged = set(backend.cancel_requested(worker_id=worker_id))
 
 
 class DatabaseThread:
@@ -227,7 +251,10 @@ class Worker:
         self.outcomes: list[Outcome] = []
         self.unmarked_starts: dict[uuid.UUID, datetime.datetime] = {}
         self.unwritten_since: float | None = None  # the oldest buffered outcome or stamp
+        self.cancelling: set[uuid.UUID] = set()  # flagged jobs being recalled from a child
+        self.bounces: dict[uuid.UUID, int] = {}  # jobs whose child died before they began
         self.database = DatabaseThread(self._run_batch, on_done=self._nudge)
+        self._claimer = ThreadPoolExecutor(1, thread_name_prefix="errands-claim")
         self.deadlines = Deadlines()
         self.work_maybe_due = True
         self.stopping = False
@@ -305,6 +332,7 @@ class Worker:
         self._apply_finished_batch()
         for slot, outcome in events.finished:
             self._finished(slot, outcome)
+        self._returned(events.recalled)
         for child in events.exited:
             self._child_exited(child)
         if self.stopping:
@@ -312,7 +340,7 @@ class Worker:
             self._abort_if_drain_timed_out()
         if self.aborting:
             self._abort_running()
-        self._check_starts_and_timeouts()
+        self._watch_children()
         self.pool.retire_exhausted()
         if not self.stopping:
             self.pool.fill()
@@ -375,6 +403,7 @@ class Worker:
         if any(not slot.started for slot in running):
             deadlines.append(self.deadlines.start_check)
         deadlines += [self._timeout_deadline(slot) for slot in running if slot.job.timeout]
+        deadlines += self._recall_deadlines()
         return max(min(deadlines) - now, 0.0)
 
     def _drain_wake_pipe(self) -> None:
@@ -387,22 +416,45 @@ class Worker:
     # -- children --------------------------------------------------------------
     def _finished(self, slot: Slot, outcome: Outcome) -> None:
         self.unmarked_starts.pop(slot.job.uuid, None)
+        self.bounces.pop(slot.job.uuid, None)
         self._record(outcome)
 
     def _child_exited(self, child: Child) -> None:
         if child not in self.pool.children:
             return  # killed earlier in this turn; its jobs are accounted for
-        for slot, outcome in self.pool.receive(child):  # whatever it sent before exiting
+        finished, recalled = self.pool.receive(child)  # whatever it sent before exiting
+        for slot, outcome in finished:
             self._finished(slot, outcome)
+        self._returned(recalled)
         held = self.pool.remove(child)
         exitcode = child.process.exitcode
-        for slot in held:
-            # A job that started was interrupted mid-run (LOST); one that never started
-            # failed while the child was setting it up (ERRORED).
+        for slot in reversed(held):
+            if not slot.started and self._bounce(slot.job):
+                continue  # it had not begun: another child runs it
+            # A job that began was interrupted mid-run (LOST). One that never began
+            # in several children fails (ERRORED): its children die before it starts.
             status = Status.LOST if slot.started else Status.ERRORED
             error = ProcessDied(f"job process {child.pid} exited with code {exitcode}")
             logger.error("job process died", extra=_job_fields(slot.job, exitcode=exitcode))
             self._record(self._failure(slot, error, status=status))
+
+    def _bounce(self, job: JobProcess) -> bool:
+        """Put a job a dead child had not begun back in line, unless it did so too often."""
+        bounces = self.bounces[job.uuid] = self.bounces.get(job.uuid, 0) + 1
+        if bounces >= MAX_BOUNCES:
+            del self.bounces[job.uuid]
+            return False
+        self.waiting.appendleft(job)
+        return True
+
+    def _returned(self, slots: list[Slot]) -> None:
+        """Jobs a child gave back (recalled before they began) go back to the line."""
+        for slot in reversed(slots):
+            if slot.job.uuid in self.cancelling:
+                self.cancelling.discard(slot.job.uuid)
+                self._record(self._cancelled(slot))
+            else:
+                self.waiting.appendleft(slot.job)
 
     def _failure(self, slot: Slot, exc: BaseException, *, status: Status) -> Outcome:
         self.unmarked_starts.pop(slot.job.uuid, None)
@@ -453,7 +505,7 @@ class Worker:
         return batch
 
     def _run_batch(self, batch: Batch) -> None:
-        batch.run(self.backend, self.worker_id, self.queues)
+        batch.run(self.backend, self.worker_id, self.queues, claim_on=self._claimer)
 
     def _write_due(self, now: float) -> bool:
         return (
@@ -544,14 +596,15 @@ class Worker:
         telemetry.record_results(results)
         aborted = [r for r in results if r.status in ABORTED_STATUSES]
         if aborted:
-            api.dispatch_aborted_hooks(aborted)
+            self.run_aborted_hooks(aborted)
         if self.config.log_jobs:
             for result in results:
                 logger.info("job finished", extra=_result_fields(result))
 
     # -- starts, timeouts and cancellation -------------------------------------------------
-    def _check_starts_and_timeouts(self) -> None:
-        """Notice jobs that began (to stamp them, and to time them) and kill late ones.
+    def _watch_children(self) -> None:
+        """Notice jobs that began (to stamp and time them), kill jobs past their
+        timeout, and take back queued jobs from children that cannot start them soon.
 
         Children report a start through shared memory, without waking the parent,
         so the parent looks every ``START_CHECK_INTERVAL`` while a job is unseen.
@@ -567,6 +620,20 @@ class Worker:
             late = [s for s in child.jobs() if s.job.timeout and now >= self._timeout_deadline(s)]
             if late:
                 self._kill(child, {slot.job.uuid: "timeout" for slot in late})
+            elif child.queued() and (self.stopping or child.is_slow(now) or self._cancels(child)):
+                self.pool.recall(child)
+
+    def _cancels(self, child: Child) -> bool:
+        return any(slot.job.uuid in self.cancelling for slot in child.queued())
+
+    def _recall_deadlines(self) -> list[float]:
+        """When children with queued jobs turn slow (their queue is then recalled)."""
+        deadlines = []
+        for child in self.pool.children:
+            since = child.slow_since()
+            if since is not None and not child.recalling and child.queued():
+                deadlines.append(since + SLOW_JOB)
+        return deadlines
 
     def _timeout_deadline(self, slot: Slot) -> float:
         """A job's time is counted from its start; one not seen started is looked at again."""
@@ -579,10 +646,20 @@ class Worker:
             self.waiting.remove(job)
             self._record(self._cancelled(Slot(job=job, dispatched_monotonic=0.0)))
         for child in list(self.pool.children):
+            child.notice_starts()
             targets: dict[uuid.UUID, KillReason]
             targets = {s.job.uuid: "cancel" for s in child.jobs() if s.job.uuid in flagged}
-            if targets:
-                self._kill(child, targets)
+            begun = {u: r for u, r in targets.items() if self._begun(child, u)}
+            if begun:
+                self._kill(child, begun)
+            elif targets:
+                # Queued in the child, not begun: recalled, then cancelled (_returned).
+                self.cancelling |= targets.keys()
+                self.pool.recall(child)
+
+    @staticmethod
+    def _begun(child: Child, job_uuid: uuid.UUID) -> bool:
+        return any(s.started for s in child.jobs() if s.job.uuid == job_uuid)
 
     def _cancelled(self, slot: Slot) -> Outcome:
         outcome = self._failure(slot, Cancelled("cancelled"), status=Status.CANCELLED)
@@ -650,6 +727,7 @@ class Worker:
             self.backend.deregister_worker(worker_id=self.worker_id)
         finally:
             self.database.close()
+            self._claimer.shutdown(wait=True)
             if self._listener is not None:
                 self._listener.close()
             os.close(self._wake_r)
@@ -716,8 +794,20 @@ class Worker:
         if lost:
             logger.warning("rescued lost jobs", extra={"count": len(lost)})
             api.retry_lost(lost)
-            api.dispatch_aborted_hooks(lost)
+            self.run_aborted_hooks(lost)
         self.backend.prune_results(older_than_seconds=self.config.results_retention)
+
+    def run_aborted_hooks(self, results: list[JobResult]) -> None:
+        """Run ``on_aborted`` for each result, heartbeating between hooks when a beat is
+        due: a long list of slow hooks must not make this worker look dead."""
+        for result in results:
+            api.dispatch_aborted_hooks([result])
+            if time.monotonic() >= self.deadlines.heartbeat:
+                self.deadlines.heartbeat = time.monotonic() + self.config.heartbeat_interval
+                try:
+                    self.beat()
+                except Exception:
+                    logger.warning("heartbeat failed between on_aborted hooks", exc_info=True)
 
     def _lose_orphans(self) -> list[JobResult]:
         # No batch is in flight here (see _guarded): every claimed job is tracked.

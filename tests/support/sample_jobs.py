@@ -201,3 +201,26 @@ class SleepUnlessRerun(Job):
         append_line(self.path, str(os.getpid()))
         time.sleep(60)
         return "slept"
+
+    def on_aborted(self, result: Any) -> None:
+        append_line(f"{self.path}.aborted", str(result.status))
+
+
+@register_job
+class SlowAbortHook(Job):
+    """Its on_aborted takes ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def run(self) -> None:
+        pass
+
+    def on_aborted(self, result: Any) -> None:
+        time.sleep(self.seconds)
+
+
+@register_job
+class ProcessId(Job):
+    def run(self) -> int:
+        return os.getpid()

@@ -118,6 +118,14 @@ def fetch(conn: Connection, name: str, params: Mapping[str, Any] | None = None) 
         return cursor.fetchall() if cursor.description else []
 
 
+def fetch_tuples(conn: Connection, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Rows of the named query as tuples, in binary: for the worker's hot queries,
+    whose rows become models by position (a third of the cost of ``fetch``)."""
+    with conn.cursor(binary=True) as cursor:
+        cursor.execute(queries()[name], params)
+        return cursor.fetchall()
+
+
 def execute(conn: Connection, name: str, params: Mapping[str, Any] | None = None) -> int:
     """Run the named statement; return how many rows it touched."""
     with conn.cursor() as cursor:
@@ -187,13 +195,15 @@ def to_result(row: Row) -> JobResult:
     return JobResult(**values)
 
 
+def _result_from_tuple(row: tuple[Any, ...]) -> JobResult:
+    """A row with the fields of JobResult in their order (see complete_many's SQL)."""
+    values = list(map(_utc, row))
+    values[7] = Status(values[7])
+    return JobResult(*values)
+
+
 def to_worker(row: Row) -> WorkerInfo:
     return WorkerInfo(**_fields_of(WorkerInfo, row))
-
-
-def claim_order(process_row: Row) -> tuple[int, datetime.datetime, datetime.datetime]:
-    """The claim query's ``ORDER BY`` for its process rows (RETURNING keeps no order)."""
-    return (-process_row["priority"], process_row["start_at"], process_row["requested_at"])
 
 
 # -- query parameters ----------------------------------------------------------------
@@ -270,26 +280,36 @@ def _request_at(request: NewRequest, now: datetime.datetime) -> JobRequest:
     )
 
 
-def outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
-    """The batch as one array per column, for ``unnest`` in ``complete_many``.
+def _text(value: str) -> str:
+    """PostgreSQL text cannot hold NUL: one in an error message must not fail the batch."""
+    return value.replace("\x00", "\\x00") if "\x00" in value else value
+
+
+def outcomes_document(outcomes: Sequence[Outcome]) -> dict[str, str]:
+    """The batch as one JSON array, for ``json_to_recordset`` in ``complete_many``.
 
     A requeued outcome gets its new request's uuid here, so the result can point
     at the request written in the same statement.
     """
     return {
-        "process_uuid": [o.process_uuid for o in outcomes],
-        "status": [str(o.status) for o in outcomes],
-        "started_at": [o.started_at for o in outcomes],
-        "ended_at": [o.ended_at for o in outcomes],
-        "error_type": [o.error_type for o in outcomes],
-        "error": [o.error for o in outcomes],
-        "traceback": [o.traceback for o in outcomes],
-        "return_value": [_json(o.return_value) for o in outcomes],
-        "retry_request_uuid": [uuid.uuid4() if o.requeue else None for o in outcomes],
-        "requeue_delay_seconds": [
-            float(o.requeue.delay_seconds) if o.requeue else None for o in outcomes
-        ],
-        "requeue_attempt": [o.requeue.retry_attempt if o.requeue else None for o in outcomes],
+        "outcomes": json.dumps(
+            [
+                {
+                    "process_uuid": str(o.process_uuid),
+                    "status": o.status.value,
+                    "started_at": o.started_at.isoformat() if o.started_at else None,
+                    "ended_at": o.ended_at.isoformat(),
+                    "error_type": _text(o.error_type),
+                    "error": _text(o.error),
+                    "traceback": _text(o.traceback),
+                    "return_value": o.return_value,
+                    "retry_request_uuid": str(uuid.uuid4()) if o.requeue else None,
+                    "requeue_delay_seconds": o.requeue.delay_seconds if o.requeue else None,
+                    "requeue_attempt": o.requeue.retry_attempt if o.requeue else None,
+                }
+                for o in outcomes
+            ]
+        )
     }
 
 
@@ -627,8 +647,11 @@ class PostgresBackend(Backend):
         if limit <= 0:
             return []
         params = {"worker_id": worker_id, "queues": list(queues), "limit": limit}
-        rows = self._fetch("claim", params)
-        return [to_process(row) for row in sorted(rows, key=claim_order)]
+        with self._connection() as conn:
+            rows = fetch_tuples(conn, "claim", params)
+        # RETURNING keeps no order: sort by priority, then due time, then age.
+        rows.sort(key=lambda row: (-row[9], row[18], row[2]))
+        return [JobProcess(*map(_utc, row[:18])) for row in rows]
 
     def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
         if started:
@@ -639,8 +662,9 @@ class PostgresBackend(Backend):
         if not outcomes:
             return []
         unique = _first_per_process(outcomes)
-        rows = self._fetch("complete_many", outcome_columns(unique))
-        by_process = {row["process_uuid"]: to_result(row) for row in rows}
+        with self._connection() as conn:
+            rows = fetch_tuples(conn, "complete_many", outcomes_document(unique))
+        by_process = {row[1]: _result_from_tuple(row) for row in rows}
         return [by_process[o.process_uuid] for o in unique if o.process_uuid in by_process]
 
     def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:

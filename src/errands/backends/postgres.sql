@@ -423,7 +423,12 @@ SELECT
     c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
     c.timeout, c.source, c.trace_id, c.span_id
 FROM claimed AS c
-RETURNING *
+-- The fields of JobProcess in their order, then start_at for the claim order
+-- (claim() in postgres.py builds the models from these positions).
+RETURNING
+    uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
+    parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
+    source, trace_id, span_id, cancel_requested, start_at
 
 -- name: mark_started
 UPDATE errands_process AS p
@@ -441,22 +446,20 @@ WHERE p.uuid = s.uuid AND p.started_at IS NULL
 -- * written: ON CONFLICT is a second guard on "one process, one result".
 -- * requeued: built from the written results, so no request is enqueued for a
 --   result that was not written.
+-- The outcomes arrive as one JSON array of objects (outcomes_document in
+-- postgres.py): one json.dumps on the client instead of eleven typed arrays.
 WITH outcome AS (
     SELECT *
-    FROM unnest(
-        %(process_uuid)s::uuid[], %(status)s::text[], %(started_at)s::timestamptz[],
-        %(ended_at)s::timestamptz[], %(error_type)s::text[], %(error)s::text[],
-        %(traceback)s::text[], %(return_value)s::text[], %(retry_request_uuid)s::uuid[],
-        %(requeue_delay_seconds)s::float8[], %(requeue_attempt)s::int[]
-    ) AS o(
-        process_uuid, status, started_at, ended_at, error_type, error, traceback,
-        return_value, retry_request_uuid, requeue_delay_seconds, requeue_attempt
+    FROM json_to_recordset(%(outcomes)s::json) AS o(
+        process_uuid uuid, status text, started_at timestamptz, ended_at timestamptz,
+        error_type text, error text, traceback text, return_value jsonb,
+        retry_request_uuid uuid, requeue_delay_seconds float8, requeue_attempt int
     )
 ),
 locked AS (
     SELECT p.uuid
     FROM errands_process AS p
-    WHERE p.uuid = ANY(%(process_uuid)s::uuid[])
+    WHERE p.uuid = ANY(ARRAY(SELECT process_uuid FROM outcome))
     ORDER BY p.uuid
     FOR UPDATE
 ),
@@ -477,7 +480,7 @@ written AS (
         coalesce(o.started_at, f.started_at), o.ended_at, o.status, f.worker_id,
         f.job_class, f.parameters, f.queue, f.priority, f.retries, f.retry_attempt,
         f.concurrency_key, f.timeout, f.source, f.trace_id, f.span_id, o.error_type,
-        o.error, o.traceback, o.return_value::jsonb, o.retry_request_uuid
+        o.error, o.traceback, o.return_value, o.retry_request_uuid
     FROM finished AS f
     JOIN outcome AS o ON o.process_uuid = f.uuid
     ON CONFLICT (process_uuid) DO NOTHING
@@ -497,8 +500,14 @@ requeued AS (
     WHERE w.retry_request_uuid IS NOT NULL
     RETURNING queue, start_at
 )
-SELECT written.*
-FROM written
+-- The fields of JobResult in their order (complete_many() in postgres.py builds
+-- the models from these positions).
+SELECT
+    w.uuid, w.process_uuid, w.request_uuid, w.requested_at, w.started_at, w.ended_at,
+    w.created_at, w.status, w.worker_id, w.job_class, w.parameters, w.queue, w.priority,
+    w.retries, w.retry_attempt, w.concurrency_key, w.timeout, w.source, w.trace_id,
+    w.span_id, w.error_type, w.error, w.traceback, w.return_value, w.retry_request_uuid
+FROM written AS w
 CROSS JOIN (
     SELECT count(pg_notify('errands_jobs', due.queue))
     FROM (SELECT DISTINCT queue FROM requeued WHERE start_at <= now()) AS due
