@@ -15,7 +15,7 @@ import pytest
 import sample_jobs  # noqa: F401  (registers the jobs named in entries)
 
 import errands
-from conftest import WorkerRunner, worker_config
+from conftest import WorkerRunner, wait_for, worker_config
 from errands import Status, scheduler
 from errands.backends import Backend, open_backend
 from errands.errors import ConfigurationError
@@ -318,3 +318,34 @@ def count_occurrences(url: str) -> int:
 def test_bad_schedule_stops_the_worker_before_it_starts(db_url: str) -> None:
     with pytest.raises(ConfigurationError, match="schedule entry 0"):
         Worker(config=worker_config(db_url, schedule=(("sample_jobs.Noop", "every day"),)))
+
+
+def test_upcoming_times_lists_every_occurrence_in_the_horizon() -> None:
+    entries = parse_entries(
+        [["sample_jobs.Noop", "*/2 * * * *"], ["sample_jobs.Echo", "@hourly", {"args": [1]}]]
+    )
+    times = scheduler.upcoming_times(entries, now=at("2026-05-01T09:57:30+00:00"), horizon=HORIZON)
+    assert [t.isoformat() for t in times] == [
+        "2026-05-01T09:58:00+00:00",
+        "2026-05-01T10:00:00+00:00",
+        "2026-05-01T10:00:00+00:00",
+        "2026-05-01T10:02:00+00:00",
+    ]
+
+
+def test_worker_wakes_for_an_occurrence_instead_of_waiting_for_the_poll(db_url: str) -> None:
+    # With a 30 s poll, only the schedule wake-up can start the job within seconds.
+    entry = ["sample_jobs.Noop", EverySecond()]
+    worker = Worker(config=worker_config(db_url, schedule=(entry,), poll_interval=30))
+    worker.start()
+    try:
+        wait_for(lambda: bool(errands.results()), timeout=10, step=worker.turn)
+    finally:
+        worker.stop()
+        worker.stop()
+        while not worker.finished():
+            worker.turn()
+        worker.shut_down()
+    (first, *_) = sorted(errands.results(limit=100), key=lambda r: r.ended_at)
+    assert first.started_at is not None
+    assert first.started_at.microsecond < 500_000  # within half a second of its second

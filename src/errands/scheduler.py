@@ -263,6 +263,19 @@ def plan(
     return planned
 
 
+def upcoming_times(
+    entries: Sequence[Entry], *, now: datetime.datetime, horizon: datetime.timedelta
+) -> list[datetime.datetime]:
+    """Every occurrence of ``entries`` after ``now`` and up to ``now + horizon``, sorted."""
+    times = []
+    for entry in entries:
+        moment = entry.schedule.next_after(now)
+        while moment <= now + horizon:
+            times.append(moment)
+            moment = entry.schedule.next_after(moment)
+    return sorted(times)
+
+
 def _missed_occurrence(
     entry: Entry, now: datetime.datetime, last: datetime.datetime | None
 ) -> datetime.datetime | None:

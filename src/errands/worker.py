@@ -234,6 +234,7 @@ class Worker:
             importlib.import_module(module)  # registers jobs for hooks, retries, schedules
         # Bad schedule entries stop the worker here, before it claims anything.
         self.schedule = scheduler.parse_entries(self.config.schedule, self.config.timezone)
+        self.schedule_wakeups: list[float] = []  # monotonic times occurrences fall due
         self.queues = list(queues)
         self.backend = backend or api.backend()
         self.worker_id = uuid.uuid4()
@@ -395,6 +396,7 @@ class Worker:
         deadlines = [self.deadlines.heartbeat, self.deadlines.stats]
         if not self.stopping:
             deadlines.append(self.deadlines.poll)
+            deadlines += self.schedule_wakeups[:1]
         if self.unwritten_since is not None and not self.database.busy:
             deadlines.append(max(self.unwritten_since + FLUSH_INTERVAL, self.database_retry_at))
         running = self.pool.busy()
@@ -520,6 +522,9 @@ class Worker:
             return 0
         if now >= self.deadlines.poll:
             self.work_maybe_due = True
+        if self.schedule_wakeups and now >= self.schedule_wakeups[0]:
+            self.work_maybe_due = True  # a scheduled occurrence is due
+            self.schedule_wakeups = [t for t in self.schedule_wakeups if t > now]
         free = self.capacity - len(self.waiting) - len(self.pool.busy())
         # Claim in batches, once the waiting line is down to half of what may be held:
         # the children keep working on the rest while the claim is on its way.
@@ -775,15 +780,26 @@ class Worker:
         # Enqueue occurrences two maintenance ticks ahead, so each one is a
         # delayed request well before it is due and starts on time.
         horizon = datetime.timedelta(seconds=max(2 * self.config.heartbeat_interval, 60))
+        if not self.schedule and not starting:
+            return
+        database_now = self.backend.now()
         created = scheduler.sync(
             self.backend,
             self.schedule,
             horizon=horizon,
             starting=starting,
+            now=database_now,
             history_seconds=self.config.results_retention,
         )
         if created:
             logger.debug("scheduled occurrences enqueued", extra={"count": created})
+        # Wake up when each occurrence falls due (by the database clock, translated to
+        # this process's monotonic clock), rather than at the next poll.
+        monotonic_now = time.monotonic()
+        self.schedule_wakeups = [
+            monotonic_now + (moment - database_now).total_seconds()
+            for moment in scheduler.upcoming_times(self.schedule, now=database_now, horizon=horizon)
+        ]
 
     def run_maintenance(self) -> None:
         """Enqueue schedules, rescue dead workers' jobs, lose own orphans, prune results."""
