@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from errands.backends import open_backend
+from errands.backends.sqlite import database_path
 
 BENCH_DIR = Path(__file__).resolve().parent
 TABLES = (
@@ -276,10 +277,10 @@ class SqliteBenchDatabase(BenchDatabase):
     kind = "sqlite"
 
     def __init__(self, url: str) -> None:
-        given = Path(urlsplit(url).path)
-        directory = given.parent if given.suffix else given
+        given = database_path(url)
+        directory = given if given.is_dir() else given.parent
         self.path = directory / f"errands_bench_{uuid.uuid4().hex[:10]}.db"
-        self.url = f"sqlite:///{self.path}"
+        self.url = f"sqlite:///{self.path}"  # an absolute path: sqlite:////dir/name.db
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

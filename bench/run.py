@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=2, help="drain: child processes")
     parser.add_argument("--threads", type=int, default=1, help="drain: threads per child")
     parser.add_argument(
-        "--pending", type=int, default=10, help="drain: jobs claimed ahead per child slot"
+        "--pending", type=int, default=200, help="drain: jobs claimed ahead per child"
     )
     parser.add_argument(
         "--only",

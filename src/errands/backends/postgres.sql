@@ -10,6 +10,10 @@
 --   same statement. A row can be deleted only once, so whoever's DELETE returns
 --   it owns the transition: that is what makes claims, completions, cancellations
 --   and rescues happen exactly once without any application-level locking.
+-- * The worker's processes and results get time-ordered keys (UUIDv7, made in
+--   SQL since PostgreSQL 15 has no function for them): their inserts fill the
+--   right edge of the key indexes, which stay in memory however long the history,
+--   where random keys would touch a random page of an index larger than memory.
 -- * NOTIFY payloads are queue names on channel errands_jobs. Notifications are
 --   delivered only when (and if) the transaction commits, and identical payloads
 --   in one transaction are delivered once, so enqueueing 10 000 jobs of one queue
@@ -419,7 +423,12 @@ INSERT INTO errands_process (
     priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id
 )
 SELECT
-    gen_random_uuid(), c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
+    -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
+    -- right edge of the indexes instead of on random pages (see the conventions).
+    encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+        PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+        FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
+    c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
     c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
     c.timeout, c.source, c.trace_id, c.span_id
 FROM claimed AS c
@@ -429,6 +438,19 @@ RETURNING
     uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
     parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
     source, trace_id, span_id, cancel_requested, start_at
+
+-- name: queue_size_estimate
+-- The planner's row count of the requests table (as of its last analyze): no scan.
+SELECT greatest(reltuples, 0)::float8 AS size
+FROM pg_class
+WHERE oid = 'errands_request'::regclass
+
+-- name: vacuum_queue
+-- Removes the index entries of claimed requests, which claims would otherwise
+-- step over (see _vacuum_queue_if_due in postgres.py). INDEX_CLEANUP ON: by
+-- default a vacuum leaves the indexes alone when few rows are dead, and the
+-- index is what claims read. Takes no lock that blocks enqueues or claims.
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) errands_request
 
 -- name: mark_started
 UPDATE errands_process AS p
@@ -476,7 +498,12 @@ written AS (
         traceback, return_value, retry_request_uuid
     )
     SELECT
-        gen_random_uuid(), f.uuid, f.request_uuid, f.requested_at,
+        -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
+        -- right edge of the indexes instead of on random pages (see the conventions).
+        encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+            PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+            FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
+        f.uuid, f.request_uuid, f.requested_at,
         coalesce(o.started_at, f.started_at), o.ended_at, o.status, f.worker_id,
         f.job_class, f.parameters, f.queue, f.priority, f.retries, f.retry_attempt,
         f.concurrency_key, f.timeout, f.source, f.trace_id, f.span_id, o.error_type,
