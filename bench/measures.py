@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import bench_jobs
-from harness import BenchDatabase, WorkerProcess, cpu_seconds, process_tree, rss_bytes, wait_until
+from databases import BenchDatabase
+from harness import WorkerProcess, cpu_seconds, process_tree, rss_bytes, wait_until
 
 import errands
 from errands.registry import job_class_path

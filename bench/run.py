@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import measures
-from harness import BenchDatabase, bench_database
+from databases import BenchDatabase, bench_database
 
 HISTORY_RESULTS = 1_000_000
 HISTORY_DELAYED = 100_000
@@ -129,16 +129,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--database-url",
         required=True,
         help="PostgreSQL server (postgresql://user@host:port/any_db: a new database is "
-        "created there and dropped afterwards) or sqlite:///dir/name.db (a new file is "
-        "created in that directory and deleted afterwards)",
+        "created there and dropped afterwards) or sqlite:////abs/dir/name.db (a new file "
+        "is created in that directory and deleted afterwards)",
     )
-    parser.add_argument("--quick", action="store_true", help="smaller counts, shorter runs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller counts, shorter runs (20,000-job drains, 100 latency samples, "
+        "100,000 results of history): a smoke test, not figures to publish",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     parser.add_argument("--runs", type=int, help="runs per figure (median taken; default 3)")
-    parser.add_argument("--processes", type=int, default=2, help="drain: child processes")
-    parser.add_argument("--threads", type=int, default=1, help="drain: threads per child")
     parser.add_argument(
-        "--pending", type=int, default=200, help="drain: jobs claimed ahead per child"
+        "--processes", type=int, default=2, help="drain: child processes (default 2)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="drain: threads per child (default 1)"
+    )
+    parser.add_argument(
+        "--pending",
+        type=int,
+        default=200,
+        help="drain: jobs claimed ahead per child (default 200)",
     )
     parser.add_argument(
         "--only",
