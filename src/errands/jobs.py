@@ -249,12 +249,22 @@ def _new_request(job: Job, options: EnqueueOptions, source: str) -> NewRequest:
     )
 
 
-def _positional_names(cls: type[Job]) -> list[str]:
+_positional_names_cache: dict[type[Job], tuple[str, ...]] = {}
+
+
+def _positional_names(cls: type[Job]) -> tuple[str, ...]:
+    # inspect.signature costs about 0.2 ms: once per class, not once per enqueued job.
+    if cls not in _positional_names_cache:
+        _positional_names_cache[cls] = _read_positional_names(cls)
+    return _positional_names_cache[cls]
+
+
+def _read_positional_names(cls: type[Job]) -> tuple[str, ...]:
     try:
         params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     except (TypeError, ValueError):
-        return []
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return ()
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def _resolve_delay(delay: Delay) -> tuple[float, datetime.datetime | None]:
