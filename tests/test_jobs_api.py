@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import sys
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,7 +18,10 @@ import sample_jobs
 import errands
 from errands import Job, ParameterError, register_job
 from errands.backends import Backend
+from errands.backends.base import EnqueueTransaction
 from errands.jobs import EnqueueOptions
+from errands.models import JobRequest, NewRequest
+from errands.registry import build_job
 
 
 class Unstorable:
@@ -188,34 +194,76 @@ def test_enqueue_many_inserts_all_jobs_in_one_statement(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    real = type(backend).enqueue_transaction
+    real = type(backend).insert_requests
 
-    def counting(self: Backend, **kwargs: object):  # type: ignore[no-untyped-def]
-        cm = real(self, **kwargs)  # type: ignore[arg-type]
+    def counting(self: Backend, *, requests: list[NewRequest]) -> list[JobRequest]:
+        calls.append(len(requests))
+        return real(self, requests=requests)
 
-        class Wrap:
-            def __enter__(self_inner):  # type: ignore[no-untyped-def]
-                tx = cm.__enter__()
-                original = tx.insert_requests
-
-                def insert(requests):  # type: ignore[no-untyped-def]
-                    calls.append(len(requests))
-                    return original(requests)
-
-                tx.insert_requests = insert  # type: ignore[method-assign]
-                return tx
-
-            def __exit__(self_inner, *exc):  # type: ignore[no-untyped-def]
-                return cm.__exit__(*exc)
-
-        return Wrap()
-
-    monkeypatch.setattr(type(errands.backend()), "enqueue_transaction", counting)
+    monkeypatch.setattr(type(backend), "insert_requests", counting)
     jobs = [sample_jobs.Echo(i) for i in range(2000)]
     requests = errands.enqueue_many(jobs, options=EnqueueOptions(queue="bulk", priority=1))
     assert calls == [2000]
     assert all(r is not None and r.queue == "bulk" for r in requests)
-    assert len(errands.requests(queue="bulk", limit=5000)) == 2000
+    stored = errands.requests(queue="bulk", limit=5000)
+    assert len(stored) == 2000
+    # Parameters are stored as the JSON documents the worker decodes, not as strings.
+    by_uuid = {r.uuid: r for r in stored}
+    for job, request in zip(jobs, requests, strict=True):
+        assert request is not None
+        assert by_uuid[request.uuid].parameters == request.parameters
+        stored_request = by_uuid[request.uuid]
+        rebuilt = build_job(stored_request.job_class, stored_request.parameters)
+        assert isinstance(rebuilt, sample_jobs.Echo) and rebuilt.value == job.value
+
+
+def test_enqueue_many_with_keys_inserts_the_accepted_in_one_statement(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = type(backend).enqueue_transaction
+
+    @contextlib.contextmanager
+    def counting(self: Backend, **kwargs: Any) -> Iterator[EnqueueTransaction]:
+        with real(self, **kwargs) as tx:
+            original = tx.insert_requests
+
+            def insert(requests: Sequence[NewRequest]) -> list[JobRequest]:
+                calls.append(len(requests))
+                return original(requests)
+
+            tx.insert_requests = insert  # type: ignore[method-assign]
+            yield tx
+
+    monkeypatch.setattr(type(backend), "enqueue_transaction", counting)
+    jobs = [sample_jobs.Mail(i % 1000) for i in range(2000)]
+    requests = errands.enqueue_many(jobs)
+    assert calls == [1000]  # the other 1000 share a key with an earlier job of the batch
+    assert [r is not None for r in requests] == [True] * 1000 + [False] * 1000
+
+
+@pytest.mark.postgres_only
+def test_a_job_enqueued_alone_opens_no_transaction_block(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No BEGIN/COMMIT round trips around a lone insert: the statement is its own
+    transaction, committed when run_in_worker returns."""
+    blocks: list[object] = []
+    real = psycopg.Connection.transaction
+
+    def recording(self: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> Any:
+        blocks.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "transaction", recording)
+    request = sample_jobs.Echo(1).run_in_worker(delay=60)
+    single = errands.enqueue_many([sample_jobs.Echo(2), sample_jobs.Echo(3)])
+    assert blocks == []
+    assert request is not None and request.start_at > request.created_at
+    monkeypatch.undo()
+    with psycopg.connect(db_url) as conn:
+        stored = conn.execute("SELECT uuid FROM errands_request").fetchall()
+    assert {row[0] for row in stored} == {request.uuid} | {r.uuid for r in single if r}
 
 
 def test_enqueue_many_applies_the_key_rule_within_the_batch(backend: Backend) -> None:

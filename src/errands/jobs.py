@@ -16,10 +16,11 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from uuid import UUID
 
 from errands import api, serialization, telemetry
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
-from errands.models import JobProcess, JobRequest, JobResult, NewRequest
+from errands.models import JobProcess, JobRequest, JobResult, NewRequest, uuid7s
 from errands.registry import job_class_path
 
 T = TypeVar("T")
@@ -159,12 +160,21 @@ def enqueue_many(
     jobs = list(jobs)
     if not jobs:
         return []
+    requests = _new_requests(jobs, options or EnqueueOptions(), _caller_location())
     backend = api.backend()
+    if connection is None and not any(map(_needs_decision, jobs, requests)):
+        # Nothing to check first: the insert alone, committed by the backend.
+        with telemetry.sending(requests) as send:
+            inserted: list[JobRequest | None] = list(
+                backend.insert_requests(requests=send.requests)
+            )
+            send.sent(inserted)
+        return inserted
     with (
         telemetry.counting_sends(backend, connection),
         backend.enqueue_transaction(connection=connection) as tx,
     ):
-        return enqueue_in(tx, jobs, options=options)
+        return _enqueue_prepared(tx, jobs, requests)
 
 
 def enqueue_in(
@@ -177,9 +187,13 @@ def enqueue_in(
     are counted when the transaction commits if the caller opened the transaction
     inside ``telemetry.counting_sends``, and right away otherwise.
     """
-    options = options or EnqueueOptions()
-    source = _caller_location()
-    requests = [_new_request(job, options, source) for job in jobs]
+    requests = _new_requests(jobs, options or EnqueueOptions(), _caller_location())
+    return _enqueue_prepared(tx, jobs, requests)
+
+
+def _enqueue_prepared(
+    tx: EnqueueTransaction, jobs: Sequence[Job], requests: list[NewRequest]
+) -> list[JobRequest | None]:
     with telemetry.sending(requests) as send, _using_transaction(tx):
         results = _decide_and_insert(tx, list(zip(jobs, send.requests, strict=True)))
         send.sent(results)
@@ -203,7 +217,7 @@ def _decide_and_insert(
         if _uses_default_rule(job, request):
             accept = _slot_of(request) not in taken
             taken.add(_slot_of(request))
-        elif type(job).should_enqueue is Job.should_enqueue:
+        elif not _overrides_should_enqueue(job):
             accept = True
         else:
             inserted.update((r.uuid, r) for r in tx.insert_requests(batch))
@@ -216,15 +230,29 @@ def _decide_and_insert(
     return [inserted[r.uuid] if r else None for r in decided]
 
 
+def _needs_decision(job: Job, request: NewRequest) -> bool:
+    """Whether enqueueing ``job`` must first ask the database (and so take a transaction)."""
+    return bool(request.concurrency_key) or _overrides_should_enqueue(job)
+
+
+def _overrides_should_enqueue(job: Job) -> bool:
+    return type(job).should_enqueue is not Job.should_enqueue
+
+
 def _uses_default_rule(job: Job, request: NewRequest) -> bool:
-    return bool(request.concurrency_key) and type(job).should_enqueue is Job.should_enqueue
+    return bool(request.concurrency_key) and not _overrides_should_enqueue(job)
 
 
 def _slot_of(request: NewRequest) -> ConcurrencySlot:
     return (request.job_class, request.concurrency_key)
 
 
-def _new_request(job: Job, options: EnqueueOptions, source: str) -> NewRequest:
+def _new_requests(jobs: Sequence[Job], options: EnqueueOptions, source: str) -> list[NewRequest]:
+    keys = uuid7s(len(jobs))
+    return [_new_request(job, options, source, key) for job, key in zip(jobs, keys, strict=True)]
+
+
+def _new_request(job: Job, options: EnqueueOptions, source: str, key: UUID) -> NewRequest:
     cls = type(job)
     path = job_class_path(cls)
     args, kwargs = job._errands_arguments
@@ -246,6 +274,7 @@ def _new_request(job: Job, options: EnqueueOptions, source: str) -> NewRequest:
         start_at=start_at,
         timeout=job.default_timeout() if options.timeout is None else options.timeout,
         source=source,
+        uuid=key,
     )
 
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import psycopg.errors
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from errands.backends.base import Backend, ConcurrencySlot, EnqueueTransaction, Listener
@@ -72,23 +72,7 @@ MIGRATION_PREFIX = "migration_"
 # Enqueue batches of at least this many jobs go through COPY (see copy_requests):
 # below it, one INSERT statement is fewer round trips.
 COPY_THRESHOLD = 100
-# The columns copy_requests writes, in the order of the copy_requests query, and their types.
-COPY_REQUEST_COLUMNS = (
-    "uuid",
-    "created_at",
-    "start_at",
-    "job_class",
-    "parameters",
-    "queue",
-    "priority",
-    "retries",
-    "retry_attempt",
-    "concurrency_key",
-    "timeout",
-    "source",
-    "trace_id",
-    "span_id",
-)
+# The types of the columns copy_requests writes, in the order of the copy_requests query.
 COPY_REQUEST_TYPES = (
     "uuid",
     "timestamptz",
@@ -236,6 +220,26 @@ def slot_columns(slots: Sequence[ConcurrencySlot]) -> dict[str, list[str]]:
     }
 
 
+def request_values(request: NewRequest) -> dict[str, Any]:
+    """One request's values, for ``insert_request``."""
+    return {
+        "uuid": request.uuid,
+        "start_at": request.start_at,
+        "delay_seconds": float(request.delay_seconds),
+        "job_class": request.job_class,
+        "parameters": _json(request.parameters),
+        "queue": request.queue,
+        "priority": request.priority,
+        "retries": request.retries,
+        "retry_attempt": request.retry_attempt,
+        "concurrency_key": request.concurrency_key,
+        "timeout": request.timeout,
+        "source": request.source,
+        "trace_id": request.trace_id,
+        "span_id": request.span_id,
+    }
+
+
 def request_columns(requests: Sequence[NewRequest]) -> dict[str, list[Any]]:
     """The batch as one array per column, for ``unnest`` in ``insert_requests``."""
     return {
@@ -256,43 +260,83 @@ def request_columns(requests: Sequence[NewRequest]) -> dict[str, list[Any]]:
     }
 
 
+def insert_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[JobRequest]:
+    """Insert a batch on ``conn``: COPY for a large one, else one INSERT statement.
+
+    On a connection in autocommit mode the INSERT is its own transaction: a job
+    enqueued alone costs one round trip, with no BEGIN and COMMIT.
+    """
+    if not requests:
+        return []
+    if len(requests) >= COPY_THRESHOLD:
+        return copy_requests(conn, requests)
+    # Scalar parameters for one job: psycopg adapts them far faster than arrays.
+    name, params = (
+        ("insert_request", request_values(requests[0]))
+        if len(requests) == 1
+        else ("insert_requests", request_columns(requests))
+    )
+    # Text results: a caller's connection may use client-side cursors.
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        rows = cursor.execute(queries()[name], params).fetchall()
+    # The database computed only the two times; the rest is what was sent.
+    times = {key: (created_at, start_at) for key, created_at, start_at in rows}
+    return [_as_request(request, *times[request.uuid]) for request in requests]
+
+
 def copy_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[JobRequest]:
     """Insert a large batch with COPY, the fastest way into a table.
 
     COPY cannot compute values nor return rows, so the due times are computed
     here from the transaction's ``now()`` (the very value ``insert_requests``
     would use), the returned requests are built from what was sent, and the
-    due queues are notified by a statement of their own.
+    due queues are notified by a statement of their own. Needs a transaction
+    (the time read and the COPY must share it).
     """
     now = _utc(fetch(conn, "transaction_now")[0]["now"])
-    inserted = [_request_at(request, now) for request in requests]
+    inserted = [_as_request(request, now, _due_time(request, now)) for request in requests]
     with conn.cursor() as cursor, cursor.copy(queries()["copy_requests"]) as copy:
         copy.set_types(COPY_REQUEST_TYPES)
-        for request in inserted:
-            copy.write_row([getattr(request, column) for column in COPY_REQUEST_COLUMNS])
+        for r in inserted:
+            copy.write_row(
+                (
+                    r.uuid, r.created_at, r.start_at, r.job_class, r.parameters,
+                    r.queue, r.priority, r.retries, r.retry_attempt, r.concurrency_key,
+                    r.timeout, r.source, r.trace_id, r.span_id,
+                )
+            )  # fmt: skip
     due = sorted({request.queue for request in inserted if request.start_at <= now})
     if due:
         fetch(conn, "notify_queues", {"queues": due})
     return inserted
 
 
-def _request_at(request: NewRequest, now: datetime.datetime) -> JobRequest:
-    start_at = request.start_at or now + datetime.timedelta(seconds=request.delay_seconds)
+def _due_time(request: NewRequest, now: datetime.datetime) -> datetime.datetime:
+    if request.start_at is not None:
+        return request.start_at
+    if not request.delay_seconds:
+        return now
+    return now + datetime.timedelta(seconds=request.delay_seconds)
+
+
+def _as_request(
+    request: NewRequest, created_at: datetime.datetime, start_at: datetime.datetime
+) -> JobRequest:
     return JobRequest(
-        uuid=request.uuid,
-        created_at=now,
-        start_at=_utc(start_at),
-        job_class=request.job_class,
-        parameters=request.parameters,
-        queue=request.queue,
-        priority=request.priority,
-        retries=request.retries,
-        retry_attempt=request.retry_attempt,
-        concurrency_key=request.concurrency_key,
-        timeout=request.timeout,
-        source=request.source,
-        trace_id=request.trace_id,
-        span_id=request.span_id,
+        request.uuid,
+        _utc(created_at),
+        _utc(start_at),
+        request.job_class,
+        request.parameters,
+        request.queue,
+        request.priority,
+        request.retries,
+        request.retry_attempt,
+        request.concurrency_key,
+        request.timeout,
+        request.source,
+        request.trace_id,
+        request.span_id,
     )
 
 
@@ -410,14 +454,8 @@ class PostgresEnqueueTransaction(EnqueueTransaction):
         return [to_process(row) for row in self._fetch("processes_for_slot", params)]
 
     def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
-        if not requests:
-            return []
-        if len(requests) >= COPY_THRESHOLD:
-            with database_errors(self._url):
-                return copy_requests(self._conn, requests)
-        rows = self._fetch("insert_requests", request_columns(requests))
-        by_uuid = {row["uuid"]: to_request(row) for row in rows}
-        return [by_uuid[request.uuid] for request in requests]
+        with database_errors(self._url):
+            return insert_requests(self._conn, requests)
 
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
         self._fetch("link_retry", {"result_uuid": result_uuid, "request_uuid": request_uuid})
@@ -668,6 +706,13 @@ class PostgresBackend(Backend):
             )
         with joined_transaction(connection):
             yield PostgresEnqueueTransaction(connection, self.url)
+
+    def insert_requests(self, *, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        if len(requests) >= COPY_THRESHOLD:
+            with self._connection() as conn, conn.transaction():
+                return copy_requests(conn, requests)
+        with self._connection() as conn:  # autocommit: the INSERT is its own transaction
+            return insert_requests(conn, requests)
 
     # -- worker lifecycle -------------------------------------------------------------
     def register_worker(self, *, worker: WorkerInfo) -> None:

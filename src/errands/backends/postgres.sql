@@ -273,11 +273,35 @@ FROM errands_process
 WHERE job_class = %(job_class)s AND concurrency_key = %(concurrency_key)s
 ORDER BY created_at
 
+-- name: insert_request
+-- One job (run_in_worker): scalar parameters, otherwise as insert_requests.
+WITH inserted AS (
+    INSERT INTO errands_request (
+        uuid, start_at, job_class, parameters, queue, priority, retries,
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    )
+    VALUES (
+        %(uuid)s,
+        coalesce(%(start_at)s::timestamptz, now() + %(delay_seconds)s::float8 * interval '1 second'),
+        %(job_class)s, %(parameters)s::jsonb, %(queue)s, %(priority)s, %(retries)s,
+        %(retry_attempt)s, %(concurrency_key)s, %(timeout)s::float8, %(source)s,
+        %(trace_id)s, %(span_id)s
+    )
+    RETURNING uuid, created_at, start_at, queue
+)
+SELECT inserted.uuid, inserted.created_at, inserted.start_at
+FROM inserted
+CROSS JOIN (
+    SELECT count(pg_notify('errands_jobs', queue))
+    FROM inserted WHERE start_at <= now()
+) AS notified
+
 -- name: insert_requests
 -- The whole batch in one statement. A job without an absolute start_at is due
 -- delay_seconds after the database's now(). The queues of jobs due now are
 -- notified from the same statement (the cross join with a one-row aggregate
--- makes the notify subquery run without changing the rows returned).
+-- makes the notify subquery run without changing the rows returned). Only the
+-- values the database computed come back: the caller has the rest.
 WITH inserted AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries,
@@ -298,9 +322,9 @@ WITH inserted AS (
         uuid, start_at, delay_seconds, job_class, parameters, queue, priority, retries,
         retry_attempt, concurrency_key, timeout, source, trace_id, span_id
     )
-    RETURNING *
+    RETURNING uuid, created_at, start_at, queue
 )
-SELECT inserted.*
+SELECT inserted.uuid, inserted.created_at, inserted.start_at
 FROM inserted
 CROSS JOIN (
     SELECT count(pg_notify('errands_jobs', due.queue))

@@ -10,7 +10,7 @@ statement. An explicit ``connection=`` argument still wins.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from django.db import connections
@@ -20,6 +20,7 @@ from errands.backends.base import EnqueueTransaction
 from errands.backends.postgres import PostgresBackend
 from errands.backends.sqlite import SqliteBackend
 from errands.contrib.django import conf
+from errands.models import JobRequest, NewRequest
 
 
 def joined_connection(alias: str) -> Any | None:
@@ -31,32 +32,39 @@ def joined_connection(alias: str) -> Any | None:
     return django_connection.connection
 
 
-class DjangoPostgresBackend(PostgresBackend):
+class _JoinsDjangoTransactions(Backend):
+    """Enqueues inside an atomic block of Django's ``alias`` run on its connection."""
+
+    alias: str
+
+    @contextlib.contextmanager
+    def enqueue_transaction(self, *, connection: Any | None = None) -> Iterator[EnqueueTransaction]:
+        joined = connection if connection is not None else joined_connection(self.alias)
+        # Concrete at run time: the mixin always comes before a concrete backend.
+        with super().enqueue_transaction(connection=joined) as tx:  # type: ignore[safe-super]
+            yield tx
+
+    def insert_requests(self, *, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        if joined_connection(self.alias) is None:
+            return super().insert_requests(requests=requests)  # commits at once
+        with self.enqueue_transaction() as tx:  # joins the atomic block
+            return tx.insert_requests(requests)
+
+
+class DjangoPostgresBackend(_JoinsDjangoTransactions, PostgresBackend):
     """PostgreSQL, sharing the database (and transactions) of a Django connection."""
 
     def __init__(self, url: str, *, alias: str) -> None:
         super().__init__(url)
         self.alias = alias
 
-    @contextlib.contextmanager
-    def enqueue_transaction(self, *, connection: Any | None = None) -> Iterator[EnqueueTransaction]:
-        joined = connection if connection is not None else joined_connection(self.alias)
-        with super().enqueue_transaction(connection=joined) as tx:
-            yield tx
 
-
-class DjangoSqliteBackend(SqliteBackend):
+class DjangoSqliteBackend(_JoinsDjangoTransactions, SqliteBackend):
     """SQLite, sharing the file (and transactions) of a Django connection."""
 
     def __init__(self, url: str, *, alias: str) -> None:
         super().__init__(url)
         self.alias = alias
-
-    @contextlib.contextmanager
-    def enqueue_transaction(self, *, connection: Any | None = None) -> Iterator[EnqueueTransaction]:
-        joined = connection if connection is not None else joined_connection(self.alias)
-        with super().enqueue_transaction(connection=joined) as tx:
-            yield tx
 
 
 def opener(alias: str | None) -> Callable[[str | None], Backend]:
