@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 
 class Status(enum.StrEnum):
@@ -50,13 +50,23 @@ def uuid7s(count: int) -> list[UUID]:
     for start in range(0, 10 * count, 10):
         rand = int.from_bytes(randomness[start : start + 10])
         # The top 12 random bits go between version and variant, the other 62 after.
-        keys.append(UUID(int=fixed | (rand >> 62) << 64 & _RAND_A_MASK | rand & _RAND_B_MASK))
+        keys.append(_uuid_from_int(fixed | (rand >> 62) << 64 & _RAND_A_MASK | rand & _RAND_B_MASK))
     return keys
+
+
+def _uuid_from_int(value: int) -> UUID:
+    # UUID(int=...) re-checks a value built in range above; setting its two slots
+    # directly (what Python 3.14's own uuid7 does) takes a third of the time.
+    key = object.__new__(UUID)
+    object.__setattr__(key, "int", value)
+    object.__setattr__(key, "is_safe", _SAFETY_UNKNOWN)
+    return key
 
 
 _VERSION_7 = 0x7 << 76
 _VARIANT_RFC = 0b10 << 62
 _RAND_A_MASK = 0xFFF << 64
+_SAFETY_UNKNOWN = SafeUUID.unknown  # an enum member lookup per key costs as much as the key
 _RAND_B_MASK = (1 << 62) - 1
 
 

@@ -104,6 +104,8 @@ def encode_arguments(
     ``names`` are the constructor's positional parameter names, used only to
     name the offending argument in errors.
     """
+    if not args and not kwargs:
+        return {"args": [], "kwargs": {}}  # many jobs take no arguments: skip the encoder
     encoder = _Encoder(job_class, "")
     encoded_args = [
         encoder.encode(arg, names[i] if i < len(names) else f"args[{i}]")
