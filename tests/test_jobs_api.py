@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import sys
 import threading
 import uuid
@@ -19,7 +20,7 @@ import errands
 from errands import Job, ParameterError, register_job
 from errands.backends import Backend
 from errands.backends.base import EnqueueTransaction
-from errands.jobs import EnqueueOptions
+from errands.jobs import LARGE_BATCH, EnqueueOptions
 from errands.models import JobRequest, NewRequest
 from errands.registry import build_job
 
@@ -283,3 +284,19 @@ def test_enqueue_joins_the_callers_transaction(db_url: str) -> None:
         sample_jobs.Noop().run_in_worker(connection=conn)
         raise RuntimeError("roll back")
     assert len(errands.requests()) == 2
+
+
+def test_a_large_batch_leaves_the_garbage_collector_as_it_found_it(backend: Backend) -> None:
+    assert gc.isenabled()
+    errands.enqueue_many([sample_jobs.Echo(i) for i in range(LARGE_BATCH)])
+    assert gc.isenabled()
+    with pytest.raises(ParameterError):
+        errands.enqueue_many([sample_jobs.Echo(object()) for _ in range(LARGE_BATCH)])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        errands.enqueue_many([sample_jobs.Echo(i) for i in range(LARGE_BATCH)])
+        assert not gc.isenabled()  # the caller's choice is kept
+    finally:
+        gc.enable()
+    assert len(errands.requests(limit=5000)) == 2 * LARGE_BATCH

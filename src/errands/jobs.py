@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
+import gc
 import inspect
 import os
 import sys
@@ -31,6 +32,7 @@ _current_transaction: contextvars.ContextVar[EnqueueTransaction | None] = contex
     "errands_enqueue_transaction", default=None
 )
 _PACKAGE_DIR = os.path.dirname(__file__)
+LARGE_BATCH = 1_000  # jobs: enqueue_many pauses the cyclic garbage collector from here on
 
 
 class Job:
@@ -160,7 +162,14 @@ def enqueue_many(
     jobs = list(jobs)
     if not jobs:
         return []
-    requests = _new_requests(jobs, options or EnqueueOptions(), _caller_location())
+    with _without_cyclic_gc(len(jobs) >= LARGE_BATCH):
+        return _enqueue_many(jobs, options, connection, _caller_location())
+
+
+def _enqueue_many(
+    jobs: list[Job], options: EnqueueOptions | None, connection: Any | None, source: str
+) -> list[JobRequest | None]:
+    requests = _new_requests(jobs, options or EnqueueOptions(), source)
     backend = api.backend()
     if connection is None and not any(map(_needs_decision, jobs, requests)):
         # Nothing to check first: the insert alone, committed by the backend.
@@ -228,6 +237,25 @@ def _decide_and_insert(
             batch.append(request)
     inserted.update((r.uuid, r) for r in tx.insert_requests(batch))
     return [inserted[r.uuid] if r else None for r in decided]
+
+
+@contextlib.contextmanager
+def _without_cyclic_gc(wanted: bool) -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a large batch is built.
+
+    A batch allocates several objects per job, none of them in reference cycles,
+    and every few hundred allocations the collector walks the young objects: a
+    fifth of a bulk enqueue's time, for nothing to collect. It is switched back
+    on afterwards, unless it was already off (then it is the caller's choice).
+    """
+    if not wanted or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _needs_decision(job: Job, request: NewRequest) -> bool:
