@@ -7,6 +7,7 @@ second worker, driven in-process, plays the surviving peer.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -84,6 +86,13 @@ class WorkerProcess:
 
 SpawnWorker = Callable[..., WorkerProcess]
 
+# The settings of the fastest drains (README, Performance): many jobs claimed ahead
+# per process and several threads per process. Batching must not weaken a guarantee.
+FAST_SETTINGS = {"worker_max_pending_per_process": 200, "worker_threads": 2}
+SETTINGS = pytest.mark.parametrize(
+    "settings", [{}, FAST_SETTINGS], ids=["default-settings", "fast-settings"]
+)
+
 
 @pytest.fixture
 def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
@@ -131,6 +140,47 @@ def test_killed_worker_is_rescued_as_lost_and_retried_to_success(
     assert lines(Path(f"{pid_file}.aborted")) == ["LOST"]  # on_aborted ran exactly once
     assert errands.requests() == [] and errands.processes() == []
     assert all(w.worker_id != lost.worker_id for w in errands.workers())
+
+
+@SETTINGS
+def test_worker_killed_mid_drain_loses_nothing(
+    spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path, settings: dict[str, Any]
+) -> None:
+    """SIGKILL while jobs are claimed ahead, running, and finished but unwritten:
+    every job still ends with exactly one SUCCESSFUL result, after a LOST one
+    (retried) for each job the dead worker held."""
+    total = 3_000
+    marks = tmp_path / "marks"
+    requests = errands.enqueue_many(
+        [sample_jobs.Record(str(marks), str(i)) for i in range(total)],
+        options=errands.EnqueueOptions(retries=1),
+    )
+    doomed = spawn_worker(worker_max_processes=2, **settings)
+    wait_for(lambda: len(lines(marks)) >= total // 3, timeout=60)
+    doomed.signal_group(signal.SIGKILL)
+    doomed.wait(10)
+
+    def all_succeeded() -> bool:
+        successes = errands.results(status=Status.SUCCESSFUL, limit=2 * total)
+        return len(successes) >= total
+
+    run_worker(all_succeeded, heartbeat_timeout=2, timeout=120, **settings)
+    results = errands.results(limit=3 * total)
+    by_process = collections.Counter(r.process_uuid for r in results)
+    assert max(by_process.values()) == 1  # one result per process
+    successes = [r for r in results if r.status == Status.SUCCESSFUL]
+    lost = [r for r in results if r.status == Status.LOST]
+    assert len(successes) == total and len(lost) + total == len(results)
+    assert lost, "the worker held jobs when it was killed"
+    assert all(r.retry_request_uuid is not None for r in lost)  # each lost job retried
+    # Every job ran to success once, as its original request or as the retry of it.
+    original = {r.uuid for r in requests if r}
+    retried_from = {r.retry_request_uuid: r.request_uuid for r in lost}
+    succeeded = [retried_from.get(r.request_uuid, r.request_uuid) for r in successes]
+    assert sorted(map(str, succeeded)) == sorted(map(str, original))
+    assert errands.requests() == [] and errands.processes() == []
+    # At least once: a job the dead worker ran but could not record ran again.
+    assert set(lines(marks)) == {str(i) for i in range(total)}
 
 
 def test_rescue_waits_for_the_heartbeat_timeout(
@@ -234,8 +284,9 @@ def test_drain_timeout_cancels_jobs_still_running(
 
 
 @pytest.mark.postgres_only
+@SETTINGS
 def test_worker_survives_losing_its_database_connections(
-    run_worker: WorkerRunner, db_url: str
+    run_worker: WorkerRunner, db_url: str, settings: dict[str, Any]
 ) -> None:
     total = 200
     for i in range(total):
@@ -265,7 +316,7 @@ def test_worker_survives_losing_its_database_connections(
             terminate_connections()
         return terminated.is_set() and count_results() >= total
 
-    run_worker(done, timeout=60)
+    run_worker(done, timeout=60, **settings)
     results = errands.results(limit=10 * total)
     assert len(results) == total
     assert {r.status for r in results} == {Status.SUCCESSFUL}
@@ -273,11 +324,14 @@ def test_worker_survives_losing_its_database_connections(
     assert errands.requests() == [] and errands.processes() == []
 
 
-def test_four_workers_run_every_job_exactly_once(spawn_worker: SpawnWorker, tmp_path: Path) -> None:
+@SETTINGS
+def test_four_workers_run_every_job_exactly_once(
+    spawn_worker: SpawnWorker, tmp_path: Path, settings: dict[str, Any]
+) -> None:
     total = 20_000
     marks = tmp_path / "marks"
     errands.enqueue_many(sample_jobs.Record(str(marks), str(i)) for i in range(total))
-    workers = [spawn_worker(worker_max_processes=2) for _ in range(4)]
+    workers = [spawn_worker(worker_max_processes=2, **settings) for _ in range(4)]
 
     wait_for(lambda: len(lines(marks)) >= total and not errands.processes(limit=1), timeout=300)
     for worker in workers:
