@@ -290,3 +290,16 @@ def test_max_jobs_per_process_recycles_children(
     run_worker(lambda: finished(4), worker_max_processes=1, worker_max_jobs_per_process=limit)
     pids = {r.return_value for r in errands.results()}
     assert len(pids) == expected_pids
+
+
+def test_outcomes_larger_than_a_pipe_holds_reach_the_parent(run_worker: WorkerRunner) -> None:
+    # A child writes each outcome as its job ends and rings the parent before a large
+    # one: a return value bigger than the pipe's buffer must not stall either process.
+    big = "x" * 300_000
+    values = [big, "small", big + "y", "tiny", big + "z"]
+    for value in values:
+        sample_jobs.Echo(value).run_in_worker()
+    run_worker(lambda: finished(len(values)), worker_max_processes=1)
+    results = errands.results(limit=10)
+    assert sorted(r.return_value for r in results) == sorted(values)
+    assert {r.status for r in results} == {Status.SUCCESSFUL}

@@ -1,9 +1,15 @@
 """The worker's routine database work, done off its loop's thread.
 
-A ``Batch`` is one round of it: stamp the jobs that began, write outcomes, read
-cancellation flags and, meanwhile, claim more jobs. A ``DatabaseThread`` runs
-one batch at a time, so the worker's loop keeps feeding its children while the
-database works; the loop makes no other database call while a batch is in flight.
+Two lanes, each on its own thread and connection, so that neither waits for the
+other (claims and writes touch different rows):
+
+* a ``Batch`` is one round of writes: stamp the jobs that began, write outcomes,
+  read cancellation flags. A ``DatabaseThread`` runs one batch at a time;
+* a claim (``Claimer``) takes more jobs as soon as slots free up, whether or
+  not a batch of writes is in flight.
+
+The worker's loop keeps feeding its children meanwhile, and makes no other
+database call while either lane is busy.
 """
 
 from __future__ import annotations
@@ -11,8 +17,8 @@ from __future__ import annotations
 import datetime
 import threading
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from errands.backends import Backend
@@ -21,57 +27,84 @@ from errands.models import JobProcess, JobResult, Outcome
 
 @dataclass
 class Batch:
-    """One round of the worker's routine database work: stamp the jobs that began,
-    write outcomes, read cancellation flags and, meanwhile, claim up to
-    ``claim_limit`` jobs. A failed step stops the steps after it (the claim runs on
-    its own); ``error`` tells why, and the fields of the steps that did not happen
-    stay None."""
+    """One round of the worker's routine writes: stamp the jobs that began, write
+    outcomes, read cancellation flags. A failed step stops the steps after it;
+    ``error`` tells why, and the fields of the steps that did not happen stay None."""
 
     started: list[tuple[uuid.UUID, datetime.datetime]]
     outcomes: list[Outcome]
-    claim_limit: int
     check_cancel: bool
     marked: bool = False
     results: list[JobResult] | None = None
-    claimed: list[JobProcess] | None = None
     cancel_flagged: set[uuid.UUID] | None = None
     error: Exception | None = None
 
-    def run(
-        self,
-        backend: Backend,
-        worker_id: uuid.UUID,
-        queues: Sequence[str],
-        claim_on: Executor | None = None,
-    ) -> None:
-        """Run the steps; with ``claim_on``, the claim runs there, beside the writes
-        (on another connection: claims and writes touch different rows)."""
-        claim: Future[list[JobProcess]] | None = None
-        if self.claim_limit and claim_on is not None:
-            claim = claim_on.submit(
-                backend.claim, worker_id=worker_id, queues=queues, limit=self.claim_limit
-            )
+    def run(self, backend: Backend, worker_id: uuid.UUID) -> None:
         try:
-            self._write(backend, worker_id)
-            if self.claim_limit and claim is None:
-                self.claimed = backend.claim(
-                    worker_id=worker_id, queues=queues, limit=self.claim_limit
-                )
+            if self.started:
+                backend.mark_started(started=self.started)
+            self.marked = True
+            self.results = backend.complete_many(outcomes=self.outcomes) if self.outcomes else []
+            if self.check_cancel:
+                self.cancel_flagged = set(backend.cancel_requested(worker_id=worker_id))
         except Exception as exc:
             self.error = exc
-        if claim is not None:
-            try:
-                self.claimed = claim.result()
-            except Exception as exc:
-                self.error = self.error or exc
 
-    def _write(self, backend: Backend, worker_id: uuid.UUID) -> None:
-        if self.started:
-            backend.mark_started(started=self.started)
-        self.marked = True
-        self.results = backend.complete_many(outcomes=self.outcomes) if self.outcomes else []
-        if self.check_cancel:
-            self.cancel_flagged = set(backend.cancel_requested(worker_id=worker_id))
+
+@dataclass
+class Claim:
+    """One claim of up to ``limit`` jobs: ``claimed`` once done, else ``error``."""
+
+    limit: int
+    claimed: list[JobProcess] | None = None
+    error: Exception | None = None
+
+
+class Claimer:
+    """Runs one claim at a time on a thread of its own and calls ``on_done`` after each."""
+
+    def __init__(
+        self,
+        claim: Callable[[int], list[JobProcess]],
+        on_done: Callable[[], None],
+    ) -> None:
+        self._claim = claim
+        self._on_done = on_done
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="errands-claim")
+        self._in_flight: tuple[Claim, Future[None]] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight is not None
+
+    def submit(self, limit: int) -> None:
+        if self._in_flight is not None:
+            raise RuntimeError("a claim is already in flight")
+        claim = Claim(limit=limit)
+        future = self._executor.submit(self._run, claim)
+        # Called once the future is done, so that the woken loop finds it done.
+        future.add_done_callback(lambda _: self._on_done())
+        self._in_flight = (claim, future)
+
+    def collect(self, *, wait: bool = False) -> Claim | None:
+        """The claim in flight once it is done (waiting for it if asked), else None."""
+        if self._in_flight is None:
+            return None
+        claim, future = self._in_flight
+        if not wait and not future.done():
+            return None
+        future.result()  # _run keeps every error in the claim
+        self._in_flight = None
+        return claim
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def _run(self, claim: Claim) -> None:
+        try:
+            claim.claimed = self._claim(claim.limit)
+        except Exception as exc:
+            claim.error = exc
 
 
 class DatabaseThread:

@@ -14,14 +14,21 @@ The protocol (plain tuples: they pickle in about a microsecond, dataclasses in t
 
 * parent -> child: ``("assign", [(slot, assignment fields), ...])``;
   ``("recall",)``: give back every job not begun; ``None``: finish, then exit;
-* child -> parent: ``([(slot, outcome fields), ...], recalled slots or None)``,
-  at once when the child's queue runs low, else within ``OUTBOX_AGE``;
+* child -> parent, on the outbox pipe: ``([(slot, outcome fields)], None)`` as
+  each job ends, before its runner takes the next one (a job that then kills the
+  process loses no outcome of the jobs before it); ``([], recalled slots)``;
+* the bell pipe: one byte asks the parent to read the outbox now. The parent
+  wakes on the bell, not on each outcome: the child rings once more have ended
+  than wait in its queue (so that its slots are refilled while the rest keep it
+  busy), or ``OUTBOX_AGE`` after an outcome it has not rung for, or at once for
+  a recall or a large message;
 * shared memory: ``started[slot]`` is the wall-clock time at which the slot's
   job began, or 0.0 before that. The parent resets it before it fills the slot,
   the child sets it as it takes the job from its queue (under the lock that a
   recall takes too); the pipe orders the two. Reading it costs the parent no
   message and no wake-up, and tells it, even after the child died, which of its
-  jobs had begun.
+  jobs had begun. ``ended`` counts the outcomes the child has written: the parent
+  claims more jobs for those it has not read yet, before the bell.
 """
 
 from __future__ import annotations
@@ -41,18 +48,18 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import fields
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from errands import settings
 from errands.execution import Assignment, Handler, execute, import_string
 from errands.jobs import Job
-from errands.models import Outcome, Requeue, Status
+from errands.models import JobProcess, Outcome, Requeue, Status
 
 PREFETCH = 16  # jobs a child may hold beyond its runners
-OUTBOX_AGE = 0.002  # seconds a child may hold an outcome back to send it with others
-OUTBOX_SIZE = 64  # a child sends its outcomes at once when this many wait
+OUTBOX_AGE = 0.002  # seconds an outcome may wait for the bell, to be read with others
+LARGE_MESSAGE = 4096  # bytes: the parent is rung before such a message (it may fill the pipe)
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _HEADER = struct.Struct("!I")
@@ -64,20 +71,35 @@ Wire = tuple[Any, ...]
 # -- the wire format -------------------------------------------------------------------
 
 
-def assignment_to_wire(assignment: Assignment) -> Wire:
-    """Every field of the assignment, uuids as their 16 bytes (no other field is bytes)."""
-    return tuple(
-        value.bytes if isinstance(value, uuid.UUID) else value
-        for value in (getattr(assignment, f.name) for f in _ASSIGNMENT_FIELDS)
+def job_to_wire(job: JobProcess) -> Wire:
+    """The fields of the job's ``Assignment`` in their order, uuids as their 16 bytes
+    (a uuid pickles at a fifth of the cost that way)."""
+    return (
+        job.uuid.bytes,
+        job.job_class,
+        job.parameters,
+        job.retries,
+        job.retry_attempt,
+        job.queue,
+        None if job.request_uuid is None else job.request_uuid.bytes,
+        job.trace_id,
+        job.span_id,
     )
 
 
 def assignment_from_wire(wire: Wire) -> Assignment:
-    values: list[Any] = [uuid.UUID(bytes=v) if isinstance(v, bytes) else v for v in wire]
-    return Assignment(*values)
-
-
-_ASSIGNMENT_FIELDS = fields(Assignment)
+    process, job_class, parameters, retries, attempt, queue, request, trace_id, span_id = wire
+    return Assignment(
+        uuid.UUID(bytes=process),
+        job_class,
+        parameters,
+        retries,
+        attempt,
+        queue,
+        None if request is None else uuid.UUID(bytes=request),
+        trace_id,
+        span_id,
+    )
 
 
 def outcome_to_wire(outcome: Outcome) -> Wire:
@@ -114,12 +136,27 @@ def utc_from_timestamp(seconds: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
 
 
-def write_message(fd: int, message: Any) -> None:
-    """One length-prefixed pickle, written whole (the descriptor blocks)."""
+def encode_message(message: Any) -> bytes:
+    """One length-prefixed pickle."""
     data = pickle.dumps(message, _PICKLE)
-    view = memoryview(_HEADER.pack(len(data)) + data)
+    return _HEADER.pack(len(data)) + data
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` whole (the descriptor blocks)."""
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def write_message(fd: int, message: Any) -> None:
+    write_all(fd, encode_message(message))
+
+
+def ring(fd: int) -> None:
+    """One byte on a bell pipe (non-blocking: a full one rings already)."""
+    with contextlib.suppress(BlockingIOError, BrokenPipeError):
+        os.write(fd, b"x")
 
 
 class MessageReader:
@@ -145,6 +182,11 @@ class MessageReader:
             self.closed = True
         return self._split()
 
+    @property
+    def partial(self) -> bool:
+        """Whether part of a message has arrived, and the rest is on its way."""
+        return bool(self.buffer) and not self.closed
+
     def _split(self) -> list[Any]:
         messages = []
         while len(self.buffer) >= _HEADER.size:
@@ -163,9 +205,11 @@ class MessageReader:
 def child_main(
     inbox: Connection,
     outbox: Connection,
+    bell: Connection,
     environ: Mapping[str, str],
     max_jobs: int | None,
     started: Any,
+    ended: Any,
 ) -> None:
     """Entry point of a child process."""
     # The parent decides about shutdown: a Ctrl-C on the terminal reaches the whole
@@ -176,33 +220,43 @@ def child_main(
     current = settings.current()
     for module in current.import_modules:
         importlib.import_module(module)
-    runner = ChildRunner(
-        inbox.fileno(), outbox.fileno(), started, current.middleware, current.worker_threads
-    )
+    os.set_blocking(bell.fileno(), False)
+    pipes = Pipes(inbox=inbox.fileno(), outbox=outbox.fileno(), bell=bell.fileno())
+    runner = ChildRunner(pipes, started, ended, current.middleware, current.worker_threads)
     runner.serve(max_jobs)
+
+
+@dataclass(frozen=True)
+class Pipes:
+    """The child's ends of its pipes (file descriptors)."""
+
+    inbox: int
+    outbox: int
+    bell: int
 
 
 class ChildRunner:
     """The child's side: a reader thread takes messages off the pipe into a queue,
-    ``threads`` runners (the main thread first) take jobs from it, and outcomes go
-    back in batches: at once when the queue runs low, else within ``OUTBOX_AGE``."""
+    ``threads`` runners (the main thread first) take jobs from it and write each
+    outcome as the job ends; the parent is rung to read them once more have ended
+    than wait in the queue, else within ``OUTBOX_AGE``."""
 
     def __init__(
-        self, inbox: int, outbox: int, started: Any, middleware: Iterable[str], threads: int
+        self, pipes: Pipes, started: Any, ended: Any, middleware: Iterable[str], threads: int
     ) -> None:
-        self.inbox = inbox
-        self.outbox = outbox
+        self.pipes = pipes
         self.started = started
+        self.ended = ended
         self.threads = threads
         self.loop = SharedEventLoop()
         self.handler = build_handler(middleware, innermost=self.loop.run_job)
         self.lock = threading.Condition()
+        self.write_lock = threading.Lock()  # one message at a time on the outbox
         self.queue: deque[tuple[int, Wire]] = deque()
-        self.finished: list[tuple[int, Wire]] = []
-        self.finished_since: float | None = None
+        self.unrung = 0  # outcomes written since the parent was last rung
+        self.ring_at: float | None = None  # when the oldest of them is due to be rung for
         self.closing = False
         self.received = 0
-        self.low_water = (threads + PREFETCH) // 2
         self._alarm_r, self._alarm_w = os.pipe()
 
     def serve(self, max_jobs: int | None) -> None:
@@ -219,7 +273,7 @@ class ChildRunner:
         self._run_jobs()  # the main thread is a runner too: jobs may rely on it
         for thread in runners:
             thread.join()
-        self._send_finished()
+        ring(self.pipes.bell)
 
     # -- runners --------------------------------------------------------------------
     def _run_jobs(self) -> None:
@@ -239,32 +293,41 @@ class ChildRunner:
             return slot, wire
 
     def _report(self, slot: int, outcome: Outcome) -> None:
+        self._send(encode_message(([(slot, outcome_to_wire(outcome))], None)))
         with self.lock:
-            self.finished.append((slot, outcome_to_wire(outcome)))
-            urgent = len(self.queue) <= self.low_water or len(self.finished) >= OUTBOX_SIZE
-            first = self.finished_since is None
-            if first:
-                self.finished_since = time.monotonic()
-        if urgent:
-            self._send_finished()
+            self.ended.value += 1  # the parent may count the slot free before it is rung
+            self.unrung += 1
+            # Half of what the child holds is done: worth a wake-up of the parent,
+            # and the other half keeps this child busy until the refill.
+            due = self.unrung > len(self.queue)
+            first = self.ring_at is None
+            if due:
+                self.unrung, self.ring_at = 0, None
+            elif first:
+                self.ring_at = time.monotonic() + OUTBOX_AGE
+        if due:
+            ring(self.pipes.bell)
         elif first:
-            os.write(self._alarm_w, b"x")  # the reader sends it within OUTBOX_AGE
+            os.write(self._alarm_w, b"x")  # the reader rings within OUTBOX_AGE
 
-    def _send_finished(self, recalled: list[int] | None = None) -> None:
+    def _send(self, data: bytes) -> None:
+        with self.write_lock, contextlib.suppress(OSError):  # OSError: the parent is gone
+            if len(data) > LARGE_MESSAGE:
+                ring(self.pipes.bell)  # the parent then reads as it comes
+            write_all(self.pipes.outbox, data)
+
+    def _ring_now(self) -> None:
         with self.lock:
-            finished, self.finished = self.finished, []
-            self.finished_since = None
-            if finished or recalled is not None:
-                with contextlib.suppress(OSError):  # the parent is gone
-                    write_message(self.outbox, (finished, recalled))
+            self.unrung, self.ring_at = 0, None
+        ring(self.pipes.bell)
 
     # -- the reader thread ------------------------------------------------------------
     def _read(self, max_jobs: int | None) -> None:
-        reader = MessageReader(self.inbox)
-        os.set_blocking(self.inbox, False)
+        reader = MessageReader(self.pipes.inbox)
+        os.set_blocking(self.pipes.inbox, False)
         os.set_blocking(self._alarm_r, False)
         while not reader.closed:
-            select.select([self.inbox, self._alarm_r], [], [], self._outbox_wait())
+            select.select([self.pipes.inbox, self._alarm_r], [], [], self._ring_wait())
             with contextlib.suppress(BlockingIOError):
                 os.read(self._alarm_r, 4096)
             for message in reader.read():
@@ -272,19 +335,19 @@ class ChildRunner:
                     reader.closed = True
                     break
                 self._handle(message, max_jobs)
-            self._send_if_aged()
+            self._ring_if_due()
         with self.lock:
             self.closing = True
             self.lock.notify_all()
 
-    def _outbox_wait(self) -> float | None:
-        since = self.finished_since
-        return None if since is None else max(since + OUTBOX_AGE - time.monotonic(), 0.0)
+    def _ring_wait(self) -> float | None:
+        at = self.ring_at
+        return None if at is None else max(at - time.monotonic(), 0.0)
 
-    def _send_if_aged(self) -> None:
-        since = self.finished_since
-        if since is not None and time.monotonic() - since >= OUTBOX_AGE:
-            self._send_finished()
+    def _ring_if_due(self) -> None:
+        at = self.ring_at
+        if at is not None and time.monotonic() >= at:
+            self._ring_now()
 
     def _handle(self, message: tuple[Any, ...], max_jobs: int | None) -> None:
         if message[0] == "assign":
@@ -298,7 +361,8 @@ class ChildRunner:
             with self.lock:
                 recalled = [slot for slot, _ in self.queue]
                 self.queue.clear()
-            self._send_finished(recalled)
+            self._send(encode_message(([], recalled)))
+            self._ring_now()
 
 
 def build_handler(middleware: Iterable[str], *, innermost: Handler) -> Handler:

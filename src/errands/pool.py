@@ -28,13 +28,12 @@ from errands.child import (
     PREFETCH,
     MessageReader,
     Wire,
-    assignment_to_wire,
     child_main,
+    job_to_wire,
     outcome_from_wire,
     utc_from_timestamp,
     write_message,
 )
-from errands.execution import Assignment
 from errands.models import JobProcess, Outcome
 
 SLOW_JOB = 0.05  # seconds: a job running this long makes its child slow
@@ -64,12 +63,22 @@ class Child:
     process: BaseProcess
     inbox: Connection  # the parent writes here
     outbox: Connection  # the parent reads here
+    bell: Connection  # the child rings here when the outbox is worth reading
     reader: MessageReader
     started: Any  # shared array of doubles, one per slot
+    ended: Any  # shared count of the jobs whose outcome the child has written
     slots: list[Slot | None]
     runners: int
     jobs_left: int | None
     recalling: bool = False
+    watching_outbox: bool = False  # a message is arriving in parts
+    outcomes_read: int = 0
+
+    @property
+    def unread(self) -> int:
+        """Jobs that ended whose outcome the parent has not read yet (no wake-up told it)."""
+        ended: int = self.ended.value
+        return max(ended - self.outcomes_read, 0)
 
     @property
     def pid(self) -> int | None:
@@ -162,30 +171,43 @@ class Pool:
     def _spawn(self) -> Child:
         child_inbox, inbox = _spawn.Pipe(duplex=False)
         outbox, child_outbox = _spawn.Pipe(duplex=False)
+        bell, child_bell = _spawn.Pipe(duplex=False)
         slots = self.threads + PREFETCH
         started = _spawn.RawArray("d", slots)
+        ended = _spawn.RawValue("q", 0)
         process = _spawn.Process(
             target=child_main,
-            args=(child_inbox, child_outbox, self.environ, self.max_jobs_per_child, started),
+            args=(
+                child_inbox,
+                child_outbox,
+                child_bell,
+                self.environ,
+                self.max_jobs_per_child,
+                started,
+                ended,
+            ),
             name="errands-job",
             daemon=True,
         )
         process.start()
-        child_inbox.close()
-        child_outbox.close()
+        for end in (child_inbox, child_outbox, child_bell):
+            end.close()
         os.set_blocking(outbox.fileno(), False)
+        os.set_blocking(bell.fileno(), False)
         self.spawned += 1
         child = Child(
             process=process,
             inbox=inbox,
             outbox=outbox,
+            bell=bell,
             reader=MessageReader(outbox.fileno()),
             started=started,
+            ended=ended,
             slots=[None] * slots,
             runners=self.threads,
             jobs_left=self.max_jobs_per_child,
         )
-        self._selector.register(outbox.fileno(), selectors.EVENT_READ, ("outbox", child))
+        self._selector.register(bell.fileno(), selectors.EVENT_READ, ("bell", child))
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
         return child
 
@@ -193,6 +215,10 @@ class Pool:
     def busy(self) -> list[Slot]:
         """Every job in the children's hands, begun or queued."""
         return [slot for child in self.children for slot in child.jobs()]
+
+    def ended_unread(self) -> int:
+        """Jobs in the children's hands that ended already (their outcomes are on the way)."""
+        return sum(child.unread for child in self.children)
 
     def dispatch(self, waiting: deque[JobProcess]) -> int:
         """Hand jobs from the front of ``waiting`` to free slots; returns how many.
@@ -223,7 +249,7 @@ class Pool:
         child.started[index] = 0.0  # before the send: the child sets it after receiving
         if child.jobs_left is not None:
             child.jobs_left -= 1
-        return index, assignment_to_wire(Assignment.of(job))
+        return index, job_to_wire(job)
 
     @staticmethod
     def _take_back(child: Child, batch: list[tuple[int, Wire]], waiting: deque[JobProcess]) -> None:
@@ -253,10 +279,13 @@ class Pool:
             kind, child = key.data
             if kind == "wake":
                 events.woken = True
-            elif kind == "outbox":
+            elif kind in ("bell", "outbox"):
+                if kind == "bell":
+                    _drain(child.bell.fileno())
                 finished, recalled = self.receive(child)
                 events.finished += finished
                 events.recalled += recalled
+                self._watch_outbox(child)
             elif child not in events.exited:
                 events.exited.append(child)
         return events
@@ -266,6 +295,7 @@ class Pool:
         finished: list[tuple[Slot, Outcome]] = []
         recalled: list[Slot] = []
         for outcomes, given_back in child.reader.read():
+            child.outcomes_read += len(outcomes)
             for index, wire in outcomes:
                 slot = self._free(child, index)
                 if slot is not None:
@@ -274,6 +304,17 @@ class Pool:
                 recalled += [s for s in (self._free(child, i) for i in given_back) if s]
                 child.recalling = False
         return finished, recalled
+
+    def _watch_outbox(self, child: Child) -> None:
+        """Wake on the outbox itself while a message arrives in parts (it may be larger
+        than the pipe holds: the child rang before writing it, and blocks until it is read)."""
+        if child.reader.partial != child.watching_outbox:
+            fd = child.outbox.fileno()
+            if child.watching_outbox:
+                self._selector.unregister(fd)
+            else:
+                self._selector.register(fd, selectors.EVENT_READ, ("outbox", child))
+            child.watching_outbox = not child.watching_outbox
 
     @staticmethod
     def _free(child: Child, index: int) -> Slot | None:
@@ -289,10 +330,13 @@ class Pool:
         child.notice_starts()  # the shared memory outlives the process
         if child in self.children:
             self.children.remove(child)
-            self._selector.unregister(child.outbox.fileno())
+            self._selector.unregister(child.bell.fileno())
             self._selector.unregister(child.process.sentinel)
-        child.inbox.close()
-        child.outbox.close()
+            if child.watching_outbox:
+                self._selector.unregister(child.outbox.fileno())
+                child.watching_outbox = False
+        for pipe in (child.inbox, child.outbox, child.bell):
+            pipe.close()
         held = child.jobs()
         child.slots = [None] * len(child.slots)
         return held
@@ -327,3 +371,10 @@ class Pool:
                 child.process.join()
             self.remove(child)
         self._selector.close()
+
+
+def _drain(fd: int) -> None:
+    """Empty a bell pipe (its bytes only say "read the outbox")."""
+    with contextlib.suppress(OSError):  # BlockingIOError: empty now
+        while os.read(fd, 4096):
+            pass

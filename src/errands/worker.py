@@ -6,14 +6,16 @@ One loop in the parent process owns the children and the jobs in hand. Each turn
    signal, finished database batch) or a deadline;
 2. buffers outcomes; kills jobs past their timeout or flagged for cancellation;
 3. hands waiting jobs to free child slots;
-4. starts the next database batch when one is due: start stamps and buffered
-   outcomes written, more jobs claimed, cancellation flags read;
+4. claims more jobs as soon as there is room for them, and starts the next
+   database batch when one is due: start stamps and buffered outcomes written,
+   cancellation flags read;
 5. heartbeats, rescues dead workers' jobs and prunes old results when they are due.
 
-Database batches run on a background thread (``DatabaseThread``), one at a time,
-so the children keep getting jobs while the database works. Every other database
-call waits for the batch in flight first: the database has one caller at a time,
-and every step sees the effects of the steps before it, as if all ran in turn.
+Claims and database batches run on two background threads (``Claimer`` and
+``DatabaseThread``), one of each at a time, so the children keep getting jobs
+while the database works, and a claim never waits for a write. Every other
+database call waits for both first: every step sees the effects of the steps
+before it, as if all ran in turn.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming, puts back jobs not yet started,
 and lets running jobs finish; a second one kills them and records them CANCELLED.
@@ -34,14 +36,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from errands import api, scheduler, telemetry
 from errands import settings as settings_module
 from errands.backends import Backend
-from errands.batches import Batch, DatabaseThread
+from errands.batches import Batch, Claim, Claimer, DatabaseThread
 from errands.errors import JobTimeout
 from errands.execution import Assignment, failure, qualified_name
 from errands.models import (
@@ -134,7 +135,7 @@ class Worker:
         self.cancelling: set[uuid.UUID] = set()  # flagged jobs being recalled from a child
         self.bounces: dict[uuid.UUID, int] = {}  # jobs whose child died before they began
         self.database = DatabaseThread(self._run_batch, on_done=self._nudge)
-        self._claimer = ThreadPoolExecutor(1, thread_name_prefix="errands-claim")
+        self.claimer = Claimer(self._claim_jobs, on_done=self._nudge)
         self.deadlines = Deadlines()
         self.work_maybe_due = True
         self.stopping = False
@@ -178,7 +179,13 @@ class Worker:
         """True once a stopping worker has nothing left running or unwritten."""
         if not self.stopping:
             return False
-        return not (self.pool.busy() or self.outcomes or self.waiting or self.database.busy)
+        return not (
+            self.pool.busy()
+            or self.outcomes
+            or self.waiting
+            or self.database.busy
+            or self.claimer.busy
+        )
 
     def wake(self) -> None:
         """Ask the loop to look for work now (safe from any thread or signal handler)."""
@@ -210,6 +217,7 @@ class Worker:
         if events.woken:
             self._drain_wake_pipe()
         self._apply_finished_batch()
+        self._apply_finished_claim()
         for slot, outcome in events.finished:
             self._finished(slot, outcome)
         self._returned(events.recalled)
@@ -224,6 +232,7 @@ class Worker:
         self.pool.retire_exhausted()
         if not self.stopping:
             self.pool.fill()
+        self._start_claim()  # first: the claim's round trip overlaps the dispatch
         self._dispatch()
         self._start_batch()
         self._maintain()
@@ -273,8 +282,10 @@ class Worker:
     def _wait_timeout(self) -> float:
         now = time.monotonic()
         deadlines = [self.deadlines.heartbeat, self.deadlines.stats]
-        if not self.stopping:
-            deadlines.append(self.deadlines.poll)
+        if not self.stopping and not self.claimer.busy and self._room() > 0:
+            # Without room (or with a claim on its way) there is nothing to poll for:
+            # a slot freeing up, or the claim returning, wakes the loop.
+            deadlines.append(max(self.deadlines.poll, self.database_retry_at))
             deadlines += self.schedule_wakeups[:1]
         if self.unwritten_since is not None and not self.database.busy:
             deadlines.append(max(self.unwritten_since + FLUSH_INTERVAL, self.database_retry_at))
@@ -347,9 +358,27 @@ class Worker:
         if self.waiting and not self.stopping:
             self.pool.dispatch(self.waiting)
 
-    # -- database batches ------------------------------------------------------------
+    # -- claims and database batches ----------------------------------------------
+    def _start_claim(self) -> None:
+        """Claim more jobs now if there is room (and no claim is on its way already).
+
+        A claim does not wait for the writes in flight: it runs on its own thread
+        and connection, so that the time it takes to refill the slots is one claim's
+        round trip, not that plus a write's.
+        """
+        now = time.monotonic()
+        if self.claimer.busy or now < self.database_retry_at:
+            return
+        limit = self._claim_limit(now)
+        if limit:
+            self.deadlines.poll = now + self.config.poll_interval
+            self.claimer.submit(limit)
+
+    def _claim_jobs(self, limit: int) -> list[JobProcess]:
+        return self.backend.claim(worker_id=self.worker_id, queues=self.queues, limit=limit)
+
     def _start_batch(self) -> None:
-        """Hand the database work that is due to the database thread (if it is free)."""
+        """Hand the writes that are due to the database thread (if it is free)."""
         now = time.monotonic()
         if self.database.busy or now < self.database_retry_at:
             return
@@ -358,25 +387,21 @@ class Worker:
             self.database.submit(batch)
 
     def _due_batch(self, now: float) -> Batch | None:
-        claim_limit = self._claim_limit(now)
         check_cancel = now >= self.deadlines.cancel_check and bool(self.pool.busy() or self.waiting)
         unwritten = bool(self.outcomes or self.unmarked_starts)
-        # Outcomes ride along with any batch; on their own they wait to be batched.
-        write = unwritten and (claim_limit > 0 or check_cancel or self._write_due(now))
-        if not (claim_limit or check_cancel or write):
+        # Outcomes ride along with a cancellation check; on their own they wait to be batched.
+        write = unwritten and (check_cancel or self._write_due(now))
+        if not (check_cancel or write):
             return None
-        if claim_limit:
-            self.deadlines.poll = now + self.config.poll_interval
         if check_cancel:
             self.deadlines.cancel_check = now + CANCEL_CHECK_INTERVAL
-        return self._take_batch(write=write, claim_limit=claim_limit, check_cancel=check_cancel)
+        return self._take_batch(write=write, check_cancel=check_cancel)
 
-    def _take_batch(self, *, write: bool, claim_limit: int, check_cancel: bool) -> Batch:
+    def _take_batch(self, *, write: bool, check_cancel: bool) -> Batch:
         """A batch that owns the buffered outcomes and stamps (``write``) until applied."""
         batch = Batch(
             started=list(self.unmarked_starts.items()) if write else [],
             outcomes=list(self.outcomes) if write else [],
-            claim_limit=claim_limit,
             check_cancel=check_cancel,
         )
         if write:
@@ -386,7 +411,7 @@ class Worker:
         return batch
 
     def _run_batch(self, batch: Batch) -> None:
-        batch.run(self.backend, self.worker_id, self.queues, claim_on=self._claimer)
+        batch.run(self.backend, self.worker_id)
 
     def _write_due(self, now: float) -> bool:
         return (
@@ -404,18 +429,44 @@ class Worker:
         if self.schedule_wakeups and now >= self.schedule_wakeups[0]:
             self.work_maybe_due = True  # a scheduled occurrence is due
             self.schedule_wakeups = [t for t in self.schedule_wakeups if t > now]
-        free = self.capacity - len(self.waiting) - len(self.pool.busy())
-        # Claim in batches, once the waiting line is down to half of what may be held:
-        # the children keep working on the rest while the claim is on its way.
-        if not self.work_maybe_due or free <= 0 or len(self.waiting) > self.capacity // 2:
+        return self._room() if self.work_maybe_due else 0
+
+    def _room(self) -> int:
+        """How many jobs a claim may take now (0: none).
+
+        With a long waiting line, claim in batches, once it is down to half of what
+        may be held: the children keep working on the rest while the claim is on its
+        way. A short line (it ends in the children's slots) is refilled as soon as a
+        slot frees up, one claim at a time.
+        """
+        if len(self.waiting) > self.capacity // 2:
             return 0
-        return free
+        # Jobs that ended are no longer in hand, even before their outcomes are read.
+        held = len(self.waiting) + len(self.pool.busy()) - self.pool.ended_unread()
+        return max(self.capacity - held, 0)
 
     def _settle(self) -> None:
-        """Wait for the batch in flight and apply it."""
+        """Wait for the claim and the batch in flight, and apply them."""
+        claim = self.claimer.collect(wait=True)
+        if claim is not None:
+            self._apply_claim(claim)
         batch = self.database.collect(wait=True)
         if batch is not None:
             self._apply(batch)
+
+    def _apply_finished_claim(self) -> None:
+        claim = self.claimer.collect()
+        if claim is not None:
+            self._apply_claim(claim)
+
+    def _apply_claim(self, claim: Claim) -> None:
+        if claim.claimed is None:
+            self._database_failed("claim", claim.error or RuntimeError("claim failed"))
+            return
+        self.waiting.extend(claim.claimed)
+        # A full claim means more may be waiting; a short one means the queue is empty.
+        self.work_maybe_due = len(claim.claimed) == claim.limit
+        self._database_answered("claim")
 
     def _apply_finished_batch(self) -> None:
         batch = self.database.collect()
@@ -430,10 +481,6 @@ class Worker:
         else:
             self.completed += len(batch.outcomes)
             self._after_results(batch.results)
-        if batch.claimed is not None:
-            self.waiting.extend(batch.claimed)
-            # A full batch means more may be waiting; a short one means the queue is empty.
-            self.work_maybe_due = len(batch.claimed) == batch.claim_limit
         if batch.cancel_flagged:
             self._cancel(batch.cancel_flagged)
         if batch.error is not None:
@@ -456,9 +503,8 @@ class Worker:
         self._settle()
         limit = self._claim_limit(time.monotonic())
         if limit:
-            batch = Batch(started=[], outcomes=[], claim_limit=limit, check_cancel=False)
-            self._run_batch(batch)
-            self._apply(batch)
+            claim = Claim(limit=limit, claimed=self._claim_jobs(limit))
+            self._apply_claim(claim)
 
     # -- outcomes ----------------------------------------------------------------
     def _record(self, outcome: Outcome) -> None:
@@ -470,7 +516,7 @@ class Worker:
         """Write buffered outcomes (and start stamps of jobs still running) now."""
         self._settle()
         if self.outcomes or self.unmarked_starts:
-            batch = self._take_batch(write=True, claim_limit=0, check_cancel=False)
+            batch = self._take_batch(write=True, check_cancel=False)
             self._run_batch(batch)
             self._apply(batch)
             if batch.error is not None:
@@ -611,7 +657,7 @@ class Worker:
             self.backend.deregister_worker(worker_id=self.worker_id)
         finally:
             self.database.close()
-            self._claimer.shutdown(wait=True)
+            self.claimer.close()
             if self._listener is not None:
                 self._listener.close()
             os.close(self._wake_r)

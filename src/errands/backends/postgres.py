@@ -63,7 +63,7 @@ Row = dict[str, Any]
 Connection = psycopg.Connection[Any]
 
 MAX_CONNECTIONS = 4
-WORKER_CONNECTIONS = 1  # a worker writes outcomes from one thread
+WORKER_CONNECTIONS = 2  # a worker claims on one thread and writes outcomes from another
 VACUUM_AFTER_CLAIMS = 1_000  # at least; see PostgresBackend._vacuum_queue_if_due
 CONNECTION_WAIT_SECONDS = 10.0  # how long an operation waits for a pooled connection
 LISTEN_POLL_SECONDS = 0.25  # how often the listener thread checks whether to stop
@@ -105,17 +105,26 @@ def fetch(conn: Connection, name: str, params: Mapping[str, Any] | None = None) 
         return cursor.fetchall() if cursor.description else []
 
 
-def _use_generic_plans(conn: Connection) -> None:
-    """Plan the worker's writes once per connection, not at every execution.
+def _configure_worker_connection(conn: Connection) -> None:
+    """Plan the worker's claims and writes once per connection, not at every execution.
 
     PostgreSQL plans a prepared statement again for its parameters until a generic
-    plan looks as cheap; for the completion statement it never does (its
-    parameter sizes the batch), so each execution paid about 0.3 ms of planning,
-    more than the work itself for a small batch. Its generic plan reads the same
-    indexes. Only the connections for the worker's writes do this: listings with
-    optional filters, and the claim, need their custom plans.
+    plan looks as cheap; for the claim and the completion it never does (their
+    parameters size the batch), so each execution paid 0.3 to 0.5 ms of planning,
+    more than the work itself for a small batch. Their generic plans read the same
+    indexes. Only the worker's connections do this: listings with optional filters
+    need their custom plans.
+
+    No JIT: a generic plan is costed for a tenth of the table (it cannot see the
+    LIMIT), which on a long queue crosses ``jit_above_cost``, and compiling then
+    takes hundreds of milliseconds for a statement that runs in one.
+
+    Times in UTC: psycopg then returns them in ``datetime.UTC`` already, and the
+    rows become models without a conversion per field.
     """
     conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.execute("SET jit = off")
+    conn.execute("SET TimeZone = 'UTC'")
 
 
 def fetch_tuples(conn: Connection, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -196,8 +205,9 @@ def to_result(row: Row) -> JobResult:
 
 
 def _result_from_tuple(row: tuple[Any, ...]) -> JobResult:
-    """A row with the fields of JobResult in their order (see complete_many's SQL)."""
-    values = list(map(_utc, row))
+    """A row with the fields of JobResult in their order (see complete_many's SQL),
+    read on a worker connection (its times are in UTC already)."""
+    values = list(row)
     values[7] = Status(values[7])
     return JobResult(*values)
 
@@ -602,7 +612,7 @@ class PostgresBackend(Backend):
         with self._pool_lock:
             if self._worker_pool is None:
                 self._worker_pool = self._new_pool(
-                    "errands-worker", WORKER_CONNECTIONS, configure=_use_generic_plans
+                    "errands-worker", WORKER_CONNECTIONS, configure=_configure_worker_connection
                 )
             return self._worker_pool
 
@@ -635,7 +645,7 @@ class PostgresBackend(Backend):
 
     @contextlib.contextmanager
     def _worker_connection(self) -> Iterator[Connection]:
-        """A connection for the worker's writes (see _use_generic_plans)."""
+        """A connection for the worker's claims and writes (see _configure_worker_connection)."""
         with database_errors(self.url), self._open_worker_pool().connection() as conn:
             yield conn
 
@@ -736,14 +746,13 @@ class PostgresBackend(Backend):
         if limit <= 0:
             return []
         params = {"worker_id": worker_id, "queues": list(queues), "limit": limit}
-        # Custom plans: the claim's generic plan cannot see LIMIT nor which branch
-        # runs, and costs twenty times more.
-        with self._connection() as conn:
+        with self._worker_connection() as conn:
             rows = fetch_tuples(conn, "claim", params)
             self._vacuum_queue_if_due(conn, claimed=len(rows), limit=limit)
         # RETURNING keeps no order: sort by priority, then due time, then age.
         rows.sort(key=lambda row: (-row[9], row[18], row[2]))
-        return [JobProcess(*map(_utc, row[:18])) for row in rows]
+        # The worker connection's times are in UTC already (_configure_worker_connection).
+        return [JobProcess(*row[:18]) for row in rows]
 
     def _vacuum_queue_if_due(self, conn: Connection, *, claimed: int, limit: int) -> None:
         """Vacuum the requests table once this process claimed enough of it.

@@ -84,6 +84,16 @@ def instruments() -> Instruments:
     )
 
 
+def tracing_configured() -> bool:
+    """Whether the application installed a tracer provider (else spans go nowhere).
+
+    Checked for each job (a provider may be set at any time), at the cost of a
+    global lookup: a no-op span costs more than running a trivial job.
+    """
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 def metrics_configured() -> bool:
     """Whether the application installed a meter provider (else records go nowhere)."""
     provider = metrics.get_meter_provider()

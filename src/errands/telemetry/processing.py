@@ -35,7 +35,7 @@ def processing(assignment: Assignment) -> Iterator[Callable[[Outcome], None]]:
     """Trace one job's run as a CONSUMER span ``process {queue}``, current while it
     runs (the job's own spans are its children) and linked to the send span.
     Call the yielded function with the outcome to record it on the span."""
-    if not ENABLED:
+    if not ENABLED or not conventions.tracing_configured():
         yield _ignore
         return
     with conventions.tracer().start_as_current_span(

@@ -34,8 +34,8 @@ STATS_MAX_AGE = 5.0  # seconds the gauges reuse one stats query
 
 def record_results(results: Sequence[JobResult]) -> None:
     """Count results written by a worker and record their run and wait durations."""
-    if not ENABLED or not results:
-        return
+    if not ENABLED or not results or not conventions.metrics_configured():
+        return  # without a meter provider the records would go nowhere
     instruments = conventions.instruments()
     for result in results:
         attributes = conventions.attributes("process", result.queue)
