@@ -23,16 +23,8 @@ import psycopg
 from psycopg import sql
 
 from errands.backends import open_backend
+from errands.backends.base import TABLES
 from errands.backends.sqlite import database_path
-
-TABLES = (
-    "errands_request",
-    "errands_process",
-    "errands_result",
-    "errands_worker",
-    "errands_occurrence",
-    "errands_paused_queue",
-)
 
 
 @dataclass(frozen=True)
@@ -287,11 +279,7 @@ class SqliteBenchDatabase(BenchDatabase):
             return conn.execute(query).fetchone()[0]
 
     def create(self) -> None:
-        backend = open_backend(self.url)
-        try:
-            backend.migrate()
-        finally:
-            backend.close()
+        self.migrate()
 
     def drop(self) -> None:
         for suffix in ("", "-wal", "-shm"):

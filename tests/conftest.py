@@ -27,18 +27,11 @@ from psycopg import sql
 import errands
 from errands import settings
 from errands.backends import Backend, open_backend
+from errands.backends.base import TABLES
 from errands.worker import Worker
 
 SERVER_URL = os.environ.get(
     "ERRANDS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-TABLES = (
-    "errands_request",
-    "errands_process",
-    "errands_result",
-    "errands_worker",
-    "errands_occurrence",
-    "errands_paused_queue",
 )
 
 

@@ -17,7 +17,7 @@ import pytest
 import sample_jobs
 
 import errands
-from errands import Job, ParameterError, register_job
+from errands import Job, ParameterError, register_job, register_type
 from errands.backends import Backend
 from errands.backends.base import EnqueueTransaction
 from errands.jobs import LARGE_BATCH, EnqueueOptions
@@ -286,10 +286,18 @@ def test_enqueue_joins_the_callers_transaction(db_url: str) -> None:
     assert len(errands.requests()) == 2
 
 
-def test_a_large_batch_leaves_the_garbage_collector_as_it_found_it(backend: Backend) -> None:
-    assert gc.isenabled()
-    errands.enqueue_many([sample_jobs.Echo(i) for i in range(LARGE_BATCH)])
-    assert gc.isenabled()
+def test_a_large_batch_pauses_the_garbage_collector_and_restores_it(backend: Backend) -> None:
+    class Probe:
+        """A parameter whose encoding notes whether the collector was running."""
+
+    seen: list[bool] = []
+    register_type(
+        Probe, encode=lambda _: seen.append(gc.isenabled()) or 0, decode=lambda _: Probe()
+    )
+    errands.enqueue_many([sample_jobs.Echo(Probe()) for _ in range(LARGE_BATCH)])
+    assert seen == [False] * LARGE_BATCH and gc.isenabled()
+    errands.enqueue_many([sample_jobs.Echo(Probe()) for _ in range(LARGE_BATCH - 1)])
+    assert seen[LARGE_BATCH:] == [True] * (LARGE_BATCH - 1)  # a small batch leaves it on
     with pytest.raises(ParameterError):
         errands.enqueue_many([sample_jobs.Echo(object()) for _ in range(LARGE_BATCH)])
     assert gc.isenabled()
@@ -299,4 +307,4 @@ def test_a_large_batch_leaves_the_garbage_collector_as_it_found_it(backend: Back
         assert not gc.isenabled()  # the caller's choice is kept
     finally:
         gc.enable()
-    assert len(errands.requests(limit=5000)) == 2 * LARGE_BATCH
+    assert len(errands.requests(limit=5000)) == 3 * LARGE_BATCH - 1

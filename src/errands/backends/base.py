@@ -45,6 +45,18 @@ from errands.models import (
 
 ConcurrencySlot = tuple[str, str]  # (job_class, concurrency_key)
 
+#: The tables holding errands' data, as the migrations create them (besides
+#: ``errands_schema``, which records the schema version). Tests and the benchmark
+#: empty these between runs.
+TABLES = (
+    "errands_request",
+    "errands_process",
+    "errands_result",
+    "errands_worker",
+    "errands_occurrence",
+    "errands_paused_queue",
+)
+
 
 class EnqueueTransaction(abc.ABC):
     """One open transaction in which jobs are checked and inserted.

@@ -252,22 +252,8 @@ def request_values(request: NewRequest) -> dict[str, Any]:
 
 def request_columns(requests: Sequence[NewRequest]) -> dict[str, list[Any]]:
     """The batch as one array per column, for ``unnest`` in ``insert_requests``."""
-    return {
-        "uuid": [r.uuid for r in requests],
-        "start_at": [r.start_at for r in requests],
-        "delay_seconds": [float(r.delay_seconds) for r in requests],
-        "job_class": [r.job_class for r in requests],
-        "parameters": [_json(r.parameters) for r in requests],
-        "queue": [r.queue for r in requests],
-        "priority": [r.priority for r in requests],
-        "retries": [r.retries for r in requests],
-        "retry_attempt": [r.retry_attempt for r in requests],
-        "concurrency_key": [r.concurrency_key for r in requests],
-        "timeout": [r.timeout for r in requests],
-        "source": [r.source for r in requests],
-        "trace_id": [r.trace_id for r in requests],
-        "span_id": [r.span_id for r in requests],
-    }
+    rows = [request_values(request) for request in requests]
+    return {column: [row[column] for row in rows] for column in rows[0]}
 
 
 def insert_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[JobRequest]:
@@ -718,11 +704,12 @@ class PostgresBackend(Backend):
             yield PostgresEnqueueTransaction(connection, self.url)
 
     def insert_requests(self, *, requests: Sequence[NewRequest]) -> list[JobRequest]:
-        if len(requests) >= COPY_THRESHOLD:
-            with self._connection() as conn, conn.transaction():
-                return copy_requests(conn, requests)
-        with self._connection() as conn:  # autocommit: the INSERT is its own transaction
-            return insert_requests(conn, requests)
+        # Autocommit: an INSERT is its own transaction; COPY and its notify need one.
+        with self._connection() as conn:
+            if len(requests) < COPY_THRESHOLD:
+                return insert_requests(conn, requests)
+            with conn.transaction():
+                return insert_requests(conn, requests)
 
     # -- worker lifecycle -------------------------------------------------------------
     def register_worker(self, *, worker: WorkerInfo) -> None:
