@@ -416,6 +416,27 @@ def test_complete_many_writes_one_result_per_process(backend: Backend) -> None:
     assert {r.uuid for r in backend.list_results(filters=Filters())} == {ok.uuid, failed.uuid}
 
 
+def test_complete_many_can_return_only_the_aborted_results(backend: Backend) -> None:
+    enqueue(backend, *[new(parameters={"n": i}) for i in range(4)])
+    done, failed, cancelled, lost = claim_all(backend)
+    returned = backend.complete_many(
+        outcomes=[
+            outcome(done),
+            outcome(failed, Status.ERRORED, requeue=Requeue(delay_seconds=0, retry_attempt=1)),
+            outcome(cancelled, Status.CANCELLED),
+            outcome(lost, Status.LOST),
+        ],
+        aborted_only=True,
+    )
+    assert [(r.process_uuid, r.status) for r in returned] == [
+        (cancelled.uuid, Status.CANCELLED),
+        (lost.uuid, Status.LOST),
+    ]
+    # Every result is written all the same, and the requeue with it.
+    assert len(backend.list_results(filters=Filters())) == 4
+    assert len(backend.list_requests(filters=Filters())) == 1
+
+
 def test_completing_a_process_twice_writes_nothing_the_second_time(backend: Backend) -> None:
     enqueue(backend, new())
     (process,) = claim_all(backend)

@@ -34,6 +34,8 @@ class Batch:
     started: list[tuple[uuid.UUID, datetime.datetime]]
     outcomes: list[Outcome]
     check_cancel: bool
+    # Read back only the LOST and CANCELLED results (see Backend.complete_many).
+    aborted_only: bool = False
     marked: bool = False
     results: list[JobResult] | None = None
     cancel_flagged: set[uuid.UUID] | None = None
@@ -44,7 +46,11 @@ class Batch:
             if self.started:
                 backend.mark_started(started=self.started)
             self.marked = True
-            self.results = backend.complete_many(outcomes=self.outcomes) if self.outcomes else []
+            self.results = (
+                backend.complete_many(outcomes=self.outcomes, aborted_only=self.aborted_only)
+                if self.outcomes
+                else []
+            )
             if self.check_cancel:
                 self.cancel_flagged = set(backend.cancel_requested(worker_id=worker_id))
         except Exception as exc:

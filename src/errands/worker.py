@@ -403,6 +403,7 @@ class Worker:
             started=list(self.unmarked_starts.items()) if write else [],
             outcomes=list(self.outcomes) if write else [],
             check_cancel=check_cancel,
+            aborted_only=not self._every_result_wanted(),
         )
         if write:
             self.outcomes.clear()
@@ -521,6 +522,12 @@ class Worker:
             self._apply(batch)
             if batch.error is not None:
                 raise batch.error
+
+    def _every_result_wanted(self) -> bool:
+        """Whether the written results are logged or measured, beyond the aborted
+        ones' hooks (checked per batch: an application may install its meter
+        provider after the worker started)."""
+        return self.config.log_jobs or telemetry.results_measured()
 
     def _after_results(self, results: list[JobResult]) -> None:
         telemetry.record_results(results)

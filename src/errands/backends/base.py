@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from errands.models import (
+    ABORTED_STATUSES,
     Filters,
     JobProcess,
     JobRequest,
@@ -182,11 +183,16 @@ class Backend(abc.ABC):
         """Stamp ``started_at`` on processes whose job began running."""
 
     @abc.abstractmethod
-    def complete_many(self, *, outcomes: Sequence[Outcome]) -> list[JobResult]:
+    def complete_many(
+        self, *, outcomes: Sequence[Outcome], aborted_only: bool = False
+    ) -> list[JobResult]:
         """Turn processes into results in one transaction, enqueueing requeues.
 
         Processes that no longer exist (rescued, cancelled) are skipped: the
-        returned list holds only the results actually written.
+        returned list holds only the results actually written. With
+        ``aborted_only``, only those of them that are LOST or CANCELLED (whose
+        ``on_aborted`` hooks must run): a worker that neither logs nor measures
+        every result spares itself reading back the rest.
         """
 
     @abc.abstractmethod
@@ -354,3 +360,10 @@ def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     """Slices of ``items`` of at most ``size`` (batches kept under parameter limits)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def kept_results(results: list[JobResult], *, aborted_only: bool) -> list[JobResult]:
+    """What ``complete_many`` returns of the results it wrote (see its ``aborted_only``)."""
+    if not aborted_only:
+        return results
+    return [result for result in results if result.status in ABORTED_STATUSES]

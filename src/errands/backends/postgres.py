@@ -32,6 +32,7 @@ from errands.backends.base import Backend, ConcurrencySlot, EnqueueTransaction, 
 from errands.backends.sqlfile import load_queries
 from errands.errors import BackendError, SchemaOutOfDate
 from errands.models import (
+    ABORTED_STATUSES,
     Filters,
     JobProcess,
     JobRequest,
@@ -774,12 +775,16 @@ class PostgresBackend(Backend):
             with self._worker_connection() as conn:
                 execute(conn, "mark_started", params)
 
-    def complete_many(self, *, outcomes: Sequence[Outcome]) -> list[JobResult]:
+    def complete_many(
+        self, *, outcomes: Sequence[Outcome], aborted_only: bool = False
+    ) -> list[JobResult]:
         if not outcomes:
             return []
         unique = _first_per_process(outcomes)
+        returned = sorted(s.value for s in ABORTED_STATUSES) if aborted_only else None
+        params = {**outcomes_document(unique), "returned_statuses": returned}
         with self._worker_connection() as conn:
-            rows = fetch_tuples(conn, "complete_many", outcomes_document(unique))
+            rows = fetch_tuples(conn, "complete_many", params)
         by_process = {row[1]: _result_from_tuple(row) for row in rows}
         return [by_process[o.process_uuid] for o in unique if o.process_uuid in by_process]
 

@@ -29,7 +29,13 @@ from typing import Any
 from urllib.parse import quote
 from uuid import uuid4
 
-from errands.backends.base import Backend, ConcurrencySlot, EnqueueTransaction, Listener
+from errands.backends.base import (
+    Backend,
+    ConcurrencySlot,
+    EnqueueTransaction,
+    Listener,
+    kept_results,
+)
 from errands.backends.sqlfile import load_queries
 from errands.errors import BackendError, ConfigurationError, SchemaOutOfDate
 from errands.models import (
@@ -811,7 +817,9 @@ class SqliteBackend(Backend):
                 ],
             )
 
-    def complete_many(self, *, outcomes: Sequence[Outcome]) -> list[JobResult]:
+    def complete_many(
+        self, *, outcomes: Sequence[Outcome], aborted_only: bool = False
+    ) -> list[JobResult]:
         if not outcomes:
             return []
         with self._write() as session:
@@ -827,7 +835,7 @@ class SqliteBackend(Backend):
                 result = _complete(session, process, outcome)
                 if result is not None:
                     results.append(result)
-        return results
+        return kept_results(results, aborted_only=aborted_only)
 
     def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
         if not process_uuids:

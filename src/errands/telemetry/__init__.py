@@ -22,7 +22,11 @@ from errands.telemetry.commits import counting_sends, flush_pending_sends, waiti
 from errands.telemetry.conventions import ENABLED
 from errands.telemetry.processing import processing
 from errands.telemetry.sends import Sending, sending
-from errands.telemetry.worker_metrics import record_results, register_worker_gauges
+from errands.telemetry.worker_metrics import (
+    record_results,
+    register_worker_gauges,
+    results_measured,
+)
 
 __all__ = [
     "ENABLED",
@@ -32,6 +36,7 @@ __all__ = [
     "processing",
     "record_results",
     "register_worker_gauges",
+    "results_measured",
     "sending",
     "waiting",
 ]

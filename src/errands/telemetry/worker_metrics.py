@@ -32,9 +32,14 @@ logger = logging.getLogger("errands")
 STATS_MAX_AGE = 5.0  # seconds the gauges reuse one stats query
 
 
+def results_measured() -> bool:
+    """Whether ``record_results`` records anything (else it needs no results)."""
+    return ENABLED and conventions.metrics_configured()
+
+
 def record_results(results: Sequence[JobResult]) -> None:
     """Count results written by a worker and record their run and wait durations."""
-    if not ENABLED or not results or not conventions.metrics_configured():
+    if not results or not results_measured():
         return  # without a meter provider the records would go nowhere
     instruments = conventions.instruments()
     for result in results:

@@ -19,7 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from errands import execution, settings
-from errands.backends.base import Backend, ConcurrencySlot, EnqueueTransaction, Listener
+from errands.backends.base import (
+    Backend,
+    ConcurrencySlot,
+    EnqueueTransaction,
+    Listener,
+    kept_results,
+)
 from errands.models import (
     Filters,
     JobProcess,
@@ -307,7 +313,9 @@ class MemoryBackend(Backend):
                 if process is not None and process.started_at is None:
                     self.processes[process_uuid] = dataclasses.replace(process, started_at=moment)
 
-    def complete_many(self, *, outcomes: Sequence[Outcome]) -> list[JobResult]:
+    def complete_many(
+        self, *, outcomes: Sequence[Outcome], aborted_only: bool = False
+    ) -> list[JobResult]:
         with self.lock:
             written = [
                 self._complete(self.processes.pop(o.process_uuid), o)
@@ -315,7 +323,7 @@ class MemoryBackend(Backend):
                 if o.process_uuid in self.processes
             ]
             self._notify()
-            return written
+            return kept_results(written, aborted_only=aborted_only)
 
     def _complete(self, process: JobProcess, outcome: Outcome) -> JobResult:
         now = utcnow()
