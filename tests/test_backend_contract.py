@@ -416,6 +416,46 @@ def test_complete_many_writes_one_result_per_process(backend: Backend) -> None:
     assert {r.uuid for r in backend.list_results(filters=Filters())} == {ok.uuid, failed.uuid}
 
 
+def test_complete_many_keeps_every_field_of_mixed_outcomes(backend: Backend) -> None:
+    """Plain successes and outcomes with details, in one batch, each written as given."""
+    enqueue(backend, *[new(parameters={"n": i}) for i in range(4)])
+    plain, never_started, returned, failed = claim_all(backend)
+    ended = backend.now()
+    results = backend.complete_many(
+        outcomes=[
+            outcome(plain),
+            Outcome(never_started.uuid, Status.CANCELLED, None, ended),
+            outcome(returned, return_value="a string\ttab"),
+            outcome(
+                failed,
+                Status.ERRORED,
+                error_type="ValueError",
+                error="NUL \x00 in a message",
+                traceback="Traceback \u00e9",
+            ),
+        ]
+    )
+    by_process = {r.process_uuid: r for r in results}
+    assert by_process[plain.uuid].status == Status.SUCCESSFUL
+    assert (by_process[plain.uuid].error, by_process[plain.uuid].return_value) == ("", None)
+    assert by_process[never_started.uuid].started_at is None
+    assert by_process[never_started.uuid].ended_at == ended
+    assert by_process[returned.uuid].return_value == "a string\ttab"
+    assert by_process[failed.uuid].error_type == "ValueError"
+    assert by_process[failed.uuid].error.startswith("NUL ")
+    assert by_process[failed.uuid].traceback == "Traceback \u00e9"
+
+
+def test_complete_many_writes_outcomes_that_never_started(backend: Backend) -> None:
+    enqueue(backend, new(), new())
+    processes = claim_all(backend)
+    ended = backend.now()
+    results = backend.complete_many(
+        outcomes=[Outcome(p.uuid, Status.CANCELLED, None, ended) for p in processes]
+    )
+    assert [(r.status, r.started_at) for r in results] == [(Status.CANCELLED, None)] * 2
+
+
 def test_complete_many_can_return_only_the_aborted_results(backend: Backend) -> None:
     enqueue(backend, *[new(parameters={"n": i}) for i in range(4)])
     done, failed, cancelled, lost = claim_all(backend)

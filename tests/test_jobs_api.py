@@ -218,6 +218,54 @@ def test_enqueue_many_inserts_all_jobs_in_one_statement(
         assert isinstance(rebuilt, sample_jobs.Echo) and rebuilt.value == job.value
 
 
+@register_job
+class Varied(Job):
+    """A job whose options follow its argument: a batch of them varies every column."""
+
+    def __init__(self, n: int, text: str = "") -> None:
+        self.n = n
+        self.text = text
+
+    def run(self) -> None:
+        pass
+
+    def default_queue(self) -> str:
+        return f"varied-{self.n % 3}"
+
+    def default_priority(self) -> int:
+        return self.n % 5 - 2
+
+    def default_retries(self) -> int:
+        return self.n % 2
+
+    def default_timeout(self) -> float | None:
+        return 1.5 * self.n if self.n % 4 == 0 else None
+
+
+def test_a_bulk_enqueue_stores_each_job_with_its_own_options(backend: Backend) -> None:
+    texts = ["", "naïve ☃", "tab\there", "line\nbreak", "back\\slash", '"quoted"', "😀" * 50]
+    jobs = [Varied(n, texts[n % len(texts)]) for n in range(350)]
+    returned = errands.enqueue_many(jobs)
+    delayed = errands.enqueue_many(
+        [Varied(n) for n in range(150)], options=EnqueueOptions(delay=60, retry_attempt=2)
+    )
+    stored = {r.uuid: r for r in errands.requests(limit=1000)}
+    assert len(stored) == 500
+    for request in returned + delayed:
+        assert request is not None
+        assert stored[request.uuid] == request
+    assert {r.queue for r in returned if r} == {"varied-0", "varied-1", "varied-2"}
+    assert {r.timeout for r in returned if r} >= {None, 0.0, 6.0}
+    for request in delayed:
+        assert request is not None and request.retry_attempt == 2
+        assert request.start_at - request.created_at == datetime.timedelta(seconds=60)
+    for n in range(len(texts)):  # each text, as the worker will rebuild the job
+        request = returned[n]
+        assert request is not None
+        rebuilt = build_job(request.job_class, stored[request.uuid].parameters)
+        assert isinstance(rebuilt, Varied) and (rebuilt.n, rebuilt.text) == (n, texts[n])
+
+
 def test_enqueue_many_with_keys_inserts_the_accepted_in_one_statement(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,6 +29,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from errands.backends.base import Backend, ConcurrencySlot, EnqueueTransaction, Listener
+from errands.backends.postgres_copy import RequestRows
 from errands.backends.sqlfile import load_queries
 from errands.errors import BackendError, SchemaOutOfDate
 from errands.models import (
@@ -73,23 +74,6 @@ MIGRATION_PREFIX = "migration_"
 # Enqueue batches of at least this many jobs go through COPY (see copy_requests):
 # below it, one INSERT statement is fewer round trips.
 COPY_THRESHOLD = 100
-# The types of the columns copy_requests writes, in the order of the copy_requests query.
-COPY_REQUEST_TYPES = (
-    "uuid",
-    "timestamptz",
-    "timestamptz",
-    "text",
-    "jsonb",
-    "text",
-    "int4",
-    "int4",
-    "int4",
-    "text",
-    "float8",
-    "text",
-    "text",
-    "text",
-)
 
 
 def queries() -> dict[str, str]:
@@ -291,17 +275,11 @@ def copy_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[JobR
     (the time read and the COPY must share it).
     """
     now = _utc(fetch(conn, "transaction_now")[0]["now"])
-    inserted = [_as_request(request, now, _due_time(request, now)) for request in requests]
+    due_times = [_due_time(request, now) for request in requests]
     with conn.cursor() as cursor, cursor.copy(queries()["copy_requests"]) as copy:
-        copy.set_types(COPY_REQUEST_TYPES)
-        for r in inserted:
-            copy.write_row(
-                (
-                    r.uuid, r.created_at, r.start_at, r.job_class, r.parameters,
-                    r.queue, r.priority, r.retries, r.retry_attempt, r.concurrency_key,
-                    r.timeout, r.source, r.trace_id, r.span_id,
-                )
-            )  # fmt: skip
+        for chunk in RequestRows(conn).stream(requests, now, due_times):
+            copy.write(chunk)
+    inserted = [_as_request(r, now, at) for r, at in zip(requests, due_times, strict=True)]
     due = sorted({request.queue for request in inserted if request.start_at <= now})
     if due:
         fetch(conn, "notify_queues", {"queues": due})
@@ -342,32 +320,44 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\\x00") if "\x00" in value else value
 
 
-def outcomes_document(outcomes: Sequence[Outcome]) -> dict[str, str]:
-    """The batch as one JSON array, for ``json_to_recordset`` in ``complete_many``.
+def outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    """The batch as one array per column, for ``unnest`` in ``complete_many``.
 
+    Most outcomes are a success without a return value: those need no details.
     A requeued outcome gets its new request's uuid here, so the result can point
     at the request written in the same statement.
     """
     return {
-        "outcomes": json.dumps(
-            [
-                {
-                    "process_uuid": str(o.process_uuid),
-                    "status": o.status.value,
-                    "started_at": o.started_at.isoformat() if o.started_at else None,
-                    "ended_at": o.ended_at.isoformat(),
-                    "error_type": _text(o.error_type),
-                    "error": _text(o.error),
-                    "traceback": _text(o.traceback),
-                    "return_value": o.return_value,
-                    "retry_request_uuid": str(uuid.uuid4()) if o.requeue else None,
-                    "requeue_delay_seconds": o.requeue.delay_seconds if o.requeue else None,
-                    "requeue_attempt": o.requeue.retry_attempt if o.requeue else None,
-                }
-                for o in outcomes
-            ]
-        )
+        "process_uuid": [o.process_uuid for o in outcomes],
+        "status": [o.status.value for o in outcomes],
+        "started_at": [o.started_at for o in outcomes],
+        "ended_at": [o.ended_at for o in outcomes],
+        "details": [_details(o) for o in outcomes],
     }
+
+
+def _details(outcome: Outcome) -> str | None:
+    """An outcome's fields beyond status and times, as a JSON object (None: it has none)."""
+    requeue = outcome.requeue
+    if not (
+        outcome.error_type
+        or outcome.error
+        or outcome.traceback
+        or outcome.return_value is not None
+        or requeue
+    ):
+        return None
+    return json.dumps(
+        {
+            "error_type": _text(outcome.error_type),
+            "error": _text(outcome.error),
+            "traceback": _text(outcome.traceback),
+            "return_value": outcome.return_value,
+            "retry_request_uuid": str(uuid.uuid4()) if requeue else None,
+            "requeue_delay_seconds": requeue.delay_seconds if requeue else None,
+            "requeue_attempt": requeue.retry_attempt if requeue else None,
+        }
+    )
 
 
 def filter_params(filters: Filters) -> dict[str, Any]:
@@ -782,7 +772,7 @@ class PostgresBackend(Backend):
             return []
         unique = _first_per_process(outcomes)
         returned = sorted(s.value for s in ABORTED_STATUSES) if aborted_only else None
-        params = {**outcomes_document(unique), "returned_statuses": returned}
+        params = {**outcome_columns(unique), "returned_statuses": returned}
         with self._worker_connection() as conn:
             rows = fetch_tuples(conn, "complete_many", params)
         by_process = {row[1]: _result_from_tuple(row) for row in rows}

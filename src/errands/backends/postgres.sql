@@ -337,10 +337,11 @@ CROSS JOIN (
 SELECT now() AS now
 
 -- name: copy_requests
--- Large enqueue batches (see copy_requests in postgres.py); binary format,
--- columns in the order of COPY_REQUEST_COLUMNS.
+-- Large enqueue batches (see copy_requests in postgres.py); binary format, the
+-- rows encoded by postgres_copy.py: key and parameters first, then the columns
+-- that usually repeat across a batch in the order of its REPEATED_TYPES.
 COPY errands_request (
-    uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
+    uuid, parameters, created_at, start_at, job_class, queue, priority, retries,
     retry_attempt, concurrency_key, timeout, source, trace_id, span_id
 ) FROM STDIN (FORMAT BINARY)
 
@@ -492,20 +493,29 @@ WHERE p.uuid = s.uuid AND p.started_at IS NULL
 -- * written: ON CONFLICT is a second guard on "one process, one result".
 -- * requeued: built from the written results, so no request is enqueued for a
 --   result that was not written.
--- The outcomes arrive as one JSON array of objects (outcomes_document in
--- postgres.py): one json.dumps on the client instead of eleven typed arrays.
+-- The outcomes arrive as four typed arrays, plus a JSON object of details for
+-- an outcome that has any (an error, a return value, a requeue; NULL for most):
+-- binary arrays cost the client and the server a fraction of parsing JSON for
+-- every outcome (outcome_columns in postgres.py).
 WITH outcome AS (
-    SELECT *
-    FROM json_to_recordset(%(outcomes)s::json) AS o(
-        process_uuid uuid, status text, started_at timestamptz, ended_at timestamptz,
+    SELECT
+        o.process_uuid, o.status, o.started_at, o.ended_at,
+        coalesce(d.error_type, '') AS error_type, coalesce(d.error, '') AS error,
+        coalesce(d.traceback, '') AS traceback, d.return_value, d.retry_request_uuid,
+        d.requeue_delay_seconds, d.requeue_attempt
+    FROM unnest(
+        %(process_uuid)s::uuid[], %(status)s::text[], %(started_at)s::timestamptz[],
+        %(ended_at)s::timestamptz[], %(details)s::json[]
+    ) AS o(process_uuid, status, started_at, ended_at, details)
+    LEFT JOIN LATERAL json_to_record(o.details) AS d(
         error_type text, error text, traceback text, return_value jsonb,
         retry_request_uuid uuid, requeue_delay_seconds float8, requeue_attempt int
-    )
+    ) ON true
 ),
 locked AS (
     SELECT p.uuid
     FROM errands_process AS p
-    WHERE p.uuid = ANY(ARRAY(SELECT process_uuid FROM outcome))
+    WHERE p.uuid = ANY(%(process_uuid)s::uuid[])
     ORDER BY p.uuid
     FOR UPDATE
 ),
