@@ -112,6 +112,36 @@ def test_delay_as_datetime_sets_the_start_time(backend: Backend) -> None:
     assert abs((request.start_at - start).total_seconds()) < 0.001
 
 
+@pytest.mark.parametrize("count", [1, 300])  # one INSERT, and a bulk COPY
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("priority", 2**40, ValueError),
+        ("priority", -(2**31) - 1, ValueError),
+        ("retries", 2**31, ValueError),
+        ("retry_attempt", 2**35, ValueError),
+        ("priority", "high", TypeError),
+        ("retries", True, TypeError),
+    ],
+)
+def test_options_the_database_cannot_store_are_refused(
+    backend: Backend, count: int, option: str, value: object, error: type[Exception]
+) -> None:
+    options = EnqueueOptions(**{option: value})  # type: ignore[arg-type]
+    with pytest.raises(error, match=f"sample_jobs.Noop: {option} "):
+        errands.enqueue_many([sample_jobs.Noop() for _ in range(count)], options=options)
+    assert errands.requests() == []
+
+
+def test_the_largest_storable_priority_is_stored_as_given(backend: Backend) -> None:
+    top, bottom = 2**31 - 1, -(2**31)
+    errands.enqueue_many(
+        [sample_jobs.Noop() for _ in range(150)], options=EnqueueOptions(priority=top)
+    )
+    sample_jobs.Noop().run_in_worker(priority=bottom)
+    assert sorted({r.priority for r in errands.requests(limit=500)}) == [bottom, top]
+
+
 def test_naive_datetime_delay_is_refused(backend: Backend) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         Welcome(1, NOW).run_in_worker(delay=datetime.datetime(2030, 1, 1))

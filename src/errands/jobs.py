@@ -286,12 +286,17 @@ def _new_request(job: Job, options: EnqueueOptions, source: str, key: UUID) -> N
     args, kwargs = job._errands_arguments
     parameters = serialization.encode_arguments(path, args, kwargs, _positional_names(cls))
     delay_seconds, start_at = _resolve_delay(options.delay)
+    priority = job.default_priority() if options.priority is None else options.priority
+    retries = job.default_retries() if options.retries is None else options.retries
+    _check_integer(path, "priority", priority)
+    _check_integer(path, "retries", retries)
+    _check_integer(path, "retry_attempt", options.retry_attempt)
     return NewRequest(
         job_class=path,
         parameters=parameters,
         queue=options.queue or job.default_queue(),
-        priority=job.default_priority() if options.priority is None else options.priority,
-        retries=job.default_retries() if options.retries is None else options.retries,
+        priority=priority,
+        retries=retries,
         retry_attempt=options.retry_attempt,
         concurrency_key=(
             job.default_concurrency_key()
@@ -304,6 +309,21 @@ def _new_request(job: Job, options: EnqueueOptions, source: str, key: UUID) -> N
         source=source,
         uuid=key,
     )
+
+
+# The range of the database's integer columns: a larger value would not be
+# stored as given (and a bulk COPY would not even fail on it).
+_STORABLE_INTEGERS = range(-(2**31), 2**31)
+
+
+def _check_integer(job_class: str, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{job_class}: {name} must be an integer, got {value!r}")
+    if value not in _STORABLE_INTEGERS:
+        raise ValueError(
+            f"{job_class}: {name} {value} is out of range "
+            f"({_STORABLE_INTEGERS.start} to {_STORABLE_INTEGERS.stop - 1})"
+        )
 
 
 _positional_names_cache: dict[type[Job], tuple[str, ...]] = {}
