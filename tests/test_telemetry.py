@@ -180,6 +180,18 @@ def test_enqueue_many_is_one_send_span_for_the_batch(db_url: str, otel: Telemetr
     assert otel.metrics().total(SENT, send_attributes("default")) == 3
 
 
+def test_a_bulk_batch_stores_the_send_span_ids_with_every_request(
+    db_url: str, otel: Telemetry
+) -> None:
+    """A batch large enough for the bulk path (COPY on PostgreSQL) keeps the links."""
+    returned = errands.enqueue_many([Echo(n) for n in range(250)])
+    [span] = otel.errands_spans()
+    stored = errands.requests(limit=500)
+    assert len(stored) == 250
+    assert {(r.trace_id, r.span_id) for r in stored} == {hex_ids(span)}
+    assert {(r.trace_id, r.span_id) for r in returned if r} == {hex_ids(span)}
+
+
 def test_batch_across_queues_is_named_send_and_counted_per_queue(
     db_url: str, otel: Telemetry
 ) -> None:
