@@ -20,6 +20,11 @@ import errands
 from errands import api, scheduler, settings
 from errands.backends import Backend
 from errands.dashboard import create_app, serve
+from errands.dashboard.security import (
+    LOGIN_FAILURES_ALLOWED,
+    LOGIN_LOCKOUT_SECONDS,
+    LoginThrottle,
+)
 from errands.errors import ConfigurationError
 from errands.models import JobProcess, JobRequest, JobResult, Kind, Selection, Status
 
@@ -108,6 +113,38 @@ def test_a_wrong_password_is_refused(make_client: Client) -> None:
     accepted = log_in(client)
     assert accepted.headers["location"] == "/"
     assert client.get("/").status_code == 200
+
+
+def test_password_guessing_is_throttled(make_client: Client) -> None:
+    client = make_client()
+    for _ in range(LOGIN_FAILURES_ALLOWED):
+        assert log_in(client, password="guess").status_code == 303
+    refused = log_in(client)  # the right password, but too late
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["retry-after"]) <= LOGIN_LOCKOUT_SECONDS
+    assert "too many wrong passwords" in refused.text
+    assert client.get("/", follow_redirects=False).status_code == 303
+    # Another dashboard process (its own count) lets the right password in.
+    assert log_in(make_client()).headers["location"] == "/"
+
+
+def test_a_login_throttle_waits_out_its_lockout_and_forgets_on_success() -> None:
+    now = [0.0]
+    throttle = LoginThrottle(allowed=2, lockout=60, clock=lambda: now[0])
+    throttle.failed("a")
+    assert throttle.wait_seconds("a") == 0  # one failure: no wait yet
+    throttle.failed("a")
+    assert throttle.wait_seconds("a") == 60
+    assert throttle.wait_seconds("b") == 0  # per address
+    now[0] = 45
+    assert throttle.wait_seconds("a") == 15
+    now[0] = 61
+    assert throttle.wait_seconds("a") == 0
+    throttle.failed("a")  # a fresh start after the wait: one failure again
+    assert throttle.wait_seconds("a") == 0
+    throttle.succeeded("a")
+    throttle.failed("a")
+    assert throttle.wait_seconds("a") == 0  # the success forgot the earlier failure
 
 
 def test_logging_in_needs_the_csrf_token_of_the_session(make_client: Client) -> None:

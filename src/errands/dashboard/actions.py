@@ -8,6 +8,7 @@ redirects (303, so reloading the next page does not repeat the action).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -132,16 +133,26 @@ class Actions:
         return Done(f"{entry.job} enqueued to run now", to="job", job=made.uuid)
 
 
-async def log_in(request: Request, password: str) -> Response:
+async def log_in(request: Request, password: str, throttle: security.LoginThrottle) -> Response:
     form = await request.form()
     refusal = security.csrf_refusal(request, _text(form, security.CSRF_FIELD))
     if refusal is not None:
         return refusal
+    address = security.client_address(request)
+    wait = throttle.wait_seconds(address)
+    if wait:
+        return PlainTextResponse(
+            f"too many wrong passwords: try again in {math.ceil(wait)} seconds",
+            status_code=429,
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
     target = security.safe_next(request, _text(form, "next"))
     if not security.password_matches(_text(form, "password"), password):
+        throttle.failed(address)
         security.session_of(request)["flash"] = {"text": "wrong password", "ok": False}
         login = request.url_for("login").path
         return RedirectResponse(f"{login}{queries_next(target)}", status_code=303)
+    throttle.succeeded(address)
     security.log_in(request)
     return RedirectResponse(target, status_code=303)
 

@@ -63,7 +63,7 @@ def create_app(
     look = Look(read_only=read_only, has_login=bool(password), refresh_seconds=refresh_seconds)
     pages = Pages(Renderer(look))
     return Starlette(
-        routes=_routes(pages, Actions(read_only=read_only), password),
+        routes=_routes(pages, Actions(read_only=read_only), password, security.LoginThrottle()),
         middleware=[
             Middleware(security.SessionCookie, secret_key=access.secret_key),
             Middleware(security.Gate, access=access),
@@ -72,14 +72,16 @@ def create_app(
     )
 
 
-def _routes(pages: Pages, act: Actions, password: str) -> list[Route | Mount]:
+def _routes(
+    pages: Pages, act: Actions, password: str, throttle: security.LoginThrottle
+) -> list[Route | Mount]:
     async def login_form(request: Request) -> Response:
         return pages.render(
             request, "login.html", nav="", next=request.query_params.get("next", "")
         )
 
     async def login(request: Request) -> Response:
-        return await actions.log_in(request, password)
+        return await actions.log_in(request, password, throttle)
 
     return [
         Route("/", pages.overview, name="overview"),

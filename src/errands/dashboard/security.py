@@ -8,6 +8,7 @@
   everything through; the login page and static files are always reachable.
 * Every action is a POST carrying the session's CSRF token (:func:`csrf_refusal`),
   so another site cannot make a logged-in browser act.
+* Password guessing is throttled per client address (:class:`LoginThrottle`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import hmac
 import inspect
 import json
 import secrets
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +43,9 @@ FRAGMENT_HEADER = "x-errands-fragment"
 PUBLIC_PREFIXES = ("/login", "/static/")
 
 Authenticate = Callable[[Request], bool | Awaitable[bool]]
+
+LOGIN_FAILURES_ALLOWED = 5  # wrong passwords from one address before it must wait
+LOGIN_LOCKOUT_SECONDS = 300.0  # how long it waits (each failure after that restarts it)
 
 
 @dataclass(frozen=True)
@@ -238,3 +244,61 @@ def _same_origin(request: Request) -> bool:
     # Behind a reverse proxy that rewrites Host, the original host is forwarded.
     hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
     return urlsplit(origin).netloc in hosts - {""}
+
+
+class LoginThrottle:
+    """Counts wrong passwords per client address and refuses logins from an address
+    that gave ``allowed`` of them, until ``lockout`` seconds after its last one.
+
+    While an address waits, even the right password is refused, or guessing could
+    simply go on. A successful login forgets the address's failures. The counts live
+    in this process: several processes serving the dashboard each count their own.
+    Behind a reverse proxy every client has the proxy's address, so they share one
+    count, unless the server trusts the proxy's forwarded address (uvicorn's
+    ``--proxy-headers`` and ``--forwarded-allow-ips``).
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed: int = LOGIN_FAILURES_ALLOWED,
+        lockout: float = LOGIN_LOCKOUT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._allowed = allowed
+        self._lockout = lockout
+        self._clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, last at)
+        self._lock = threading.Lock()
+
+    def wait_seconds(self, address: str) -> float:
+        """How long ``address`` must wait before its next try (0: it may try now)."""
+        with self._lock:
+            count, last = self._failures.get(address, (0, 0.0))
+            if count < self._allowed:
+                return 0.0
+            left = last + self._lockout - self._clock()
+            if left <= 0:
+                del self._failures[address]  # served its wait: a fresh start
+                return 0.0
+            return left
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            count, _ = self._failures.get(address, (0, 0.0))
+            self._failures[address] = (count + 1, self._clock())
+            self._forget_expired()
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._failures.pop(address, None)
+
+    def _forget_expired(self) -> None:
+        """Drop addresses whose last failure is older than the lockout (bounded memory)."""
+        if len(self._failures) > 1000:
+            oldest = self._clock() - self._lockout
+            self._failures = {a: f for a, f in self._failures.items() if f[1] > oldest}
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
