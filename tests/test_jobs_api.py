@@ -284,8 +284,16 @@ def test_a_bulk_enqueue_stores_each_job_with_its_own_options(backend: Backend) -
     for request in returned + delayed:
         assert request is not None
         assert stored[request.uuid] == request
-    assert {r.queue for r in returned if r} == {"varied-0", "varied-1", "varied-2"}
-    assert {r.timeout for r in returned if r} >= {None, 0.0, 6.0}
+    for n, request in enumerate(returned):  # each column holds its own value
+        assert request is not None
+        assert (request.queue, request.priority, request.retries) == (
+            f"varied-{n % 3}",
+            n % 5 - 2,
+            n % 2,
+        )
+        assert request.timeout == (1.5 * n if n % 4 == 0 else None)
+        assert (request.concurrency_key, request.retry_attempt) == ("", 0)
+        assert request.start_at == request.created_at
     for request in delayed:
         assert request is not None and request.retry_attempt == 2
         assert request.start_at - request.created_at == datetime.timedelta(seconds=60)

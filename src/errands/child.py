@@ -53,9 +53,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from errands import settings
-from errands.execution import Assignment, Handler, execute, import_string
+from errands.execution import Assignment, Handler, build_assignment, execute, import_string
 from errands.jobs import Job
-from errands.models import JobProcess, Outcome, Requeue, Status
+from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome
 
 PREFETCH = 16  # jobs a child may hold beyond its runners
 OUTBOX_AGE = 0.002  # seconds an outcome may wait for the bell, to be read with others
@@ -89,7 +89,7 @@ def job_to_wire(job: JobProcess) -> Wire:
 
 def assignment_from_wire(wire: Wire) -> Assignment:
     process, job_class, parameters, retries, attempt, queue, request, trace_id, span_id = wire
-    return Assignment(
+    return build_assignment(
         uuid.UUID(bytes=process),
         job_class,
         parameters,
@@ -119,7 +119,7 @@ def outcome_to_wire(outcome: Outcome) -> Wire:
 
 def outcome_from_wire(process_uuid: uuid.UUID, wire: Wire) -> Outcome:
     status, started, ended, error_type, error, traceback, return_value, requeue = wire
-    return Outcome(
+    return build_outcome(
         process_uuid=process_uuid,
         status=_STATUSES[status],
         started_at=None if started is None else utc_from_timestamp(started),

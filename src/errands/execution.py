@@ -20,7 +20,7 @@ from typing import Any
 from errands import serialization, telemetry
 from errands.errors import DeferJob
 from errands.jobs import Job
-from errands.models import JobProcess, Outcome, Requeue, Status
+from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, positional_builder
 from errands.registry import build_job
 
 logger = logging.getLogger("errands")
@@ -56,6 +56,9 @@ class Assignment:
             trace_id=job.trace_id,
             span_id=job.span_id,
         )
+
+
+build_assignment = positional_builder(Assignment)  # per job in a child (see models)
 
 
 def utcnow() -> datetime.datetime:
@@ -117,12 +120,16 @@ def _execute(assignment: Assignment, handler: Handler) -> Outcome:
         return _deferred(assignment, deferral, started_at)
     except Exception as exc:
         return failure(assignment, exc, started_at=started_at, job=job)
-    return Outcome(
+    return build_outcome(
         process_uuid=assignment.process_uuid,
         status=Status.SUCCESSFUL,
         started_at=started_at,
         ended_at=utcnow(),
+        error_type="",
+        error="",
+        traceback="",
         return_value=stored,
+        requeue=None,
     )
 
 

@@ -21,7 +21,14 @@ from uuid import UUID
 
 from errands import api, serialization, telemetry
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
-from errands.models import JobProcess, JobRequest, JobResult, NewRequest, uuid7s
+from errands.models import (
+    JobProcess,
+    JobRequest,
+    JobResult,
+    NewRequest,
+    build_new_request,
+    uuid7s,
+)
 from errands.registry import job_class_path
 
 T = TypeVar("T")
@@ -291,7 +298,8 @@ def _new_request(job: Job, options: EnqueueOptions, source: str, key: UUID) -> N
     _check_integer(path, "priority", priority)
     _check_integer(path, "retries", retries)
     _check_integer(path, "retry_attempt", options.retry_attempt)
-    return NewRequest(
+    # Every field, by name: the fast builder fills in no default (see models).
+    return build_new_request(
         job_class=path,
         parameters=parameters,
         queue=options.queue or job.default_queue(),
@@ -307,6 +315,8 @@ def _new_request(job: Job, options: EnqueueOptions, source: str, key: UUID) -> N
         start_at=start_at,
         timeout=job.default_timeout() if options.timeout is None else options.timeout,
         source=source,
+        trace_id=None,  # set by telemetry.sending when tracing
+        span_id=None,
         uuid=key,
     )
 

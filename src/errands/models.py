@@ -10,8 +10,9 @@ import datetime
 import enum
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 from uuid import UUID, SafeUUID
 
 
@@ -68,6 +69,33 @@ _VARIANT_RFC = 0b10 << 62
 _RAND_A_MASK = 0xFFF << 64
 _SAFETY_UNKNOWN = SafeUUID.unknown  # an enum member lookup per key costs as much as the key
 _RAND_B_MASK = (1 << 62) - 1
+
+
+T = TypeVar("T")
+
+
+def positional_builder(cls: type[T]) -> Callable[..., T]:
+    """A constructor of ``cls``, a frozen and slotted dataclass, from all its fields
+    in their order.
+
+    A frozen dataclass's own ``__init__`` sets each field through
+    ``object.__setattr__``, a quarter of a microsecond a field: building the
+    requests of a bulk enqueue, or the processes and outcomes of a busy worker,
+    cost 3 to 5 µs per object. This sets the slots through their descriptors, in a
+    function generated once per class (the way ``dataclasses`` generates
+    ``__init__``), for an equal, still frozen object at a third of the cost. It
+    fills in no default and checks nothing: callers pass every field.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    assert "obj" not in names, "the generated function names its object obj"
+    lines = [f"def build({', '.join(names)}):", "    obj = new(cls)"]
+    lines += [f"    set_{name}(obj, {name})" for name in names]
+    lines.append("    return obj")
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    namespace.update({f"set_{name}": getattr(cls, name).__set__ for name in names})
+    exec("\n".join(lines), namespace)  # the names are the class's own fields
+    build: Callable[..., T] = namespace["build"]
+    return build
 
 
 def _jsonable(value: Any) -> Any:
@@ -348,3 +376,11 @@ class Stats:
 
     def as_json(self) -> dict[str, Any]:
         return _jsonable(asdict(self))  # type: ignore[no-any-return]
+
+
+# Positional builders of the models built per job on hot paths (see positional_builder).
+build_new_request = positional_builder(NewRequest)
+build_job_request = positional_builder(JobRequest)
+build_job_process = positional_builder(JobProcess)
+build_job_result = positional_builder(JobResult)
+build_outcome = positional_builder(Outcome)

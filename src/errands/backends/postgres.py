@@ -49,6 +49,9 @@ from errands.models import (
     Status,
     Throughput,
     WorkerInfo,
+    build_job_process,
+    build_job_request,
+    build_job_result,
 )
 
 logger = logging.getLogger("errands")
@@ -194,7 +197,7 @@ def _result_from_tuple(row: tuple[Any, ...]) -> JobResult:
     read on a worker connection (its times are in UTC already)."""
     values = list(row)
     values[7] = Status(values[7])
-    return JobResult(*values)
+    return build_job_result(*values)
 
 
 def to_worker(row: Row) -> WorkerInfo:
@@ -297,7 +300,7 @@ def _due_time(request: NewRequest, now: datetime.datetime) -> datetime.datetime:
 def _as_request(
     request: NewRequest, created_at: datetime.datetime, start_at: datetime.datetime
 ) -> JobRequest:
-    return JobRequest(
+    return build_job_request(
         request.uuid,
         _utc(created_at),
         _utc(start_at),
@@ -730,7 +733,7 @@ class PostgresBackend(Backend):
         # RETURNING keeps no order: sort by priority, then due time, then age.
         rows.sort(key=lambda row: (-row[9], row[18], row[2]))
         # The worker connection's times are in UTC already (_configure_worker_connection).
-        return [JobProcess(*row[:18]) for row in rows]
+        return [build_job_process(*row[:18]) for row in rows]
 
     def _vacuum_queue_if_due(self, conn: Connection, *, claimed: int, limit: int) -> None:
         """Vacuum the requests table once this process claimed enough of it.
