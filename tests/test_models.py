@@ -65,3 +65,12 @@ def test_a_builder_takes_every_field_and_fills_in_no_default() -> None:
     del values["requeue"]
     with pytest.raises(TypeError, match="requeue"):
         models.build_outcome(**values)
+
+
+def test_a_builder_refuses_fields_named_like_its_own_variables() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Odd:
+        cls: int
+
+    with pytest.raises(TypeError, match="cls"):
+        models.positional_builder(Odd)

@@ -87,7 +87,9 @@ def positional_builder(cls: type[T]) -> Callable[..., T]:
     fills in no default and checks nothing: callers pass every field.
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    assert "obj" not in names, "the generated function names its object obj"
+    taken = {"obj", "new", "cls"} & set(names)  # the generated function's own names
+    if taken:
+        raise TypeError(f"{cls.__name__}: fields {sorted(taken)} clash with the builder's names")
     lines = [f"def build({', '.join(names)}):", "    obj = new(cls)"]
     lines += [f"    set_{name}(obj, {name})" for name in names]
     lines.append("    return obj")
