@@ -74,3 +74,10 @@ def test_a_builder_refuses_fields_named_like_its_own_variables() -> None:
 
     with pytest.raises(TypeError, match="cls"):
         models.positional_builder(Odd)
+
+
+def test_a_uuid_from_its_bytes_equals_the_standard_one() -> None:
+    for key in (uuid.uuid4(), uuid.UUID(int=0), uuid.UUID(int=2**128 - 1), models.uuid7()):
+        rebuilt = models.uuid_from_bytes(key.bytes)
+        assert rebuilt == key and rebuilt.is_safe == key.is_safe
+        assert (str(rebuilt), hash(rebuilt)) == (str(key), hash(key))

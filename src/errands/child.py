@@ -55,7 +55,7 @@ from typing import Any
 from errands import settings
 from errands.execution import Assignment, Handler, build_assignment, execute, import_string
 from errands.jobs import Job
-from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome
+from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, uuid_from_bytes
 
 PREFETCH = 16  # jobs a child may hold beyond its runners
 OUTBOX_AGE = 0.002  # seconds an outcome may wait for the bell, to be read with others
@@ -90,13 +90,13 @@ def job_to_wire(job: JobProcess) -> Wire:
 def assignment_from_wire(wire: Wire) -> Assignment:
     process, job_class, parameters, retries, attempt, queue, request, trace_id, span_id = wire
     return build_assignment(
-        uuid.UUID(bytes=process),
+        uuid_from_bytes(process),
         job_class,
         parameters,
         retries,
         attempt,
         queue,
-        None if request is None else uuid.UUID(bytes=request),
+        None if request is None else uuid_from_bytes(request),
         trace_id,
         span_id,
     )
@@ -313,8 +313,29 @@ class ChildRunner:
     def _send(self, data: bytes) -> None:
         with self.write_lock, contextlib.suppress(OSError):  # OSError: the parent is gone
             if len(data) > LARGE_MESSAGE:
-                ring(self.pipes.bell)  # the parent then reads as it comes
-            write_all(self.pipes.outbox, data)
+                self._send_large(data)
+            else:
+                write_all(self.pipes.outbox, data)
+
+    def _send_large(self, data: bytes) -> None:
+        """Write a message that may not fit in the pipe, ringing while it does not.
+
+        The parent wakes on the outbox itself only once it holds part of a message.
+        One ring before writing is not enough: the parent may answer it before the
+        first byte is in the pipe, find nothing, and go back to sleep while this
+        write waits for room. So whenever the pipe stays full for ``OUTBOX_AGE``,
+        ring again, and ring once the message is through. Writes of at most
+        ``PIPE_BUF`` bytes to a pipe that select() found writable never block.
+        """
+        ring(self.pipes.bell)  # the parent starts reading as it comes
+        view = memoryview(data)
+        while view:
+            _, writable, _ = select.select([], [self.pipes.outbox], [], OUTBOX_AGE)
+            if writable:
+                view = view[os.write(self.pipes.outbox, view[: select.PIPE_BUF]) :]
+            else:
+                ring(self.pipes.bell)
+        ring(self.pipes.bell)
 
     def _ring_now(self) -> None:
         with self.lock:

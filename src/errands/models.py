@@ -55,6 +55,11 @@ def uuid7s(count: int) -> list[UUID]:
     return keys
 
 
+def uuid_from_bytes(data: bytes) -> UUID:
+    """``UUID(bytes=data)`` at less than half the cost (see ``_uuid_from_int``)."""
+    return _uuid_from_int(int.from_bytes(data))
+
+
 def _uuid_from_int(value: int) -> UUID:
     # UUID(int=...) re-checks a value built in range above; setting its two slots
     # directly (what Python 3.14's own uuid7 does) takes a third of the time.

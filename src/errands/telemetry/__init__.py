@@ -20,7 +20,7 @@ Where each signal is made:
 
 from errands.telemetry.commits import counting_sends, flush_pending_sends, waiting
 from errands.telemetry.conventions import ENABLED
-from errands.telemetry.processing import processing
+from errands.telemetry.processing import processing, tracing_wanted
 from errands.telemetry.sends import Sending, sending
 from errands.telemetry.worker_metrics import (
     record_results,
@@ -38,5 +38,6 @@ __all__ = [
     "register_worker_gauges",
     "results_measured",
     "sending",
+    "tracing_wanted",
     "waiting",
 ]

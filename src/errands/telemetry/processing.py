@@ -30,12 +30,18 @@ def _ignore(outcome: Outcome) -> None:
     pass
 
 
+def tracing_wanted() -> bool:
+    """Whether a job's run is traced at all (checked per job: a provider may be set
+    at any time)."""
+    return ENABLED and conventions.tracing_configured()
+
+
 @contextlib.contextmanager
 def processing(assignment: Assignment) -> Iterator[Callable[[Outcome], None]]:
     """Trace one job's run as a CONSUMER span ``process {queue}``, current while it
     runs (the job's own spans are its children) and linked to the send span.
     Call the yielded function with the outcome to record it on the span."""
-    if not ENABLED or not conventions.tracing_configured():
+    if not tracing_wanted():
         yield _ignore
         return
     with conventions.tracer().start_as_current_span(
