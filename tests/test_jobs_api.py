@@ -142,6 +142,18 @@ def test_the_largest_storable_priority_is_stored_as_given(backend: Backend) -> N
     assert sorted({r.priority for r in errands.requests(limit=500)}) == [bottom, top]
 
 
+@pytest.mark.parametrize("count", [1, 150])  # one INSERT, and a bulk COPY
+def test_a_start_time_in_another_zone_comes_back_in_utc(backend: Backend, count: int) -> None:
+    start = datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
+    returned = errands.enqueue_many(
+        [sample_jobs.Noop() for _ in range(count)], options=EnqueueOptions(delay=start)
+    )
+    for request in returned:
+        assert request is not None
+        assert request.start_at == start and request.start_at.tzinfo == datetime.UTC
+        assert request.created_at.tzinfo == datetime.UTC
+
+
 def test_naive_datetime_delay_is_refused(backend: Backend) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         Welcome(1, NOW).run_in_worker(delay=datetime.datetime(2030, 1, 1))

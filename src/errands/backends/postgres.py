@@ -264,7 +264,7 @@ def insert_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[Jo
     with conn.cursor(row_factory=tuple_row) as cursor:
         rows = cursor.execute(queries()[name], params).fetchall()
     # The database computed only the two times; the rest is what was sent.
-    times = {key: (created_at, start_at) for key, created_at, start_at in rows}
+    times = {key: (_utc(created_at), _utc(start_at)) for key, created_at, start_at in rows}
     return [_as_request(request, *times[request.uuid]) for request in requests]
 
 
@@ -291,7 +291,8 @@ def copy_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[JobR
 
 def _due_time(request: NewRequest, now: datetime.datetime) -> datetime.datetime:
     if request.start_at is not None:
-        return request.start_at
+        start_at: datetime.datetime = _utc(request.start_at)  # a caller's, in any zone
+        return start_at
     if not request.delay_seconds:
         return now
     return now + datetime.timedelta(seconds=request.delay_seconds)
@@ -302,8 +303,8 @@ def _as_request(
 ) -> JobRequest:
     return build_job_request(
         request.uuid,
-        _utc(created_at),
-        _utc(start_at),
+        created_at,
+        start_at,
         request.job_class,
         request.parameters,
         request.queue,

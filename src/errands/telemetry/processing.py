@@ -26,10 +26,6 @@ if TYPE_CHECKING:
     from errands.execution import Assignment
 
 
-def _ignore(outcome: Outcome) -> None:
-    pass
-
-
 def tracing_wanted() -> bool:
     """Whether a job's run is traced at all (checked per job: a provider may be set
     at any time)."""
@@ -40,10 +36,9 @@ def tracing_wanted() -> bool:
 def processing(assignment: Assignment) -> Iterator[Callable[[Outcome], None]]:
     """Trace one job's run as a CONSUMER span ``process {queue}``, current while it
     runs (the job's own spans are its children) and linked to the send span.
-    Call the yielded function with the outcome to record it on the span."""
-    if not tracing_wanted():
-        yield _ignore
-        return
+    Call the yielded function with the outcome to record it on the span. Only for
+    when :func:`tracing_wanted`: the caller checks first, so that an untraced job
+    does not pay for this context manager."""
     with conventions.tracer().start_as_current_span(
         f"process {assignment.queue}",
         kind=trace.SpanKind.CONSUMER,
