@@ -27,14 +27,17 @@ from conftest import SUPPORT_DIR, WorkerRunner, wait_for
 from errands import EnqueueOptions, Status
 from errands.backends import Backend
 
-# The settings of the benchmark's fastest drain, with heartbeats fast enough for a test.
-FAST = {
-    "WORKER_MAX_PROCESSES": "2",
-    "WORKER_THREADS": "2",
-    "WORKER_MAX_PENDING_PER_PROCESS": "100",
-    "HEARTBEAT_INTERVAL": "0.5",
-    "HEARTBEAT_TIMEOUT": "60",
-    "POLL_INTERVAL": "0.1",
+# Heartbeats fast enough for a test.
+TIMING = {"HEARTBEAT_INTERVAL": "0.5", "HEARTBEAT_TIMEOUT": "60", "POLL_INTERVAL": "0.1"}
+# The settings of the benchmark's fastest drain, and the defaults (claims sized by the
+# worker from the jobs' run time, up to 200 per process).
+DRAIN_SETTINGS = {
+    "fast": {
+        "WORKER_MAX_PROCESSES": "2",
+        "WORKER_THREADS": "2",
+        "WORKER_MAX_PENDING_PER_PROCESS": "100",
+    },
+    "default": {"WORKER_MAX_PROCESSES": "2"},
 }
 
 
@@ -94,14 +97,14 @@ def test_bulk_enqueue_notifies_each_queue_with_due_jobs_once(db_url: str) -> Non
 
 
 class FastWorker:
-    """A worker subprocess with the ``FAST`` settings, in its own process group."""
+    """A worker subprocess with many jobs in hand, in its own process group."""
 
-    def __init__(self, url: str, log: Path) -> None:
+    def __init__(self, url: str, log: Path, drain_settings: dict[str, str]) -> None:
         environ = {
             **os.environ,
             "ERRANDS_DATABASE_URL": url,
             "ERRANDS_IMPORT": "sample_jobs",
-            **{f"ERRANDS_{name}": value for name, value in FAST.items()},
+            **{f"ERRANDS_{name}": value for name, value in {**TIMING, **drain_settings}.items()},
         }
         self.log = log.open("w")
         self.process = subprocess.Popen(
@@ -119,9 +122,11 @@ class FastWorker:
         self.log.close()
 
 
-@pytest.fixture
-def fast_worker(db_url: str, tmp_path: Path) -> Iterator[FastWorker]:
-    worker = FastWorker(db_url, tmp_path / "worker.log")
+@pytest.fixture(params=sorted(DRAIN_SETTINGS))
+def fast_worker(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[FastWorker]:
+    worker = FastWorker(db_url, tmp_path / "worker.log", DRAIN_SETTINGS[request.param])
     yield worker
     worker.close()
 

@@ -456,6 +456,8 @@ def test_worker_runs_jobs_logs_json_and_stops_on_sigterm(db_url: str) -> None:
         "--log-format",
         "json",
         "--log-jobs",
+        "--max-pending-per-process",
+        "3",
         "--queue",
         "default",
     )
@@ -473,6 +475,7 @@ def test_worker_runs_jobs_logs_json_and_stops_on_sigterm(db_url: str) -> None:
             process.communicate()
     assert process.returncode == 0, stderr
     assert "queues     default" in stderr
+    assert "(jobs held per process: 3)" in stderr
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     finished = [r for r in records if r["message"] == "job finished"]
     assert finished, stderr
@@ -497,6 +500,7 @@ def test_worker_banner_masks_password(tmp_path: Path) -> None:
     assert process.returncode == 0, stderr
     assert "sqlite" in stderr and str(tmp_path / "w.db") in stderr
     assert "queues     all" in stderr and "sample_jobs" in stderr
+    assert "(jobs held per process: auto, 10 to 200 by how long jobs run)" in stderr
 
 
 def test_reload_without_watchfiles_says_how_to_install(

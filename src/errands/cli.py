@@ -27,6 +27,7 @@ from errands.backends import Backend
 from errands.errors import ConfigurationError, DeferJob, ErrandsError, SchemaOutOfDate
 from errands.logs import configure_logging
 from errands.models import JobProcess, JobRequest, JobResult, Status
+from errands.pacing import ClaimAhead
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,6 +85,19 @@ def _friendly_errors() -> Iterator[None]:
         if "errands_" in message and ("does not exist" in message or "no such table" in message):
             raise _error(_schema_message(exc), 2) from None
         raise CliError(f"database error: {message}") from None
+
+
+def _pending_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """A positive number of jobs, or "auto" (left to the worker: ``errands.pacing``)."""
+    if value is None or value.strip().lower() == "auto":
+        return value and "auto"
+    try:
+        number = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number of jobs nor 'auto'") from None
+    if number < 1:
+        raise click.BadParameter(f"{number} is not a positive number of jobs (nor 'auto')")
+    return number
 
 
 class ErrandsGroup(click.Group):
@@ -432,9 +446,10 @@ def migrate(print_sql: bool) -> None:
 )
 @click.option(
     "--max-pending-per-process",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Jobs claimed ahead per child [worker_max_pending_per_process; default: 10].",
+    callback=_pending_limit,
+    metavar="N|auto",
+    help="Jobs held (claimed ahead, waiting or running) per child "
+    "[worker_max_pending_per_process; default: auto, 10 to 200 by how long jobs run].",
 )
 @click.option(
     "--threads",
@@ -618,12 +633,14 @@ def _banner(config: settings.Settings, queues: list[str], imported: list[str]) -
 
     version = _version()
     jobs = [path for path in registered_jobs() if not path.startswith("errands.demo.")]
-    per_child = config.worker_max_pending_per_process
+    per_child = ClaimAhead(
+        fixed=config.worker_max_pending_per_process, threads=config.worker_threads
+    ).describe()
     lines = [
         f"errands {version} worker (pid {os.getpid()})",
         f"  database   {_describe_database(config)}",
         f"  queues     {', '.join(queues) if queues else 'all'}",
-        f"  processes  {config.max_processes} (claims up to {per_child} jobs ahead per process)",
+        f"  processes  {config.max_processes} (jobs held per process: {per_child})",
         f"  imported   {', '.join(imported) if imported else '- (use --import MODULE)'}",
         f"  jobs       {', '.join(jobs) if jobs else '-'}",
         f"  polling    every {config.poll_interval:g}s"
@@ -1136,6 +1153,8 @@ def settings_command(as_json: bool) -> None:
     for name, value in values.items():
         field_name = "import_modules" if name == "import" else name
         shown = list(value) if isinstance(value, tuple) else value
+        if name == "worker_max_pending_per_process" and value is None:
+            shown = "auto"
         if name == "database_url":
             shown = mask_url(str(value)) if value else '"" (sqlite:///errands.sqlite3)'
         rows.append([name, _field_text(shown), config.sources.get(field_name, "default")])

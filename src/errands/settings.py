@@ -45,7 +45,8 @@ class Settings:
     timezone: str = "UTC"
     worker_max_processes: int | None = None
     worker_max_jobs_per_process: int | None = None
-    worker_max_pending_per_process: int = 10
+    #: None: chosen by the worker from the jobs' run time (see errands.pacing)
+    worker_max_pending_per_process: int | None = None
     worker_stats_every: float = 60.0
     worker_threads: int = 1
     worker_drain_timeout: float | None = None
@@ -102,11 +103,19 @@ def _positive(kind: type, *, allow_zero: bool = False) -> Callable[[Any], Any]:
     return parse
 
 
-def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def _optional(parse: Callable[[Any], Any], *, also: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+    """``parse``, or None for a missing value ("", "none", or a word in ``also``)."""
+    unset = ("", "none", *also)
+
     def parse_optional(value: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        if value is None or (isinstance(value, str) and value.strip().lower() in unset):
             return None
-        return parse(value)
+        try:
+            return parse(value)
+        except _Invalid as exc:
+            if not also:
+                raise
+            raise _Invalid(f"{exc} (or {' or '.join(repr(word) for word in also)})") from None
 
     return parse_optional
 
@@ -174,7 +183,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "timezone": _to_timezone,
     "worker_max_processes": _optional(_positive(int)),
     "worker_max_jobs_per_process": _optional(_positive(int)),
-    "worker_max_pending_per_process": _positive(int),
+    "worker_max_pending_per_process": _optional(_positive(int), also=("auto",)),
     "worker_stats_every": _positive(float, allow_zero=True),
     "worker_threads": _positive(int),
     "worker_drain_timeout": _optional(_positive(float, allow_zero=True)),

@@ -54,6 +54,7 @@ from errands.models import (
     Status,
     WorkerInfo,
 )
+from errands.pacing import ClaimAhead
 from errands.pool import SLOW_JOB, Child, Pool, Slot
 from errands.settings import Settings
 
@@ -119,9 +120,9 @@ class Worker:
         self.backend = backend or api.backend()
         self.worker_id = uuid.uuid4()
         threads = self.config.worker_threads
-        # Jobs in hand (running or waiting) at most: enough to keep every slot busy.
-        per_child = max(self.config.worker_max_pending_per_process, threads)
-        self.capacity = self.config.max_processes * per_child
+        self.claim_ahead = ClaimAhead(
+            fixed=self.config.worker_max_pending_per_process, threads=threads
+        )
         self.pool = Pool(
             size=self.config.max_processes,
             environ=settings_module.to_environ(self.config),
@@ -150,6 +151,11 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self.pool.watch(self._wake_r)
         self._listener: Any = None
+
+    @property
+    def capacity(self) -> int:
+        """Jobs in hand (running or waiting) at most (see ``errands.pacing``)."""
+        return self.config.max_processes * self.claim_ahead.per_process
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> int:
@@ -309,6 +315,8 @@ class Worker:
     def _finished(self, slot: Slot, outcome: Outcome) -> None:
         self.unmarked_starts.pop(slot.job.uuid, None)
         self.bounces.pop(slot.job.uuid, None)
+        if outcome.started_at is not None and self.claim_ahead.adaptive:
+            self.claim_ahead.observe((outcome.ended_at - outcome.started_at).total_seconds())
         self._record(outcome)
 
     def _child_exited(self, child: Child) -> None:
