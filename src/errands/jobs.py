@@ -284,20 +284,29 @@ def _slot_of(request: NewRequest) -> ConcurrencySlot:
 
 def _new_requests(jobs: Sequence[Job], options: EnqueueOptions, source: str) -> list[NewRequest]:
     keys = uuid7s(len(jobs))
-    return [_new_request(job, options, source, key) for job, key in zip(jobs, keys, strict=True)]
+    delay = _resolve_delay(options.delay)  # the same for every job of the batch
+    return [
+        _new_request(job, options, source, key, delay) for job, key in zip(jobs, keys, strict=True)
+    ]
 
 
-def _new_request(job: Job, options: EnqueueOptions, source: str, key: UUID) -> NewRequest:
-    cls = type(job)
-    path = job_class_path(cls)
+def _new_request(
+    job: Job,
+    options: EnqueueOptions,
+    source: str,
+    key: UUID,
+    delay: tuple[float, datetime.datetime | None],
+) -> NewRequest:
+    path, positional_names = _class_facts(type(job))
     args, kwargs = job._errands_arguments
-    parameters = serialization.encode_arguments(path, args, kwargs, _positional_names(cls))
-    delay_seconds, start_at = _resolve_delay(options.delay)
+    parameters = serialization.encode_arguments(path, args, kwargs, positional_names)
+    delay_seconds, start_at = delay
     priority = job.default_priority() if options.priority is None else options.priority
     retries = job.default_retries() if options.retries is None else options.retries
-    _check_integer(path, "priority", priority)
-    _check_integer(path, "retries", retries)
-    _check_integer(path, "retry_attempt", options.retry_attempt)
+    if not _storable_integers(priority, retries, options.retry_attempt):
+        _check_integer(path, "priority", priority)
+        _check_integer(path, "retries", retries)
+        _check_integer(path, "retry_attempt", options.retry_attempt)
     # Every field, by name: the fast builder fills in no default (see models).
     return build_new_request(
         job_class=path,
@@ -326,6 +335,19 @@ def _new_request(job: Job, options: EnqueueOptions, source: str, key: UUID) -> N
 _STORABLE_INTEGERS = range(-(2**31), 2**31)
 
 
+def _storable_integers(priority: object, retries: object, retry_attempt: object) -> bool:
+    """The common case, checked at a fifth of the cost of three ``_check_integer`` calls."""
+    low, high = _STORABLE_INTEGERS.start, _STORABLE_INTEGERS.stop
+    return (
+        type(priority) is int
+        and type(retries) is int
+        and type(retry_attempt) is int
+        and low <= priority < high
+        and low <= retries < high
+        and low <= retry_attempt < high
+    )
+
+
 def _check_integer(job_class: str, name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{job_class}: {name} must be an integer, got {value!r}")
@@ -336,14 +358,19 @@ def _check_integer(job_class: str, name: str, value: object) -> None:
         )
 
 
-_positional_names_cache: dict[type[Job], tuple[str, ...]] = {}
+_class_facts_cache: dict[type[Job], tuple[str, tuple[str, ...]]] = {}
 
 
-def _positional_names(cls: type[Job]) -> tuple[str, ...]:
-    # inspect.signature costs about 0.2 ms: once per class, not once per enqueued job.
-    if cls not in _positional_names_cache:
-        _positional_names_cache[cls] = _read_positional_names(cls)
-    return _positional_names_cache[cls]
+def _class_facts(cls: type[Job]) -> tuple[str, tuple[str, ...]]:
+    """A job class's dotted path and its constructor's positional parameter names.
+
+    Worked out once per class, not once per enqueued job (inspect.signature
+    alone costs about 0.2 ms).
+    """
+    facts = _class_facts_cache.get(cls)
+    if facts is None:
+        facts = _class_facts_cache[cls] = (job_class_path(cls), _read_positional_names(cls))
+    return facts
 
 
 def _read_positional_names(cls: type[Job]) -> tuple[str, ...]:
