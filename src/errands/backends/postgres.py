@@ -28,7 +28,15 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from errands.backends import postgres_arrays
 from errands.backends.base import Backend, ConcurrencySlot, EnqueueTransaction, Listener
+from errands.backends.postgres_arrays import (
+    EncodedArray,
+    json_array,
+    text_array,
+    timestamptz_array,
+    uuid_array,
+)
 from errands.backends.postgres_copy import RequestRows
 from errands.backends.sqlfile import load_queries
 from errands.errors import BackendError, SchemaOutOfDate
@@ -109,7 +117,10 @@ def _configure_worker_connection(conn: Connection) -> None:
 
     Times in UTC: psycopg then returns them in ``datetime.UTC`` already, and the
     rows become models without a conversion per field.
+
+    The batches' columns go as arrays framed by errands (``postgres_arrays``).
     """
+    postgres_arrays.register(conn)
     conn.execute("SET plan_cache_mode = force_generic_plan")
     conn.execute("SET jit = off")
     conn.execute("SET TimeZone = 'UTC'")
@@ -324,19 +335,20 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\\x00") if "\x00" in value else value
 
 
-def outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
-    """The batch as one array per column, for ``unnest`` in ``complete_many``.
+def outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, EncodedArray]:
+    """The batch as one binary array per column, for ``unnest`` in ``complete_many``
+    (sent by a worker connection: see ``postgres_arrays``).
 
     Most outcomes are a success without a return value: those need no details.
     A requeued outcome gets its new request's uuid here, so the result can point
     at the request written in the same statement.
     """
     return {
-        "process_uuid": [o.process_uuid for o in outcomes],
-        "status": [o.status.value for o in outcomes],
-        "started_at": [o.started_at for o in outcomes],
-        "ended_at": [o.ended_at for o in outcomes],
-        "details": [_details(o) for o in outcomes],
+        "process_uuid": uuid_array([o.process_uuid for o in outcomes]),
+        "status": text_array([o.status.value for o in outcomes]),
+        "started_at": timestamptz_array([o.started_at for o in outcomes]),
+        "ended_at": timestamptz_array([o.ended_at for o in outcomes]),
+        "details": json_array([_details(o) for o in outcomes]),
     }
 
 
@@ -765,7 +777,10 @@ class PostgresBackend(Backend):
 
     def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
         if started:
-            params = {"uuid": [u for u, _ in started], "started_at": [t for _, t in started]}
+            params = {
+                "uuid": uuid_array([u for u, _ in started]),
+                "started_at": timestamptz_array([t for _, t in started]),
+            }
             with self._worker_connection() as conn:
                 execute(conn, "mark_started", params)
 
