@@ -21,7 +21,8 @@ from psycopg import sql
 from conftest import SERVER_URL, database_url
 from errands.backends import Backend, open_backend
 from errands.backends.base import TABLES, Listener
-from errands.backends.postgres import PostgresListener
+from errands.backends.postgres import PostgresBackend, PostgresListener
+from errands.backends.postgres import queries as postgres_queries
 from errands.errors import SchemaOutOfDate
 from errands.models import (
     Filters,
@@ -162,6 +163,33 @@ def test_concurrent_migrators_apply_each_version_exactly_once(fresh_pg_url: str)
     finally:
         for b in backends:
             b.close()
+
+
+@pytest.mark.postgres_only
+def test_results_written_before_version_5_keep_no_due_time(fresh_pg_url: str) -> None:
+    backend = open_backend(fresh_pg_url)
+    try:
+        assert isinstance(backend, PostgresBackend)
+        with psycopg.connect(fresh_pg_url, autocommit=True) as conn:
+            conn.execute(postgres_queries()["create_schema_table"])
+            for version, migration in backend._migrations():
+                if version <= 4:
+                    conn.execute(migration)
+            conn.execute(
+                "INSERT INTO errands_result (uuid, process_uuid, request_uuid, requested_at,"
+                " ended_at, status, job_class, parameters, queue, priority, retries,"
+                " retry_attempt) VALUES (gen_random_uuid(), gen_random_uuid(),"
+                " gen_random_uuid(), now(), now(), 'SUCCESSFUL', 'tests.Job', '{}', 'default',"
+                " 0, 0, 0)"
+            )
+        assert backend.schema_version() == 4
+
+        assert backend.migrate() == [5]
+
+        (old,) = backend.list_results(filters=Filters())
+        assert (old.status, old.start_at) == (Status.SUCCESSFUL, None)
+    finally:
+        backend.close()
 
 
 @pytest.mark.postgres_only
@@ -640,6 +668,40 @@ def test_lose_processes_converts_only_the_named_processes_of_the_worker(backend:
     remaining = {p.uuid for p in backend.list_processes(filters=Filters())}
     assert remaining == {kept.uuid, others.uuid}
     assert backend.lose_processes(worker_id=worker_id, process_uuids=[orphan.uuid]) == []
+
+
+def test_processes_and_results_keep_the_requests_due_time(backend: Backend) -> None:
+    """The due time travels request -> process -> result, whichever way the job ends."""
+    worker_id = register(backend)
+    done, lost = enqueue(backend, new(delay_seconds=0.3), new(delay_seconds=0.3))
+    (never_run,) = enqueue(backend, new(delay_seconds=3600))
+    due = {done.uuid: done.start_at, lost.uuid: lost.start_at}
+    assert all(at > r.created_at for at, r in zip(due.values(), (done, lost), strict=True))
+    wait_for_due(backend, max(due.values()))
+    processes = backend.claim(worker_id=worker_id, queues=[], limit=10)
+    assert {p.request_uuid: p.start_at for p in processes} == due
+    by_request = {p.request_uuid: p for p in processes}
+
+    (finished,) = backend.complete_many(outcomes=[outcome(by_request[done.uuid])])
+    (rescued,) = backend.lose_processes(
+        worker_id=worker_id, process_uuids=[by_request[lost.uuid].uuid]
+    )
+    cancelled = backend.cancel_request(uuid=never_run.uuid)
+
+    assert cancelled is not None
+    assert (finished.start_at, rescued.start_at, cancelled.start_at) == (
+        done.start_at,
+        lost.start_at,
+        never_run.start_at,
+    )
+    listed = {r.request_uuid: r.start_at for r in backend.list_results(filters=Filters())}
+    assert listed == {r.uuid: r.start_at for r in (done, lost, never_run)}
+
+
+def wait_for_due(backend: Backend, moment: datetime.datetime) -> None:
+    """Sleep until the database clock has passed ``moment``."""
+    while (late := (moment - backend.now()).total_seconds()) >= 0:
+        time.sleep(late + 0.01)
 
 
 # -- pruning -------------------------------------------------------------------------

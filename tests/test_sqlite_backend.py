@@ -486,3 +486,30 @@ def test_concurrent_migrations_apply_the_schema_once(tmp_path: Path) -> None:
         assert backend.list_requests(filters=ANY) == []
     finally:
         backend.close()
+
+
+def test_results_written_before_version_4_keep_no_due_time(db_path: Path) -> None:
+    from errands.backends import sqlite as sqlite_backend
+
+    scripts = sqlite_backend._migrations()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(sqlite_backend.QUERIES["create_schema_table"])
+        for version, script in scripts.items():
+            if version <= 3:
+                conn.executescript(script)
+                conn.execute(sqlite_backend.QUERIES["record_schema_version"], {"version": version})
+        conn.execute(
+            "INSERT INTO errands_result (uuid, process_uuid, request_uuid, requested_at,"
+            " ended_at, created_at, status, job_class, parameters, queue)"
+            " VALUES (?, ?, ?, 1.0, 2.0, 2.0, 'SUCCESSFUL', 'tests.Job', '{}', 'default')",
+            [str(uuid.uuid4()) for _ in range(3)],
+        )
+    conn.close()
+    backend = open_backend(url_of(db_path))
+    try:
+        assert backend.schema_version() == 3
+        assert backend.migrate() == [4]
+        (old,) = backend.list_results(filters=Filters())
+        assert (old.job_class, old.start_at) == ("tests.Job", None)
+    finally:
+        backend.close()

@@ -7,6 +7,7 @@ Job processes are spawned children: their spans are written to a file by
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sqlite3
@@ -36,7 +37,7 @@ import errands
 from conftest import WorkerRunner, wait_for, worker_config
 from errands import execution, jobs, telemetry
 from errands.backends import Backend
-from errands.models import JobResult, WorkerInfo
+from errands.models import JobResult, Status, WorkerInfo
 from errands.worker import Worker
 
 SENT = "messaging.client.sent.messages"
@@ -536,6 +537,60 @@ def test_results_never_started_count_without_durations(
     assert "error.type" not in measured.matching(CONSUMED, {})[0].attributes
     assert measured.count(DURATION, {"messaging.operation.name": "process"}) == 0
     assert measured.count(WAIT) == 0
+
+
+def test_a_delayed_jobs_queue_wait_starts_at_its_due_time(
+    db_url: str, run_worker: WorkerRunner, otel: Telemetry
+) -> None:
+    Echo(1).run_in_worker(queue="later", delay=1.5)
+    run_worker(until=lambda: len(errands.results()) == 1, timeout=30)
+    (result,) = errands.results()
+    assert result.started_at is not None and result.start_at is not None
+    assert (result.started_at - result.requested_at).total_seconds() >= 1.5  # it was delayed
+    [wait] = otel.metrics().matching(WAIT, {"messaging.destination.name": "later"})
+    assert wait.count == 1
+    # From the due time: the worker polls every 0.05 s here; the delay is not a wait.
+    assert 0 <= wait.max < 1.0
+    assert wait.max == pytest.approx((result.started_at - result.start_at).total_seconds())
+
+
+@pytest.mark.parametrize(
+    ("due_after", "expected_wait"),
+    [(None, 3.0), (1.0, 2.0), (-1.0, 3.0)],
+    ids=["no due time (old result)", "delayed", "due before the enqueue"],
+)
+def test_queue_wait_is_measured_from_the_later_of_enqueue_and_due_time(
+    otel: Telemetry, due_after: float | None, expected_wait: float
+) -> None:
+    requested = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    started = requested + datetime.timedelta(seconds=3)
+    due = None if due_after is None else requested + datetime.timedelta(seconds=due_after)
+    result = JobResult(
+        uuid=uuid.uuid4(),
+        process_uuid=uuid.uuid4(),
+        request_uuid=uuid.uuid4(),
+        requested_at=requested,
+        started_at=started,
+        ended_at=started + datetime.timedelta(seconds=0.5),
+        created_at=started,
+        status=Status.SUCCESSFUL,
+        worker_id=None,
+        job_class="tests.Job",
+        parameters={},
+        queue="timed",
+        priority=0,
+        retries=0,
+        retry_attempt=0,
+        concurrency_key="",
+        timeout=None,
+        source="",
+        trace_id=None,
+        span_id=None,
+        start_at=due,
+    )
+    telemetry.record_results([result])
+    [wait] = otel.metrics().matching(WAIT, {"messaging.destination.name": "timed"})
+    assert (wait.count, wait.sum) == (1, pytest.approx(expected_wait))
 
 
 def test_worker_gauges_report_queues_processes_and_workers(

@@ -191,6 +191,9 @@ class JobProcess:
     trace_id: str | None
     span_id: str | None
     cancel_requested: bool = False
+    # When the request was due (its run_in_worker delay, a retry's backoff); None
+    # where a backend's listing does not carry it.
+    start_at: datetime.datetime | None = None
 
     kind = "process"
 
@@ -227,6 +230,9 @@ class JobResult:
     traceback: str = ""
     return_value: Any = None
     retry_request_uuid: UUID | None = None
+    # When the request was due, so that a delayed job's wait is told apart from
+    # its delay; None for results written before schema version 5 recorded it.
+    start_at: datetime.datetime | None = None
 
     kind = "result"
 

@@ -746,7 +746,7 @@ class PostgresBackend(Backend):
         # RETURNING keeps no order: sort by priority, then due time, then age.
         rows.sort(key=lambda row: (-row[9], row[18], row[2]))
         # The worker connection's times are in UTC already (_configure_worker_connection).
-        return [build_job_process(*row[:18]) for row in rows]
+        return [build_job_process(*row) for row in rows]
 
     def _vacuum_queue_if_due(self, conn: Connection, *, claimed: int, limit: int) -> None:
         """Vacuum the requests table once this process claimed enough of it.

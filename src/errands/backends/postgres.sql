@@ -230,6 +230,15 @@ CREATE TRIGGER errands_result_notify
 
 INSERT INTO errands_schema (version) VALUES (4);
 
+-- name: migration_5
+-- Results keep when their request was due, so that the wait before a delayed
+-- job started can be measured from its due time rather than from its enqueueing.
+-- Nullable, with no default: PostgreSQL adds such a column without rewriting the
+-- table, and results written before this version keep NULL.
+ALTER TABLE errands_result ADD COLUMN start_at timestamptz;
+
+INSERT INTO errands_schema (version) VALUES (5);
+
 
 -- Enqueueing -------------------------------------------------------------------
 
@@ -457,8 +466,9 @@ SELECT
     c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
     c.timeout, c.source, c.trace_id, c.span_id
 FROM claimed AS c
--- The fields of JobProcess in their order, then start_at for the claim order
--- (claim() in postgres.py builds the models from these positions).
+-- The fields of JobProcess in their order, the last of which, start_at, also
+-- gives the claim order (claim() in postgres.py builds the models from these
+-- positions).
 RETURNING
     uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
     parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
@@ -529,7 +539,7 @@ written AS (
         uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
         worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
         concurrency_key, timeout, source, trace_id, span_id, error_type, error,
-        traceback, return_value, retry_request_uuid
+        traceback, return_value, retry_request_uuid, start_at
     )
     SELECT
         -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
@@ -541,7 +551,7 @@ written AS (
         coalesce(o.started_at, f.started_at), o.ended_at, o.status, f.worker_id,
         f.job_class, f.parameters, f.queue, f.priority, f.retries, f.retry_attempt,
         f.concurrency_key, f.timeout, f.source, f.trace_id, f.span_id, o.error_type,
-        o.error, o.traceback, o.return_value, o.retry_request_uuid
+        o.error, o.traceback, o.return_value, o.retry_request_uuid, f.start_at
     FROM finished AS f
     JOIN outcome AS o ON o.process_uuid = f.uuid
     ON CONFLICT (process_uuid) DO NOTHING
@@ -567,7 +577,8 @@ SELECT
     w.uuid, w.process_uuid, w.request_uuid, w.requested_at, w.started_at, w.ended_at,
     w.created_at, w.status, w.worker_id, w.job_class, w.parameters, w.queue, w.priority,
     w.retries, w.retry_attempt, w.concurrency_key, w.timeout, w.source, w.trace_id,
-    w.span_id, w.error_type, w.error, w.traceback, w.return_value, w.retry_request_uuid
+    w.span_id, w.error_type, w.error, w.traceback, w.return_value, w.retry_request_uuid,
+    w.start_at
 FROM written AS w
 CROSS JOIN (
     SELECT count(pg_notify('errands_jobs', due.queue))
@@ -663,12 +674,13 @@ lost AS (
 INSERT INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
     worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
-    concurrency_key, timeout, source, trace_id, span_id, error_type, error
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
 )
 SELECT
     gen_random_uuid(), l.uuid, l.request_uuid, l.requested_at, l.started_at, now(), 'LOST',
     l.worker_id, l.job_class, l.parameters, l.queue, l.priority, l.retries, l.retry_attempt,
-    l.concurrency_key, l.timeout, l.source, l.trace_id, l.span_id, %(error_type)s, %(error)s
+    l.concurrency_key, l.timeout, l.source, l.trace_id, l.span_id, %(error_type)s, %(error)s,
+    l.start_at
 FROM lost AS l
 ON CONFLICT (process_uuid) DO NOTHING
 RETURNING *
@@ -755,12 +767,13 @@ WITH cancelled AS (
 INSERT INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
     worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
-    concurrency_key, timeout, source, trace_id, span_id, error_type, error
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
 )
 SELECT
     gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), 'CANCELLED',
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
-    c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s
+    c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
+    c.start_at
 FROM cancelled AS c
 RETURNING *
 
@@ -1052,12 +1065,13 @@ cancelled AS (
 INSERT INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
     worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
-    concurrency_key, timeout, source, trace_id, span_id, error_type, error
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
 )
 SELECT
     gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), 'CANCELLED',
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
-    c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s
+    c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
+    c.start_at
 FROM cancelled AS c
 RETURNING *
 

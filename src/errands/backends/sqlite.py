@@ -321,6 +321,7 @@ def _insert_result(session: _Session, job: sqlite3.Row, **columns: Any) -> JobRe
         "return_value": None,
         "retry_request_uuid": None,
         **{name: job[name] for name in _JOB_COLUMNS},
+        "start_at": job["start_at"],  # a process's or a request's due time
         **columns,
     }
     row = session.execute("insert_result", **params).fetchone()

@@ -224,6 +224,12 @@ CREATE INDEX errands_result_retry ON errands_result (retry_request_uuid)
     WHERE retry_request_uuid IS NOT NULL;
 
 
+-- name: migration_4
+-- Results keep when their request was due (a delayed job's wait is measured from
+-- it); results written before this version keep NULL.
+ALTER TABLE errands_result ADD COLUMN start_at REAL;
+
+
 -- ---------------------------------------------------------------------------
 -- Enqueueing
 -- ---------------------------------------------------------------------------
@@ -401,12 +407,12 @@ INSERT OR IGNORE INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, created_at,
     status, worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
     concurrency_key, timeout, source, trace_id, span_id, error_type, error, traceback,
-    return_value, retry_request_uuid
+    return_value, retry_request_uuid, start_at
 ) VALUES (
     :uuid, :process_uuid, :request_uuid, :requested_at, :started_at, :ended_at, :now,
     :status, :worker_id, :job_class, :parameters, :queue, :priority, :retries,
     :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id,
-    :error_type, :error, :traceback, :return_value, :retry_request_uuid
+    :error_type, :error, :traceback, :return_value, :retry_request_uuid, :start_at
 )
 RETURNING *
 

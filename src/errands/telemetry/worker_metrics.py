@@ -59,10 +59,11 @@ def record_results(results: Sequence[JobResult]) -> None:
 
 def _queue_wait(result: JobResult) -> float:
     assert result.started_at is not None
+    # A delayed job (run_in_worker's delay, a retry's backoff) waits from its due
+    # time, not from its enqueueing; results of before schema version 5 have none.
     due = result.requested_at
-    start_at = getattr(result, "start_at", None)  # a delayed job waits from its due time
-    if start_at is not None and start_at > due:
-        due = start_at
+    if result.start_at is not None and result.start_at > due:
+        due = result.start_at
     # requested_at is the database clock, started_at the job process's: clamp skew.
     return max((result.started_at - due).total_seconds(), 0.0)
 
