@@ -676,3 +676,67 @@ def test_errands_runs_without_opentelemetry(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     # Both jobs ran, and their job processes had no telemetry either.
     assert done.stdout.strip() == "[('SUCCESSFUL', False), ('SUCCESSFUL', False)]"
+
+
+def test_a_meter_provider_installed_after_the_worker_started_gets_the_later_results(
+    tmp_path: Path,
+) -> None:
+    """The worker asks per batch whether results are measured, not once at start."""
+    script = textwrap.dedent(
+        f"""
+        import dataclasses, time
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        import errands
+        from errands import settings
+        from errands.worker import Worker
+        from sample_jobs import Echo
+
+        url = "sqlite:///{tmp_path / "errands.db"}"
+        errands.configure(database_url=url)
+        errands.backend().migrate()
+        config = dataclasses.replace(
+            settings.load(environ={{}}), database_url=url, poll_interval=0.05,
+            import_modules=("sample_jobs",), worker_max_processes=1,
+        )
+        worker = Worker(config=config)
+        worker.start()
+
+        def run_until(count):
+            deadline = time.monotonic() + 60
+            while len(errands.results()) < count and time.monotonic() < deadline:
+                worker.turn()
+            worker.flush()
+
+        errands.enqueue_many([Echo(n) for n in range(2)])
+        run_until(2)
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        errands.enqueue_many([Echo(n) for n in range(3)])
+        run_until(5)
+        worker.stop()
+        while not worker.finished():
+            worker.turn()
+        worker.shut_down()
+        consumed = 0
+        for resource in reader.get_metrics_data().resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == "{CONSUMED}":
+                        consumed += sum(p.value for p in metric.data.data_points)
+        print(len(errands.results()), consumed)
+        """
+    )
+    environ = {**os.environ, "PYTHONPATH": str(SUPPORT_DIR)}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    # Five jobs ran; the three that ended after the provider was installed were counted.
+    assert done.stdout.split() == ["5", "3"]
