@@ -661,21 +661,24 @@ def test_errands_runs_without_opentelemetry(tmp_path: Path) -> None:
         print(sorted((str(r.status), r.return_value) for r in errands.results()))
         """
     )
-    environ = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path / "shadow"), str(SUPPORT_DIR)]),
-    }
+    printed = run_python(script, cwd=tmp_path, path=[tmp_path / "shadow", SUPPORT_DIR])
+    # Both jobs ran, and their job processes had no telemetry either.
+    assert printed.strip() == "[('SUCCESSFUL', False), ('SUCCESSFUL', False)]"
+
+
+def run_python(script: str, *, cwd: Path, path: list[Path]) -> str:
+    """Run ``script`` in a new interpreter (fresh global providers); what it printed."""
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in path)}
     done = subprocess.run(
         [sys.executable, "-c", script],
         env=environ,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=90,
     )
     assert done.returncode == 0, done.stderr
-    # Both jobs ran, and their job processes had no telemetry either.
-    assert done.stdout.strip() == "[('SUCCESSFUL', False), ('SUCCESSFUL', False)]"
+    return done.stdout
 
 
 def test_a_meter_provider_installed_after_the_worker_started_gets_the_later_results(
@@ -728,15 +731,6 @@ def test_a_meter_provider_installed_after_the_worker_started_gets_the_later_resu
         print(len(errands.results()), consumed)
         """
     )
-    environ = {**os.environ, "PYTHONPATH": str(SUPPORT_DIR)}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=environ,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert done.returncode == 0, done.stderr
+    printed = run_python(script, cwd=tmp_path, path=[SUPPORT_DIR])
     # Five jobs ran; the three that ended after the provider was installed were counted.
-    assert done.stdout.split() == ["5", "3"]
+    assert printed.split() == ["5", "3"]
