@@ -7,6 +7,7 @@ import datetime
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from html import unescape as html_unescape
 from typing import Any
 
 import pytest
@@ -369,6 +370,121 @@ def test_listings_page_through_every_row_by_keyset(client: TestClient, backend: 
         path = "/results" + found.group(1).replace("&amp;", "&") if found else ""
     assert len(seen) == 120
     assert set(seen) == written
+
+
+def listed(html: str) -> list[str]:
+    """The uuids of a listing page's rows, in the order shown."""
+    return re.findall(r'<tr data-uuid="([0-9a-f-]+)"', html)
+
+
+def pager_link(html: str, rel: str) -> str | None:
+    """The query string of the pager's link with this ``rel`` (next, prev), if shown."""
+    found = re.search(rf'<a href="([^"]+)" rel="{rel}">', html)
+    return html_unescape(found.group(1)) if found else None
+
+
+def paged_rows(backend: Backend, listing: str) -> set[str]:
+    """130 rows of queue "mail" (three pages: 50, 50, 30) among rows of another queue,
+    written in several batches so that both sort times and uuids order them."""
+    if listing == "results":
+        rows: list[Any] = [*results(backend, 60, queue="mail"), *results(backend, 70, queue="mail")]
+        results(backend, 12, queue="other")
+    elif listing == "processes":
+        enqueue(backend, 130, queue="mail")
+        enqueue(backend, 12, queue="other")
+        rows = claim(backend, "mail", limit=60)
+        claim(backend, "other")
+        rows += claim(backend, "mail")
+    else:
+        rows = [*enqueue(backend, 70, queue="mail"), *enqueue(backend, 60, queue="mail", delay=60)]
+        enqueue(backend, 12, queue="other", delay=30)
+    return {str(row.uuid) for row in rows}
+
+
+@pytest.mark.parametrize("order", ["", "reverse"])
+@pytest.mark.parametrize("listing", ["results", "requests", "processes"])
+def test_previous_page_steps_back_over_the_pages_gone_forward(
+    client: TestClient, backend: Backend, listing: str, order: str
+) -> None:
+    mail = paged_rows(backend, listing)
+    path = f"/{listing}?queue=mail" + ("&order=reverse" if order else "")
+    first = client.get(path).text
+    assert pager_link(first, "prev") is None
+    assert "Previous page" not in first and "First page" not in first
+    forward = [first]
+    for _ in range(2):
+        following = pager_link(forward[-1], "next")
+        assert following is not None
+        forward.append(client.get(f"/{listing}{following}").text)
+    pages = [listed(html) for html in forward]
+    assert [len(rows) for rows in pages] == [50, 50, 30]
+    assert set(pages[0] + pages[1] + pages[2]) == mail
+    assert pager_link(forward[2], "next") is None
+
+    back = forward[2]
+    for expected in (pages[1], pages[0]):
+        previous = pager_link(back, "prev")
+        assert previous is not None
+        assert "before=" in previous and "after=" not in previous
+        assert "queue=mail" in previous
+        assert ("order=reverse" in previous) == bool(order)
+        response = client.get(f"/{listing}{previous}")
+        assert response.status_code == 200
+        back = response.text
+        assert listed(back) == expected
+    # Back on the first page: exactly as it was, with no way further back.
+    assert pager_link(back, "prev") is None
+    assert "First page" not in back
+    assert pager_link(back, "next") == pager_link(first, "next")
+
+
+def test_the_page_stepped_back_to_links_on_like_the_one_gone_forward_to(
+    client: TestClient, backend: Backend
+) -> None:
+    paged_rows(backend, "results")
+    second = client.get("/results" + (pager_link(client.get("/results").text, "next") or "?"))
+    third = client.get("/results" + (pager_link(second.text, "next") or "?")).text
+    again = client.get("/results" + (pager_link(third, "prev") or "?")).text
+    assert listed(again) == listed(second.text)
+    assert pager_link(again, "next") == pager_link(second.text, "next")
+    assert pager_link(again, "prev") is not None
+    assert "First page" in again
+
+
+def test_previous_page_of_the_second_lands_on_the_whole_first_page_after_deletions(
+    client: TestClient, backend: Backend
+) -> None:
+    paged_rows(backend, "requests")
+    first = client.get("/requests?queue=mail").text
+    second = client.get("/requests" + (pager_link(first, "next") or "?")).text
+    for gone in listed(first)[:5]:
+        backend.delete(kind=Kind.REQUEST, selection=Selection(uuid=uuid.UUID(gone)), limit=1)
+    back = client.get("/requests" + (pager_link(second, "prev") or "?")).text
+    # Fewer than a page precede the second page now: the first page, filled up as it is.
+    assert listed(back) == listed(first)[5:] + listed(second)[:5]
+    assert pager_link(back, "prev") is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "before=garbage",
+        "before=2026-01-01T00:00:00%2B00:00~not-a-uuid",
+        f"before=yesterday~{uuid.UUID(int=1)}",
+        f"after=2026-01-01T00:00:00~{uuid.UUID(int=1)}&before=2026-01-01T00:00:00~{uuid.UUID(int=2)}",
+    ],
+)
+def test_a_malformed_previous_page_cursor_is_refused_with_a_reason(
+    client: TestClient, query: str
+) -> None:
+    for listing in ("results", "requests", "processes"):
+        response = client.get(f"/{listing}?queue=mail&{query}")
+        assert response.status_code == 400, listing
+        assert "before: " in response.text
+        assert 'value="mail"' in response.text  # the form keeps the filters as given
+        assert listed(response.text) == []
+    confirm = client.get(f"/bulk?action=delete&kind=result&{query}")
+    assert confirm.status_code == 400
 
 
 def test_filters_narrow_the_listing_and_bad_ones_are_explained(

@@ -137,6 +137,42 @@ def test_bulk_cancel_of_a_filtered_selection(page: Page, backend: Backend) -> No
     assert {r.uuid for r in api.requests()} == {r.uuid for r in kept}
 
 
+def shown_rows(page: Page, href: str) -> list[str]:
+    """The uuids a listing shows once the browser is at ``href`` (a query string)."""
+    expect(page).to_have_url(re.compile(re.escape(href) + "$"))
+    page.wait_for_load_state()  # the whole table, not the part parsed so far
+    uuids: list[str] = page.locator("tbody tr").evaluate_all(
+        "rows => rows.map(row => row.dataset.uuid)"
+    )
+    return uuids
+
+
+def follow(page: Page, label: str) -> list[str]:
+    link = page.locator(f"nav.pager a:has-text('{label}')")
+    href = link.get_attribute("href") or ""
+    link.click()
+    return shown_rows(page, href)
+
+
+def test_paging_forward_then_back_with_the_pager_links(page: Page, backend: Backend) -> None:
+    enqueue(backend, 70, queue="paged")
+    enqueue(backend, 60, queue="paged", delay=60)
+    enqueue(backend, 5, queue="elsewhere")
+    log_in(page, "/requests?queue=paged&order=reverse")
+    first = shown_rows(page, "/requests?queue=paged&order=reverse")
+    expect(page.locator("nav.pager a:has-text('Previous page')")).to_have_count(0)
+    second = follow(page, "Next page")
+    third = follow(page, "Next page")
+    assert [len(first), len(second), len(third)] == [50, 50, 30]
+
+    assert follow(page, "Previous page") == second
+    assert "order=reverse" in page.url and "queue=paged" in page.url
+    assert follow(page, "Previous page") == first
+    expect(page.locator("nav.pager a:has-text('Previous page')")).to_have_count(0)
+    expect(page.locator("nav.pager a:has-text('First page')")).to_have_count(0)
+    assert follow(page, "Next page") == second
+
+
 def test_a_paused_queue_is_not_claimed_until_resumed(
     page: Page, run_worker: WorkerRunner, tmp_path: Path
 ) -> None:

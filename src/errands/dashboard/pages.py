@@ -1,7 +1,8 @@
 """The dashboard's pages: each GET handler reads the database and renders; none writes.
 
 Handlers are plain functions (Starlette runs them in its thread pool, since the
-backends block). Every listing is a keyset page of at most ``PAGE_SIZE`` rows.
+backends block). Every listing is a keyset page of at most ``PAGE_SIZE`` rows,
+linked to the first, previous and next pages of the same filters and order.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from errands.dashboard import chart, queries
 from errands.dashboard.render import Renderer
 from errands.errors import ErrandsError
 from errands.models import (
+    Cursor,
     JobProcess,
     JobRequest,
     JobResult,
     Kind,
+    PageSpec,
     QueueStats,
+    Selection,
     Status,
 )
 
@@ -39,6 +43,17 @@ BULK_ACTIONS: dict[Kind, tuple[str, ...]] = {
     Kind.PROCESS: ("cancel",),
     Kind.RESULT: ("retry", "delete"),
 }
+
+
+@dataclass(frozen=True)
+class ListingPage:
+    """The rows of one listing page, and the query strings of the pages around it
+    (None where there is no such page: the first page links to no first or previous one)."""
+
+    rows: list[Any]
+    first: str | None = None
+    previous: str | None = None
+    next: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,15 +128,17 @@ class Pages:
             query = queries.parse_list_query(kind, request.query_params, now)
         except queries.BadQuery as exc:
             return self._unusable_filters(request, kind, str(exc), context)
-        rows, next_page = fetch_page(kind, query)
+        page = fetch_page(kind, query)
         return self.render(
             request,
             LIST_TEMPLATES[kind],
             error="",
-            rows=rows,
+            rows=page.rows,
             query=query,
             filters=query.filters,
-            next_page=next_page,
+            first_page=page.first,
+            previous_page=page.previous,
+            next_page=page.next,
             **context,
         )
 
@@ -138,6 +155,8 @@ class Pages:
             rows=[],
             query=None,
             filters=given,
+            first_page=None,
+            previous_page=None,
             next_page=None,
             **context,
         )
@@ -214,21 +233,53 @@ class Pages:
         )
 
 
-def fetch_page(kind: Kind, query: queries.ListQuery) -> tuple[list[Any], str | None]:
-    """One page of rows, and the query string of the next page if there is one."""
+def fetch_page(kind: Kind, query: queries.ListQuery) -> ListingPage:
+    """The page ``query`` names, with links to the pages around it.
+
+    A previous page (``before``) is read backwards from its cursor and turned
+    around. When less than a whole page precedes the cursor, the first page is
+    shown instead, exactly as it is without a cursor, so stepping back always
+    ends on the first page and every page but the first is a whole page.
+    """
+    limit = query.page.limit
+    if query.before is not None:
+        earlier = fetch_rows(kind, query.selection, query.backwards())
+        if len(earlier) > limit:  # a page, and at least one row before it
+            rows = earlier[:limit][::-1]
+            # The cursor's own row follows these rows: there is a next page.
+            return ListingPage(
+                rows=rows,
+                first=query.link(),
+                previous=query.previous_page(cursor_of(rows[0])),
+                next=query.next_page(cursor_of(rows[-1])),
+            )
+        query = replace(query, before=None)
+    fetched = fetch_rows(kind, query.selection, replace(query.page, limit=limit + 1))
+    rows = fetched[:limit]
+    following = query.next_page(cursor_of(rows[-1])) if len(fetched) > limit else None
+    if query.page.after is None:
+        return ListingPage(rows=rows, next=following)
+    return ListingPage(
+        rows=rows,
+        first=query.link(),
+        # Past the end (the rows after the cursor are gone) only the first page is offered.
+        previous=query.previous_page(cursor_of(rows[0])) if rows else None,
+        next=following,
+    )
+
+
+def fetch_rows(kind: Kind, selection: Selection, page: PageSpec) -> list[Any]:
     backend = api.backend()
-    one_more = replace(query.page, limit=query.page.limit + 1)
-    fetched: list[Any]
     if kind is Kind.REQUEST:
-        fetched = backend.page_requests(selection=query.selection, page=one_more)
-    elif kind is Kind.PROCESS:
-        fetched = backend.page_processes(selection=query.selection, page=one_more)
-    else:
-        fetched = backend.page_results(selection=query.selection, page=one_more)
-    rows = fetched[: query.page.limit]
-    if len(fetched) <= query.page.limit:
-        return rows, None
-    return rows, query.next_page(sort_time(rows[-1]), rows[-1].uuid)
+        return list(backend.page_requests(selection=selection, page=page))
+    if kind is Kind.PROCESS:
+        return list(backend.page_processes(selection=selection, page=page))
+    return list(backend.page_results(selection=selection, page=page))
+
+
+def cursor_of(row: JobRequest | JobProcess | JobResult) -> Cursor:
+    """Where a row stands in its listing."""
+    return Cursor(at=sort_time(row), uuid=row.uuid)
 
 
 def sort_time(row: JobRequest | JobProcess | JobResult) -> datetime.datetime:

@@ -2,7 +2,9 @@
 
 A listing's URL carries its filters (``queue``, ``job_class``, ``concurrency_key``,
 ``uuid``, ``window``, ``status``, ``state``), its order (``order=reverse``) and,
-past the first page, a keyset cursor (``after``). Bulk actions carry the same
+past the first page, a keyset cursor: ``after`` (the rows that follow a row, for
+the next page) or ``before`` (the rows that precede a row, for the previous
+page); a listing takes one of them, not both. Bulk actions carry the same
 filters plus ``until``, the database time at which their count was taken, so
 they act on the rows the confirmation counted and not on rows that came later.
 """
@@ -46,6 +48,8 @@ class ListQuery:
     kind: Kind
     selection: Selection
     page: PageSpec
+    #: set instead of ``page.after`` for a previous page: the rows just before this one
+    before: Cursor | None = None
     #: the filters as given (only the non-empty ones), to refill forms and build links
     filters: dict[str, str] = field(default_factory=dict)
 
@@ -63,8 +67,18 @@ class ListQuery:
             params.pop(name, None)
         return "?" + urlencode(params) if params else "?"
 
-    def next_page(self, last_at: datetime.datetime, last_uuid: uuid.UUID) -> str:
-        return self.link(after=encode_cursor(Cursor(at=last_at, uuid=last_uuid)))
+    def next_page(self, last: Cursor) -> str:
+        """The page of the rows that follow ``last`` (the last row shown)."""
+        return self.link(after=encode_cursor(last))
+
+    def previous_page(self, first: Cursor) -> str:
+        """The page of the rows that precede ``first`` (the first row shown)."""
+        return self.link(before=encode_cursor(first))
+
+    def backwards(self) -> PageSpec:
+        """Where a previous page is found: from ``before``, in the opposite order,
+        with one row more than a page to tell whether an earlier page exists."""
+        return PageSpec(after=self.before, reverse=not self.reverse, limit=self.page.limit + 1)
 
 
 def parse_list_query(kind: Kind, query: Mapping[str, str], now: datetime.datetime) -> ListQuery:
@@ -72,12 +86,18 @@ def parse_list_query(kind: Kind, query: Mapping[str, str], now: datetime.datetim
     filters = {
         name: query[name].strip() for name in FILTERS_OF[kind] if query.get(name, "").strip()
     }
-    page = PageSpec(
-        after=decode_cursor(query["after"]) if query.get("after") else None,
-        reverse=query.get("order") == "reverse",
-        limit=PAGE_SIZE,
+    after = decode_cursor(query["after"], "after") if query.get("after") else None
+    before = decode_cursor(query["before"], "before") if query.get("before") else None
+    if after is not None and before is not None:
+        raise BadQuery("before: a page is either after a row or before one, not both")
+    page = PageSpec(after=after, reverse=query.get("order") == "reverse", limit=PAGE_SIZE)
+    return ListQuery(
+        kind=kind,
+        selection=selection_of(filters, now),
+        page=page,
+        before=before,
+        filters=filters,
     )
-    return ListQuery(kind=kind, selection=selection_of(filters, now), page=page, filters=filters)
 
 
 def selection_of(filters: Mapping[str, str], now: datetime.datetime) -> Selection:
@@ -108,7 +128,8 @@ def encode_cursor(cursor: Cursor) -> str:
     return f"{cursor.at.isoformat()}{CURSOR_SEPARATOR}{cursor.uuid}"
 
 
-def decode_cursor(text: str) -> Cursor:
+def decode_cursor(text: str, name: str = "after") -> Cursor:
+    """The cursor in a URL's ``name`` parameter; BadQuery names it when unusable."""
     at, _, row = text.partition(CURSOR_SEPARATOR)
     try:
         moment = datetime.datetime.fromisoformat(at)
@@ -116,7 +137,7 @@ def decode_cursor(text: str) -> Cursor:
             at=moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC), uuid=uuid.UUID(row)
         )
     except ValueError:
-        raise BadQuery(f"after: {text!r} is not a page cursor") from None
+        raise BadQuery(f"{name}: {text!r} is not a page cursor") from None
 
 
 def window(name: str) -> datetime.timedelta:
