@@ -26,7 +26,7 @@ import errands
 from conftest import SERVER_URL, database_url, wait_for
 from errands import settings
 from errands.backends import open_backend
-from errands.cli import cli, mask_url
+from errands.cli import cli
 from errands.logs import configure_logging
 
 ERRANDS = str(Path(sys.executable).with_name("errands"))
@@ -553,12 +553,6 @@ def test_reload_restarts_the_worker_on_py_changes(db_url: str, tmp_path: Path) -
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def test_mask_url() -> None:
-    assert mask_url("postgresql://app:s3cret@db:5432/app") == "postgresql://app:***@db:5432/app"
-    assert mask_url("postgresql://app@db/app") == "postgresql://app@db/app"
-    assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def test_log_format_text_has_extra_fields() -> None:

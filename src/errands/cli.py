@@ -17,7 +17,6 @@ import uuid as uuid_module
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import psycopg
@@ -28,6 +27,7 @@ from errands.errors import ConfigurationError, DeferJob, ErrandsError, SchemaOut
 from errands.logs import configure_logging
 from errands.models import JobProcess, JobRequest, JobResult, Status
 from errands.pacing import ClaimAhead
+from errands.redaction import redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -132,24 +132,6 @@ def _import_job_modules(config: settings.Settings) -> list[str]:
     return list(config.import_modules)
 
 
-def mask_url(url: str) -> str:
-    """The database URL with its password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    userinfo = f"{parts.username or ''}:***"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{userinfo}@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _describe_database(config: settings.Settings) -> str:
     from errands.backends import DEFAULT_URL
 
@@ -161,7 +143,7 @@ def _describe_database(config: settings.Settings) -> str:
         if not config.database_url:
             return f"sqlite {shown} (default; set --database-url or ERRANDS_DATABASE_URL)"
         return f"sqlite {shown}"
-    return f"postgresql {mask_url(url)}"
+    return f"postgresql {redact_url(url)}"
 
 
 # -- formatting ----------------------------------------------------------------------
@@ -1143,7 +1125,7 @@ def settings_command(as_json: bool) -> None:
     values = settings.as_dict(config)
     # Secrets are never printed: the password in the URL, and the dashboard's password.
     if values.get("database_url"):
-        values["database_url"] = mask_url(str(values["database_url"]))
+        values["database_url"] = redact_url(str(values["database_url"]))
     if values.get("dashboard_password"):
         values["dashboard_password"] = "***"
     if as_json:
@@ -1156,7 +1138,7 @@ def settings_command(as_json: bool) -> None:
         if name == "worker_max_pending_per_process" and value is None:
             shown = "auto"
         if name == "database_url":
-            shown = mask_url(str(value)) if value else '"" (sqlite:///errands.sqlite3)'
+            shown = redact_url(str(value)) if value else '"" (sqlite:///errands.sqlite3)'
         rows.append([name, _field_text(shown), config.sources.get(field_name, "default")])
     click.echo(table(["SETTING", "VALUE", "SOURCE"], rows))
 

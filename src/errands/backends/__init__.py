@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from errands.backends.base import Backend
 from errands.errors import ConfigurationError
+from errands.redaction import redact_url
 
 DEFAULT_URL = "sqlite:///errands.sqlite3"
 
@@ -24,9 +25,9 @@ def open_backend(url: str | None) -> Backend:
         from errands.backends.sqlite import SqliteBackend
 
         return SqliteBackend(url)
-    scheme = url.split(":", 1)[0]
+    scheme = url.split(":", 1)[0][:20]
     raise ConfigurationError(
-        f"database_url: unsupported scheme {scheme!r} in {url!r}; "
+        f"database_url: unsupported scheme {scheme!r} in {redact_url(url)!r}; "
         "use postgresql://user@host/dbname or sqlite:///path/to/file.db"
     )
 

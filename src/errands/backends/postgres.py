@@ -20,7 +20,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
@@ -61,6 +60,7 @@ from errands.models import (
     build_job_request,
     build_job_result,
 )
+from errands.redaction import redact_text, redact_url
 
 logger = logging.getLogger("errands")
 
@@ -148,25 +148,18 @@ def database_errors(url: str) -> Iterator[None]:
         yield
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
         raise SchemaOutOfDate(
-            f"the errands tables are missing or outdated in {redacted(url)}: "
+            f"the errands tables are missing or outdated in {redact_url(url)}: "
             f"run `errands migrate` ({exc.diag.message_primary})"
         ) from exc
     except PoolTimeout as exc:
         raise BackendError(
-            f"cannot connect to the database {redacted(url)} "
-            f"(the connection pool's log warnings give the reason): {exc}"
+            f"cannot connect to the database {redact_url(url)} "
+            f"(the connection pool's log warnings give the reason): {redact_text(str(exc), url)}"
         ) from exc
     except psycopg.OperationalError as exc:
-        raise BackendError(f"cannot use the database {redacted(url)}: {exc}") from exc
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+        raise BackendError(
+            f"cannot use the database {redact_url(url)}: {redact_text(str(exc), url)}"
+        ) from exc
 
 
 # -- rows to models ------------------------------------------------------------------
