@@ -353,7 +353,9 @@ FAKETIME_LIBRARY = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 def skewed_clock(offset: str) -> dict[str, str]:
     """Environment that runs a process (and its children) with its wall clock off by
     ``offset`` (libfaketime, Debian package faketime); monotonic clocks stay true."""
-    assert FAKETIME_LIBRARY.exists(), "install Debian's faketime package (see .ci/run)"
+    assert FAKETIME_LIBRARY.exists(), (
+        "install Debian's faketime package (bash scripts/install-test-deps does)"
+    )
     return {
         "LD_PRELOAD": str(FAKETIME_LIBRARY),
         "FAKETIME": offset,
