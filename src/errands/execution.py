@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from errands import serialization, telemetry
+from errands.containment import is_own_interrupt
 from errands.errors import DeferJob
 from errands.jobs import Job
 from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, positional_builder
@@ -94,7 +95,8 @@ async def _await(value: Any) -> Any:
 
 
 def execute(assignment: Assignment, handler: Handler) -> Outcome:
-    """Build the job and run it through ``handler``; never raises.
+    """Build the job and run it through ``handler``; never raises, whatever the job
+    raises (``SystemExit`` included), but the process's own Ctrl-C (``errands.containment``).
 
     The run is traced as a CONSUMER span ``process {queue}`` linked to the span
     that enqueued the job; a failure sets the span's error status.
@@ -111,9 +113,13 @@ def execute(assignment: Assignment, handler: Handler) -> Outcome:
 
 def _execute(assignment: Assignment, handler: Handler) -> Outcome:
     started_at = utcnow()
+    # BaseException: a job's SystemExit or KeyboardInterrupt is its failure, not the
+    # child's (see errands.containment).
     try:
         job = build_job(assignment.job_class, assignment.parameters)
-    except Exception as exc:
+    except BaseException as exc:
+        if is_own_interrupt(exc):
+            raise
         return failure(assignment, exc, started_at=started_at, job=None)
     try:
         value = handler(job)
@@ -122,7 +128,9 @@ def _execute(assignment: Assignment, handler: Handler) -> Outcome:
         )
     except DeferJob as deferral:
         return _deferred(assignment, deferral, started_at)
-    except Exception as exc:
+    except BaseException as exc:
+        if is_own_interrupt(exc):
+            raise
         return failure(assignment, exc, started_at=started_at, job=job)
     return build_outcome(
         process_uuid=assignment.process_uuid,
@@ -159,6 +167,7 @@ def failure(
     error_type: str | None = None,
 ) -> Outcome:
     """An ERRORED (or LOST) outcome, with a retry when attempts remain and the job loads."""
+    requeue, not_retried = retry_for(assignment, job)
     return Outcome(
         process_uuid=assignment.process_uuid,
         status=status,
@@ -166,25 +175,30 @@ def failure(
         ended_at=utcnow(),
         error_type=error_type or qualified_name(type(exc)),
         error=str(exc),
-        traceback="".join(traceback.format_exception(exc)) if exc.__traceback__ else "",
-        requeue=retry_for(assignment, job),
+        traceback=("".join(traceback.format_exception(exc)) if exc.__traceback__ else "")
+        + not_retried,
+        requeue=requeue,
     )
 
 
-def retry_for(assignment: Assignment, job: Job | None) -> Requeue | None:
-    """The next attempt of a failed job, or None when retries are used up."""
+def retry_for(assignment: Assignment, job: Job | None) -> tuple[Requeue | None, str]:
+    """The next attempt of a failed job (None when retries are used up), and why a
+    job with retries left is not retried ("" when it is)."""
     if assignment.retry_attempt >= assignment.retries:
-        return None
+        return None, ""
     attempt = assignment.retry_attempt + 1
     try:
         if job is None:
             job = build_job(assignment.job_class, assignment.parameters)
         delay = float(job.calculate_retry_delay(attempt))
-    except Exception:
+    except BaseException as exc:  # a SystemExit there must not end the worker either
+        if is_own_interrupt(exc):
+            raise
         # A job that cannot be rebuilt will fail the same way again: do not retry it.
         logger.exception("cannot compute retry delay", extra={"job_class": assignment.job_class})
-        return None
-    return Requeue(delay_seconds=max(delay, 0.0), retry_attempt=attempt)
+        why = f"{qualified_name(type(exc))}: {exc}"
+        return None, f"\nNot retried: computing the retry delay raised {why}\n"
+    return Requeue(delay_seconds=max(delay, 0.0), retry_attempt=attempt), ""
 
 
 def qualified_name(cls: type[BaseException]) -> str:
