@@ -19,6 +19,14 @@ class ParameterError(ErrandsError, TypeError):
     """A job parameter cannot be encoded to (or decoded from) JSON."""
 
 
+class OptionError(ParameterError, ValueError):
+    """An enqueue option (queue, delay, priority, timeout ...) errands cannot store.
+
+    Both a ``TypeError`` (through ``ParameterError``) and a ``ValueError``: a value of
+    the wrong type and one out of range are refused alike, before anything is written.
+    """
+
+
 class BackendError(ErrandsError):
     """The database cannot be used: unreachable, unwritable, or not an errands database."""
 

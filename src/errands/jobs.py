@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from errands import api, serialization, telemetry
+from errands import api, serialization, telemetry, validation
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
 from errands.models import (
     JobProcess,
@@ -283,8 +283,9 @@ def _slot_of(request: NewRequest) -> ConcurrencySlot:
 
 
 def _new_requests(jobs: Sequence[Job], options: EnqueueOptions, source: str) -> list[NewRequest]:
+    # The same for every job of the batch; checked before any other work.
+    delay = validation.resolve_delay(options.delay, lambda: _class_names(jobs))
     keys = uuid7s(len(jobs))
-    delay = _resolve_delay(options.delay)  # the same for every job of the batch
     return [
         _new_request(job, options, source, key, delay) for job, key in zip(jobs, keys, strict=True)
     ]
@@ -303,59 +304,37 @@ def _new_request(
     delay_seconds, start_at = delay
     priority = job.default_priority() if options.priority is None else options.priority
     retries = job.default_retries() if options.retries is None else options.retries
-    if not _storable_integers(priority, retries, options.retry_attempt):
-        _check_integer(path, "priority", priority)
-        _check_integer(path, "retries", retries)
-        _check_integer(path, "retry_attempt", options.retry_attempt)
+    queue = options.queue or job.default_queue()
+    concurrency_key = (
+        job.default_concurrency_key()
+        if options.concurrency_key is None
+        else options.concurrency_key
+    )
+    timeout = job.default_timeout() if options.timeout is None else options.timeout
+    retry_attempt = options.retry_attempt
+    if not validation.plain_options(
+        priority, retries, retry_attempt, queue, concurrency_key, timeout
+    ):
+        queue, concurrency_key, timeout = validation.checked_options(
+            path, priority, retries, retry_attempt, queue, concurrency_key, timeout
+        )
     # Every field, by name: the fast builder fills in no default (see models).
     return build_new_request(
         job_class=path,
         parameters=parameters,
-        queue=options.queue or job.default_queue(),
+        queue=queue,
         priority=priority,
         retries=retries,
-        retry_attempt=options.retry_attempt,
-        concurrency_key=(
-            job.default_concurrency_key()
-            if options.concurrency_key is None
-            else options.concurrency_key
-        ),
+        retry_attempt=retry_attempt,
+        concurrency_key=concurrency_key,
         delay_seconds=delay_seconds,
         start_at=start_at,
-        timeout=job.default_timeout() if options.timeout is None else options.timeout,
+        timeout=timeout,
         source=source,
         trace_id=None,  # set by telemetry.sending when tracing
         span_id=None,
         uuid=key,
     )
-
-
-# The range of the database's integer columns: a larger value would not be
-# stored as given (and a bulk COPY would not even fail on it).
-_STORABLE_INTEGERS = range(-(2**31), 2**31)
-
-
-def _storable_integers(priority: object, retries: object, retry_attempt: object) -> bool:
-    """The common case, checked at a fifth of the cost of three ``_check_integer`` calls."""
-    low, high = _STORABLE_INTEGERS.start, _STORABLE_INTEGERS.stop
-    return (
-        type(priority) is int
-        and type(retries) is int
-        and type(retry_attempt) is int
-        and low <= priority < high
-        and low <= retries < high
-        and low <= retry_attempt < high
-    )
-
-
-def _check_integer(job_class: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{job_class}: {name} must be an integer, got {value!r}")
-    if value not in _STORABLE_INTEGERS:
-        raise ValueError(
-            f"{job_class}: {name} {value} is out of range "
-            f"({_STORABLE_INTEGERS.start} to {_STORABLE_INTEGERS.stop - 1})"
-        )
 
 
 _class_facts_cache: dict[type[Job], tuple[str, tuple[str, ...]]] = {}
@@ -381,19 +360,9 @@ def _read_positional_names(cls: type[Job]) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-def _resolve_delay(delay: Delay) -> tuple[float, datetime.datetime | None]:
-    """(seconds after the database's now, or an absolute start time)."""
-    if delay is None:
-        return 0.0, None
-    if isinstance(delay, datetime.datetime):
-        if delay.tzinfo is None:
-            raise ValueError(f"delay: datetime {delay!r} must be timezone-aware")
-        return 0.0, delay
-    if isinstance(delay, datetime.timedelta):
-        return delay.total_seconds(), None
-    if isinstance(delay, bool) or not isinstance(delay, int | float):
-        raise TypeError(f"delay: expected seconds, timedelta or datetime, got {delay!r}")
-    return float(delay), None
+def _class_names(jobs: Sequence[Job]) -> str:
+    """The batch's job classes, for an error message about an option they share."""
+    return ", ".join(sorted({_class_facts(type(job))[0] for job in jobs}))
 
 
 def _caller_location() -> str:
@@ -401,7 +370,11 @@ def _caller_location() -> str:
     frame = sys._getframe(1)
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame = frame.f_back
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    location = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    if location.isascii():
+        return location
+    # A file name that is not UTF-8 holds lone surrogates, which no database stores.
+    return location.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @contextlib.contextmanager

@@ -105,7 +105,61 @@ def positional_builder(cls: type[T]) -> Callable[..., T]:
     return build
 
 
+class Undecodable:
+    """Stands in a model for a stored value errands cannot load (see backends/rows.py).
+
+    A row anyone with write access inserted may hold JSON nested deeper than Python
+    decodes, or a value of the wrong type; rather than fail every reader of the
+    table, the row is read with this placeholder in that field. It prints as what
+    went wrong, and never equals a real value.
+    """
+
+    __slots__ = ("column", "problem")
+
+    def __init__(self, column: str, problem: str) -> None:
+        self.column = column
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        return f"<undecodable {self.column}: {self.problem}>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Undecodable) and (self.column, self.problem) == (
+            other.column,
+            other.problem,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.column, self.problem))
+
+
+class UndecodableTime(datetime.datetime):
+    """Stands for a stored time errands cannot load (past year 9999, 'infinity').
+
+    The latest time a datetime holds, so that code comparing, sorting or
+    subtracting times keeps working; its type tells it apart from a real time.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> UndecodableTime:
+        # datetime's own methods (replace, astimezone) call this with their values.
+        if not args and not kwargs:
+            args, kwargs = (9999, 12, 31, 23, 59, 59, 999999), {"tzinfo": datetime.UTC}
+        return super().__new__(cls, *args, **kwargs)
+
+    def __reduce__(self) -> Any:
+        return (UndecodableTime, ())
+
+    def __repr__(self) -> str:
+        return "<undecodable time>"
+
+    __str__ = __repr__
+
+
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Undecodable | UndecodableTime):
+        return str(value)
     if isinstance(value, datetime.datetime):
         return value.isoformat()
     if isinstance(value, UUID):

@@ -59,5 +59,14 @@ def load_job_class(path: str) -> type[Job]:
 def build_job(path: str, parameters: dict[str, Any]) -> Job:
     """Rebuild a job from its stored path and parameters (the worker's side of run_in_worker)."""
     cls = load_job_class(path)
-    args, kwargs = serialization.decode_arguments(parameters)
+    try:
+        args, kwargs = serialization.decode_arguments(parameters)
+    except Exception as exc:
+        # Parameters a row got by raw SQL, not by enqueueing: say so, not AttributeError.
+        from errands.backends.rows import invalid_arguments
+
+        error = invalid_arguments(parameters)
+        if error is None:
+            raise
+        raise error from exc
     return cls(*args, **kwargs)

@@ -28,6 +28,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from errands.backends import postgres_arrays
+from errands.backends import rows as poison
 from errands.backends.base import Backend, ConcurrencySlot, EnqueueTransaction, Listener
 from errands.backends.postgres_arrays import (
     EncodedArray,
@@ -98,7 +99,12 @@ def fetch(conn: Connection, name: str, params: Mapping[str, Any] | None = None) 
     """Rows of the named query (none for a statement that returns no rows)."""
     with conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(queries()[name], params)
-        return cursor.fetchall() if cursor.description else []
+        if not cursor.description:
+            return []
+        try:
+            return cursor.fetchall()
+        except Exception:  # a poison row (see rows.py): its statement has run
+            return poison.salvage_dicts(cursor)
 
 
 def _configure_worker_connection(conn: Connection) -> None:
@@ -131,7 +137,10 @@ def fetch_tuples(conn: Connection, name: str, params: Mapping[str, Any]) -> list
     whose rows become models by position (a third of the cost of ``fetch``)."""
     with conn.cursor(binary=True) as cursor:
         cursor.execute(queries()[name], params)
-        return cursor.fetchall()
+        try:
+            return cursor.fetchall()
+        except Exception:  # a poison row (see rows.py): its statement has run
+            return poison.salvage_tuples(cursor)
 
 
 def execute(conn: Connection, name: str, params: Mapping[str, Any] | None = None) -> int:
@@ -733,13 +742,17 @@ class PostgresBackend(Backend):
         if limit <= 0:
             return []
         params = {"worker_id": worker_id, "queues": list(queues), "limit": limit}
+        salvaged = poison.salvage_mark()
         with self._worker_connection() as conn:
-            rows = fetch_tuples(conn, "claim", params)
-            self._vacuum_queue_if_due(conn, claimed=len(rows), limit=limit)
+            claimed = fetch_tuples(conn, "claim", params)
+            self._vacuum_queue_if_due(conn, claimed=len(claimed), limit=limit)
         # RETURNING keeps no order: sort by priority, then due time, then age.
-        rows.sort(key=lambda row: (-row[9], row[18], row[2]))
+        claimed.sort(key=lambda row: (-row[9], row[18], row[2]))
         # The worker connection's times are in UTC already (_configure_worker_connection).
-        return [build_job_process(*row) for row in rows]
+        processes = [build_job_process(*row) for row in claimed]
+        if poison.salvage_mark() != salvaged:  # some row could not be loaded
+            return poison.fail_invalid(self, processes)
+        return processes
 
     def _vacuum_queue_if_due(self, conn: Connection, *, claimed: int, limit: int) -> None:
         """Vacuum the requests table once this process claimed enough of it.

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote
 from uuid import uuid4
 
+from errands.backends import rows as poison
 from errands.backends.base import (
     Backend,
     ConcurrencySlot,
@@ -102,6 +103,12 @@ _UUID_COLUMNS = frozenset(
 )
 _JSON_COLUMNS = frozenset({"parameters", "return_value", "queues"})
 _BOOL_COLUMNS = frozenset({"cancel_requested", "stale"})
+_STORED_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("priority", "retries", "retry_attempt", "pid"), (int,)),
+    **dict.fromkeys(("job_class", "queue", "concurrency_key", "source"), (str,)),
+    **dict.fromkeys(("trace_id", "span_id", "error_type", "error", "traceback"), (str,)),
+    "timeout": (float, int),
+}
 
 
 # -- URLs and values ----------------------------------------------------------------
@@ -153,14 +160,22 @@ def _column_value(name: str, value: Any) -> Any:
         return bool(value)
     if name == "status":
         return Status(value)
+    # SQLite stores any type in any column: one a row got by raw SQL is refused here.
+    if type(value) not in _STORED_TYPES.get(name, (type(value),)):
+        raise TypeError(f"{type(value).__name__} {value!r:.60} stored in {name}")
     return value
 
 
 def _model_values(row: sqlite3.Row, model: type[Any]) -> dict[str, Any]:
-    """The row's columns that are fields of ``model`` (extra columns are internal)."""
+    """The row's columns that are fields of ``model`` (extra columns are internal);
+    a placeholder for each value that cannot be loaded (see rows.py)."""
     names = {field.name for field in dataclasses.fields(model)}
     # (iterating a Row yields its values, so .keys() is needed)
-    return {key: _column_value(key, row[key]) for key in row.keys() if key in names}  # noqa: SIM118
+    try:
+        return {key: _column_value(key, row[key]) for key in row.keys() if key in names}  # noqa: SIM118
+    except Exception:
+        items = [(key, row[key]) for key in row.keys() if key in names]  # noqa: SIM118
+        return poison.salvage_values(items, _column_value)
 
 
 def _request(row: sqlite3.Row) -> JobRequest:
@@ -793,7 +808,11 @@ class SqliteBackend(Backend):
             session.execute("claim_delete_requests", claims=claims)
         claim_order = {request_uuid: position for position, request_uuid in enumerate(due)}
         moved.sort(key=lambda row: claim_order[row["request_uuid"]])
-        return [_process(row) for row in moved]
+        salvaged = poison.salvage_mark()
+        processes = [_process(row) for row in moved]
+        if poison.salvage_mark() != salvaged:  # some row could not be loaded
+            return poison.fail_invalid(self, processes)
+        return processes
 
     @staticmethod
     def _due_requests(session: _Session, queues: Sequence[str], limit: int) -> list[str]:

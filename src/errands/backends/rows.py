@@ -1,0 +1,286 @@
+"""Rows errands cannot load ("poison rows"): read them anyway, and fail only their job.
+
+Anyone who can write to the tables can insert a row Python cannot load: JSON
+nested deeper than ``json`` decodes, a time past year 9999 (PostgreSQL accepts
+it, ``datetime`` cannot hold it), text where SQLite stores an integer. Loading
+such a row used to raise in whatever read it: a claim (after it had committed,
+so its whole batch was stranded), every maintenance tick (so rescue and pruning
+stopped), every listing of the CLI and the dashboard.
+
+Here a row is read value by value instead, each value that fails to load
+replaced by a placeholder (``Undecodable``, or ``UndecodableTime`` for times), so
+every reader gets its models. Only after a load failed: the happy path keeps
+psycopg's and the SQLite backend's own decoding, with nothing added but a
+``try``. A claim that read such a row fails that job alone with ``InvalidJobRow``
+(:func:`fail_invalid`); the job's other fields stay as stored, for the operator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from errands.errors import InvalidJobRow
+from errands.models import JobProcess, Outcome, Status, Undecodable, UndecodableTime
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from errands.backends.base import Backend
+
+logger = logging.getLogger("errands")
+
+TIME_COLUMNS = frozenset(
+    {
+        "created_at",
+        "start_at",
+        "requested_at",
+        "started_at",
+        "ended_at",
+        "last_heartbeat_at",
+        "applied_at",
+        "run_at",
+        "paused_at",
+    }
+)
+INVALID_JOB_ROW = f"{InvalidJobRow.__module__}.{InvalidJobRow.__qualname__}"
+# The fields a worker needs of a claimed job, with the type each must have.
+_JOB_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "uuid": uuid.UUID,
+    "request_uuid": uuid.UUID,
+    "worker_id": uuid.UUID,
+    "job_class": str,
+    "queue": str,
+    "priority": int,
+    "retries": int,
+    "retry_attempt": int,
+    "concurrency_key": str,
+    "timeout": (int, float, type(None)),
+    "source": str,
+    "trace_id": (str, type(None)),
+    "span_id": (str, type(None)),
+}
+_JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+
+# How many rows were read with placeholders, ever: a claim compares it before and
+# after reading its rows, so the happy path pays no check per row. (Another
+# thread's salvage in between only makes the claim check a batch for nothing.)
+_salvaged = 0
+
+
+def salvage_mark() -> int:
+    return _salvaged
+
+
+def _count_salvage() -> None:
+    global _salvaged
+    _salvaged += 1
+
+
+class UndecodableInt(int):
+    """Stands for a stored integer errands cannot load: 0, so sums and comparisons work."""
+
+    def __repr__(self) -> str:
+        return "<undecodable number>"
+
+
+class UndecodableFloat(float):
+    """Stands for a stored number (a timeout) errands cannot load: 0."""
+
+    def __repr__(self) -> str:
+        return "<undecodable number>"
+
+
+class UndecodableText(str):
+    """Stands for stored text errands cannot load, and says so when shown."""
+
+    __slots__ = ()
+
+
+class UndecodableUUID(uuid.UUID):
+    """Stands for a stored uuid errands cannot load: the nil uuid, which names no job."""
+
+    __slots__ = ()
+
+
+#: Types that only placeholders have: a model holding one came from a poison row.
+PLACEHOLDERS = (
+    Undecodable,
+    UndecodableTime,
+    UndecodableInt,
+    UndecodableFloat,
+    UndecodableText,
+    UndecodableUUID,
+)
+_INT_COLUMNS = frozenset({"priority", "retries", "retry_attempt", "pid"})
+_UUID_COLUMNS = frozenset(
+    {"uuid", "request_uuid", "process_uuid", "worker_id", "retry_request_uuid"}
+)
+_TEXT_COLUMNS = frozenset(
+    {"job_class", "queue", "concurrency_key", "source", "trace_id", "span_id"}
+    | {"error_type", "error", "traceback", "hostname"}
+)
+
+
+def placeholder(column: str, exc: BaseException) -> Any:
+    """What a model holds for a stored value that failed to load with ``exc``: a value
+    of the field's own type where it has one, so that code using the model (sorting,
+    subtracting times, formatting) keeps working, yet one :func:`job_problem` spots."""
+    if column in TIME_COLUMNS:
+        return UndecodableTime()
+    if column in _INT_COLUMNS:
+        return UndecodableInt(0)
+    if column == "timeout":
+        return UndecodableFloat(0.0)
+    if column in _UUID_COLUMNS:
+        return UndecodableUUID(int=0)
+    if column in _TEXT_COLUMNS:
+        return UndecodableText(f"<undecodable {column}: {describe(exc)}>")
+    return Undecodable(column, describe(exc))
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def salvage_tuples(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:
+    """The rows of the cursor's current result, loaded value by value; for a fetch
+    that raised. The statement has run (and in autocommit, committed): its rows
+    are still in memory, so nothing is lost by reading them again."""
+    from psycopg.adapt import Transformer
+    from psycopg.pq import Format
+
+    result = cursor.pgresult
+    if result is None:
+        return []
+    transformer = Transformer(cursor)
+    columns = range(result.nfields)
+    names = [(result.fname(c) or b"?").decode() for c in columns]
+    loaders = [transformer.get_loader(result.ftype(c), Format(result.fformat(c))) for c in columns]
+    _count_salvage()
+    return [
+        tuple(_load(loaders[c], result.get_value(row, c), names[c]) for c in columns)
+        for row in range(result.ntuples)
+    ]
+
+
+def salvage_dicts(cursor: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
+    """As :func:`salvage_tuples`, each row a dict by column name."""
+    result = cursor.pgresult
+    if result is None:
+        return []
+    names = [(result.fname(c) or b"?").decode() for c in range(result.nfields)]
+    return [dict(zip(names, row, strict=True)) for row in salvage_tuples(cursor)]
+
+
+def _load(loader: Any, data: bytes | None, column: str) -> Any:
+    if data is None:
+        return None
+    try:
+        return loader.load(data)
+    except Exception as exc:  # RecursionError, psycopg.DataError, ValueError ...
+        return placeholder(column, exc)
+
+
+def salvage_values(
+    items: Sequence[tuple[str, Any]], convert: Callable[[str, Any], Any]
+) -> dict[str, Any]:
+    """``{name: convert(name, value)}``, a placeholder for each value ``convert``
+    refuses; for the SQLite backend, whose values are converted in Python."""
+    _count_salvage()
+    values = {}
+    for name, value in items:
+        try:
+            values[name] = convert(name, value)
+        except Exception as exc:
+            values[name] = placeholder(name, exc)
+    return values
+
+
+# -- judging a job -----------------------------------------------------------------------
+
+
+def json_kind(value: Any) -> str:
+    return _JSON_KINDS.get(type(value), "number")
+
+
+def arguments_problem(parameters: Any) -> str | None:
+    """What makes stored parameters unusable as a job's arguments, or None.
+
+    Enqueueing stores ``{"args": [...], "kwargs": {...}}``; anything else came
+    from elsewhere.
+    """
+    if isinstance(parameters, Undecodable):
+        return f"parameters cannot be loaded ({parameters.problem})"
+    if not isinstance(parameters, dict):
+        return f"parameters are a JSON {json_kind(parameters)}, not an object"
+    args = parameters.get("args", [])
+    if not isinstance(args, list):
+        return f"parameters' 'args' is a JSON {json_kind(args)}, not an array"
+    kwargs = parameters.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        return f"parameters' 'kwargs' is a JSON {json_kind(kwargs)}, not an object"
+    return None
+
+
+def job_problem(job: JobProcess) -> str | None:
+    """What makes a claimed job's row unusable, or None when it can be run."""
+    problems = []
+    for field in dataclasses.fields(job):
+        value = getattr(job, field.name)
+        expected = _JOB_FIELD_TYPES.get(field.name)
+        if isinstance(value, Undecodable):
+            problems.append(f"{field.name} cannot be loaded ({value.problem})")
+        elif isinstance(value, PLACEHOLDERS):
+            problems.append(f"{field.name} cannot be loaded ({value!r:.200})")
+        elif expected is not None and (isinstance(value, bool) or not isinstance(value, expected)):
+            problems.append(f"{field.name} holds {type(value).__name__} {value!r:.60}")
+    if not isinstance(job.parameters, Undecodable):
+        arguments = arguments_problem(job.parameters)
+        if arguments is not None:
+            problems.append(arguments)
+    return "; ".join(problems) or None
+
+
+def fail_invalid(backend: Backend, processes: list[JobProcess]) -> list[JobProcess]:
+    """The claimed ``processes`` that can run; each other one gets its ERRORED result
+    now (``InvalidJobRow``, not retried: the row would fail again)."""
+    runnable, failed = [], []
+    ended_at = datetime.datetime.now(datetime.UTC)
+    for process in processes:
+        problem = job_problem(process)
+        if problem is None:
+            runnable.append(process)
+            continue
+        logger.error(
+            "claimed a job whose row cannot be loaded; it fails",
+            extra={"job_uuid": str(process.uuid), "problem": problem},
+        )
+        failed.append(
+            Outcome(
+                process_uuid=process.uuid,
+                status=Status.ERRORED,
+                started_at=None,
+                ended_at=ended_at,
+                error_type=INVALID_JOB_ROW,
+                error=f"the stored job cannot be run: {problem}",
+            )
+        )
+    if failed:
+        # Only aborted results come back: none of these, so none is loaded again.
+        backend.complete_many(outcomes=failed, aborted_only=True)
+    return runnable
+
+
+def invalid_arguments(parameters: Any) -> InvalidJobRow | None:
+    """The error for stored parameters that are no job's arguments, or None if they are
+    (for a decoding that failed: its own error then stands)."""
+    problem = arguments_problem(parameters)
+    return None if problem is None else InvalidJobRow(f"the stored job cannot be run: {problem}")

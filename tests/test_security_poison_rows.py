@@ -1,0 +1,380 @@
+"""A poison row harms only itself (issue 16, item 4).
+
+Anyone who can write to the database can insert rows errands cannot load: JSON
+nested deeper than Python can decode, times past year 9999, values of the wrong
+type. Each test puts one such row among good ones, by raw SQL, in each of the
+three tables a job passes through, and checks on a real worker and a real
+database that: the poison job ends ERRORED as ``InvalidJobRow``; every good job of
+its batch succeeds; maintenance (rescue, prune) keeps working; and the CLI and
+every dashboard page still list the rows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+import errands
+from conftest import WorkerRunner
+from errands import settings
+from errands.backends import Backend
+from errands.cli import cli
+from errands.dashboard import create_app
+from errands.models import WorkerInfo
+from test_dashboard import log_in
+
+INVALID = "errands.errors.InvalidJobRow"
+GOOD_JOBS = 3
+DEEP = 5_000
+PASSWORD = "poison-test-password"
+
+
+@dataclass(frozen=True)
+class Poison:
+    """Column overrides, as SQL expressions, that make a row poison on each backend."""
+
+    postgresql: dict[str, str] = field(default_factory=dict)
+    sqlite: dict[str, str] = field(default_factory=dict)
+
+    def columns(self, url: str) -> dict[str, str]:
+        return self.sqlite if url.startswith("sqlite") else self.postgresql
+
+
+def _deep_arguments() -> str:
+    return '{"args": [' + "[" * DEEP + "]" * DEEP + '], "kwargs": {}}'
+
+
+# -- the scenario every case runs ------------------------------------------------------
+
+
+class Database:
+    """Raw SQL on the test database, bypassing errands entirely."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @property
+    def sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    def run(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if self.sqlite:
+            with sqlite3.connect(self.url.removeprefix("sqlite:///")) as conn:
+                return conn.execute(sql.replace("%s", "?"), params).fetchall()
+        with psycopg.connect(self.url, autocommit=True) as conn, conn.cursor() as cursor:
+            cursor.execute(sql.encode(), params)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+    def poison(self, table: str, key: str, columns: dict[str, str]) -> None:
+        assignments = ", ".join(f"{column} = {value}" for column, value in columns.items())
+        self.run(f"UPDATE {table} SET {assignments} WHERE uuid = %s", key)
+
+    def result_of(self, request_uuid: str) -> tuple[str, str, str]:
+        """(status, error_type, error) of the request's result, read as plain text."""
+        rows = self.run(
+            "SELECT status, error_type, error FROM errands_result WHERE request_uuid = %s",
+            request_uuid,
+        )
+        assert len(rows) == 1, rows
+        return rows[0]  # type: ignore[return-value]
+
+    def count(self, table: str, where: str = "true", *params: Any) -> int:
+        return int(self.run(f"SELECT count(*) FROM {table} WHERE {where}", *params)[0][0])
+
+    def key(self, value: uuid.UUID) -> Any:
+        return str(value) if self.sqlite else value
+
+    def an_hour_ago(self) -> str:
+        return (
+            "(julianday('now') - 2440587.5) * 86400.0 - 3600"
+            if self.sqlite
+            else "now() - interval '1 hour'"
+        )
+
+    def a_day_ahead(self) -> str:
+        return (
+            "(julianday('now') - 2440587.5) * 86400.0 + 86400"
+            if self.sqlite
+            else "now() + interval '1 day'"
+        )
+
+
+@dataclass
+class Planted:
+    """The rows one scenario planted: good jobs, and poison in each table."""
+
+    good: list[str]
+    claimed: str  # a due request, poisoned: the worker claims it in a batch with the good ones
+    waiting: str  # a request due tomorrow, poisoned: listed, never claimed
+    rescued: str  # a process of a dead worker, poisoned: maintenance rescues it
+    running: str  # a process of a live worker, poisoned: listed
+    running_request: str
+    pruned: str  # an old result, poisoned: maintenance prunes it
+
+
+def plant(backend: Backend, db: Database, columns: dict[str, str], tmp: Path) -> Planted:
+    import sample_jobs
+
+    good = [sample_jobs.Record(str(tmp / "ran.txt"), f"good-{n}") for n in range(GOOD_JOBS)]
+    good_requests = [job.run_in_worker() for job in good[:1]]
+    claimed = sample_jobs.Noop().run_in_worker()
+    good_requests += [job.run_in_worker() for job in good[1:]]
+    waiting = sample_jobs.Noop().run_in_worker()
+    db.poison("errands_request", db.key(claimed.uuid), columns)
+    db.poison("errands_request", db.key(waiting.uuid), {**columns, "start_at": db.a_day_ahead()})
+    rescued = _process_of_fake_worker(backend, db, columns, stale=True)
+    running, running_request = _process_of_fake_worker(backend, db, columns, stale=False)
+    pruned = _old_result(db, columns)
+    return Planted(
+        good=[str(r.uuid) for r in good_requests if r is not None],
+        claimed=str(claimed.uuid),
+        waiting=str(waiting.uuid),
+        rescued=rescued[0],
+        running=running,
+        running_request=running_request,
+        pruned=pruned,
+    )
+
+
+def _process_of_fake_worker(
+    backend: Backend, db: Database, columns: dict[str, str], *, stale: bool
+) -> tuple[str, str]:
+    """A claimed, poisoned process of a worker that is not this test's: (process, request)."""
+    import sample_jobs
+
+    queue = f"fake-{uuid.uuid4().hex[:8]}"
+    request = sample_jobs.Noop().run_in_worker(queue=queue)
+    assert request is not None
+    worker_id = uuid.uuid4()
+    backend.register_worker(
+        worker=WorkerInfo(worker_id=worker_id, hostname="elsewhere", pid=1, queues=[queue])
+    )
+    (process,) = backend.claim(worker_id=worker_id, queues=[queue], limit=1)
+    if stale:
+        db.run(
+            f"UPDATE errands_worker SET last_heartbeat_at = {db.an_hour_ago()} "
+            "WHERE worker_id = %s",
+            db.key(worker_id),
+        )
+    db.poison("errands_process", db.key(process.uuid), columns)
+    return str(process.uuid), str(process.request_uuid)
+
+
+def _old_result(db: Database, columns: dict[str, str]) -> str:
+    """A result that ended two days ago, poisoned (it copies the claimed poison's result)."""
+    import sample_jobs
+
+    request = sample_jobs.Noop().run_in_worker(queue="old-results")
+    assert request is not None
+    backend = errands.api.backend()
+    worker_id = uuid.uuid4()
+    (process,) = backend.claim(worker_id=worker_id, queues=["old-results"], limit=1)
+    now = backend.now()
+    (result,) = backend.complete_many(
+        outcomes=[
+            errands.models.Outcome(
+                process_uuid=process.uuid,
+                status=errands.models.Status.SUCCESSFUL,
+                started_at=now,
+                ended_at=now - datetime.timedelta(days=2),
+            )
+        ]
+    )
+    db.poison("errands_result", db.key(result.uuid), columns)
+    return str(result.uuid)
+
+
+class DatabaseFailures(logging.Handler):
+    """Counts the worker's "database operation failed" errors (a failing claim,
+    batch or maintenance tick)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("database operation failed"):
+            self.failures.append(getattr(record, "operation", "?"))
+
+
+@pytest.fixture
+def database_failures() -> Iterator[DatabaseFailures]:
+    handler = DatabaseFailures()
+    logger = logging.getLogger("errands")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def check_poison_harms_only_itself(
+    poison: Poison,
+    *,
+    db_url: str,
+    backend: Backend,
+    run_worker: WorkerRunner,
+    tmp_path: Path,
+    failures: DatabaseFailures,
+) -> None:
+    db = Database(db_url)
+    planted = plant(backend, db, poison.columns(db_url), tmp_path)
+
+    def done() -> bool:
+        finished = db.count(
+            "errands_result", "request_uuid IN (%s, %s, %s, %s)", *planted.good, planted.claimed
+        )
+        rescued = db.count("errands_result", "process_uuid = %s", planted.rescued)
+        pruned = db.count("errands_result", "uuid = %s", planted.pruned) == 0
+        return finished == GOOD_JOBS + 1 and rescued == 1 and pruned
+
+    run_worker(done, timeout=30, results_retention=3600, heartbeat_timeout=5)
+
+    for request in planted.good:
+        assert db.result_of(request)[0] == "SUCCESSFUL"
+    assert sorted((tmp_path / "ran.txt").read_text().split()) == [
+        f"good-{n}" for n in range(GOOD_JOBS)
+    ]
+    status, error_type, error = db.result_of(planted.claimed)
+    assert (status, error_type) == ("ERRORED", INVALID), error
+    assert error  # says what is wrong with the row
+    assert failures.failures == []  # no claim, batch write or maintenance tick failed
+
+    _check_cli(db_url, planted)
+    _check_dashboard(planted)
+
+
+def _check_cli(db_url: str, planted: Planted) -> None:
+    runner = CliRunner()
+    try:
+        for args in (
+            ["requests"],
+            ["processes"],
+            ["results"],
+            ["requests", "--json"],
+            ["processes", "--json"],
+            ["results", "--json"],
+            ["get", planted.waiting],
+            ["get", planted.running],
+            ["get", planted.claimed],
+            ["get", planted.running, "--json"],
+            ["get", planted.claimed, "--json"],
+        ):
+            result = runner.invoke(cli, ["--database-url", db_url, *args])
+            assert result.exit_code == 0, (args, result.output, result.exception)
+    finally:
+        settings.reset()
+
+
+def _check_dashboard(planted: Planted) -> None:
+    with TestClient(create_app(password=PASSWORD), base_url="http://localhost") as client:
+        assert log_in(client, PASSWORD).status_code == 303
+        pages = [
+            "/",
+            "/requests",
+            "/requests?state=scheduled",
+            "/processes",
+            "/results",
+            "/results?status=ERRORED",
+            "/workers",
+            f"/jobs/{planted.waiting}",
+            f"/jobs/{planted.running}",
+            f"/jobs/{planted.running_request}",
+            f"/jobs/{planted.claimed}",
+        ]
+        for page in pages:
+            response = client.get(page)
+            assert response.status_code == 200, (page, response.text[-2000:])
+
+
+# -- the cases --------------------------------------------------------------------------
+
+
+def _run(poison: Poison, request: pytest.FixtureRequest) -> None:
+    check_poison_harms_only_itself(
+        poison,
+        db_url=request.getfixturevalue("db_url"),
+        backend=request.getfixturevalue("backend"),
+        run_worker=request.getfixturevalue("run_worker"),
+        tmp_path=request.getfixturevalue("tmp_path"),
+        failures=request.getfixturevalue("database_failures"),
+    )
+
+
+def test_parameters_nested_too_deep_to_decode(db_url: str, request: pytest.FixtureRequest) -> None:
+    poison = Poison(
+        postgresql={"parameters": f"'{_deep_arguments()}'::jsonb"},
+        sqlite={"parameters": f"'{_deep_arguments()}'"},
+    )
+    _run(poison, request)
+
+
+def test_a_time_past_year_9999(db_url: str, request: pytest.FixtureRequest) -> None:
+    poison = Poison(
+        # PostgreSQL takes years up to 294276; Python's datetime stops at 9999.
+        postgresql={"created_at": "'10000-01-01 00:00:00+00'"},
+        sqlite={"created_at": "1e13"},  # unix seconds in the year 318857
+    )
+    _run(poison, request)
+
+
+@pytest.mark.postgres_only
+def test_an_infinite_time(db_url: str, request: pytest.FixtureRequest) -> None:
+    _run(Poison(postgresql={"created_at": "'infinity'"}), request)
+
+
+def test_parameters_that_are_an_array(db_url: str, request: pytest.FixtureRequest) -> None:
+    _run(
+        Poison(postgresql={"parameters": "'[1, 2]'::jsonb"}, sqlite={"parameters": "'[1, 2]'"}),
+        request,
+    )
+
+
+def test_parameters_that_are_a_string(db_url: str, request: pytest.FixtureRequest) -> None:
+    poison = Poison(
+        postgresql={"parameters": """'"run me"'::jsonb"""}, sqlite={"parameters": """'"run me"'"""}
+    )
+    _run(poison, request)
+
+
+def test_malformed_arguments(db_url: str, request: pytest.FixtureRequest) -> None:
+    arguments = '{"args": 5, "kwargs": []}'
+    poison = Poison(
+        postgresql={"parameters": f"'{arguments}'::jsonb"}, sqlite={"parameters": f"'{arguments}'"}
+    )
+    _run(poison, request)
+
+
+def test_text_in_an_integer_column(db_url: str, request: pytest.FixtureRequest) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's integer columns hold only integers")
+    _run(Poison(sqlite={"retries": "'many'", "priority": "'high'"}), request)
+
+
+def test_a_retry_count_no_integer_can_hold(db_url: str, request: pytest.FixtureRequest) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's integer columns hold only 32-bit integers")
+    _run(Poison(sqlite={"retries": "1e300", "retry_attempt": "-1e300"}), request)
+
+
+def test_json_that_is_not_json(db_url: str, request: pytest.FixtureRequest) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's jsonb columns hold only valid JSON")
+    _run(Poison(sqlite={"parameters": "'{not json'"}), request)
+
+
+def test_a_uuid_that_is_not_a_uuid(db_url: str, request: pytest.FixtureRequest) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's uuid columns hold only uuids")
+    _run(Poison(sqlite={"trace_id": "x'00ff'", "timeout": "'soon'"}), request)
