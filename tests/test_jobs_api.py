@@ -281,7 +281,7 @@ class Varied(Job):
         return self.n % 2
 
     def default_timeout(self) -> float | None:
-        return 1.5 * self.n if self.n % 4 == 0 else None
+        return 1.5 * (self.n + 1) if self.n % 4 == 0 else None  # above 0: 0 is refused
 
 
 def test_a_bulk_enqueue_stores_each_job_with_its_own_options(backend: Backend) -> None:
@@ -303,7 +303,7 @@ def test_a_bulk_enqueue_stores_each_job_with_its_own_options(backend: Backend) -
             n % 5 - 2,
             n % 2,
         )
-        assert request.timeout == (1.5 * n if n % 4 == 0 else None)
+        assert request.timeout == (1.5 * (n + 1) if n % 4 == 0 else None)
         assert (request.concurrency_key, request.retry_attempt) == ("", 0)
         assert request.start_at == request.created_at
     for request in delayed:

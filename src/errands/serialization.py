@@ -7,6 +7,13 @@ datetime, date, time, timedelta, UUID, Decimal, bytes, tuple, set and frozenset.
 Applications add their own types with :func:`register_type`. Anything else is
 refused when the job is enqueued, with an error naming the job class and the
 parameter, so a bad value never reaches a worker.
+
+Only what both databases keep exactly is accepted: strings without NUL characters
+or lone surrogates (PostgreSQL's jsonb refuses both), integers of at most
+``MAX_INT_DIGITS`` digits, finite floats, and containers nested at most
+``MAX_DEPTH`` deep (which also catches a value that contains itself). Floats
+PostgreSQL would give back changed (-0.0, and from 1e16 on, which jsonb prints
+as integers) are stored tagged as ``"float"``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,18 @@ from typing import Any
 from errands.errors import ParameterError
 
 TAG = "__errands__"
+
+# Containers inside containers, counted from a parameter itself. Far below
+# Python's recursion limit (1,000), which decoding (recursive too) must not reach:
+# a value 500 levels deep raised RecursionError instead of ParameterError.
+MAX_DEPTH = 100
+# Python's default limit for int <-> str conversions (sys.int_info): json cannot
+# write a longer integer, nor a worker read it back.
+MAX_INT_DIGITS = 4300
+_INT_BOUND = 10**MAX_INT_DIGITS
+# From 1e16 on, repr() writes a float with an exponent, which PostgreSQL's jsonb
+# stores as a numeric and prints back as an integer (1e16 -> 10000000000000000).
+_PLAIN_FLOAT_BOUND = 1e16
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,8 @@ _BUILTIN_CODECS: list[_Codec] = [
     _Codec("uuid", uuid.UUID, str, uuid.UUID),
     _Codec("decimal", Decimal, str, Decimal),
     _Codec("bytes", bytes, lambda v: base64.b64encode(v).decode("ascii"), base64.b64decode),
+    # Only for the floats jsonb would change (see _Encoder.encode_float).
+    _Codec("float", float, float.__repr__, float),
 ]
 # Containers whose items are encoded recursively.
 _CONTAINERS: dict[str, type] = {"tuple": tuple, "set": set, "frozenset": frozenset}
@@ -122,38 +143,88 @@ def decode_arguments(parameters: Mapping[str, Any]) -> tuple[list[Any], dict[str
     return args, kwargs
 
 
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored as given on both databases, or None.
+
+    PostgreSQL refuses NUL in text and jsonb, and SQLite cuts text at one; lone
+    surrogates cannot be written as UTF-8.
+    """
+    if "\x00" in text:
+        return f"contains a NUL character (at index {text.index(chr(0))})"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"contains a lone surrogate {text[exc.start]!r} (at index {exc.start})"
+    return None
+
+
 class _Encoder:
     def __init__(self, job_class: str, parameter: str) -> None:
         self.job_class = job_class
         self.parameter = parameter
 
-    def encode(self, value: Any, path: str) -> Any:
-        if value is None or isinstance(value, bool | int | str):
+    def encode(self, value: Any, path: str, depth: int = 0) -> Any:
+        # Cheap tests first: isascii() is O(1) in CPython, and a plain ASCII
+        # string without NUL needs nothing more.
+        if isinstance(value, str):
+            return value if value.isascii() and "\x00" not in value else self._text(value, path)
+        if value is None or isinstance(value, bool):
             return value
+        if isinstance(value, int):
+            return value if -_INT_BOUND < value < _INT_BOUND else self._huge_int(value, path)
         if isinstance(value, float):
-            if not math.isfinite(value):
-                raise self._error(path, value, "is not a finite number")
-            return value
+            return self._encode_float(value, path)
+        if depth >= MAX_DEPTH:
+            problem = f"is nested deeper than {MAX_DEPTH} levels (or contains itself)"
+            raise self._error(path, value, problem, list_types=False)
         if isinstance(value, list):
-            return [self.encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
+            return [self.encode(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
         if isinstance(value, dict):
-            return self._encode_dict(value, path)
-        return self._encode_tagged(value, path)
+            return self._encode_dict(value, path, depth)
+        return self._encode_tagged(value, path, depth)
 
-    def _encode_dict(self, value: dict[Any, Any], path: str) -> Any:
+    def _encode_float(self, value: float, path: str) -> Any:
+        bound = _PLAIN_FLOAT_BOUND
+        if -bound < value < bound and (value or math.copysign(1, value) > 0):
+            return value
+        if not math.isfinite(value):
+            raise self._error(path, value, "is not a finite number")
+        return {TAG: "float", "value": float.__repr__(value)}  # -0.0, or from 1e16 on
+
+    def _text(self, value: str, path: str) -> str:
+        problem = text_problem(value)
+        if problem is not None:
+            raise self._error(path, value, problem, list_types=False)
+        return value
+
+    def _huge_int(self, value: int, path: str) -> int:
+        problem = f"has more than {MAX_INT_DIGITS} digits"
+        raise self._error(path, value, problem, list_types=False)
+
+    def _encode_dict(self, value: dict[Any, Any], path: str, depth: int) -> Any:
         encoded = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise self._error(path, value, f"has a non-string key {key!r}")
-            encoded[key] = self.encode(item, f"{path}[{key!r}]")
+                raise self._error(path, value, f"has a non-string key {short_repr(key)}")
+            if not key.isascii() or "\x00" in key:
+                self._check_key(key, value, path)
+            encoded[key] = self.encode(item, f"{path}[{key!r}]", depth + 1)
         # A user dict that happens to contain the tag key is wrapped, so decode
         # never mistakes it for a tagged value.
         return {TAG: "dict", "value": encoded} if TAG in encoded else encoded
 
-    def _encode_tagged(self, value: Any, path: str) -> Any:
+    def _check_key(self, key: str, value: dict[Any, Any], path: str) -> None:
+        problem = text_problem(key)
+        if problem is not None:
+            raise self._error(
+                path, value, f"has a key {short_repr(key)} that {problem}", list_types=False
+            )
+
+    def _encode_tagged(self, value: Any, path: str, depth: int) -> Any:
         for tag, container in _CONTAINERS.items():
             if type(value) is container:
-                return {TAG: tag, "value": self._encode_items(value, path, ordered=tag == "tuple")}
+                items = self._encode_items(value, path, depth, ordered=tag == "tuple")
+                return {TAG: tag, "value": items}
         codec = _codec_for(value)
         if codec is None:
             raise self._error(path, value, "cannot be stored as JSON")
@@ -161,22 +232,44 @@ class _Encoder:
             payload = codec.encode(value)
         except Exception as exc:
             raise self._error(path, value, f"failed to encode ({exc})") from exc
-        return {TAG: codec.tag, "value": self.encode(payload, path)}
+        return {TAG: codec.tag, "value": self.encode(payload, path, depth + 1)}
 
-    def _encode_items(self, items: Any, path: str, *, ordered: bool) -> list[Any]:
+    def _encode_items(self, items: Any, path: str, depth: int, *, ordered: bool) -> list[Any]:
         # Sets have no order; sorting by repr makes the stored form deterministic.
-        sequence = list(items) if ordered else sorted(items, key=repr)
-        return [self.encode(item, f"{path}[{i}]") for i, item in enumerate(sequence)]
+        sequence = list(items) if ordered else sorted(items, key=_sort_key)
+        return [self.encode(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(sequence)]
 
-    def _error(self, path: str, value: Any, problem: str) -> ParameterError:
+    def _error(
+        self, path: str, value: Any, problem: str, *, list_types: bool = True
+    ) -> ParameterError:
         where = f"{self.job_class}: " if self.job_class else ""
         kind = type(value).__qualname__
-        return ParameterError(
-            f"{where}parameter '{path}' of type {kind} {problem}; errands stores parameters "
-            "as JSON (str, int, float, bool, None, list, dict, datetime, date, time, "
-            "timedelta, UUID, Decimal, bytes, tuple, set) plus types added with "
-            "errands.register_type()"
-        )
+        message = f"{where}parameter '{path}' of type {kind} {problem}"
+        if list_types:
+            message += (
+                "; errands stores parameters as JSON (str, int, float, bool, None, list, "
+                "dict, datetime, date, time, timedelta, UUID, Decimal, bytes, tuple, set) "
+                "plus types added with errands.register_type()"
+            )
+        return ParameterError(message)
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A short repr for an error message (of a 1 MB key, or an int repr refuses)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__}>"
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def _sort_key(item: Any) -> str:
+    """repr() orders a set's items; one it fails on (an int too long to print, a
+    value nested past the recursion limit) is refused by the encoder anyway."""
+    try:
+        return repr(item)
+    except Exception:
+        return ""
 
 
 def _codec_for(value: Any) -> _Codec | None:
