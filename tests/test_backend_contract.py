@@ -184,7 +184,7 @@ def test_results_written_before_version_5_keep_no_due_time(fresh_pg_url: str) ->
             )
         assert backend.schema_version() == 4
 
-        assert backend.migrate() == [5]
+        assert backend.migrate() == [5, 6]
 
         (old,) = backend.list_results(filters=Filters())
         assert (old.status, old.start_at) == (Status.SUCCESSFUL, None)

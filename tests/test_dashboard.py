@@ -72,7 +72,7 @@ def make_client(db_url: str) -> Iterator[Client]:
 
     def make(**options: Any) -> TestClient:
         options.setdefault("password", PASSWORD)
-        client = TestClient(create_app(**options), base_url="http://testserver")
+        client = TestClient(create_app(**options), base_url="http://localhost")
         clients.append(client)
         return client
 
@@ -178,7 +178,7 @@ def test_a_login_redirects_only_inside_the_dashboard(make_client: Client) -> Non
 def test_the_password_comes_from_the_settings(db_url: str) -> None:
     errands.configure(dashboard_password="from-settings")
     try:
-        client = TestClient(create_app())
+        client = TestClient(create_app(), base_url="http://localhost")
         assert log_in(client, password="from-settings").headers["location"] == "/"
     finally:
         errands.configure(dashboard_password=None)
@@ -636,7 +636,7 @@ def test_schedules_show_what_became_of_the_latest_occurrence(
 
 def test_mounted_under_a_prefix_every_link_and_cookie_stays_under_it(db_url: str) -> None:
     host = Starlette(routes=[Mount("/ops/errands", app=create_app(password=PASSWORD))])
-    client = TestClient(host)
+    client = TestClient(host, base_url="http://localhost")
     redirect = client.get("/ops/errands/results", follow_redirects=False)
     assert redirect.headers["location"] == "/ops/errands/login?next=%2Fops%2Ferrands%2Fresults"
     response = log_in(client, prefix="/ops/errands")
@@ -660,7 +660,7 @@ def test_a_plain_asgi_router_can_dispatch_to_it_with_a_root_path(db_url: str) ->
             return
         raise AssertionError("only the dashboard is routed in this test")
 
-    page = TestClient(application).get("/errands/workers")
+    page = TestClient(application, base_url="http://localhost").get("/errands/workers")
     assert page.status_code == 200
     assert 'href="/errands/schedules"' in page.text
 

@@ -508,7 +508,7 @@ def test_results_written_before_version_4_keep_no_due_time(db_path: Path) -> Non
     backend = open_backend(url_of(db_path))
     try:
         assert backend.schema_version() == 3
-        assert backend.migrate() == [4]
+        assert backend.migrate() == [4, 5]
         (old,) = backend.list_results(filters=Filters())
         assert (old.job_class, old.start_at) == ("tests.Job", None)
     finally:

@@ -1126,8 +1126,9 @@ def settings_command(as_json: bool) -> None:
     # Secrets are never printed: the password in the URL, and the dashboard's password.
     if values.get("database_url"):
         values["database_url"] = redact_url(str(values["database_url"]))
-    if values.get("dashboard_password"):
-        values["dashboard_password"] = "***"
+    for secret in ("dashboard_password", "dashboard_secret_key"):
+        if values.get(secret):
+            values[secret] = "***"
     if as_json:
         _print_json(values)
         return
@@ -1350,8 +1351,30 @@ def demo_command(keep: bool, timeout: float) -> None:
     default=None,
     help="Show everything but allow no action [dashboard_read_only].",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A host name browsers reach the dashboard by (repeatable) "
+    "[dashboard_allowed_hosts]. Default: --host and the loopback names.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="ADDRESS",
+    help="A reverse proxy's address or network (repeatable) whose X-Forwarded-For, "
+    "-Proto and -Host are believed [dashboard_trusted_proxies].",
+)
 def dashboard_command(
-    host: str, port: int, password: str | None, insecure_no_auth: bool, read_only: bool | None
+    host: str,
+    port: int,
+    password: str | None,
+    insecure_no_auth: bool,
+    read_only: bool | None,
+    allowed_hosts: tuple[str, ...],
+    trusted_proxies: tuple[str, ...],
 ) -> None:
     """Serve the web dashboard: queues, jobs, tracebacks, workers, schedules.
 
@@ -1364,10 +1387,18 @@ def dashboard_command(
     Examples:
       ERRANDS_DASHBOARD_PASSWORD=... errands dashboard
       errands dashboard --insecure-no-auth --port 9000
-      ERRANDS_DASHBOARD_PASSWORD=... errands dashboard --host 0.0.0.0 --read-only
+      ERRANDS_DASHBOARD_PASSWORD=... errands dashboard --host 0.0.0.0 --read-only \\
+        --allowed-host ops.example.com --trusted-proxy 10.0.0.2
     """
     # An absent flag must not override the setting from the environment or pyproject.
-    config = _apply({"dashboard_password": password, "dashboard_read_only": read_only or None})
+    config = _apply(
+        {
+            "dashboard_password": password,
+            "dashboard_read_only": read_only or None,
+            "dashboard_allowed_hosts": list(allowed_hosts) or None,
+            "dashboard_trusted_proxies": list(trusted_proxies) or None,
+        }
+    )
     _import_job_modules(config)  # retries rebuild jobs; schedules name their classes
     try:
         from errands import dashboard

@@ -14,8 +14,10 @@ one stops errands with an error naming the setting, the value and its source.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+import re
 import threading
 import tomllib
 import zoneinfo
@@ -59,6 +61,14 @@ class Settings:
     dashboard_password: str = field(default="", repr=False)
     #: the dashboard shows everything but offers no action (retry, cancel, delete, pause)
     dashboard_read_only: bool = False
+    #: signs the dashboard's session cookie; empty: a random key kept in the database
+    dashboard_secret_key: str = field(default="", repr=False)
+    #: seconds a dashboard login lasts
+    dashboard_session_lifetime: float = 12 * 3600.0
+    #: Host names the dashboard answers for; empty: the bound address and loopback names
+    dashboard_allowed_hosts: tuple[str, ...] = ()
+    #: addresses or networks of reverse proxies whose X-Forwarded-* headers are believed
+    dashboard_trusted_proxies: tuple[str, ...] = ()
     #: where each non-default value came from, for messages and ``errands settings``
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -152,6 +162,74 @@ def _to_schedule(value: Any) -> tuple[Any, ...]:
     return tuple(tuple(entry) if isinstance(entry, list) else entry for entry in value)
 
 
+MIN_SECRET_KEY_LENGTH = 32
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_HOST_NAME = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*\.?")
+
+
+def _to_secret_key(value: Any) -> str:
+    key = _to_str(value)
+    if key and len(key) < MIN_SECRET_KEY_LENGTH:
+        raise _Invalid(
+            f"too short: use at least {MIN_SECRET_KEY_LENGTH} random characters, e.g. the "
+            "output of python -c 'import secrets; print(secrets.token_urlsafe(32))', or "
+            "leave it unset for a random key kept in the database"
+        )
+    return key
+
+
+def _to_list(value: Any, what: str) -> list[str]:
+    """A list of strings; from the environment, comma-separated."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(f"expected a list of {what}")
+    return list(value)
+
+
+def _to_hosts(value: Any) -> tuple[str, ...]:
+    """Host names as a Host header carries them, without port: IPv6 in brackets."""
+    hosts = []
+    for given in _to_list(value, "host names"):
+        host = given.strip().lower()
+        if _is_bracketed_ipv6(f"[{host}]"):
+            host = f"[{host}]"  # a bare IPv6 address: the Host header brackets it
+        if not (host == "*" or _HOST_NAME.fullmatch(host) or _is_bracketed_ipv6(host)):
+            raise _Invalid(
+                f"{given!r} is not a host name: expected names such as 'ops.example.com', "
+                "'*.example.com', '10.0.0.5' or '[::1]', without scheme, port or path "
+                "('*' alone allows any host)"
+            )
+        hosts.append(host)
+    return tuple(hosts)
+
+
+def _is_bracketed_ipv6(host: str) -> bool:
+    if not (host.startswith("[") and host.endswith("]")):
+        return False
+    try:
+        ipaddress.IPv6Address(host[1:-1])
+    except ValueError:
+        return False
+    return True
+
+
+def _to_networks(value: Any) -> tuple[str, ...]:
+    networks = []
+    for given in _to_list(value, "IP addresses or networks"):
+        try:
+            network = ipaddress.ip_network(given.strip(), strict=False)
+        except ValueError:
+            raise _Invalid(
+                f"{given!r} is not an IP address or network: expected e.g. '10.0.0.7', "
+                "'10.0.0.0/8' or '::1'"
+            ) from None
+        # A single address reads as one; a network keeps its prefix.
+        single = network.num_addresses == 1 and "/" not in given
+        networks.append(str(network.network_address if single else network))
+    return tuple(networks)
+
+
 def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _to_str(value).strip()
@@ -194,6 +272,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_jobs": _to_bool,
     "dashboard_password": _to_str,
     "dashboard_read_only": _to_bool,
+    "dashboard_secret_key": _to_secret_key,
+    "dashboard_session_lifetime": _positive(float),
+    "dashboard_allowed_hosts": _to_hosts,
+    "dashboard_trusted_proxies": _to_networks,
 }
 
 #: The name users write (pyproject key, ``ERRANDS_`` suffix) where it differs from the field.
@@ -224,6 +306,12 @@ def _parse(name: str, value: Any, source: str) -> Any:
         raise ConfigurationError(
             f"invalid value {value!r} for setting '{public_name(name)}' (from {source}): {exc}"
         ) from None
+
+
+def parse_setting(name: str, value: Any, source: str) -> Any:
+    """``value`` checked as setting ``name`` would be (for arguments that stand in for
+    a setting); a ConfigurationError names the setting and ``source``."""
+    return _parse(_field_name(name, source), value, source)
 
 
 # -- the sources ---------------------------------------------------------------------

@@ -56,6 +56,8 @@ TABLES = (
     "errands_worker",
     "errands_occurrence",
     "errands_paused_queue",
+    "errands_secret",
+    "errands_dashboard_session",
 )
 
 
@@ -347,6 +349,26 @@ class Backend(abc.ABC):
         Requests vanish without a result. Processes cannot be deleted (their worker
         still runs them): ``kind=Kind.PROCESS`` raises ValueError.
         """
+
+    # -- the dashboard's secret and sessions ---------------------------------------------
+    @abc.abstractmethod
+    def shared_secret(self, *, name: str, candidate: str) -> str:
+        """The secret stored as ``name``, storing ``candidate`` first if there is none.
+
+        Race-free: processes asking at once all get the one value that was stored.
+        """
+
+    @abc.abstractmethod
+    def start_dashboard_session(self, *, session_id: str, lifetime_seconds: float) -> None:
+        """Record a login valid for ``lifetime_seconds`` (database clock); forget expired ones."""
+
+    @abc.abstractmethod
+    def dashboard_session_active(self, *, session_id: str) -> bool:
+        """True while the login was recorded, not ended and not expired."""
+
+    @abc.abstractmethod
+    def end_dashboard_session(self, *, session_id: str) -> None:
+        """Forget a login (logging out): its cookie is refused from now on."""
 
     @abc.abstractmethod
     def now(self) -> datetime.datetime:

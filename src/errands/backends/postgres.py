@@ -1021,6 +1021,22 @@ class PostgresBackend(Backend):
         params = {**selection_params(selection), "limit": limit}
         return self._execute(DELETE_QUERIES[kind], params)
 
+    # -- the dashboard's secret and sessions ---------------------------------------------
+    def shared_secret(self, *, name: str, candidate: str) -> str:
+        with self._connection() as conn:
+            execute(conn, "insert_secret", {"name": name, "value": candidate})
+            value: str = fetch(conn, "secret", {"name": name})[0]["value"]
+            return value
+
+    def start_dashboard_session(self, *, session_id: str, lifetime_seconds: float) -> None:
+        self._execute("start_dashboard_session", {"id": session_id, "lifetime": lifetime_seconds})
+
+    def dashboard_session_active(self, *, session_id: str) -> bool:
+        return bool(self._fetch("dashboard_session_active", {"id": session_id})[0]["active"])
+
+    def end_dashboard_session(self, *, session_id: str) -> None:
+        self._execute("end_dashboard_session", {"id": session_id})
+
     def now(self) -> datetime.datetime:
         now: datetime.datetime = self._fetch("now")[0]["now"]
         return now.astimezone(datetime.UTC)

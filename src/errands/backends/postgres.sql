@@ -239,6 +239,28 @@ ALTER TABLE errands_result ADD COLUMN start_at timestamptz;
 
 INSERT INTO errands_schema (version) VALUES (5);
 
+-- name: migration_6
+-- The dashboard's shared secrets and its logins.
+-- errands_secret keeps values every process serving the dashboard must agree on,
+-- such as the key signing its session cookie when none is configured: the first
+-- process inserts a random one, the others read it.
+CREATE TABLE errands_secret (
+    name text PRIMARY KEY,
+    value text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per password login not yet ended: a session cookie is honoured only
+-- while its row exists and has not expired, so logging out (deleting the row)
+-- refuses every copy of the cookie in every process. The id is a hash of the
+-- cookie's session id: reading this table does not let anyone log in.
+CREATE TABLE errands_dashboard_session (
+    id text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
+
+INSERT INTO errands_schema (version) VALUES (6);
+
 
 -- Enqueueing -------------------------------------------------------------------
 
@@ -873,6 +895,37 @@ SELECT queue FROM errands_paused_queue ORDER BY queue
 -- name: now
 -- clock_timestamp(), not now(): now() is frozen at the start of the transaction.
 SELECT clock_timestamp() AS now
+
+
+-- Dashboard: secrets and sessions ------------------------------------------------
+
+-- name: insert_secret
+-- Two dashboards starting at once both try; the primary key keeps the first
+-- value and the other insert does nothing (it waits for the first to commit).
+INSERT INTO errands_secret (name, value) VALUES (%(name)s, %(value)s)
+ON CONFLICT (name) DO NOTHING
+
+-- name: secret
+-- A separate statement after insert_secret: its fresh snapshot sees the row
+-- whichever insert won.
+SELECT value FROM errands_secret WHERE name = %(name)s
+
+-- name: start_dashboard_session
+-- Expired logins are deleted as new ones start, so the table stays small.
+WITH expired AS (
+    DELETE FROM errands_dashboard_session WHERE expires_at <= clock_timestamp()
+)
+INSERT INTO errands_dashboard_session (id, expires_at)
+VALUES (%(id)s, clock_timestamp() + make_interval(secs => %(lifetime)s::float8))
+
+-- name: dashboard_session_active
+SELECT EXISTS (
+    SELECT 1 FROM errands_dashboard_session
+    WHERE id = %(id)s AND expires_at > clock_timestamp()
+) AS active
+
+-- name: end_dashboard_session
+DELETE FROM errands_dashboard_session WHERE id = %(id)s
 
 
 -- Dashboard: pages, counts and bulk operations ------------------------------------

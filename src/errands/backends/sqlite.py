@@ -1111,6 +1111,27 @@ class SqliteBackend(Backend):
             deleted: int = session.execute(DELETE_QUERIES[kind], **params, limit=limit).rowcount
         return deleted
 
+    # -- the dashboard's secret and sessions ---------------------------------------------
+    def shared_secret(self, *, name: str, candidate: str) -> str:
+        # One write transaction: a second process waits for the first to commit.
+        with self._write() as session:
+            session.execute("insert_secret", name=name, value=candidate)
+            value: str = session.execute("secret", name=name).fetchone()["value"]
+            return value
+
+    def start_dashboard_session(self, *, session_id: str, lifetime_seconds: float) -> None:
+        with self._write() as session:
+            session.execute("prune_dashboard_sessions")
+            session.execute("start_dashboard_session", id=session_id, lifetime=lifetime_seconds)
+
+    def dashboard_session_active(self, *, session_id: str) -> bool:
+        with self._read() as session:
+            return bool(session.execute("dashboard_session_active", id=session_id).fetchone()[0])
+
+    def end_dashboard_session(self, *, session_id: str) -> None:
+        with self._write() as session:
+            session.execute("end_dashboard_session", id=session_id)
+
     def now(self) -> datetime.datetime:
         unix: float = self._connection().execute(QUERIES["now"]).fetchone()[0]
         return _moment(unix)

@@ -230,6 +230,24 @@ CREATE INDEX errands_result_retry ON errands_result (retry_request_uuid)
 ALTER TABLE errands_result ADD COLUMN start_at REAL;
 
 
+-- name: migration_5
+-- The dashboard's shared secrets (such as the key signing its session cookie when
+-- none is configured: the first process inserts a random one, the others read it)
+-- and its logins: a session cookie is honoured only while its row exists and has
+-- not expired, so logging out refuses every copy of the cookie. The id is a hash
+-- of the cookie's session id: reading this table does not let anyone log in.
+CREATE TABLE errands_secret (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+
+CREATE TABLE errands_dashboard_session (
+    id TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
+
+
 -- ---------------------------------------------------------------------------
 -- Enqueueing
 -- ---------------------------------------------------------------------------
@@ -327,6 +345,31 @@ DELETE FROM errands_paused_queue WHERE queue = :queue
 
 -- name: paused_queues
 SELECT queue FROM errands_paused_queue ORDER BY queue
+
+
+-- ---------------------------------------------------------------------------
+-- Dashboard: secrets and sessions
+-- ---------------------------------------------------------------------------
+
+-- name: insert_secret
+-- Two dashboards starting at once both try; the first keeps its value.
+INSERT OR IGNORE INTO errands_secret (name, value, created_at) VALUES (:name, :value, :now)
+
+-- name: secret
+SELECT value FROM errands_secret WHERE name = :name
+
+-- name: prune_dashboard_sessions
+-- Expired logins are deleted as new ones start, so the table stays small.
+DELETE FROM errands_dashboard_session WHERE expires_at <= :now
+
+-- name: start_dashboard_session
+INSERT INTO errands_dashboard_session (id, expires_at) VALUES (:id, :now + :lifetime)
+
+-- name: dashboard_session_active
+SELECT count(*) AS active FROM errands_dashboard_session WHERE id = :id AND expires_at > :now
+
+-- name: end_dashboard_session
+DELETE FROM errands_dashboard_session WHERE id = :id
 
 -- name: link_retry
 UPDATE errands_result SET retry_request_uuid = :request_uuid WHERE uuid = :result_uuid

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from errands import api, scheduler, settings
-from errands.dashboard import queries, security
+from errands.dashboard import queries, security, sessions
 from errands.dashboard.pages import BULK_ACTIONS
 from errands.errors import ErrandsError
 from errands.models import JobProcess, JobResult, Kind
@@ -133,7 +133,9 @@ class Actions:
         return Done(f"{entry.job} enqueued to run now", to="job", job=made.uuid)
 
 
-async def log_in(request: Request, password: str, throttle: security.LoginThrottle) -> Response:
+async def log_in(
+    request: Request, access: security.Access, throttle: security.LoginThrottle
+) -> Response:
     form = await request.form()
     refusal = security.csrf_refusal(request, _text(form, security.CSRF_FIELD))
     if refusal is not None:
@@ -147,13 +149,13 @@ async def log_in(request: Request, password: str, throttle: security.LoginThrott
             headers={"Retry-After": str(math.ceil(wait))},
         )
     target = security.safe_next(request, _text(form, "next"))
-    if not security.password_matches(_text(form, "password"), password):
+    if not security.password_matches(_text(form, "password"), access.password):
         throttle.failed(address)
-        security.session_of(request)["flash"] = {"text": "wrong password", "ok": False}
+        sessions.session_of(request)["flash"] = {"text": "wrong password", "ok": False}
         login = request.url_for("login").path
         return RedirectResponse(f"{login}{queries_next(target)}", status_code=303)
     throttle.succeeded(address)
-    security.log_in(request)
+    await sessions.log_in(request, lifetime=access.session_lifetime)
     return RedirectResponse(target, status_code=303)
 
 
@@ -162,7 +164,7 @@ async def log_out(request: Request) -> Response:
     refusal = security.csrf_refusal(request, _text(form, security.CSRF_FIELD))
     if refusal is not None:
         return refusal
-    security.log_out(request)
+    await sessions.log_out(request)
     return RedirectResponse(request.url_for("login").path, status_code=303)
 
 
@@ -182,7 +184,7 @@ def _redirect(request: Request, form: FormData, done: Done) -> Response:
     flash: dict[str, object] = {"text": done.message, "ok": done.ok}
     if done.job is not None:
         flash["job"] = str(done.job)
-    security.session_of(request)["flash"] = flash
+    sessions.session_of(request)["flash"] = flash
     if done.to == "job" and done.job is not None:
         target = request.url_for("job", uuid=str(done.job)).path
     else:

@@ -20,7 +20,7 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from errands.dashboard import security
+from errands.dashboard import security, sessions
 
 #: Sent with every page: no caching of job data, no framing, no foreign scripts.
 SECURITY_HEADERS = {
@@ -113,7 +113,7 @@ class Renderer:
         return self.env.get_template(extends.template.value)
 
     def _common(self, request: Request) -> dict[str, Any]:
-        session = security.session_of(request)
+        session = sessions.session_of(request)
         fragment = security.FRAGMENT_HEADER in request.headers
         return {
             "request": request,

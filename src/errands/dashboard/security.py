@@ -1,46 +1,42 @@
 """Who may see the dashboard and how its actions are protected.
 
-* A signed session cookie (``errands_dashboard``), kept apart from any session of
-  the application the dashboard is mounted in: it holds the CSRF token and, after
-  a password login, the fact that this browser logged in.
+* The session (a signed cookie, and a database record per login) is
+  :mod:`errands.dashboard.sessions`'; which hosts and proxies are believed is
+  :mod:`errands.dashboard.proxies`'.
 * Every request passes :class:`Gate` first: the application's ``authenticate``
   callable or a password login lets it through, ``insecure_no_auth`` lets
   everything through; the login page and static files are always reachable.
 * Every action is a POST carrying the session's CSRF token (:func:`csrf_refusal`),
-  so another site cannot make a logged-in browser act.
+  from the dashboard's own origin, so another site cannot make a browser act.
 * Password guessing is throttled per client address (:class:`LoginThrottle`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import inspect
-import json
-import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-SESSION_COOKIE = "errands_dashboard"
-SESSION_KEY = "errands.dashboard.session"
-SESSION_MAX_AGE = 12 * 3600  # a login lasts half a day
+from errands.dashboard import sessions
+from errands.dashboard.sessions import session_of
+from errands.errors import ErrandsError
+
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 #: Requests made by the dashboard's own script to refresh part of a page.
 FRAGMENT_HEADER = "x-errands-fragment"
 #: Paths (below the mount point) reachable without authentication.
 PUBLIC_PREFIXES = ("/login", "/static/")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Authenticate = Callable[[Request], bool | Awaitable[bool]]
 
@@ -55,25 +51,11 @@ class Access:
     password: str
     authenticate: Authenticate | None
     insecure_no_auth: bool
-    secret_key: bytes
+    session_lifetime: float
 
     @property
     def has_login(self) -> bool:
         return bool(self.password)
-
-
-def session_secret(password: str, secret_key: str | None) -> bytes:
-    """The key that signs session cookies.
-
-    Derived from the password when none is given, so that every process serving
-    the dashboard accepts the same cookies and changing the password logs
-    everyone out. Without either, a random key: sessions last until a restart.
-    """
-    if secret_key:
-        return secret_key.encode()
-    if password:
-        return hmac.new(password.encode(), b"errands.dashboard.session", hashlib.sha256).digest()
-    return secrets.token_bytes(32)
 
 
 def password_matches(given: str, expected: str) -> bool:
@@ -90,77 +72,6 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-# -- the session cookie ---------------------------------------------------------------
-
-
-class SessionCookie:
-    """ASGI middleware: a signed cookie read into ``scope[SESSION_KEY]`` (a dict).
-
-    The cookie is written back only when the session changed. Every session gets
-    a CSRF token on first sight, so even the login form is protected.
-    """
-
-    def __init__(self, app: ASGIApp, *, secret_key: bytes) -> None:
-        self.app = app
-        self.serializer = URLSafeTimedSerializer(secret_key, salt="errands.dashboard")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        session = self._load(Headers(scope=scope))
-        before = json.dumps(session, sort_keys=True)
-        session.setdefault("csrf", secrets.token_urlsafe(32))
-        scope[SESSION_KEY] = session
-
-        async def send_with_cookie(message: Message) -> None:
-            starting = message["type"] == "http.response.start"
-            if starting and json.dumps(scope[SESSION_KEY], sort_keys=True) != before:
-                headers = list(message.get("headers", []))
-                headers.append((b"set-cookie", self._cookie(scope).encode("latin-1")))
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_cookie)
-
-    def _load(self, headers: Headers) -> dict[str, Any]:
-        for part in headers.get("cookie", "").split(";"):
-            name, _, value = part.strip().partition("=")
-            if name == SESSION_COOKIE and value:
-                try:
-                    loaded = self.serializer.loads(value, max_age=SESSION_MAX_AGE)
-                except BadSignature:
-                    return {}
-                return loaded if isinstance(loaded, dict) else {}
-        return {}
-
-    def _cookie(self, scope: Scope) -> str:
-        value = self.serializer.dumps(scope[SESSION_KEY])
-        path = scope.get("root_path") or "/"
-        # Lax, not Strict: a link to a job page pasted in chat must open logged in.
-        # Actions are safe either way: they need the CSRF token.
-        cookie = f"{SESSION_COOKIE}={value}; Path={path}; HttpOnly; SameSite=Lax"
-        if scope.get("scheme") == "https":
-            cookie += "; Secure"
-        return cookie
-
-
-def session_of(request: Request) -> dict[str, Any]:
-    session: dict[str, Any] = request.scope[SESSION_KEY]
-    return session
-
-
-def log_in(request: Request) -> None:
-    """Mark the session logged in, with a fresh CSRF token (no fixation of the old one)."""
-    session = session_of(request)
-    session["auth"] = True
-    session["csrf"] = secrets.token_urlsafe(32)
-
-
-def log_out(request: Request) -> None:
-    session_of(request).clear()
-
-
 # -- authentication ----------------------------------------------------------------------
 
 
@@ -172,7 +83,12 @@ class Gate:
         self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or await self._allowed(scope):
+        try:
+            allowed = scope["type"] != "http" or await self._allowed(scope)
+        except ErrandsError as exc:  # the database holding the logins does not answer
+            await sessions.unavailable(exc)(scope, receive, send)
+            return
+        if allowed:
             await self.app(scope, receive, send)
             return
         await self._refusal(scope)(scope, receive, send)
@@ -181,7 +97,7 @@ class Gate:
         path = route_path(scope)
         if self.access.insecure_no_auth or path.startswith(PUBLIC_PREFIXES):
             return True
-        if self.access.has_login and scope[SESSION_KEY].get("auth") is True:
+        if self.access.has_login and await sessions.logged_in(scope[sessions.SESSION_KEY]):
             return True
         return await self._application_allows(Request(scope))
 
@@ -224,7 +140,11 @@ def safe_next(request: Request, target: str) -> str:
 def csrf_refusal(request: Request, form_token: str | None) -> Response | None:
     """A 403 response unless the POST carries this session's token and comes from here."""
     if request.headers.get("sec-fetch-site") == "cross-site" or not _same_origin(request):
-        return PlainTextResponse("cross-site request refused", status_code=403)
+        return PlainTextResponse(
+            "cross-site request refused (behind a reverse proxy that changes the scheme or "
+            "host? name it in the setting dashboard_trusted_proxies)",
+            status_code=403,
+        )
     given = form_token or request.headers.get(CSRF_HEADER, "")
     expected = str(session_of(request).get("csrf", ""))
     if not given or not expected or not hmac.compare_digest(given.encode(), expected.encode()):
@@ -235,15 +155,28 @@ def csrf_refusal(request: Request, form_token: str | None) -> Response | None:
 
 
 def _same_origin(request: Request) -> bool:
-    """False when the browser says the request came from another origin."""
+    """False when the browser says the request came from another origin: another
+    scheme, host or port than this request's (as a trusted proxy forwarded them)."""
     origin = request.headers.get("origin")
     if origin is None:
         return True  # not sent by older browsers for same-origin forms; the token decides
     if origin == "null":
         return False  # an opaque origin: a sandboxed frame, a data: URL...
-    # Behind a reverse proxy that rewrites Host, the original host is forwarded.
-    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
-    return urlsplit(origin).netloc in hosts - {""}
+    here = _origin_of(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    return here is not None and _origin_of(origin) == here
+
+
+def _origin_of(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None if malformed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname.lower(), port or DEFAULT_PORTS.get(scheme)
 
 
 class LoginThrottle:
@@ -254,8 +187,8 @@ class LoginThrottle:
     simply go on. A successful login forgets the address's failures. The counts live
     in this process: several processes serving the dashboard each count their own.
     Behind a reverse proxy every client has the proxy's address, so they share one
-    count, unless the server trusts the proxy's forwarded address (uvicorn's
-    ``--proxy-headers`` and ``--forwarded-allow-ips``).
+    count, unless the proxy is named in ``dashboard_trusted_proxies``: then its
+    ``X-Forwarded-For`` gives the address (see :mod:`errands.dashboard.proxies`).
     """
 
     def __init__(

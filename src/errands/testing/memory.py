@@ -167,6 +167,8 @@ class MemoryBackend(Backend):
         self.history: list[JobRequest] = []
         self.occurrences: dict[tuple[str, datetime.datetime], uuid.UUID | None] = {}
         self.paused: set[str] = set()
+        self.secrets: dict[str, str] = {}
+        self.dashboard_sessions: dict[str, datetime.datetime] = {}  # id -> expires at
         self._listeners: list[_MemoryListener] = []
 
     def _unsupported(self, what: str) -> NotImplementedError:
@@ -541,6 +543,27 @@ class MemoryBackend(Backend):
 
     def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
         raise self._unsupported("delete()")
+
+    # -- the dashboard's secret and sessions ---------------------------------------------
+    def shared_secret(self, *, name: str, candidate: str) -> str:
+        with self.lock:
+            return self.secrets.setdefault(name, candidate)
+
+    def start_dashboard_session(self, *, session_id: str, lifetime_seconds: float) -> None:
+        now = utcnow()
+        with self.lock:
+            live = {k: at for k, at in self.dashboard_sessions.items() if at > now}
+            live[session_id] = now + datetime.timedelta(seconds=lifetime_seconds)
+            self.dashboard_sessions = live
+
+    def dashboard_session_active(self, *, session_id: str) -> bool:
+        with self.lock:
+            expires = self.dashboard_sessions.get(session_id)
+        return expires is not None and expires > utcnow()
+
+    def end_dashboard_session(self, *, session_id: str) -> None:
+        with self.lock:
+            self.dashboard_sessions.pop(session_id, None)
 
     def now(self) -> datetime.datetime:
         return utcnow()

@@ -39,11 +39,32 @@ async def authenticate_staff(request: Any) -> bool:
     return bool(await sync_to_async(is_staff_session)(session_key))
 
 
+def allowed_hosts() -> list[str]:
+    """Django's ``ALLOWED_HOSTS`` written as the dashboard's host patterns.
+
+    The dashboard is served beside Django, not through it, so Django never checks
+    its requests' Host header: the dashboard checks it against the same names.
+    """
+    patterns = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not patterns:
+        patterns = [".localhost", "127.0.0.1", "[::1]"]  # what Django allows then
+    hosts = []
+    for pattern in patterns:
+        # Django's ".example.com" is the domain and every subdomain.
+        hosts += [pattern[1:], f"*{pattern}"] if pattern.startswith(".") else [pattern]
+    return hosts
+
+
 def dashboard_application(**options: Any) -> Any:
     """The dashboard ASGI app gated by :func:`authenticate_staff` (``options`` go to
-    ``errands.dashboard.create_app``, e.g. ``read_only=True``)."""
+    ``errands.dashboard.create_app``, e.g. ``read_only=True``). It answers for the
+    hosts of the setting ``dashboard_allowed_hosts``, or else Django's ``ALLOWED_HOSTS``."""
+    from errands import settings as errands_settings
     from errands.dashboard.app import create_app
 
+    if options.get("allowed_hosts") is None:
+        configured = errands_settings.current().dashboard_allowed_hosts
+        options["allowed_hosts"] = list(configured) or allowed_hosts()
     return create_app(authenticate=authenticate_staff, **options)
 
 
