@@ -39,7 +39,8 @@ def errands_test_databases(request: pytest.FixtureRequest) -> Iterator[TestDatab
 
 def client_of(example: str) -> TestClient:
     module: Any = importlib.import_module(f"{example}.app")
-    return TestClient(module.app)
+    # localhost: a name the mounted dashboard answers for by default (not testserver).
+    return TestClient(module.app, base_url="http://localhost")
 
 
 @pytest.mark.parametrize("example", FRAMEWORKS)
