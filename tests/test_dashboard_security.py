@@ -16,11 +16,13 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from click.testing import CliRunner
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.applications import Starlette
 
 from errands import api, settings
 from errands.backends import Backend, open_backend
+from errands.cli import cli
 from errands.dashboard.app import create_app, server_config, standalone_app
 from errands.dashboard.security import LOGIN_FAILURES_ALLOWED
 from errands.dashboard.sessions import SECRET_NAME, SESSION_COOKIE
@@ -315,3 +317,21 @@ def test_bad_trusted_proxies_are_refused_naming_the_setting(db_url: str) -> None
         settings.load(environ={"ERRANDS_DASHBOARD_TRUSTED_PROXIES": "proxy.internal"})
     proxies = settings.load(environ={"ERRANDS_DASHBOARD_TRUSTED_PROXIES": "10.0.0.7, 10.0.0.0/8"})
     assert proxies.dashboard_trusted_proxies == ("10.0.0.7", "10.0.0.0/8")
+
+
+def test_the_dashboard_command_takes_the_new_settings_as_flags(db_url: str) -> None:
+    base = ["--database-url", db_url, "dashboard", "--password", PASSWORD]
+    try:
+        for flag, value, name in (
+            ("--trusted-proxy", "proxy.internal", "dashboard_trusted_proxies"),
+            ("--allowed-host", "https://ops.example.com", "dashboard_allowed_hosts"),
+        ):
+            result = CliRunner().invoke(cli, [*base, flag, value])
+            assert result.exit_code == 2, result.output
+            assert f"'{name}' (from the command line)" in result.output
+    finally:
+        settings.reset()
+    secret = "s" * 40
+    shown = CliRunner().invoke(cli, ["settings"], env={"ERRANDS_DASHBOARD_SECRET_KEY": secret})
+    assert shown.exit_code == 0 and "dashboard_secret_key" in shown.output
+    assert secret not in shown.output

@@ -1,8 +1,8 @@
 """Who may see the dashboard and how its actions are protected.
 
-* The session (a signed cookie, and a database record per login) is
-  :mod:`errands.dashboard.sessions`'; which hosts and proxies are believed is
-  :mod:`errands.dashboard.proxies`'.
+* The session (a signed cookie, and a database record per login) lives in
+  :mod:`errands.dashboard.sessions`; which hosts and proxies are believed, in
+  :mod:`errands.dashboard.proxies`.
 * Every request passes :class:`Gate` first: the application's ``authenticate``
   callable or a password login lets it through, ``insecure_no_auth`` lets
   everything through; the login page and static files are always reachable.
