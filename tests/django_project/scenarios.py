@@ -140,6 +140,28 @@ def dashboard() -> None:
         assert (response.status_code == 200) is allowed, (username, response.status_code)
     order = Order.objects.create(item="fig")
     assert client.post(f"/orders/{order.pk}/ship").status_code == 200  # Django, not shadowed
+    dashboard_hosts()
+
+
+def dashboard_hosts() -> None:
+    """The mounted dashboard answers for Django's ALLOWED_HOSTS (Django never sees its
+    requests, so it cannot check their Host header itself)."""
+    from django.test import override_settings
+    from starlette.testclient import TestClient
+
+    from errands.contrib.django.dashboard import dashboard_application
+
+    with override_settings(ALLOWED_HOSTS=[".example.com", "10.0.0.5"]):
+        app = dashboard_application()
+    for host, answered in (
+        ("ops.example.com", True),
+        ("example.com", True),
+        ("10.0.0.5:8000", True),
+        ("attacker.example", False),
+        ("localhost", False),
+    ):
+        status = TestClient(app, base_url=f"http://{host}").get("/").status_code
+        assert (status != 400) is answered, (host, status)
 
 
 if __name__ == "__main__":
