@@ -61,13 +61,27 @@ def _decode_timedelta(value: list[int]) -> datetime.timedelta:
     return datetime.timedelta(days=days, seconds=seconds, microseconds=microseconds)
 
 
+def _encode_clock(value: datetime.datetime | datetime.time) -> str:
+    """ISO 8601 text, which keeps a UTC offset but no zone: a zone that gives no
+    offset (a ``ZoneInfo`` on a ``time``) would come back as no zone at all, and
+    Python 3.11's ``fromisoformat`` drops an offset's microseconds."""
+    if value.tzinfo is not None:
+        offset = value.utcoffset()
+        if offset is None:
+            raise ValueError(
+                f"its time zone {value.tzinfo!r} gives no UTC offset; use a fixed one "
+                "(datetime.timezone)"
+            )
+        if offset.microseconds:
+            raise ValueError(f"its UTC offset {offset} has a fraction of a second")
+    return value.isoformat()
+
+
 # Order matters: datetime is a subclass of date, so it must be tried first.
 _BUILTIN_CODECS: list[_Codec] = [
-    _Codec(
-        "datetime", datetime.datetime, datetime.datetime.isoformat, datetime.datetime.fromisoformat
-    ),
+    _Codec("datetime", datetime.datetime, _encode_clock, datetime.datetime.fromisoformat),
     _Codec("date", datetime.date, datetime.date.isoformat, datetime.date.fromisoformat),
-    _Codec("time", datetime.time, datetime.time.isoformat, datetime.time.fromisoformat),
+    _Codec("time", datetime.time, _encode_clock, datetime.time.fromisoformat),
     _Codec("timedelta", datetime.timedelta, _encode_timedelta, _decode_timedelta),
     _Codec("uuid", uuid.UUID, str, uuid.UUID),
     _Codec("decimal", Decimal, str, Decimal),
