@@ -247,20 +247,21 @@ def test_catch_up_enqueues_the_missed_occurrence_once(backend: Backend) -> None:
 def test_shell_commands_record_exit_code_and_output(
     run_worker: WorkerRunner, backend: Backend, tmp_path: Path
 ) -> None:
-    ok, failing = parse_entries(
-        [
-            ["cmd:echo hello from $0", "@daily"],
-            ["cmd:echo partial; echo oops >&2; exit 3", "@daily"],
-        ]
+    raw = (
+        ["cmd:echo hello from $0", "@daily"],
+        ["cmd:echo partial; echo oops >&2; exit 3", "@daily"],
     )
+    ok, failing = parse_entries(raw)
     for entry in (ok, failing):
-        entry.build_job().run_in_worker()
-    run_worker(lambda: len(errands.results()) == 2)
-    by_class = {r.parameters["args"][0]: r for r in errands.results()}
-    good = by_class["echo hello from $0"]
+        entry.build_job().run_in_worker()  # as the dashboard's "run now" does
+    # The worker runs the commands its own schedule setting holds.
+    run_worker(lambda: len(errands.results()) == 2, schedule=raw)
+    by_key = {r.parameters["args"][0]: r for r in errands.results()}
+    good = by_key[scheduler.command_key("echo hello from $0")]
     assert good.status == Status.SUCCESSFUL
-    assert good.return_value["exit_code"] == 0 and "hello from" in good.return_value["output"]
-    bad = by_class["echo partial; echo oops >&2; exit 3"]
+    assert good.return_value == {"exit_code": 0, "output": good.return_value["output"]}
+    assert "hello from" in good.return_value["output"]
+    bad = by_key[scheduler.command_key("echo partial; echo oops >&2; exit 3")]
     assert bad.status == Status.ERRORED
     assert bad.error_type == "errands.scheduler.CommandFailed"
     assert "exit code 3" in bad.error and "partial" in bad.error and "oops" in bad.error

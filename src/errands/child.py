@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import importlib
 import inspect
 import os
 import pickle
@@ -52,7 +51,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from errands import settings
+from errands import registry, settings
 from errands.execution import Assignment, Handler, build_assignment, execute, import_string
 from errands.jobs import Job
 from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, uuid_from_bytes
@@ -222,8 +221,7 @@ def child_main(
     os.environ.update(environ)
     settings.reset()
     current = settings.current()
-    for module in current.import_modules:
-        importlib.import_module(module)
+    registry.import_job_modules(current.import_modules)  # stored paths import only inside these
     os.set_blocking(bell.fileno(), False)
     pipes = Pipes(inbox=inbox.fileno(), outbox=outbox.fileno(), bell=bell.fileno())
     runner = ChildRunner(pipes, started, ended, current.middleware, current.worker_threads)

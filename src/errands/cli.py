@@ -122,9 +122,11 @@ def _apply(values: Mapping[str, Any]) -> settings.Settings:
 
 def _import_job_modules(config: settings.Settings) -> list[str]:
     """Import the modules of the ``import`` setting so their job classes register."""
+    from errands.registry import import_job_modules
+
     for module in config.import_modules:
         try:
-            importlib.import_module(module)
+            import_job_modules([module])  # stored paths may import only inside these
         except ImportError as exc:
             raise CliError(
                 f"cannot import module {module!r} (from --import / setting 'import'): {exc}"
@@ -1222,9 +1224,10 @@ def run_command(
 ) -> None:
     """Enqueue one job (or run it right here with --now).
 
-    JOB_CLASS is a registered class's dotted path; its module is imported (or
-    give --import). Prints the new request's uuid; with --now, runs the job in
-    this process instead and prints its return value as JSON.
+    JOB_CLASS is a registered class's dotted path, in a module of --import (the
+    'import' setting) or inside one; no other module is imported. Prints the new
+    request's uuid; with --now, runs the job in this process instead and prints
+    its return value as JSON.
 
     \b
     Examples:

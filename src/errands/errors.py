@@ -15,6 +15,11 @@ class JobNotRegistered(ErrandsError):
     """A job class path was not registered with ``@register_job`` in this process."""
 
 
+class CommandNotConfigured(ErrandsError):
+    """A request asked for a shell command that is not a ``cmd:`` entry of the ``schedule``
+    setting of the process reading it; shell commands run only from that setting."""
+
+
 class ParameterError(ErrandsError, TypeError):
     """A job parameter cannot be encoded to (or decoded from) JSON."""
 

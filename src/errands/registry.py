@@ -1,8 +1,18 @@
-"""Which job classes this process knows, by dotted path."""
+"""Which job classes this process knows, by dotted path.
+
+Job class paths come from database rows, so loading one must never run code the
+operator did not choose. The rule (:func:`load_job_class`): a path resolves to a
+class registered with ``@register_job`` in this process; if none is, the path
+may import its module only when that module is one of, or inside, the modules
+named by the ``import`` setting (or allowed by an integration, such as each
+Django app's ``jobs`` package). Anything else is ``JobNotRegistered``, and
+nothing is imported.
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from errands import serialization
@@ -14,6 +24,7 @@ if TYPE_CHECKING:
 J = TypeVar("J", bound="type[Job]")
 
 _jobs: dict[str, type[Job]] = {}
+_allowed: set[str] = set()  # modules (and packages) a stored path may import from
 
 
 def job_class_path(cls: type[Any]) -> str:
@@ -31,29 +42,55 @@ def registered_jobs() -> dict[str, type[Job]]:
     return dict(sorted(_jobs.items()))
 
 
-def load_job_class(path: str) -> type[Job]:
-    """The registered class for ``path``, importing its module once if needed.
+def import_job_modules(modules: Iterable[str]) -> None:
+    """Import the modules of the ``import`` setting, so their jobs register, and let
+    stored paths import modules inside them later (a package's submodules)."""
+    for module in modules:
+        importlib.import_module(module)
+        _allowed.add(module)
 
-    Only classes that registered themselves are returned: a stored path can make
-    errands import a module, never instantiate an arbitrary class.
-    """
+
+def allow_imports_from(modules: Iterable[str]) -> None:
+    """Let stored paths import these modules and modules inside them, without importing
+    anything now (for integrations that find job modules their own way)."""
+    _allowed.update(modules)
+
+
+def may_import(module: str) -> bool:
+    """Whether a stored path may import ``module``: it is a plain dotted name, and one
+    of, or inside, the allowed modules or the ``import`` setting of this process."""
+    if not all(part.isidentifier() for part in module.split(".")):
+        return False
+    from errands import settings  # settings imports nothing of errands' jobs
+
+    roots = _allowed.union(settings.current().import_modules)
+    return any(module == root or module.startswith(f"{root}.") for root in roots)
+
+
+def load_job_class(path: str) -> type[Job]:
+    """The registered class for ``path``; its module is imported first only if
+    :func:`may_import` allows it. Every loading of a stored path comes here."""
     if path not in _jobs:
         module, _, _ = path.rpartition(".")
-        if module:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                # A missing job module means "not registered"; a module that exists
-                # but fails to import is a bug the user must see, so it propagates.
-                if exc.name is None or not f"{module}.".startswith(f"{exc.name}."):
-                    raise
+        if module and may_import(module):
+            _import_if_present(module)
     try:
         return _jobs[path]
     except KeyError:
         raise JobNotRegistered(
-            f"job class {path!r} is not registered in this worker; "
-            "import its module (--import / setting 'import') and decorate it with @register_job"
+            f"job class {path!r} is not registered in this worker; register it with "
+            "@register_job in a module of the 'import' setting (--import), or inside one"
         ) from None
+
+
+def _import_if_present(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # A missing job module means "not registered"; a module that exists but
+        # fails to import is a bug the user must see, so it propagates.
+        if exc.name is None or not f"{module}.".startswith(f"{exc.name}."):
+            raise
 
 
 def build_job(path: str, parameters: dict[str, Any]) -> Job:

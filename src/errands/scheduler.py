@@ -2,7 +2,8 @@
 
 Each entry of the setting is ``[job, schedule]`` or ``[job, schedule, options]``:
 
-* ``job`` is the dotted path of a registered Job, or ``"cmd:<shell command>"``;
+* ``job`` is the dotted path of a registered Job, or ``"cmd:<shell command>"`` (see
+  :class:`ShellCommand`: its requests name the command, the worker reads it from here);
 * ``schedule`` is a 5-field cron expression, an ``@daily``-style alias, or a
   :class:`Schedule` object;
 * ``options`` (a dict) may hold ``args``/``kwargs`` for the job's constructor and
@@ -21,6 +22,7 @@ import abc
 import datetime
 import hashlib
 import json
+import re
 import subprocess
 import zoneinfo
 from collections.abc import Sequence
@@ -29,9 +31,9 @@ from typing import Any
 
 from croniter import croniter
 
-from errands import telemetry
+from errands import settings, telemetry
 from errands.backends.base import Backend
-from errands.errors import ConfigurationError, ErrandsError
+from errands.errors import CommandNotConfigured, ConfigurationError, ErrandsError
 from errands.jobs import EnqueueOptions, Job, enqueue_in
 from errands.registry import load_job_class, register_job
 
@@ -148,7 +150,7 @@ class Entry:
 
     def build_job(self) -> Job:
         if self.is_command:
-            return ShellCommand(self.job.removeprefix(COMMAND_PREFIX).strip())
+            return ShellCommand.for_command(self.job.removeprefix(COMMAND_PREFIX).strip())
         return load_job_class(self.job)(*self.args, **self.kwargs)
 
 
@@ -207,17 +209,76 @@ class CommandFailed(Exception):
         self.output = output
 
 
+def command_key(command: str) -> str:
+    """How a request names a ``cmd:`` entry: a digest of its command, which the worker
+    maps back to the command through its own ``schedule`` setting."""
+    return hashlib.sha256(f"{COMMAND_PREFIX}{command}".encode()).hexdigest()[:32]
+
+
+def configured_command(key: str, schedule: Sequence[Any]) -> str:
+    """The command of the ``cmd:`` entry of ``schedule`` (raw setting) named by ``key``.
+
+    Only each entry's job string is read: in a worker's child the setting arrives
+    through the environment, where custom Schedule objects do not survive.
+    """
+    for item in schedule:
+        job = item[0] if isinstance(item, list | tuple) and item else None
+        if isinstance(job, str) and job.startswith(COMMAND_PREFIX):
+            command = job.removeprefix(COMMAND_PREFIX).strip()
+            if command and command_key(command) == key:
+                return command
+    raise CommandNotConfigured(
+        f"no 'cmd:' entry of this process's schedule setting has the command key {key!r} "
+        "(the entry was removed or changed, or the request was not written by the scheduler); "
+        "shell commands run only from that setting"
+    )
+
+
+_COMMAND_KEY = re.compile(r"[0-9a-f]{32}")
+_CARRIES_COMMAND = (
+    "this request carries a shell command instead of naming a 'cmd:' entry of the "
+    "schedule setting by its command key; shell commands run only from that setting "
+    "(requests stored by earlier versions of errands carried the command: they no longer run)"
+)
+
+
 @register_job
 class ShellCommand(Job):
-    """Runs a ``cmd:`` schedule entry through the shell in the worker's directory."""
+    """Runs a ``cmd:`` schedule entry through the shell in the worker's directory.
 
-    def __init__(self, command: str) -> None:
-        self.command = command
+    Its one parameter is the entry's :func:`command_key`, never the command: the
+    worker reads the command from its own ``schedule`` setting when the job runs.
+    So a request written any other way (by SQL, naming a removed entry, or stored
+    by an older errands with the command itself) runs nothing and ends ERRORED with
+    :class:`~errands.errors.CommandNotConfigured`. Enqueueing one (run_in_worker,
+    enqueue_many, ``errands run``, a retry) is refused the same way unless the key
+    names a ``cmd:`` entry of the enqueuing process's own settings.
+    """
+
+    def __init__(self, command_key: Any = None, **other: Any) -> None:
+        # **other catches a stored {"command": ...}: it gets the clear error too.
+        if other or not isinstance(command_key, str) or not _COMMAND_KEY.fullmatch(command_key):
+            raise CommandNotConfigured(_CARRIES_COMMAND)
+        self.command_key = command_key
+        self.entry_command: str | None = None  # set when built from the entry itself
+
+    @classmethod
+    def for_command(cls, command: str) -> ShellCommand:
+        """The job of a parsed ``cmd:`` entry (the scheduler's and the dashboard's)."""
+        job = cls(command_key(command))
+        job.entry_command = command
+        return job
+
+    def should_enqueue(self, concurrency_key: str) -> bool:
+        if self.entry_command is None:
+            configured_command(self.command_key, settings.current().schedule)  # or refuse
+        return super().should_enqueue(concurrency_key)
 
     def run(self) -> dict[str, Any]:
+        command = configured_command(self.command_key, settings.current().schedule)
         completed = subprocess.run(
-            self.command,
-            shell=True,  # the user's own configured command, never job input
+            command,
+            shell=True,  # the operator's own configured command, never job input
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             check=False,

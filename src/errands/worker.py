@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import importlib
 import logging
 import os
 import random
@@ -39,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from errands import api, scheduler, telemetry
+from errands import api, registry, scheduler, telemetry
 from errands import settings as settings_module
 from errands.backends import Backend
 from errands.batches import Batch, Claim, Claimer, DatabaseThread
@@ -111,8 +110,8 @@ class Worker:
         backend: Backend | None = None,
     ) -> None:
         self.config = config or settings_module.current()
-        for module in self.config.import_modules:
-            importlib.import_module(module)  # registers jobs for hooks, retries, schedules
+        # Registers jobs for hooks, retries, schedules; stored paths may import only inside these.
+        registry.import_job_modules(self.config.import_modules)
         # Bad schedule entries stop the worker here, before it claims anything.
         self.schedule = scheduler.parse_entries(self.config.schedule, self.config.timezone)
         self.schedule_wakeups: list[float] = []  # monotonic times occurrences fall due

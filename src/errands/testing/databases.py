@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, LiteralString
 from urllib.parse import urlsplit, urlunsplit
 
-from errands import api, settings
+from errands import api, registry, settings
 from errands.backends import Backend, open_backend
 from errands.models import JobRequest, JobResult
 
@@ -108,11 +108,29 @@ def _migrate(url: str) -> None:
 
 
 def worker_settings(url: str, **overrides: Any) -> settings.Settings:
-    """The application's settings with ``url`` and fast test defaults it did not set."""
+    """The application's settings with ``url`` and fast test defaults it did not set.
+
+    Its ``import`` setting also names the modules of the jobs this test process
+    registered (the jobs its tests enqueue): a worker loads no job class from a
+    module outside that setting.
+    """
     current = settings.current()
     values = {k: v for k, v in TEST_WORKER_DEFAULTS.items() if k not in current.sources}
+    values["import_modules"] = _with_registered_modules(current.import_modules)
     values.update(overrides, database_url=url)
     return dataclasses.replace(current, **values)
+
+
+def _with_registered_modules(modules: tuple[str, ...]) -> tuple[str, ...]:
+    registered = {cls.__module__ for cls in registry.registered_jobs().values()}
+    # errands' own job modules come with the worker or its integration; __main__ is
+    # not a module a child process can import.
+    extra = sorted(
+        name
+        for name in registered - set(modules)
+        if name != "__main__" and not name.startswith("errands.")
+    )
+    return (*modules, *extra)
 
 
 class BackgroundWorker:
