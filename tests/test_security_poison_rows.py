@@ -46,6 +46,7 @@ class Poison:
 
     postgresql: dict[str, str] = field(default_factory=dict)
     sqlite: dict[str, str] = field(default_factory=dict)
+    undecodable: bool = False  # Python cannot load the value (not just the wrong type)
 
     def columns(self, url: str) -> dict[str, str]:
         return self.sqlite if url.startswith("sqlite") else self.postgresql
@@ -251,33 +252,43 @@ def check_poison_harms_only_itself(
     assert error  # says what is wrong with the row
     assert failures.failures == []  # no claim, batch write or maintenance tick failed
 
-    _check_cli(db_url, planted)
+    _check_cli(db_url, planted, shown=poison.undecodable)
     _check_dashboard(planted)
 
 
-def _check_cli(db_url: str, planted: Planted) -> None:
+def _check_cli(db_url: str, planted: Planted, *, shown: bool) -> None:
+    """Every listing and ``get`` of the poison rows succeeds; ``shown``: the
+    poisoned value cannot be loaded, and ``get`` shows its placeholder."""
+    outputs = check_cli(db_url, [planted.waiting, planted.running, planted.claimed])
+    if shown:
+        assert "undecodable" in outputs[planted.waiting], outputs[planted.waiting]
+        assert "undecodable" in outputs[planted.running], outputs[planted.running]
+
+
+def check_cli(db_url: str, jobs: list[str]) -> dict[str, str]:
+    """Every listing, and ``get`` of each of ``jobs``, exits 0; the output of each get."""
     runner = CliRunner()
+    commands = [
+        [kind, *json] for kind in ("requests", "processes", "results") for json in ([], ["--json"])
+    ]
+    commands += [["get", job, *json] for job in jobs for json in ([], ["--json"])]
+    outputs = {}
     try:
-        for args in (
-            ["requests"],
-            ["processes"],
-            ["results"],
-            ["requests", "--json"],
-            ["processes", "--json"],
-            ["results", "--json"],
-            ["get", planted.waiting],
-            ["get", planted.running],
-            ["get", planted.claimed],
-            ["get", planted.running, "--json"],
-            ["get", planted.claimed, "--json"],
-        ):
+        for args in commands:
             result = runner.invoke(cli, ["--database-url", db_url, *args])
             assert result.exit_code == 0, (args, result.output, result.exception)
+            outputs.setdefault(args[1] if args[0] == "get" else args[0], result.output)
     finally:
         settings.reset()
+    return outputs
 
 
 def _check_dashboard(planted: Planted) -> None:
+    check_dashboard([planted.waiting, planted.running, planted.running_request, planted.claimed])
+
+
+def check_dashboard(jobs: list[str]) -> None:
+    """Every listing, and the page of each of ``jobs``, answers 200."""
     with TestClient(create_app(password=PASSWORD), base_url="http://localhost") as client:
         assert log_in(client, PASSWORD).status_code == 303
         pages = [
@@ -288,12 +299,8 @@ def _check_dashboard(planted: Planted) -> None:
             "/results",
             "/results?status=ERRORED",
             "/workers",
-            f"/jobs/{planted.waiting}",
-            f"/jobs/{planted.running}",
-            f"/jobs/{planted.running_request}",
-            f"/jobs/{planted.claimed}",
         ]
-        for page in pages:
+        for page in pages + [f"/jobs/{job}" for job in jobs]:
             response = client.get(page)
             assert response.status_code == 200, (page, response.text[-2000:])
 
@@ -316,6 +323,7 @@ def test_parameters_nested_too_deep_to_decode(db_url: str, request: pytest.Fixtu
     poison = Poison(
         postgresql={"parameters": f"'{_deep_arguments()}'::jsonb"},
         sqlite={"parameters": f"'{_deep_arguments()}'"},
+        undecodable=True,
     )
     _run(poison, request)
 
@@ -325,13 +333,14 @@ def test_a_time_past_year_9999(db_url: str, request: pytest.FixtureRequest) -> N
         # PostgreSQL takes years up to 294276; Python's datetime stops at 9999.
         postgresql={"created_at": "'10000-01-01 00:00:00+00'"},
         sqlite={"created_at": "1e13"},  # unix seconds in the year 318857
+        undecodable=True,
     )
     _run(poison, request)
 
 
 @pytest.mark.postgres_only
 def test_an_infinite_time(db_url: str, request: pytest.FixtureRequest) -> None:
-    _run(Poison(postgresql={"created_at": "'infinity'"}), request)
+    _run(Poison(postgresql={"created_at": "'infinity'"}, undecodable=True), request)
 
 
 def test_parameters_that_are_an_array(db_url: str, request: pytest.FixtureRequest) -> None:
@@ -371,10 +380,95 @@ def test_a_retry_count_no_integer_can_hold(db_url: str, request: pytest.FixtureR
 def test_json_that_is_not_json(db_url: str, request: pytest.FixtureRequest) -> None:
     if not db_url.startswith("sqlite"):
         pytest.skip("PostgreSQL's jsonb columns hold only valid JSON")
-    _run(Poison(sqlite={"parameters": "'{not json'"}), request)
+    _run(Poison(sqlite={"parameters": "'{not json'"}, undecodable=True), request)
 
 
-def test_a_uuid_that_is_not_a_uuid(db_url: str, request: pytest.FixtureRequest) -> None:
+def test_a_blob_and_text_where_other_types_belong(
+    db_url: str, request: pytest.FixtureRequest
+) -> None:
     if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's uuid columns hold only uuids")
+        pytest.skip("PostgreSQL's columns hold only values of their type")
     _run(Poison(sqlite={"trace_id": "x'00ff'", "timeout": "'soon'"}), request)
+
+
+@pytest.mark.parametrize("key", ["NULL", "x'00ff0{n}'", "'not-a-uuid-{n}'"])
+def test_keys_that_are_no_uuid(
+    key: str,
+    db_url: str,
+    backend: Backend,
+    run_worker: WorkerRunner,
+    tmp_path: Path,
+    database_failures: DatabaseFailures,
+) -> None:
+    """SQLite lets a TEXT PRIMARY KEY hold NULL, a blob or any text: a request with
+    such a uuid cannot be claimed by it, a process cannot give it to its result."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's primary keys are uuids, never NULL")
+    import sample_jobs
+
+    db = Database(db_url)
+    keys = iter(key.format(n=n) for n in range(10))
+    good = [sample_jobs.Record(str(tmp_path / "ran.txt"), f"good-{n}") for n in range(GOOD_JOBS)]
+    good_requests = [good[0].run_in_worker()]
+    keyless = sample_jobs.Noop().run_in_worker()
+    good_requests += [job.run_in_worker() for job in good[1:]]
+    assert keyless is not None
+    db.poison("errands_request", str(keyless.uuid), {"uuid": next(keys)})
+    _process_of_fake_worker(backend, db, {"uuid": next(keys)}, stale=True)
+    _process_of_fake_worker(backend, db, {"uuid": next(keys)}, stale=False)
+    old_key = next(keys)
+    _old_result(db, {"uuid": old_key})
+
+    def done() -> bool:
+        finished = db.count("errands_result", "status = 'SUCCESSFUL' AND queue = 'default'")
+        invalid = db.count("errands_result", "error_type = %s", INVALID)
+        rescued = db.count("errands_result", "status = 'LOST' AND queue LIKE 'fake-%'")
+        pruned = db.count("errands_result", f"uuid IS {old_key}") == 0
+        return finished == GOOD_JOBS and invalid == 1 and rescued == 1 and pruned
+
+    # Room for one job at a time: a claim of one that met the keyless row first
+    # would take nothing, ever.
+    run_worker(
+        done, timeout=30, results_retention=3600, heartbeat_timeout=5, worker_max_processes=1
+    )
+    assert sorted((tmp_path / "ran.txt").read_text().split()) == [
+        f"good-{n}" for n in range(GOOD_JOBS)
+    ]
+    assert database_failures.failures == []
+    assert db.count("errands_request") == 0
+    good_uuids = [str(r.uuid) for r in good_requests if r is not None]
+    check_cli(db_url, good_uuids)
+    check_dashboard(good_uuids)
+
+
+def test_an_attempt_count_at_the_largest_integer(
+    db_url: str,
+    run_worker: WorkerRunner,
+    tmp_path: Path,
+    database_failures: DatabaseFailures,
+) -> None:
+    """A deferral counting one more attempt than the column holds used to fail the
+    write of its whole batch, again and again: now the count stops at the largest."""
+    import poison_jobs
+    import sample_jobs
+
+    db = Database(db_url)
+    largest = 2**63 - 1 if db.sqlite else 2**31 - 1
+    good = [sample_jobs.Record(str(tmp_path / "ran.txt"), f"good-{n}") for n in range(GOOD_JOBS)]
+    good_requests = [good[0].run_in_worker()]
+    counting = poison_jobs.DeferCounting().run_in_worker()
+    good_requests += [job.run_in_worker() for job in good[1:]]
+    assert counting is not None
+    db.poison(
+        "errands_request",
+        db.key(counting.uuid),
+        {"retries": str(largest), "retry_attempt": str(largest)},
+    )
+
+    def done() -> bool:
+        finished = db.count("errands_result", "status = 'SUCCESSFUL'")
+        return finished == GOOD_JOBS and db.count("errands_result", "status = 'DEFERRED'") == 1
+
+    run_worker(done, timeout=30, import_modules=("sample_jobs", "poison_jobs"))
+    assert database_failures.failures == []  # the batch was written at the first try
+    assert db.run("SELECT retry_attempt FROM errands_request") == [(largest,)]

@@ -373,7 +373,9 @@ def _details(outcome: Outcome) -> str | None:
             "return_value": outcome.return_value,
             "retry_request_uuid": str(uuid.uuid4()) if requeue else None,
             "requeue_delay_seconds": requeue.delay_seconds if requeue else None,
-            "requeue_attempt": requeue.retry_attempt if requeue else None,
+            # A row's count (raw SQL may set it to the column's largest value) must
+            # not overflow the column, failing the write of the whole batch.
+            "requeue_attempt": min(requeue.retry_attempt, poison.LARGEST_INT4) if requeue else None,
         }
     )
 

@@ -47,6 +47,8 @@ TIME_COLUMNS = frozenset(
         "paused_at",
     }
 )
+LARGEST_INT4 = 2**31 - 1  # PostgreSQL's integer columns
+LARGEST_INT64 = 2**63 - 1  # SQLite's
 INVALID_JOB_ROW = f"{InvalidJobRow.__module__}.{InvalidJobRow.__qualname__}"
 # The fields a worker needs of a claimed job, with the type each must have.
 _JOB_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {

@@ -149,6 +149,8 @@ def _json_or_null(value: Any) -> str | None:
 def _column_value(name: str, value: Any) -> Any:
     """A stored value as the models hold it."""
     if value is None:
+        if name == "uuid":  # a TEXT PRIMARY KEY may hold NULL in SQLite
+            raise TypeError("NULL stored as the row's uuid")
         return None
     if name in _TIMESTAMP_COLUMNS:
         return _moment(value)
@@ -343,10 +345,31 @@ def _insert_result(session: _Session, job: sqlite3.Row, **columns: Any) -> JobRe
     return None if row is None else _result(row)
 
 
+def _fail_keyless_requests(session: _Session, claims: dict[Any, str]) -> dict[str, str]:
+    """ERRORED results for the requests whose uuid is NULL or a blob; ``claims``
+    without them."""
+    for request in session.rows("take_keyless_requests"):
+        _insert_result(
+            session,
+            request,
+            process_uuid=str(uuid4()),
+            request_uuid=str(uuid4()),  # the result's must be text
+            requested_at=request["created_at"],
+            worker_id=None,
+            status=str(Status.ERRORED),
+            ended_at=session.now,
+            error_type=poison.INVALID_JOB_ROW,
+            error=f"the stored job cannot be run: its uuid is {request['uuid']!r:.60}",
+        )
+    return {key: value for key, value in claims.items() if isinstance(key, str)}
+
+
 def _process_identity(process: sqlite3.Row) -> dict[str, Any]:
     """Result columns that come from the process it records."""
     return {
-        "process_uuid": process["uuid"],
+        # A NULL key (raw SQL can write one) would fail the insert, and with it the
+        # rescue of every other process of the worker.
+        "process_uuid": process["uuid"] or str(uuid4()),
         "request_uuid": process["request_uuid"],
         "requested_at": process["requested_at"],
         "worker_id": process["worker_id"],
@@ -358,7 +381,9 @@ def _requeue(session: _Session, process: sqlite3.Row, requeue: Requeue) -> str:
     """Enqueue the process's job again, due ``delay_seconds`` after now; its new uuid."""
     request_uuid = str(uuid.uuid4())
     job = {name: process[name] for name in _JOB_COLUMNS}
-    job["retry_attempt"] = requeue.retry_attempt
+    # A row's count (raw SQL may set it to the largest integer SQLite holds) must
+    # not overflow, failing the write of the whole batch.
+    job["retry_attempt"] = min(requeue.retry_attempt, poison.LARGEST_INT64)
     session.execute(
         "insert_request",
         uuid=request_uuid,
@@ -803,7 +828,13 @@ class SqliteBackend(Backend):
             due = self._due_requests(session, queues, limit)
             if not due:
                 return []
-            claims = json.dumps({request_uuid: str(uuid.uuid4()) for request_uuid in due})
+            claim_map = {request_uuid: str(uuid.uuid4()) for request_uuid in due}
+            try:
+                claims = json.dumps(claim_map) if None not in claim_map else ""
+            except TypeError:  # a blob key
+                claims = ""
+            if not claims:  # a uuid that is NULL or a blob: see take_keyless_requests
+                claims = json.dumps(_fail_keyless_requests(session, claim_map))
             moved = session.rows("claim_move_to_process", claims=claims, worker_id=str(worker_id))
             session.execute("claim_delete_requests", claims=claims)
         claim_order = {request_uuid: position for position, request_uuid in enumerate(due)}

@@ -414,6 +414,13 @@ RETURNING *
 -- name: claim_delete_requests
 DELETE FROM errands_request WHERE uuid IN (SELECT key FROM json_each(:claims))
 
+-- name: take_keyless_requests
+-- Requests whose uuid is NULL or a blob (SQLite lets a TEXT PRIMARY KEY hold
+-- both), which only raw SQL can write: no claim can move them to a process, so
+-- the claim that meets one removes them all (scanning the table: only then).
+DELETE FROM errands_request WHERE uuid IS NULL OR typeof(uuid) <> 'text'
+RETURNING *
+
 -- name: mark_started
 -- Only the first stamp counts (a re-sent start must not move it).
 UPDATE errands_process SET started_at = :started_at WHERE uuid = :uuid AND started_at IS NULL
@@ -589,9 +596,10 @@ DELETE FROM errands_result WHERE ended_at < :now - :older_than
 
 -- name: prune_results
 -- Oldest first, in bounded batches, so one prune never holds the write lock long.
+-- By rowid, which no row lacks (a result's uuid may be NULL if raw SQL wrote it).
 DELETE FROM errands_result
-WHERE uuid IN (
-    SELECT uuid FROM errands_result
+WHERE rowid IN (
+    SELECT rowid FROM errands_result
     WHERE ended_at < :now - :older_than
     ORDER BY ended_at
     LIMIT :batch_size
