@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import datetime
 import inspect
+import logging
 import os
 import pickle
 import select
@@ -52,6 +53,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from errands import registry, settings
+from errands.containment import is_own_interrupt
 from errands.execution import Assignment, Handler, build_assignment, execute, import_string
 from errands.jobs import Job
 from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, uuid_from_bytes
@@ -63,6 +65,8 @@ from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, 
 PREFETCH = 64
 OUTBOX_AGE = 0.002  # seconds an outcome may wait for the bell, to be read with others
 LARGE_MESSAGE = 4096  # bytes: the parent is rung before such a message (it may fill the pipe)
+
+logger = logging.getLogger("errands")
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _HEADER = struct.Struct("!I")
@@ -392,9 +396,25 @@ def build_handler(middleware: Iterable[str], *, innermost: Handler) -> Handler:
     """``innermost`` wrapped by each middleware, the first listed outermost
     (the contract of ``execution.build_handler``, with this child's way to run a job)."""
     handler = innermost
-    for path in reversed(list(middleware)):
-        handler = import_string(path)(handler)
+    try:
+        for path in reversed(list(middleware)):
+            handler = import_string(path)(handler)
+    except BaseException as exc:
+        if is_own_interrupt(exc):
+            raise
+        # Each job fails with the middleware's error (a constructor's SystemExit too),
+        # rather than each child dying as it starts, in a loop that hides the error.
+        return _failing_handler(exc)
     return handler
+
+
+def _failing_handler(exc: BaseException) -> Handler:
+    trace = exc.__traceback__
+
+    def fail(job: Job) -> Any:
+        raise exc.with_traceback(trace)  # the original traceback, not one more per job
+
+    return fail
 
 
 class SharedEventLoop:
@@ -420,11 +440,26 @@ class SharedEventLoop:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="errands-event-loop", daemon=True
+                    target=_run_forever, args=(loop,), name="errands-event-loop", daemon=True
                 )
                 thread.start()
                 self._loop = loop
             return self._loop
+
+
+def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the shared loop for the child's life, whatever user code raises on it.
+
+    asyncio lets a SystemExit or KeyboardInterrupt out of its loop, be it from a
+    job's coroutine or a task it started. The task that raised it is done, and its
+    waiting runner is told once the loop runs again (the callback is scheduled):
+    so start it again, rather than leave every later async job waiting forever.
+    """
+    while True:
+        try:
+            loop.run_forever()
+        except BaseException:
+            logger.warning("user code raised out of the event loop; it goes on", exc_info=True)
 
 
 async def _awaited(value: Any) -> Any:

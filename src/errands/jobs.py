@@ -21,6 +21,7 @@ from uuid import UUID
 
 from errands import api, serialization, telemetry, validation
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
+from errands.containment import ask_hook
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -238,7 +239,7 @@ def _decide_and_insert(
         else:
             inserted.update((r.uuid, r) for r in tx.insert_requests(batch))
             batch = []
-            accept = job.should_enqueue(request.concurrency_key)
+            accept = ask_hook(job.should_enqueue, request.concurrency_key)  # no SystemExit
         decided.append(request if accept else None)
         if accept:
             batch.append(request)

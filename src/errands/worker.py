@@ -38,10 +38,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from errands import api, registry, scheduler, telemetry
+from errands import api, containment, registry, scheduler, telemetry
 from errands import settings as settings_module
 from errands.backends import Backend
 from errands.batches import Batch, Claim, Claimer, DatabaseThread
+from errands.containment import is_own_interrupt
 from errands.errors import JobTimeout
 from errands.execution import Assignment, failure, qualified_name
 from errands.models import (
@@ -256,12 +257,14 @@ class Worker:
             return  # the batch just failed
         try:
             operation()
-        except Exception as exc:
+        except BaseException as exc:  # a scheduled job's constructor may raise SystemExit
+            if is_own_interrupt(exc):
+                raise
             self._database_failed(operation.__name__, exc)
         else:
             self._database_answered(operation.__name__)
 
-    def _database_failed(self, operation: str, exc: Exception) -> None:
+    def _database_failed(self, operation: str, exc: BaseException) -> None:
         self.database_failures += 1
         backoff = min(0.1 * 2**self.database_failures, MAX_BACKOFF)
         self.database_retry_at = time.monotonic() + backoff
@@ -358,7 +361,7 @@ class Worker:
     def _failure(self, slot: Slot, exc: BaseException, *, status: Status) -> Outcome:
         self.unmarked_starts.pop(slot.job.uuid, None)
         return failure(
-            _assignment(slot.job), exc, started_at=slot.started_at, job=None, status=status
+            Assignment.of(slot.job), exc, started_at=slot.started_at, job=None, status=status
         )
 
     def _dispatch(self) -> None:
@@ -748,7 +751,7 @@ class Worker:
         telemetry.record_results(lost)
         if lost:
             logger.warning("rescued lost jobs", extra={"count": len(lost)})
-            api.retry_lost(lost)
+            containment.each_result("retrying a lost job", api.retry_lost, lost)
             self.run_aborted_hooks(lost)
         self.backend.prune_results(older_than_seconds=self.config.results_retention)
 
@@ -756,7 +759,7 @@ class Worker:
         """Run ``on_aborted`` for each result, heartbeating between hooks when a beat is
         due: a long list of slow hooks must not make this worker look dead."""
         for result in results:
-            api.dispatch_aborted_hooks([result])
+            containment.each_result("on_aborted", api.dispatch_aborted_hooks, [result])
             if time.monotonic() >= self.deadlines.heartbeat:
                 self.deadlines.heartbeat = time.monotonic() + self.config.heartbeat_interval
                 try:
@@ -805,10 +808,6 @@ class Worker:
             for q in stats.queues
             if not self.queues or q.queue in self.queues
         }
-
-
-def _assignment(job: JobProcess) -> Assignment:
-    return Assignment.of(job)
 
 
 def _job_fields(job: JobProcess | None, **more: Any) -> dict[str, Any]:
