@@ -35,6 +35,7 @@ from errands.scheduler import Schedule, ShellCommand, command_key
 from errands.worker import Worker
 from test_cli import _isolate_cli_state, invoke  # noqa: F401  (autouse: undoes CLI settings)
 from test_dashboard import PASSWORD, log_in, post
+from test_django import Project, project  # noqa: F401  (a fixture: the Django project)
 
 SHELL_COMMAND = "errands.scheduler.ShellCommand"
 NOT_CONFIGURED = "errands.errors.CommandNotConfigured"
@@ -292,3 +293,54 @@ def test_dashboard_retry_does_not_import_a_module_outside_the_import_setting(
     assert MARKER_MODULE not in sys.modules
     assert not marker.exists()
     assert errands.requests() == []
+
+
+# -- the Django integration: its task paths import nothing outside installed apps --------
+
+DJANGO_SCRIPT = """
+import json, os, signal, subprocess, sys
+import django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+sys.path.insert(0, os.getcwd())
+django.setup()
+import errands
+from errands.contrib.django.tasks import RunTask
+from errands.models import NewRequest
+from shop import tasks
+
+planted_task = RunTask("security_rows_marker.planted", [], {}).run_in_worker()
+with errands.backend().enqueue_transaction() as tx:
+    planted = NewRequest(job_class="security_rows_marker.Planted", parameters={"args": []})
+    (planted_job,) = tx.insert_requests([planted])
+real_task = tasks.async_double.enqueue(21)
+worker = subprocess.Popen([sys.executable, "manage.py", "errands", "worker"])
+try:
+    found = {
+        name: errands.wait_for_result(key, timeout=60)
+        for name, key in [
+            ("planted_task", planted_task.uuid),
+            ("planted_job", planted_job.uuid),
+            ("real_task", real_task.id),
+        ]
+    }
+finally:
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+print(json.dumps({k: [r.status.value, r.error_type] for k, r in found.items()}))
+"""
+
+
+def test_django_task_and_job_paths_import_nothing_outside_the_project(
+    project: Project,  # noqa: F811  (the fixture imported from test_django)
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "imported"
+    project.environ["SECURITY_ROWS_MARKER"] = str(marker)
+    output = project.run("-c", DJANGO_SCRIPT).stdout
+    found = json.loads(output.strip().splitlines()[-1])
+    assert found == {
+        "planted_task": ["ERRORED", NOT_REGISTERED],
+        "planted_job": ["ERRORED", NOT_REGISTERED],
+        "real_task": ["SUCCESSFUL", ""],  # a task of an installed app still loads
+    }
+    assert not marker.exists()

@@ -56,14 +56,15 @@ def allow_imports_from(modules: Iterable[str]) -> None:
     _allowed.update(modules)
 
 
-def may_import(module: str) -> bool:
+def may_import(module: str, *, also: Iterable[str] = ()) -> bool:
     """Whether a stored path may import ``module``: it is a plain dotted name, and one
-    of, or inside, the allowed modules or the ``import`` setting of this process."""
+    of, or inside, the allowed modules, the ``import`` setting of this process, or
+    ``also`` (a caller's own roots, such as Django's installed apps for task paths)."""
     if not all(part.isidentifier() for part in module.split(".")):
         return False
     from errands import settings  # settings imports nothing of errands' jobs
 
-    roots = _allowed.union(settings.current().import_modules)
+    roots = _allowed.union(settings.current().import_modules, also)
     return any(module == root or module.startswith(f"{root}.") for root in roots)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
+from django.apps import apps as django_apps
 from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
-from errands import api, settings
+from errands import api, registry, settings
+
+TASKS_MODULE = "errands.contrib.django.tasks"  # where RunTask, the job of Django tasks, lives
 
 
 class ErrandsConfig(AppConfig):
@@ -18,7 +21,9 @@ class ErrandsConfig(AppConfig):
       from ``DATABASES`` unless ``database_url`` is given;
     * enqueues join the transaction of the shared Django connection;
     * model instances are stored as job parameters by reference;
-    * every installed app's ``jobs`` module is imported, so its jobs register;
+    * every installed app's ``jobs`` module is imported, so its jobs register, and
+      stored job paths may import modules inside it (and ``RunTask``'s module), as
+      inside the ``import`` setting (see :mod:`errands.registry`);
     * Django's ``migrate`` also creates errands' tables (``migrate_with_django``).
     """
 
@@ -35,6 +40,8 @@ class ErrandsConfig(AppConfig):
         api.set_backend_opener(opener(configured.database))
         references.register()
         autodiscover_modules("jobs")
+        jobs_packages = [f"{app.name}.jobs" for app in django_apps.get_app_configs()]
+        registry.allow_imports_from([TASKS_MODULE, *jobs_packages])
         if configured.migrate_with_django and configured.database is not None:
             post_migrate.connect(migrate_errands, sender=self)
 

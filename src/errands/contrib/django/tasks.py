@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import sys
 import uuid
 from typing import Any
 
+from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils.module_loading import import_string
 
-from errands import api, serialization
+from errands import api, registry, serialization
 from errands.contrib.django import _compat
 from errands.contrib.django.backends import DjangoPostgresBackend, DjangoSqliteBackend
-from errands.errors import ErrandsError
+from errands.errors import ErrandsError, JobNotRegistered
 from errands.jobs import Job
 from errands.models import JobProcess, JobRequest, JobResult, Status
 from errands.registry import job_class_path, register_job
@@ -59,7 +61,19 @@ class RunTask(Job):
 
 
 def load_task(path: str) -> Any:
-    """The ``Task`` object at ``path`` (a decorated function's module path)."""
+    """The ``Task`` object at ``path`` (a decorated function's module path).
+
+    The path comes from a stored row, so it may import its module only when that
+    module is inside an installed app (or the ``import`` setting): see
+    :func:`errands.registry.may_import`. A module imported already runs no code.
+    """
+    module = path.rpartition(".")[0]
+    installed = [app.name for app in apps.get_app_configs()]
+    if module not in sys.modules and not registry.may_import(module, also=installed):
+        raise JobNotRegistered(
+            f"task {path!r} is not in an installed app's package; a stored task path "
+            "imports nothing outside INSTALLED_APPS and the 'import' setting"
+        )
     found = import_string(path)
     if not isinstance(found, _compat.Task):
         raise TypeError(f"{path} is not a task (decorate the function with @task)")
