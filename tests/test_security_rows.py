@@ -226,6 +226,20 @@ def test_dashboard_retry_refuses_a_shell_command_result(
     assert isinstance(retried, JobResult) and retried.retry_request_uuid is None
 
 
+def test_a_configured_command_can_still_be_retried(db_url: str, backend: Backend) -> None:
+    """A retry names the entry again: allowed where the settings hold that command."""
+    result = errored_result(backend, SHELL_COMMAND, {"args": [command_key("echo hi")]})
+    errands.configure(schedule=[["cmd:echo hi", "@daily"]])
+    try:
+        retried = errands.api.retry(result.uuid)
+    finally:
+        errands.configure(schedule=None)
+    assert retried is not None
+    assert retried.parameters == {"args": [command_key("echo hi")], "kwargs": {}}
+    with pytest.raises(CommandNotConfigured):  # and refused where they do not
+        errands.api.retry(result.uuid)
+
+
 # -- item 2: no import by name from the database -----------------------------------------
 
 
