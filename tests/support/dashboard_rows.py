@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import sample_jobs  # noqa: F401  (registers the jobs these rows name: a retry loads them)
+
 from errands.backends import Backend
 from errands.models import JobProcess, JobRequest, JobResult, NewRequest, Outcome, Requeue, Status
 
