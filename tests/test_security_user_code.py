@@ -33,7 +33,8 @@ from conftest import SUPPORT_DIR, wait_for
 from errands import Job, JobResult, Status
 from errands.containment import UserCodeError
 
-KINDS = pytest.mark.parametrize("kind", list(hostile_jobs.EXCEPTIONS))
+KINDS = pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt", "Boom"])
+RUN_KINDS = pytest.mark.parametrize("kind", list(hostile_jobs.EXCEPTIONS))  # + GeneratorExit
 # worker_threads 1: the job runs on the child's main thread; 2: on a runner thread
 # beside another job.
 MODES = pytest.mark.parametrize("threads", [1, 2], ids=["processes", "threads"])
@@ -86,7 +87,8 @@ def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
     started: list[WorkerProcess] = []
 
     def spawn(env: dict[str, str] | None = None, **settings: Any) -> WorkerProcess:
-        worker = WorkerProcess(db_url, tmp_path / "worker.log", settings, env or {})
+        log = tmp_path / f"worker{len(started)}.log"
+        worker = WorkerProcess(db_url, log, settings, env or {})
         started.append(worker)
         return worker
 
@@ -150,7 +152,7 @@ def assert_errored(result: JobResult, kind: str, place: str) -> None:
 # -- in a child -------------------------------------------------------------------------
 
 
-@KINDS
+@RUN_KINDS
 @MODES
 def test_run_raising_is_errored_and_its_child_runs_the_next_job(
     spawn_worker: SpawnWorker, marks: Path, kind: str, threads: int
@@ -166,7 +168,7 @@ def test_run_raising_is_errored_and_its_child_runs_the_next_job(
     assert_worker_goes_on(worker, child=pids_at(marks, "run")[0])
 
 
-@KINDS
+@RUN_KINDS
 @MODES
 def test_async_run_raising_is_errored_and_the_event_loop_runs_the_next_job(
     spawn_worker: SpawnWorker, marks: Path, kind: str, threads: int
@@ -178,6 +180,22 @@ def test_async_run_raising_is_errored_and_the_event_loop_runs_the_next_job(
     assert_errored(result, kind, "async run")
     assert result_of(sample_jobs.AsyncEcho("still looping")).return_value == "still looping"
     assert_worker_goes_on(worker, child=pids_at(marks, "async run")[0])
+
+
+# asyncio logs any other exception of a callback and goes on: these two stopped the loop.
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+def test_a_callback_raising_on_the_shared_event_loop_leaves_it_running(
+    spawn_worker: SpawnWorker, marks: Path, kind: str
+) -> None:
+    worker = spawn_worker()
+
+    result = result_of(hostile_jobs.AsyncRaiseOnTheLoop(kind, str(marks)))
+
+    assert (result.status, result.return_value) == (Status.SUCCESSFUL, "done")
+    wait_for(lambda: bool(pids_at(marks, "loop callback")))
+    # Once the loop stopped, later async jobs waited forever.
+    assert result_of(sample_jobs.AsyncEcho("still looping")).return_value == "still looping"
+    assert_worker_goes_on(worker, child=pids_at(marks, "loop callback")[0])
 
 
 @KINDS
@@ -252,7 +270,7 @@ def test_retry_delay_raising_in_the_parent_after_a_timeout_ends_the_job_errored(
 ) -> None:
     worker = spawn_worker()
 
-    job = hostile_jobs.TimeOutWithRaisingRetryDelay(kind, str(marks))
+    job = hostile_jobs.SlowWithRaisingRetryDelay(kind, str(marks))
     result = result_of(job, retries=1, timeout=0.5)
 
     assert (result.status, result.error_type) == (Status.ERRORED, "errands.errors.JobTimeout")
@@ -277,6 +295,29 @@ def test_on_aborted_raising_in_the_parent_is_logged_and_the_worker_goes_on(
     log = worker.log_path.read_text()
     assert "on_aborted failed" in log
     assert f"{ERROR_TYPES[kind]}: raised in on_aborted" in log
+
+
+@KINDS
+def test_retry_delay_raising_while_rescuing_a_dead_workers_job_is_logged(
+    spawn_worker: SpawnWorker, marks: Path, kind: str
+) -> None:
+    doomed = spawn_worker()
+    request = hostile_jobs.SlowWithRaisingRetryDelay(kind, str(marks)).run_in_worker(retries=1)
+    assert request is not None
+    wait_for(lambda: bool(pids_at(marks, "run")))
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.process.wait(timeout=10)
+
+    rescuer = spawn_worker(heartbeat_timeout=1)  # it retries the LOST job: the delay raises
+
+    result = result_of_request(request.uuid)
+    assert (result.status, result.error_type) == (Status.LOST, "WorkerLost")
+    wait_for(lambda: bool(pids_at(marks, "calculate_retry_delay")))
+    assert pids_at(marks, "calculate_retry_delay") == [rescuer.pid]
+    assert_worker_goes_on(rescuer)
+    assert result_of_request(request.uuid).retry_request_uuid is None
+    log = rescuer.log_path.read_text()
+    assert f"{ERROR_TYPES[kind]}: raised in calculate_retry_delay" in log
 
 
 # -- the worker's own signals ------------------------------------------------------------

@@ -25,12 +25,14 @@ EXCEPTIONS: dict[str, type[BaseException]] = {
     "SystemExit": SystemExit,
     "KeyboardInterrupt": KeyboardInterrupt,
     "Boom": Boom,
+    "GeneratorExit": GeneratorExit,
 }
 #: The error type each kind is recorded with.
 ERROR_TYPES = {
     "SystemExit": "SystemExit",
     "KeyboardInterrupt": "KeyboardInterrupt",
     "Boom": "hostile_jobs.Boom",
+    "GeneratorExit": "GeneratorExit",
 }
 
 
@@ -75,6 +77,19 @@ class AsyncRaiseInRun(Job):
     async def run(self) -> None:
         await asyncio.sleep(0.01)
         throw(self.kind, self.path, "async run")
+
+
+@register_job
+class AsyncRaiseOnTheLoop(Job):
+    """Succeeds, leaving a callback on the child's shared event loop that raises."""
+
+    def __init__(self, kind: str, path: str) -> None:
+        self.kind = kind
+        self.path = path
+
+    async def run(self) -> str:
+        asyncio.get_running_loop().call_soon(throw, self.kind, self.path, "loop callback")
+        return "done"
 
 
 @register_job
@@ -137,14 +152,16 @@ class FailWithRaisingRetryDelay(Job):
 
 
 @register_job
-class TimeOutWithRaisingRetryDelay(Job):
-    """Runs past its timeout; the parent, computing its retry delay, meets the raise."""
+class SlowWithRaisingRetryDelay(Job):
+    """Runs for a minute (past its timeout, or until its worker is killed); a worker
+    parent, computing its retry delay, meets the raise."""
 
     def __init__(self, kind: str, path: str) -> None:
         self.kind = kind
         self.path = path
 
     def run(self) -> None:
+        mark(self.path, "run")
         time.sleep(60)
 
     def calculate_retry_delay(self, attempt: int) -> float:
