@@ -32,6 +32,7 @@ LATEST_START = datetime.datetime(9999, 12, 30, tzinfo=datetime.UTC)
 STORABLE_INTEGERS = range(-(2**31), 2**31)
 
 _INF = math.inf
+_STORABLE_RANGE = f"{EARLIEST_START.date().isoformat()} to {LATEST_START.date().isoformat()}"
 _EXACT_FLOAT_INTEGERS = 2**53  # up to here an int timeout is stored exactly as a float
 # Queue names found valid: an application has a few, and a set lookup is cheaper
 # than checking again. Bounded, in case names are made up per job.
@@ -157,24 +158,34 @@ def resolve_delay(
     if isinstance(delay, datetime.datetime):
         return 0.0, _checked_start(delay, job_classes)
     if isinstance(delay, datetime.timedelta):
-        seconds: float | None = delay.total_seconds()
+        seconds: object = delay.total_seconds()
     elif isinstance(delay, bool) or not isinstance(delay, int | float):
         raise OptionError(
             f"{job_classes()}: delay must be seconds, a timedelta or an aware datetime, "
             f"got {_shown(delay)}"
         )
     else:
-        seconds = _as_seconds(delay)
-    if seconds is None or not math.isfinite(seconds):
-        raise OptionError(
-            f"{job_classes()}: delay must be a finite number of seconds, got {_shown(delay)}"
-        )
-    if seconds and not _due_in_range(seconds):
-        raise OptionError(
-            f"{job_classes()}: delay {_shown(delay)} puts the start outside "
-            f"{EARLIEST_START:%Y-%m-%d} to {LATEST_START:%Y-%m-%d}"
-        )
-    return seconds, None
+        seconds = delay
+    problem = delay_problem(seconds)
+    if problem is not None:
+        raise OptionError(f"{job_classes()}: delay {problem}, got {_shown(delay)}")
+    return _as_seconds(seconds) or 0.0, None
+
+
+def delay_problem(seconds: object) -> str | None:
+    """Why a delay in seconds cannot be stored, or None: it must be a finite number
+    whose due time (from now) falls between EARLIEST_START and LATEST_START.
+
+    Also for delays user code computes in the worker (``DeferJob``,
+    ``calculate_retry_delay``): the database would refuse, or store a time no
+    reader can load.
+    """
+    value = _as_seconds(seconds)
+    if value is None or not math.isfinite(value):
+        return "must be a finite number of seconds"
+    if value and not _due_in_range(value):
+        return f"puts the start outside {_STORABLE_RANGE}"
+    return None
 
 
 def _checked_start(start: datetime.datetime, job_classes: Callable[[], str]) -> datetime.datetime:
@@ -182,8 +193,7 @@ def _checked_start(start: datetime.datetime, job_classes: Callable[[], str]) -> 
         raise OptionError(f"{job_classes()}: delay: datetime {start!r} must be timezone-aware")
     if not EARLIEST_START <= start <= LATEST_START:
         raise OptionError(
-            f"{job_classes()}: delay: start time {start.isoformat()} is outside "
-            f"{EARLIEST_START:%Y-%m-%d} to {LATEST_START:%Y-%m-%d}"
+            f"{job_classes()}: delay: start time {start.isoformat()} is outside {_STORABLE_RANGE}"
         )
     return start
 
