@@ -31,6 +31,7 @@ from errands.models import (
     uuid7s,
 )
 from errands.registry import job_class_path
+from errands.validation import plain_options
 
 T = TypeVar("T")
 
@@ -313,9 +314,7 @@ def _new_request(
     )
     timeout = job.default_timeout() if options.timeout is None else options.timeout
     retry_attempt = options.retry_attempt
-    if not validation.plain_options(
-        priority, retries, retry_attempt, queue, concurrency_key, timeout
-    ):
+    if not plain_options(priority, retries, retry_attempt, queue, concurrency_key, timeout):
         queue, concurrency_key, timeout = validation.checked_options(
             path, priority, retries, retry_attempt, queue, concurrency_key, timeout
         )

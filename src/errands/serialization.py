@@ -185,9 +185,13 @@ class _Encoder:
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, int):
-            return value if -_INT_BOUND < value < _INT_BOUND else self._huge_int(value, path)
+            if -(2**63) <= value < 2**63 or -_INT_BOUND < value < _INT_BOUND:
+                return value
+            return self._huge_int(value, path)
         if isinstance(value, float):
-            return self._encode_float(value, path)
+            # Literal bounds (_PLAIN_FLOAT_BOUND) are cheaper than names; 0.0 and
+            # -0.0 take the slower path, which tells them apart.
+            return value if -1e16 < value < 1e16 and value else self._encode_float(value, path)
         if depth >= MAX_DEPTH:
             problem = f"is nested deeper than {MAX_DEPTH} levels (or contains itself)"
             raise self._error(path, value, problem, list_types=False)
