@@ -130,7 +130,9 @@ class Job:
 
         ``delay`` is seconds, a ``timedelta``, or an aware ``datetime`` to start at.
         ``connection`` is an open database connection of the caller's whose
-        transaction the enqueue joins.
+        transaction the enqueue joins. Options and parameters are checked before
+        the database is touched (see ``errands.validation``): a value that cannot
+        be stored as given raises ``ParameterError`` naming the class and option.
         """
         options = EnqueueOptions(
             queue=queue,
