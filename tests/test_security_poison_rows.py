@@ -328,6 +328,17 @@ def test_parameters_nested_too_deep_to_decode(db_url: str, request: pytest.Fixtu
     _run(poison, request)
 
 
+def test_parameters_nested_too_deep_to_pickle(db_url: str, request: pytest.FixtureRequest) -> None:
+    # Python loads 700 levels, but cannot pickle them to a job process.
+    arguments = '{"args": [' + "[" * 700 + "]" * 700 + '], "kwargs": {}}'
+    poison = Poison(
+        postgresql={"parameters": f"'{arguments}'::jsonb"},
+        sqlite={"parameters": f"'{arguments}'"},
+        undecodable=True,
+    )
+    _run(poison, request)
+
+
 def test_a_time_past_year_9999(db_url: str, request: pytest.FixtureRequest) -> None:
     poison = Poison(
         # PostgreSQL takes years up to 294276; Python's datetime stops at 9999.

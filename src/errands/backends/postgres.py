@@ -127,6 +127,7 @@ def _configure_worker_connection(conn: Connection) -> None:
     The batches' columns go as arrays framed by errands (``postgres_arrays``).
     """
     postgres_arrays.register(conn)
+    poison.bound_json(conn)
     conn.execute("SET plan_cache_mode = force_generic_plan")
     conn.execute("SET jit = off")
     conn.execute("SET TimeZone = 'UTC'")
@@ -602,7 +603,9 @@ class PostgresBackend(Backend):
     def _open_pool(self) -> ConnectionPool[Connection]:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = self._new_pool("errands", self.max_connections)
+                self._pool = self._new_pool(
+                    "errands", self.max_connections, configure=poison.bound_json
+                )
             return self._pool
 
     def _open_worker_pool(self) -> ConnectionPool[Connection]:

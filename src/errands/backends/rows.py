@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -47,6 +48,10 @@ TIME_COLUMNS = frozenset(
         "paused_at",
     }
 )
+# Deeper than any JSON errands writes: serialization.MAX_DEPTH levels of values,
+# each at most two of JSON (a tagged value wraps its items), within the wrapping
+# of a job's arguments; and well short of what Python cannot pickle or copy.
+NESTING_LIMIT = 256
 LARGEST_INT4 = 2**31 - 1  # PostgreSQL's integer columns
 LARGEST_INT64 = 2**63 - 1  # SQLite's
 INVALID_JOB_ROW = f"{InvalidJobRow.__module__}.{InvalidJobRow.__qualname__}"
@@ -126,6 +131,47 @@ _TEXT_COLUMNS = frozenset(
     {"job_class", "queue", "concurrency_key", "source", "trace_id", "span_id"}
     | {"error_type", "error", "traceback", "hostname"}
 )
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads``, refusing JSON nested deeper than errands ever writes.
+
+    Enqueueing refuses values nested deeper than ``serialization.MAX_DEPTH``, so
+    stored JSON deeper than ``NESTING_LIMIT`` came from raw SQL. Python loads JSON
+    some hundreds of levels deeper still, but then cannot pickle it to a job
+    process, nor copy or print it: the parent worker itself failed at every turn.
+    Counting brackets (in C, for a few tens of nanoseconds) spares the exact
+    check to the rare values with more than ``NESTING_LIMIT`` of them.
+    """
+    value = json.loads(data)
+    brackets = (b"[", b"{") if isinstance(data, bytes) else ("[", "{")
+    if (
+        data.count(brackets[0]) + data.count(brackets[1]) > NESTING_LIMIT  # type: ignore[arg-type]
+        and _deeper_than(value, NESTING_LIMIT)
+    ):
+        raise ValueError(f"JSON nested deeper than {NESTING_LIMIT} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    # Without recursion: the value may be nested as deep as Python's own limit.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def bound_json(conn: psycopg.Connection[Any]) -> None:
+    """Load json and jsonb with :func:`loads` on ``conn`` (a pool's ``configure``)."""
+    from psycopg.types.json import set_json_loads
+
+    set_json_loads(loads, conn)
 
 
 def placeholder(column: str, exc: BaseException) -> Any:

@@ -157,7 +157,7 @@ def _column_value(name: str, value: Any) -> Any:
     if name in _UUID_COLUMNS:
         return uuid.UUID(value)
     if name in _JSON_COLUMNS:
-        return json.loads(value)
+        return poison.loads(value)
     if name in _BOOL_COLUMNS:
         return bool(value)
     if name == "status":
