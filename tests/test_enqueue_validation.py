@@ -376,6 +376,17 @@ def test_a_schedule_whose_job_cannot_be_stored_enqueues_nothing(
     assert stored_rows(db_url) == 0
 
 
+@pytest.mark.postgres_only
+def test_a_refusal_leaves_the_callers_transaction_usable(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn, conn.transaction():
+        with pytest.raises(ParameterError, match=f"{CLASS}: delay"):
+            SendWelcome().run_in_worker(delay=math.inf, connection=conn)
+        # Nothing was sent: the caller's transaction is not aborted.
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        SendWelcome().run_in_worker(connection=conn)
+    assert stored_rows(db_url) == 1
+
+
 def test_option_errors_are_both_type_and_value_errors() -> None:
     assert issubclass(OptionError, ParameterError)
     assert issubclass(OptionError, TypeError) and issubclass(OptionError, ValueError)
