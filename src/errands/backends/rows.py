@@ -52,6 +52,8 @@ TIME_COLUMNS = frozenset(
 # each at most two of JSON (a tagged value wraps its items), within the wrapping
 # of a job's arguments; and well short of what Python cannot pickle or copy.
 NESTING_LIMIT = 256
+_LONG = 2 * NESTING_LIMIT  # nesting n levels takes 2n brackets: most JSON is shorter
+TOO_DEEP = f"JSON nested deeper than {NESTING_LIMIT} levels"
 LARGEST_INT4 = 2**31 - 1  # PostgreSQL's integer columns
 LARGEST_INT64 = 2**63 - 1  # SQLite's
 INVALID_JOB_ROW = f"{InvalidJobRow.__module__}.{InvalidJobRow.__qualname__}"
@@ -140,17 +142,19 @@ def loads(data: bytes | str) -> Any:
     stored JSON deeper than ``NESTING_LIMIT`` came from raw SQL. Python loads JSON
     some hundreds of levels deeper still, but then cannot pickle it to a job
     process, nor copy or print it: the parent worker itself failed at every turn.
-    Counting brackets (in C, for a few tens of nanoseconds) spares the exact
-    check to the rare values with more than ``NESTING_LIMIT`` of them.
+    The length, then a count of brackets (in C), spare the exact check to the
+    rare values long enough and with brackets enough to be that deep.
     """
     value = json.loads(data)
-    brackets = (b"[", b"{") if isinstance(data, bytes) else ("[", "{")
-    if (
-        data.count(brackets[0]) + data.count(brackets[1]) > NESTING_LIMIT  # type: ignore[arg-type]
-        and _deeper_than(value, NESTING_LIMIT)
-    ):
-        raise ValueError(f"JSON nested deeper than {NESTING_LIMIT} levels")
+    if len(data) > _LONG and _too_deep(data, value):
+        raise ValueError(TOO_DEEP)
     return value
+
+
+def _too_deep(data: bytes | str, value: Any) -> bool:
+    opening = (b"[", b"{") if isinstance(data, bytes) else ("[", "{")
+    brackets = data.count(opening[0]) + data.count(opening[1])  # type: ignore[arg-type]
+    return brackets > NESTING_LIMIT and _deeper_than(value, NESTING_LIMIT)
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -168,10 +172,31 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 
 def bound_json(conn: psycopg.Connection[Any]) -> None:
-    """Load json and jsonb with :func:`loads` on ``conn`` (a pool's ``configure``)."""
-    from psycopg.types.json import set_json_loads
+    """Load jsonb as :func:`loads` does, on ``conn`` (a pool's ``configure``)."""
+    from psycopg.types.json import JsonbBinaryLoader, JsonbLoader
 
-    set_json_loads(loads, conn)
+    # Subclasses, rather than set_json_loads(loads): psycopg's loaders then call
+    # json.loads directly, without a Python call more per value.
+    class BoundedJsonbLoader(JsonbLoader):
+        def load(self, data: Any) -> Any:
+            text = data if isinstance(data, bytes) else bytes(data)
+            value = json.loads(text)
+            if len(text) > _LONG and _too_deep(text, value):
+                raise ValueError(TOO_DEEP)
+            return value
+
+    class BoundedJsonbBinaryLoader(JsonbBinaryLoader):
+        def load(self, data: Any) -> Any:
+            if data and data[0] != 1:
+                raise ValueError(f"unknown jsonb binary format: {data[0]}")
+            text = bytes(data[1:])
+            value = json.loads(text)
+            if len(text) > _LONG and _too_deep(text, value):
+                raise ValueError(TOO_DEEP)
+            return value
+
+    conn.adapters.register_loader("jsonb", BoundedJsonbLoader)
+    conn.adapters.register_loader("jsonb", BoundedJsonbBinaryLoader)
 
 
 def placeholder(column: str, exc: BaseException) -> Any:
