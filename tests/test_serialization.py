@@ -14,6 +14,7 @@ import sample_jobs
 
 import errands
 from errands import ParameterError, register_type, serialization
+from errands.backends.rows import NESTING_LIMIT
 from errands.registry import build_job
 
 
@@ -196,3 +197,30 @@ def test_a_custom_type_that_encodes_to_itself_is_refused() -> None:
     register_type(Loop, name="test.Loop", encode=lambda v: v, decode=lambda v: v)
     with pytest.raises(ParameterError, match="contains itself"):
         serialization.encode(Loop(), job_class="app.Job", parameter="p")
+
+
+@pytest.mark.parametrize(
+    "bottom",
+    [datetime.timedelta(days=1), datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC), "text"],
+    ids=["timedelta", "datetime", "str"],
+)
+def test_the_deepest_value_accepted_stays_within_what_readers_load(bottom: Any) -> None:
+    """Scalars at the bottom do not count as a level; the stored JSON (two levels
+    per container at most) stays below the nesting the backends load (rows.py)."""
+    value: Any = bottom
+    for _ in range(serialization.MAX_DEPTH):
+        value = {"__errands__": value}  # wrapped: two JSON levels each
+    stored = serialization.encode_arguments("app.Job", [value], {}, ["p"])
+    text = json.dumps(stored)
+    depth = max(_running_depths(text))
+    assert depth <= NESTING_LIMIT
+    (decoded,), _ = serialization.decode_arguments(json.loads(text))
+    assert decoded == value
+
+
+def _running_depths(text: str) -> list[int]:
+    depth, depths = 0, []
+    for char in json.dumps(json.loads(text), separators=(",", ":")):
+        depth += (char in "[{") - (char in "]}")  # no brackets inside these strings
+        depths.append(depth)
+    return depths

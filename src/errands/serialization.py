@@ -50,10 +50,15 @@ class _Codec:
     type_: type
     encode: Callable[[Any], Any]
     decode: Callable[[Any], Any]
+    builtin: bool = False  # errands' own: the payload is plain JSON as it is
 
 
 def _encode_timedelta(value: datetime.timedelta) -> list[int]:
     return [value.days, value.seconds, value.microseconds]
+
+
+def _encode_bytes(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
 
 
 def _decode_timedelta(value: list[int]) -> datetime.timedelta:
@@ -74,20 +79,24 @@ def _encode_clock(value: datetime.datetime | datetime.time) -> str:
             )
         if offset.microseconds:
             raise ValueError(f"its UTC offset {offset} has a fraction of a second")
-    return value.isoformat()
+    # The base class's method: a subclass's may write more (pandas: nanoseconds).
+    if isinstance(value, datetime.datetime):
+        return datetime.datetime.isoformat(value)
+    return datetime.time.isoformat(value)
 
 
 # Order matters: datetime is a subclass of date, so it must be tried first.
 _BUILTIN_CODECS: list[_Codec] = [
-    _Codec("datetime", datetime.datetime, _encode_clock, datetime.datetime.fromisoformat),
-    _Codec("date", datetime.date, datetime.date.isoformat, datetime.date.fromisoformat),
-    _Codec("time", datetime.time, _encode_clock, datetime.time.fromisoformat),
-    _Codec("timedelta", datetime.timedelta, _encode_timedelta, _decode_timedelta),
-    _Codec("uuid", uuid.UUID, str, uuid.UUID),
-    _Codec("decimal", Decimal, str, Decimal),
-    _Codec("bytes", bytes, lambda v: base64.b64encode(v).decode("ascii"), base64.b64decode),
+    _Codec("datetime", datetime.datetime, _encode_clock, datetime.datetime.fromisoformat, True),
+    _Codec("date", datetime.date, datetime.date.isoformat, datetime.date.fromisoformat, True),
+    _Codec("time", datetime.time, _encode_clock, datetime.time.fromisoformat, True),
+    _Codec("timedelta", datetime.timedelta, _encode_timedelta, _decode_timedelta, True),
+    # The base classes' __str__: a subclass's could write anything.
+    _Codec("uuid", uuid.UUID, uuid.UUID.__str__, uuid.UUID, True),
+    _Codec("decimal", Decimal, Decimal.__str__, Decimal, True),
+    _Codec("bytes", bytes, _encode_bytes, base64.b64decode, True),
     # Only for the floats jsonb would change (see _Encoder.encode_float).
-    _Codec("float", float, float.__repr__, float),
+    _Codec("float", float, float.__repr__, float, True),
 ]
 # Containers whose items are encoded recursively.
 _CONTAINERS: dict[str, type] = {"tuple": tuple, "set": set, "frozenset": frozenset}
@@ -112,7 +121,7 @@ def register_type(
     tag = name or f"{type_.__module__}.{type_.__qualname__}"
     if tag in _CONTAINERS or any(c.tag == tag for c in _BUILTIN_CODECS) or tag == "dict":
         raise ValueError(f"the tag {tag!r} is reserved by errands; pass another name=")
-    _custom_codecs[tag] = _Codec(tag, type_, encode, decode)
+    _custom_codecs[tag] = _Codec(tag, type_, encode, decode, builtin=False)
 
 
 def encode(value: Any, *, job_class: str = "", parameter: str = "value") -> Any:
@@ -192,14 +201,21 @@ class _Encoder:
             # Literal bounds (_PLAIN_FLOAT_BOUND) are cheaper than names; 0.0 and
             # -0.0 take the slower path, which tells them apart.
             return value if -1e16 < value < 1e16 and value else self._encode_float(value, path)
-        if depth >= MAX_DEPTH:
-            problem = f"is nested deeper than {MAX_DEPTH} levels (or contains itself)"
-            raise self._error(path, value, problem, list_types=False)
         if isinstance(value, list):
+            if depth >= MAX_DEPTH:
+                raise self._too_deep(path, value)
             return [self.encode(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
         if isinstance(value, dict):
+            if depth >= MAX_DEPTH:
+                raise self._too_deep(path, value)
             return self._encode_dict(value, path, depth)
         return self._encode_tagged(value, path, depth)
+
+    def _too_deep(self, path: str, value: Any) -> ParameterError:
+        # Containers and custom types count; scalars at the bottom (a str, a
+        # datetime) do not.
+        problem = f"is nested deeper than {MAX_DEPTH} levels (or contains itself)"
+        return self._error(path, value, problem, list_types=False)
 
     def _encode_float(self, value: float, path: str) -> Any:
         bound = _PLAIN_FLOAT_BOUND
@@ -241,16 +257,25 @@ class _Encoder:
     def _encode_tagged(self, value: Any, path: str, depth: int) -> Any:
         for tag, container in _CONTAINERS.items():
             if type(value) is container:
+                if depth >= MAX_DEPTH:
+                    raise self._too_deep(path, value)
                 items = self._encode_items(value, path, depth, ordered=tag == "tuple")
                 return {TAG: tag, "value": items}
         codec = _codec_for(value)
         if codec is None:
             raise self._error(path, value, "cannot be stored as JSON")
+        if depth >= MAX_DEPTH and not codec.builtin:
+            raise self._too_deep(path, value)
         try:
             payload = codec.encode(value)
         except Exception as exc:
             raise self._error(path, value, f"failed to encode ({exc})") from exc
-        return {TAG: codec.tag, "value": self.encode(payload, path, depth + 1)}
+        # Built-in codecs give plain JSON (ASCII text, small ints); an
+        # application's may give anything, another custom value too.
+        return {
+            TAG: codec.tag,
+            "value": payload if codec.builtin else self.encode(payload, path, depth + 1),
+        }
 
     def _encode_items(self, items: Any, path: str, depth: int, *, ordered: bool) -> list[Any]:
         # Sets have no order; sorting by repr makes the stored form deterministic.
