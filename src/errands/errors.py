@@ -55,3 +55,9 @@ class DeferJob(Exception):
 
 class JobTimeout(Exception):
     """Recorded as the error type of a job killed at its deadline."""
+
+
+class InvalidJobRow(ErrandsError):
+    """A stored row errands cannot load or run as a job: JSON nested too deep, a time
+    past year 9999, a value of the wrong type. Anyone who can write to the tables
+    can make one; the worker records it as the ERRORED result of that job alone."""
