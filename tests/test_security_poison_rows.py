@@ -253,7 +253,7 @@ def check_poison_harms_only_itself(
     assert failures.failures == []  # no claim, batch write or maintenance tick failed
 
     _check_cli(db_url, planted, shown=poison.undecodable)
-    _check_dashboard(planted)
+    _check_dashboard(planted, shown=poison.undecodable)
 
 
 def _check_cli(db_url: str, planted: Planted, *, shown: bool) -> None:
@@ -283,12 +283,17 @@ def check_cli(db_url: str, jobs: list[str]) -> dict[str, str]:
     return outputs
 
 
-def _check_dashboard(planted: Planted) -> None:
-    check_dashboard([planted.waiting, planted.running, planted.running_request, planted.claimed])
+def _check_dashboard(planted: Planted, *, shown: bool) -> None:
+    jobs = [planted.waiting, planted.running, planted.running_request, planted.claimed]
+    pages = check_dashboard(jobs)
+    if shown:
+        assert "undecodable" in pages[f"/jobs/{planted.waiting}"]
+        assert "undecodable" in pages[f"/jobs/{planted.running}"]
 
 
-def check_dashboard(jobs: list[str]) -> None:
-    """Every listing, and the page of each of ``jobs``, answers 200."""
+def check_dashboard(jobs: list[str]) -> dict[str, str]:
+    """Every listing, and the page of each of ``jobs``, answers 200; their text."""
+    texts = {}
     with TestClient(create_app(password=PASSWORD), base_url="http://localhost") as client:
         assert log_in(client, PASSWORD).status_code == 303
         pages = [
@@ -303,6 +308,8 @@ def check_dashboard(jobs: list[str]) -> None:
         for page in pages + [f"/jobs/{job}" for job in jobs]:
             response = client.get(page)
             assert response.status_code == 200, (page, response.text[-2000:])
+            texts[page] = response.text
+    return texts
 
 
 # -- the cases --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from errands.dashboard import security, sessions
+from errands.models import UndecodableTime
 
 #: Sent with every page: no caching of job data, no framing, no foreign scripts.
 SECURITY_HEADERS = {
@@ -67,6 +68,7 @@ def environment() -> jinja2.Environment:
         iso=iso,
     )
     env.globals.update(url=url, static=static)
+    env.tests["undecodable"] = is_undecodable
     return env
 
 
@@ -172,6 +174,11 @@ def seconds(value: float | None) -> str:
     if hours < 48:
         return f"{hours} h {minutes} min"
     return f"{hours // 24} d {hours % 24} h"
+
+
+def is_undecodable(value: Any) -> bool:
+    """A placeholder for a stored time errands could not load (see backends/rows.py)."""
+    return isinstance(value, UndecodableTime)
 
 
 def iso(value: datetime.datetime | None) -> str:
