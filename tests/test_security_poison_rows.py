@@ -304,6 +304,10 @@ def check_dashboard(jobs: list[str]) -> dict[str, str]:
             "/results",
             "/results?status=ERRORED",
             "/workers",
+            "/schedules",
+            "/requests?order=reverse",
+            "/processes?order=reverse",
+            "/results?order=reverse",
         ]
         for page in pages + [f"/jobs/{job}" for job in jobs]:
             response = client.get(page)
