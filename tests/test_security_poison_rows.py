@@ -494,3 +494,47 @@ def test_an_attempt_count_at_the_largest_integer(
     run_worker(done, timeout=30, import_modules=("sample_jobs", "poison_jobs"))
     assert database_failures.failures == []  # the batch was written at the first try
     assert db.run("SELECT retry_attempt FROM errands_request") == [(largest,)]
+
+
+def test_a_poisoned_worker_row(
+    db_url: str,
+    backend: Backend,
+    run_worker: WorkerRunner,
+    tmp_path: Path,
+    database_failures: DatabaseFailures,
+) -> None:
+    """A heartbeat row of another worker, poisoned: workers keep working, and the
+    CLI and the dashboard list it."""
+    import sample_jobs
+
+    db = Database(db_url)
+    worker_id = uuid.uuid4()
+    backend.register_worker(
+        worker=WorkerInfo(worker_id=worker_id, hostname="elsewhere", pid=1, queues=["q"])
+    )
+    poison = (
+        {"queues": "'{not json'", "pid": "'one'", "started_at": "1e13"}
+        if db.sqlite
+        else {"started_at": "'infinity'", "last_heartbeat_at": "'10000-01-01'"}
+    )
+    assignments = ", ".join(f"{column} = {value}" for column, value in poison.items())
+    db.run(f"UPDATE errands_worker SET {assignments} WHERE worker_id = %s", db.key(worker_id))
+    request = sample_jobs.Record(str(tmp_path / "ran.txt"), "good").run_in_worker()
+    assert request is not None
+
+    def done() -> bool:
+        return db.count("errands_result", "status = 'SUCCESSFUL'") == 1
+
+    worker = run_worker(done, timeout=30)
+    worker.run_maintenance()  # one more tick, with the poisoned row in the table
+    assert database_failures.failures == []
+    runner = CliRunner()
+    try:
+        for command in (["workers"], ["workers", "--json"], ["stats"], ["stats", "--json"]):
+            result = runner.invoke(cli, ["--database-url", db_url, *command])
+            assert result.exit_code == 0, (command, result.output, result.exception)
+            if command == ["workers"]:
+                assert "undecodable" in result.output, result.output
+    finally:
+        settings.reset()
+    check_dashboard([str(request.uuid)])

@@ -25,7 +25,7 @@ from errands import api, health, scheduler, settings
 from errands.backends import Backend
 from errands.errors import ConfigurationError, DeferJob, ErrandsError, SchemaOutOfDate
 from errands.logs import configure_logging
-from errands.models import JobProcess, JobRequest, JobResult, Status
+from errands.models import JobProcess, JobRequest, JobResult, Status, UndecodableTime
 from errands.pacing import ClaimAhead
 from errands.redaction import redact_url
 
@@ -154,6 +154,8 @@ def _describe_database(config: settings.Settings) -> str:
 def _time(value: datetime.datetime | None) -> str:
     if value is None:
         return "-"
+    if isinstance(value, UndecodableTime):  # a poison row's (in local time, past 9999)
+        return str(value)
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 

@@ -213,6 +213,8 @@ def placeholder(column: str, exc: BaseException) -> Any:
         return UndecodableUUID(int=0)
     if column in _TEXT_COLUMNS:
         return UndecodableText(f"<undecodable {column}: {describe(exc)}>")
+    if column == "queues":  # a worker's, a list of names
+        return [UndecodableText(f"<undecodable {column}: {describe(exc)}>")]
     return Undecodable(column, describe(exc))
 
 

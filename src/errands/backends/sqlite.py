@@ -157,7 +157,10 @@ def _column_value(name: str, value: Any) -> Any:
     if name in _UUID_COLUMNS:
         return uuid.UUID(value)
     if name in _JSON_COLUMNS:
-        return poison.loads(value)
+        loaded = poison.loads(value)
+        if name == "queues" and type(loaded) is not list:
+            raise TypeError(f"a worker's queues are a JSON {poison.json_kind(loaded)}")
+        return loaded
     if name in _BOOL_COLUMNS:
         return bool(value)
     if name == "status":
