@@ -8,11 +8,18 @@ so its whole batch was stranded), every maintenance tick (so rescue and pruning
 stopped), every listing of the CLI and the dashboard.
 
 Here a row is read value by value instead, each value that fails to load
-replaced by a placeholder (``Undecodable``, or ``UndecodableTime`` for times), so
-every reader gets its models. Only after a load failed: the happy path keeps
-psycopg's and the SQLite backend's own decoding, with nothing added but a
-``try``. A claim that read such a row fails that job alone with ``InvalidJobRow``
+replaced by a placeholder of the field's type where it has one (``UndecodableTime``,
+``UndecodableInt``...; ``Undecodable`` for JSON), so every reader gets its models
+and can sort, subtract and print them. Only after a load failed: the happy path
+keeps psycopg's and the SQLite backend's own decoding, with a ``try`` around it,
+a length check on JSON (:func:`loads`: JSON too deep to pickle counts as
+undecodable) and, on SQLite, a type check of the columns it does not convert.
+A claim that read such a row fails that job alone with ``InvalidJobRow``
 (:func:`fail_invalid`); the job's other fields stay as stored, for the operator.
+
+Rows that load but are no job's (parameters that are a JSON array, a malformed
+``args``) reach the job process, where building the job fails anyway: there
+``registry.build_job`` names the row the cause (:func:`invalid_arguments`).
 """
 
 from __future__ import annotations
