@@ -11,13 +11,14 @@ from html import unescape as html_unescape
 from typing import Any
 
 import pytest
-from dashboard_rows import claim, enqueue, failed, results
+from dashboard_rows import claim, enqueue, failed, finish, results
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 import errands
+from conftest import wait_for
 from errands import api, scheduler, settings
 from errands.backends import Backend
 from errands.dashboard import create_app, serve
@@ -515,6 +516,22 @@ def test_the_job_page_shows_the_traceback_and_links_the_retries(
     assert f'href="/jobs/{first.uuid}"' in later
     assert "scheduled" in later
     assert client.get(f"/jobs/{uuid.uuid4()}").status_code == 404
+
+
+def test_the_job_page_shows_when_a_delayed_job_was_due(
+    client: TestClient, backend: Backend
+) -> None:
+    due = backend.now() + datetime.timedelta(seconds=1.2)
+    enqueue(backend, queue="delayed", start_at=due)
+    enqueue(backend, queue="prompt")
+    processes: list[JobProcess] = []
+    wait_for(lambda: bool(processes.extend(claim(backend, "delayed")) or processes), timeout=10)
+    (delayed,) = finish(backend, processes)
+    (prompt,) = finish(backend, claim(backend, "prompt"))
+    page = client.get(f"/jobs/{delayed.uuid}").text
+    assert "<dt>Due</dt>" in page and "<dt>Waited</dt>" in page
+    page = client.get(f"/jobs/{prompt.uuid}").text
+    assert "<dt>Due</dt>" not in page and "<dt>Waited</dt>" in page
 
 
 # -- actions -------------------------------------------------------------------------------
