@@ -261,6 +261,38 @@ def test_retry_delay_raising_in_the_child_ends_the_job_errored_without_a_retry(
     assert_worker_goes_on(worker, child=child)
 
 
+UNSTORABLE_DELAYS = pytest.mark.parametrize("delay", ["nan", "inf", "1e12", "-1e12"])
+
+
+@UNSTORABLE_DELAYS
+def test_a_deferral_no_database_can_store_fails_only_its_own_job(
+    spawn_worker: SpawnWorker, delay: str
+) -> None:
+    worker = spawn_worker()
+
+    result = result_of(hostile_jobs.DeferUnstorably(delay))
+
+    assert (result.status, result.error_type) == (Status.ERRORED, "ValueError")
+    assert "hostile_jobs.DeferUnstorably: DeferJob delay" in result.error
+    assert not errands.requests()
+    assert_worker_goes_on(worker)
+
+
+@UNSTORABLE_DELAYS
+def test_a_retry_delay_no_database_can_store_ends_the_job_without_a_retry(
+    spawn_worker: SpawnWorker, delay: str
+) -> None:
+    worker = spawn_worker()
+
+    result = result_of(hostile_jobs.FailWithUnstorableRetryDelay(delay), retries=2)
+
+    assert (result.status, result.error) == (Status.ERRORED, "an ordinary failure")
+    assert "Not retried: computing the retry delay raised ValueError" in result.traceback
+    assert result.retry_request_uuid is None
+    assert not errands.requests()
+    assert_worker_goes_on(worker)
+
+
 # -- in the worker parent ------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from errands.errors import DeferJob
 from errands.jobs import Job
 from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, positional_builder
 from errands.registry import build_job
+from errands.validation import delay_problem
 
 logger = logging.getLogger("errands")
 
@@ -127,7 +128,15 @@ def _execute(assignment: Assignment, handler: Handler) -> Outcome:
             value, job_class=assignment.job_class, parameter="return value"
         )
     except DeferJob as deferral:
-        return _deferred(assignment, deferral, started_at)
+        problem = delay_problem(deferral.delay)
+        if problem is None:
+            return _deferred(assignment, deferral, started_at)
+        # Stored as given, such a delay would fail the whole batch's write.
+        bad = ValueError(
+            f"{assignment.job_class}: DeferJob delay {problem}, got {deferral.delay!r}"
+        )
+        bad.__cause__ = deferral
+        return failure(assignment, bad, started_at=started_at, job=job)
     except BaseException as exc:
         if is_own_interrupt(exc):
             raise
@@ -190,7 +199,10 @@ def retry_for(assignment: Assignment, job: Job | None) -> tuple[Requeue | None, 
     try:
         if job is None:
             job = build_job(assignment.job_class, assignment.parameters)
-        delay = float(job.calculate_retry_delay(attempt))
+        delay = job.calculate_retry_delay(attempt)
+        problem = delay_problem(delay)
+        if problem is not None:
+            raise ValueError(f"calculate_retry_delay({attempt}) {problem}, got {delay!r}")
     except BaseException as exc:  # a SystemExit there must not end the worker either
         if is_own_interrupt(exc):
             raise
@@ -198,7 +210,7 @@ def retry_for(assignment: Assignment, job: Job | None) -> tuple[Requeue | None, 
         logger.exception("cannot compute retry delay", extra={"job_class": assignment.job_class})
         why = f"{qualified_name(type(exc))}: {exc}"
         return None, f"\nNot retried: computing the retry delay raised {why}\n"
-    return Requeue(delay_seconds=max(delay, 0.0), retry_attempt=attempt), ""
+    return Requeue(delay_seconds=max(float(delay), 0.0), retry_attempt=attempt), ""
 
 
 def qualified_name(cls: type[BaseException]) -> str:

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from errands import Job, JobResult, register_job
+from errands import DeferJob, Job, JobResult, register_job
 from errands.execution import Handler
 
 
@@ -149,6 +149,31 @@ class FailWithRaisingRetryDelay(Job):
     def calculate_retry_delay(self, attempt: int) -> float:
         throw(self.kind, self.path, "calculate_retry_delay")
         return 0.0
+
+
+@register_job
+class DeferUnstorably(Job):
+    """Raises DeferJob with a delay no database can store (``delay`` as text: "nan"...)."""
+
+    def __init__(self, delay: str) -> None:
+        self.delay = delay
+
+    def run(self) -> None:
+        raise DeferJob(delay=float(self.delay))
+
+
+@register_job
+class FailWithUnstorableRetryDelay(Job):
+    """Fails; its retry delay is a number no database can store."""
+
+    def __init__(self, delay: str) -> None:
+        self.delay = delay
+
+    def run(self) -> None:
+        raise ValueError("an ordinary failure")
+
+    def calculate_retry_delay(self, attempt: int) -> float:
+        return float(self.delay)
 
 
 @register_job
