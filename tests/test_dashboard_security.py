@@ -25,7 +25,7 @@ from errands.backends import Backend, open_backend
 from errands.cli import cli
 from errands.dashboard.app import create_app, server_config, standalone_app
 from errands.dashboard.security import LOGIN_FAILURES_ALLOWED
-from errands.dashboard.sessions import SECRET_NAME, SESSION_COOKIE
+from errands.dashboard.sessions import SCRYPT_COST, SECRET_NAME, SESSION_COOKIE
 from errands.errors import ConfigurationError
 
 PASSWORD = "correct horse battery staple"
@@ -113,11 +113,17 @@ def test_a_session_cookie_cannot_be_checked_against_password_guesses(
     for key in (from_password.digest(), PASSWORD.encode()):
         with pytest.raises(BadSignature):
             URLSafeTimedSerializer(key, salt="errands.dashboard").loads(cookie)
-    # It is signed with the random secret the dashboard stored (and the password).
+    # It is signed with the random secret the dashboard stored, and the password
+    # stretched by scrypt: even with the secret, a guess costs a memory-hard hash.
     stored = backend.shared_secret(name=SECRET_NAME, candidate="not the first")
     assert stored != "not the first" and len(stored) >= 32
-    key = hmac.new(stored.encode(), b"errands.dashboard.session\0" + PASSWORD.encode(), "sha256")
-    assert "csrf" in URLSafeTimedSerializer(key.digest(), salt="errands.dashboard").loads(cookie)
+    quick = hmac.new(stored.encode(), b"errands.dashboard.session\0" + PASSWORD.encode(), "sha256")
+    with pytest.raises(BadSignature):
+        URLSafeTimedSerializer(quick.digest(), salt="errands.dashboard").loads(cookie)
+    salt = b"errands.dashboard.session\0" + stored.encode()
+    stretched = hashlib.scrypt(PASSWORD.encode(), salt=salt, **SCRYPT_COST)
+    key = hmac.new(stored.encode(), stretched, "sha256").digest()
+    assert "csrf" in URLSafeTimedSerializer(key, salt="errands.dashboard").loads(cookie)
 
 
 def test_dashboards_on_one_database_accept_each_others_logins(serve: Serve) -> None:
