@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.machinery
 import threading
 import uuid
 from collections.abc import Iterator
@@ -128,9 +129,16 @@ def _with_registered_modules(modules: tuple[str, ...]) -> tuple[str, ...]:
     extra = sorted(
         name
         for name in registered - set(modules)
-        if name != "__main__" and not name.startswith("errands.")
+        if name != "__main__" and not name.startswith("errands.") and _findable(name)
     )
     return (*modules, *extra)
+
+
+def _findable(module: str) -> bool:
+    """Whether a worker's child process could import ``module`` from ``sys.path``
+    (a test may have registered jobs from a directory it no longer has on the path)."""
+    top = module.partition(".")[0]
+    return importlib.machinery.PathFinder.find_spec(top) is not None
 
 
 class BackgroundWorker:
