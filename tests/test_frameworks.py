@@ -24,6 +24,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 FRAMEWORKS = ["fastapi_example", "starlette_example", "flask_example"]
+# A test worker's children load the jobs its settings name and those this process had
+# registered when it started (errands.testing.databases.worker_settings), as a real
+# worker loads those of its 'import' setting: register them before any worker starts.
+for _example in FRAMEWORKS:
+    importlib.import_module(f"{_example}.jobs")
 TEXT = "the cat and the hat"
 
 
