@@ -128,6 +128,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(SUPPORT_DIR), os.environ.get("PYTHONPATH", "")) if p
 )
 
+from worker_process import WorkerProcess  # noqa: E402  (in SUPPORT_DIR)
+
 
 def worker_config(url: str, **overrides: Any) -> settings.Settings:
     """Settings for a test worker: 2 children, fast polling, the sample jobs imported."""
@@ -186,3 +188,26 @@ def wait_for(
 @pytest.fixture
 def run_worker(db_url: str) -> WorkerRunner:
     return WorkerRunner(db_url)
+
+
+# -- running a worker in a subprocess ---------------------------------------------------
+
+SpawnWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
+    """Starts ``worker_main.py`` workers on the test's database (``WorkerProcess.main``:
+    ``spawn_worker(queues=..., env=..., **settings)``), each logging to
+    ``tmp_path/worker<n>.log``; whatever is left of them is killed after the test."""
+    started: list[WorkerProcess] = []
+
+    def spawn(**options: Any) -> WorkerProcess:
+        log = tmp_path / f"worker{len(started)}.log"
+        worker = WorkerProcess.main(db_url, log, **options)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.close()

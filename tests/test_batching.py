@@ -13,31 +13,30 @@ import collections
 import datetime
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import sample_jobs
+from staleness import backdate_heartbeat
+from worker_process import WorkerProcess
 
 import errands
-from conftest import SUPPORT_DIR, WorkerRunner, wait_for
+from conftest import SpawnWorker, WorkerRunner, wait_for
 from errands import EnqueueOptions, Status
 from errands.backends import Backend
 
 # Heartbeats fast enough for a test.
-TIMING = {"HEARTBEAT_INTERVAL": "0.5", "HEARTBEAT_TIMEOUT": "60", "POLL_INTERVAL": "0.1"}
+TIMING = {"heartbeat_interval": 0.5, "heartbeat_timeout": 60, "poll_interval": 0.1}
 # The settings of the benchmark's fastest drain, and the defaults (claims sized by the
 # worker from the jobs' run time, up to 200 per process).
 DRAIN_SETTINGS = {
     "fast": {
-        "WORKER_MAX_PROCESSES": "2",
-        "WORKER_THREADS": "2",
-        "WORKER_MAX_PENDING_PER_PROCESS": "100",
+        "worker_max_processes": 2,
+        "worker_threads": 2,
+        "worker_max_pending_per_process": 100,
     },
-    "default": {"WORKER_MAX_PROCESSES": "2"},
+    "default": {"worker_max_processes": 2},
 }
 
 
@@ -96,39 +95,10 @@ def test_bulk_enqueue_notifies_each_queue_with_due_jobs_once(db_url: str) -> Non
 # -- faults with fast settings ------------------------------------------------------------
 
 
-class FastWorker:
-    """A worker subprocess with many jobs in hand, in its own process group."""
-
-    def __init__(self, url: str, log: Path, drain_settings: dict[str, str]) -> None:
-        environ = {
-            **os.environ,
-            "ERRANDS_DATABASE_URL": url,
-            "ERRANDS_IMPORT": "sample_jobs",
-            **{f"ERRANDS_{name}": value for name, value in {**TIMING, **drain_settings}.items()},
-        }
-        self.log = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(SUPPORT_DIR / "worker_main.py")],
-            env=environ,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.log.close()
-
-
 @pytest.fixture(params=sorted(DRAIN_SETTINGS))
-def fast_worker(
-    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[FastWorker]:
-    worker = FastWorker(db_url, tmp_path / "worker.log", DRAIN_SETTINGS[request.param])
-    yield worker
-    worker.close()
+def fast_worker(spawn_worker: SpawnWorker, request: pytest.FixtureRequest) -> WorkerProcess:
+    """A worker subprocess with many jobs in hand, in its own process group."""
+    return spawn_worker(**TIMING, **DRAIN_SETTINGS[request.param])
 
 
 def tokens(path: Path) -> list[str]:
@@ -155,7 +125,7 @@ def drained(count: int) -> bool:
 
 
 def test_graceful_stop_mid_drain_runs_every_job_exactly_once(
-    fast_worker: FastWorker, run_worker: WorkerRunner, tmp_path: Path
+    fast_worker: WorkerProcess, run_worker: WorkerRunner, tmp_path: Path
 ) -> None:
     log = tmp_path / "tokens"
     names = enqueue_records(log, 600, retries=0)
@@ -173,13 +143,15 @@ def test_graceful_stop_mid_drain_runs_every_job_exactly_once(
 
 
 def test_killed_worker_mid_drain_loses_no_job(
-    fast_worker: FastWorker, run_worker: WorkerRunner, tmp_path: Path, backend: Backend
+    fast_worker: WorkerProcess, run_worker: WorkerRunner, tmp_path: Path, backend: Backend
 ) -> None:
     log = tmp_path / "tokens"
     names = enqueue_records(log, 600, retries=1)
     wait_for(lambda: len(tokens(log)) >= 100, timeout=60)
+    dead = fast_worker.wait_registered()
     os.killpg(fast_worker.process.pid, signal.SIGKILL)  # the worker and its children
     fast_worker.process.wait(timeout=10)
+    backdate_heartbeat(backend.url, dead.worker_id, 60)  # its heartbeat timed out long ago
 
     run_worker(lambda: drained(600), heartbeat_timeout=2, timeout=90)
 

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from psycopg import sql
+from worker_process import WorkerProcess
 
 import errands
 from conftest import SERVER_URL, database_url, wait_for
@@ -435,18 +435,16 @@ def test_run_errors(db_url: str) -> None:
 # -- the worker command, as a real process ---------------------------------------------
 
 
-def worker_process(url: str, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
-    command = [ERRANDS, "--database-url", url, "--import", "sample_jobs", "worker", *args]
-    return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
-    )
+def worker_process(url: str, log: Path, *args: str) -> WorkerProcess:
+    return WorkerProcess.errands(url, log, "--import", "sample_jobs", "worker", *args)
 
 
-def test_worker_runs_jobs_logs_json_and_stops_on_sigterm(db_url: str) -> None:
+def test_worker_runs_jobs_logs_json_and_stops_on_sigterm(db_url: str, tmp_path: Path) -> None:
     import sample_jobs
 
-    process = worker_process(
+    with worker_process(
         db_url,
+        tmp_path / "worker.log",
         "--max-processes",
         "1",
         "--poll-interval",
@@ -460,20 +458,15 @@ def test_worker_runs_jobs_logs_json_and_stops_on_sigterm(db_url: str) -> None:
         "3",
         "--queue",
         "default",
-    )
-    try:
+    ) as process:
         request = sample_jobs.Echo("hello").run_in_worker()
         assert request is not None
         results = wait_for_results(1)
         assert results[0].status == errands.Status.SUCCESSFUL
         assert len(errands.workers()) == 1
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, stderr
+        returncode = process.stop(signal.SIGTERM)
+        stderr = process.log()
+    assert returncode == 0, stderr
     assert "queues     default" in stderr
     assert "(jobs held per process: 3)" in stderr
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
@@ -488,16 +481,12 @@ def test_worker_runs_jobs_logs_json_and_stops_on_sigterm(db_url: str) -> None:
 def test_worker_banner_masks_password(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     assert invoke(url, "migrate").exit_code == 0
-    process = worker_process(url, "--max-processes", "1", "--stats-every", "0")
-    try:
-        time.sleep(1.5)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, stderr
+    log = tmp_path / "worker.log"
+    with worker_process(url, log, "--max-processes", "1", "--stats-every", "0") as process:
+        process.wait_registered()
+        returncode = process.stop(signal.SIGINT)
+        stderr = process.log()
+    assert returncode == 0, stderr
     assert "sqlite" in stderr and str(tmp_path / "w.db") in stderr
     assert "queues     all" in stderr and "sample_jobs" in stderr
     assert "(jobs held per process: auto, 10 to 200 by how long jobs run)" in stderr
@@ -524,11 +513,9 @@ def test_reload_restarts_the_worker_on_py_changes(db_url: str, tmp_path: Path) -
     )
     log = tmp_path / "worker.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
-    command = [ERRANDS, "--database-url", db_url, "--import", "reload_jobs_test", "worker"]
-    command += ["--reload", "--max-processes", "1", "--poll-interval", "0.1", "--stats-every", "0"]
-    with log.open("w") as stderr:
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=stderr)
-    try:
+    command = ["--import", "reload_jobs_test", "worker", "--reload", "--max-processes", "1"]
+    command += ["--poll-interval", "0.1", "--stats-every", "0"]
+    with WorkerProcess.errands(db_url, log, *command, cwd=tmp_path, env=env) as process:
         wait_for(lambda: log.read_text().count("errands ") >= 1 and len(errands.workers()) == 1)
         first = errands.workers()[0].worker_id
         module.write_text(module.read_text().replace("return 1", "return 2"))
@@ -542,12 +529,7 @@ def test_reload_restarts_the_worker_on_py_changes(db_url: str, tmp_path: Path) -
         reload_jobs_test.Version().run_in_worker()
         (result,) = wait_for_results(1)
         assert result.return_value == 2  # the restarted worker runs the edited code
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert process.stop(signal.SIGTERM) == 0
     assert "reload_jobs_test.py; restarting the worker" in log.read_text()
     wait_for(lambda: errands.workers() == [], timeout=10)
 

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from psycopg import sql
+from worker_process import WorkerProcess
 
 from conftest import SERVER_URL, database_url, wait_for
 from errands.cli import cli
@@ -122,16 +123,13 @@ def test_connection_failure_masks_the_password() -> None:
     assert_no_secret(result.output + result.stderr)
 
 
-def test_worker_banner_and_logs_mask_the_password(pg_url: str) -> None:
-    command = [ERRANDS, "--database-url", with_passwords(pg_url), "worker", "--log-level", "debug"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: _workers(pg_url) > 0, timeout=30)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+def test_worker_banner_and_logs_mask_the_password(pg_url: str, tmp_path: Path) -> None:
+    url = with_passwords(pg_url)
+    log = tmp_path / "worker.log"
+    with WorkerProcess.errands(url, log, "worker", "--log-level", "debug") as process:
+        process.wait_registered(url=pg_url)
+        process.stop(signal.SIGTERM)
+        stderr = process.log()
     assert "database" in stderr and "***" in stderr
     assert_no_secret(stderr)
 
@@ -158,9 +156,3 @@ def test_dashboard_banner_masks_the_password(pg_url: str) -> None:
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _workers(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM errands_worker").fetchone()
-    return int(row[0]) if row else 0

@@ -8,23 +8,20 @@ second worker, driven in-process, plays the surviving peer.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import sample_jobs
+from staleness import backdate_heartbeat
 
 import errands
-from conftest import SUPPORT_DIR, WorkerRunner, wait_for
+from conftest import SpawnWorker, WorkerRunner, wait_for
 from errands import Status
 from errands.errors import BackendError
 
@@ -32,59 +29,6 @@ from errands.errors import BackendError
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
-
-class WorkerProcess:
-    """A worker in a subprocess, in its own session so its children can be signalled too."""
-
-    def __init__(
-        self,
-        url: str,
-        log: Path,
-        _env: dict[str, str] | None = None,
-        _queues: tuple[str, ...] = (),
-        **settings: object,
-    ) -> None:
-        environ = {
-            **os.environ,
-            "ERRANDS_DATABASE_URL": url,
-            "ERRANDS_IMPORT": "sample_jobs",
-            "ERRANDS_WORKER_MAX_PROCESSES": "1",
-            "ERRANDS_HEARTBEAT_INTERVAL": "0.5",
-            "ERRANDS_HEARTBEAT_TIMEOUT": "60",
-            "ERRANDS_POLL_INTERVAL": "0.1",
-        }
-        environ.update({f"ERRANDS_{k.upper()}": str(v) for k, v in settings.items()})
-        environ.update(_env or {})
-        self.log = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(SUPPORT_DIR / "worker_main.py"), *_queues],
-            env=environ,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.process.pid, signum)
-
-    def signal_group(self, signum: int) -> None:
-        os.killpg(self.process.pid, signum)
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout=timeout)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.signal_group(signal.SIGKILL)
-            self.process.wait(timeout=10)
-        else:
-            # Children of a worker that exited must not outlive it.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        self.log.close()
-
-
-SpawnWorker = Callable[..., WorkerProcess]
 
 # The settings of the fastest drains (README, Performance): many jobs claimed ahead
 # per process and several threads per process. Batching must not weaken a guarantee.
@@ -94,33 +38,18 @@ SETTINGS = pytest.mark.parametrize(
 )
 
 
-@pytest.fixture
-def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
-    started: list[WorkerProcess] = []
-
-    def spawn(
-        _env: dict[str, str] | None = None, _queues: tuple[str, ...] = (), **settings: object
-    ) -> WorkerProcess:
-        log = tmp_path / f"worker{len(started)}.log"
-        worker = WorkerProcess(db_url, log, _env, _queues, **settings)
-        started.append(worker)
-        return worker
-
-    yield spawn
-    for worker in started:
-        worker.close()
-
-
 def test_killed_worker_is_rescued_as_lost_and_retried_to_success(
-    spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path
+    spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path, db_url: str
 ) -> None:
     pid_file = tmp_path / "pid"
     request = sample_jobs.SleepUnlessRerun(str(pid_file)).run_in_worker(retries=1)
     assert request is not None
     doomed = spawn_worker()
     wait_for(pid_file.exists, timeout=30)
+    dead = doomed.wait_registered()
     doomed.signal_group(signal.SIGKILL)  # the whole tree, as a deploy or the OOM killer would
     doomed.wait(10)
+    backdate_heartbeat(db_url, dead.worker_id, 60)  # its heartbeat timed out long ago
 
     # A surviving worker rescues the job once the heartbeat times out, and runs the retry.
     run_worker(lambda: len(errands.results()) == 2, heartbeat_timeout=2)
@@ -144,7 +73,11 @@ def test_killed_worker_is_rescued_as_lost_and_retried_to_success(
 
 @SETTINGS
 def test_worker_killed_mid_drain_loses_nothing(
-    spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path, settings: dict[str, Any]
+    spawn_worker: SpawnWorker,
+    run_worker: WorkerRunner,
+    tmp_path: Path,
+    db_url: str,
+    settings: dict[str, Any],
 ) -> None:
     """SIGKILL while jobs are claimed ahead, running, and finished but unwritten:
     every job still ends with exactly one SUCCESSFUL result, after a LOST one
@@ -157,8 +90,10 @@ def test_worker_killed_mid_drain_loses_nothing(
     )
     doomed = spawn_worker(worker_max_processes=2, **settings)
     wait_for(lambda: len(lines(marks)) >= total // 3, timeout=60)
+    dead = doomed.wait_registered()
     doomed.signal_group(signal.SIGKILL)
     doomed.wait(10)
+    backdate_heartbeat(db_url, dead.worker_id, 60)  # its heartbeat timed out long ago
 
     def all_succeeded() -> bool:
         successes = errands.results(status=Status.SUCCESSFUL, limit=2 * total)
@@ -202,13 +137,15 @@ def test_rescue_waits_for_the_heartbeat_timeout(
 
 
 def test_paused_worker_declared_dead_does_not_write_a_second_result(
-    spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path
+    spawn_worker: SpawnWorker, run_worker: WorkerRunner, tmp_path: Path, db_url: str
 ) -> None:
     marks = tmp_path / "marks"
     sample_jobs.SlowRetry(str(marks), seconds=2).run_in_worker()
     paused = spawn_worker()
     wait_for(lambda: lines(marks) == ["started"], timeout=30)
+    silent = paused.wait_registered()
     paused.signal_group(signal.SIGSTOP)  # a frozen VM, a long GC pause, a network partition
+    backdate_heartbeat(db_url, silent.worker_id, 60)  # silent for longer than the timeout
     try:
         run_worker(lambda: bool(errands.results()), heartbeat_timeout=1.5)
     finally:
@@ -373,12 +310,12 @@ def test_a_worker_with_a_wrong_clock_behaves_like_a_right_one(
     marks = tmp_path / "marks"
     busy_marks = tmp_path / "busy"
     # A healthy peer, heartbeating, runs a job longer than the skewed worker's timeout.
-    healthy = spawn_worker(_queues=("healthy",))
+    healthy = spawn_worker(queues=("healthy",))
     sample_jobs.SlowRetry(str(busy_marks), seconds=4).run_in_worker(queue="healthy")
     sample_jobs.Record(str(marks), "soon").run_in_worker(delay=2)
     sample_jobs.Record(str(marks), "later").run_in_worker(delay=600)
     wait_for(lambda: lines(busy_marks) == ["started"], timeout=30)
-    skewed = spawn_worker(_env=skewed_clock(offset), _queues=("default",), heartbeat_timeout=2)
+    skewed = spawn_worker(env=skewed_clock(offset), queues=("default",), heartbeat_timeout=2)
 
     # Due in 2 s by the database clock: runs then, neither an hour early nor late.
     wait_for(lambda: lines(marks) == ["soon"], timeout=60)

@@ -13,13 +13,11 @@ worker (``tests/support/worker_main.py``, with its own signal handlers, as
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
-import subprocess
-import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,11 @@ import hostile_jobs
 import pytest
 import sample_jobs
 from hostile_jobs import ERROR_TYPES
+from staleness import backdate_heartbeat
+from worker_process import WorkerProcess
 
 import errands
-from conftest import SUPPORT_DIR, wait_for
+from conftest import SpawnWorker, wait_for
 from errands import Job, JobResult, Status
 from errands.containment import UserCodeError
 
@@ -40,61 +40,10 @@ RUN_KINDS = pytest.mark.parametrize("kind", list(hostile_jobs.EXCEPTIONS))  # + 
 MODES = pytest.mark.parametrize("threads", [1, 2], ids=["processes", "threads"])
 
 
-class WorkerProcess:
-    """``worker_main.py`` in its own session (its children are signalled with it)."""
-
-    def __init__(self, url: str, log: Path, settings: dict[str, Any], env: dict[str, str]) -> None:
-        environ = {
-            **os.environ,
-            "ERRANDS_DATABASE_URL": url,
-            "ERRANDS_IMPORT": "sample_jobs,hostile_jobs",
-            "ERRANDS_WORKER_MAX_PROCESSES": "1",
-            "ERRANDS_HEARTBEAT_INTERVAL": "0.5",
-            "ERRANDS_HEARTBEAT_TIMEOUT": "60",
-            "ERRANDS_POLL_INTERVAL": "0.1",
-            **{f"ERRANDS_{name.upper()}": str(value) for name, value in settings.items()},
-            **env,
-        }
-        self.log_path = log
-        self.log = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(SUPPORT_DIR / "worker_main.py")],
-            env=environ,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def close(self) -> None:
-        if self.alive():
-            os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.log.close()
-
-
-SpawnWorker = Callable[..., WorkerProcess]
-
-
 @pytest.fixture
-def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
-    started: list[WorkerProcess] = []
-
-    def spawn(env: dict[str, str] | None = None, **settings: Any) -> WorkerProcess:
-        log = tmp_path / f"worker{len(started)}.log"
-        worker = WorkerProcess(db_url, log, settings, env or {})
-        started.append(worker)
-        return worker
-
-    yield spawn
-    for worker in started:
-        worker.close()
+def spawn_worker(spawn_worker: SpawnWorker) -> SpawnWorker:
+    """conftest's ``spawn_worker``, whose workers import the hostile jobs too."""
+    return functools.partial(spawn_worker, import_modules=("sample_jobs", "hostile_jobs"))
 
 
 @pytest.fixture
@@ -331,14 +280,16 @@ def test_on_aborted_raising_in_the_parent_is_logged_and_the_worker_goes_on(
 
 @KINDS
 def test_retry_delay_raising_while_rescuing_a_dead_workers_job_is_logged(
-    spawn_worker: SpawnWorker, marks: Path, kind: str
+    spawn_worker: SpawnWorker, marks: Path, kind: str, db_url: str
 ) -> None:
     doomed = spawn_worker()
     request = hostile_jobs.SlowWithRaisingRetryDelay(kind, str(marks)).run_in_worker(retries=1)
     assert request is not None
     wait_for(lambda: bool(pids_at(marks, "run")))
+    dead = doomed.wait_registered()
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.process.wait(timeout=10)
+    backdate_heartbeat(db_url, dead.worker_id, 60)  # its heartbeat timed out long ago
 
     rescuer = spawn_worker(heartbeat_timeout=1)  # it retries the LOST job: the delay raises
 
