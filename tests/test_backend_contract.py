@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from staleness import backdate_claims, backdate_heartbeat
 
 from conftest import SERVER_URL, database_url
 from errands.backends import Backend, open_backend
@@ -124,15 +125,6 @@ def fresh_pg_url(db_url: str) -> Iterator[str]:
 def wait_until_listening(listener: Listener) -> None:
     assert isinstance(listener, PostgresListener)
     assert listener.ready.wait(10), "the listener never connected"
-
-
-def set_heartbeat_age(url: str, worker_id: uuid.UUID, seconds: float) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "UPDATE errands_worker SET last_heartbeat_at = now() - %s * interval '1 second'"
-            " WHERE worker_id = %s",
-            (seconds, worker_id),
-        )
 
 
 # -- schema --------------------------------------------------------------------------
@@ -518,8 +510,8 @@ def test_a_late_completion_after_a_rescue_writes_nothing(backend: Backend) -> No
     worker_id = register(backend)
     enqueue(backend, new())
     (process,) = claim_all(backend, worker_id)
-    time.sleep(0.3)
-    (lost,) = backend.rescue_stale_workers(timeout_seconds=0.2)
+    backdate_heartbeat(backend.url, worker_id, 120)
+    (lost,) = backend.rescue_stale_workers(timeout_seconds=60)
     assert lost.process_uuid == process.uuid
     assert backend.complete_many(outcomes=[outcome(process)]) == []
     assert [r.status for r in backend.list_results(filters=Filters())] == [Status.LOST]
@@ -593,10 +585,10 @@ def test_heartbeat_register_and_deregister(backend: Backend) -> None:
 
 
 def test_workers_are_marked_stale_after_the_timeout(backend: Backend) -> None:
-    register(backend)
-    time.sleep(0.3)
-    assert [w.stale for w in backend.workers(timeout_seconds=0.2)] == [True]
-    assert [w.stale for w in backend.workers(timeout_seconds=60)] == [False]
+    worker_id = register(backend)
+    backdate_heartbeat(backend.url, worker_id, 120)
+    assert [w.stale for w in backend.workers(timeout_seconds=60)] == [True]
+    assert [w.stale for w in backend.workers(timeout_seconds=600)] == [False]
 
 
 def test_rescue_turns_a_silent_workers_processes_into_lost_results(backend: Backend) -> None:
@@ -605,10 +597,11 @@ def test_rescue_turns_a_silent_workers_processes_into_lost_results(backend: Back
     dead_processes = backend.claim(worker_id=dead, queues=[], limit=2)
     (alive_process,) = claim_all(backend, alive)
     assert backend.rescue_stale_workers(timeout_seconds=60) == []
-    time.sleep(0.4)
+    for worker_id in (dead, alive):
+        backdate_heartbeat(backend.url, worker_id, 120)
     assert backend.heartbeat(worker_id=alive)
 
-    lost = backend.rescue_stale_workers(timeout_seconds=0.3)
+    lost = backend.rescue_stale_workers(timeout_seconds=60)
 
     assert {r.process_uuid for r in lost} == {p.uuid for p in dead_processes}
     assert all(r.status == Status.LOST and r.error_type == "WorkerLost" for r in lost)
@@ -624,9 +617,9 @@ def test_rescue_judges_staleness_by_the_database_clock(backend: Backend) -> None
     worker_id = register(backend)
     enqueue(backend, new())
     claim_all(backend, worker_id)
-    set_heartbeat_age(backend.url, worker_id, 50)
+    backdate_heartbeat(backend.url, worker_id, 50)
     assert backend.rescue_stale_workers(timeout_seconds=60) == []
-    set_heartbeat_age(backend.url, worker_id, 70)
+    backdate_heartbeat(backend.url, worker_id, 70)
     assert len(backend.rescue_stale_workers(timeout_seconds=60)) == 1
 
 
@@ -634,10 +627,10 @@ def test_concurrent_rescuers_rescue_a_worker_exactly_once(backend: Backend) -> N
     dead = register(backend)
     enqueue(backend, *[new() for _ in range(20)])
     processes = claim_all(backend, dead)
-    time.sleep(0.3)
+    backdate_heartbeat(backend.url, dead, 120)
     rescuers = [open_backend(backend.url) for _ in range(5)]
     try:
-        found = in_threads(5, lambda i: rescuers[i].rescue_stale_workers(timeout_seconds=0.2))
+        found = in_threads(5, lambda i: rescuers[i].rescue_stale_workers(timeout_seconds=60))
     finally:
         for rescuer in rescuers:
             rescuer.close()
@@ -649,10 +642,11 @@ def test_concurrent_rescuers_rescue_a_worker_exactly_once(backend: Backend) -> N
 
 def test_processes_of_a_worker_without_heartbeat_row_are_rescued(backend: Backend) -> None:
     enqueue(backend, new())
-    (process,) = claim_all(backend, uuid.uuid4())  # this worker never registered
+    unregistered = uuid.uuid4()
+    (process,) = claim_all(backend, unregistered)  # this worker never registered
     assert backend.rescue_stale_workers(timeout_seconds=60) == []  # claimed too recently
-    time.sleep(0.3)
-    (lost,) = backend.rescue_stale_workers(timeout_seconds=0.2)
+    backdate_claims(backend.url, unregistered, 120)
+    (lost,) = backend.rescue_stale_workers(timeout_seconds=60)
     assert (lost.process_uuid, lost.status) == (process.uuid, Status.LOST)
     assert backend.list_processes(filters=Filters()) == []
 

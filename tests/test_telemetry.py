@@ -31,14 +31,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from sample_jobs import Crash, DeferOnce, Echo, Fail, Mail
+from staleness import backdate_heartbeat
 from telemetry_support import SPANS_ENV, Refuse, Traced
 
 import errands
 from conftest import WorkerRunner, wait_for, worker_config
-from errands import execution, jobs, telemetry
+from errands import jobs, telemetry
 from errands.backends import Backend
 from errands.models import JobResult, Status, WorkerInfo
-from errands.worker import Worker
+from errands.worker import Worker, execution
 
 SENT = "messaging.client.sent.messages"
 CONSUMED = "messaging.client.consumed.messages"
@@ -603,7 +604,7 @@ def test_worker_gauges_report_queues_processes_and_workers(
     backend.register_worker(
         worker=WorkerInfo(worker_id=silent, hostname="gone", pid=1, queues=["emails"])
     )
-    time.sleep(1.2)  # the silent worker's heartbeat goes stale (heartbeat_timeout 1 s)
+    backdate_heartbeat(db_url, silent, 60)  # its heartbeat is stale (heartbeat_timeout 1 s)
     worker = Worker(queues=["emails", "empty"], config=worker_config(db_url, heartbeat_timeout=1))
     worker.start()
     try:
