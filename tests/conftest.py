@@ -2,7 +2,10 @@
 
 PostgreSQL: one database is created for the session on the server named by
 ``ERRANDS_TEST_DATABASE_URL`` (default: the local server), migrated once, emptied
-after every test and dropped at the end. SQLite: a fresh file per test.
+after every test and dropped at the end. SQLite: a fresh file per test. Both come
+from :class:`errands.testing.databases.TestDatabases`, and the in-process worker
+of ``run_worker`` is its ``BackgroundWorker`` with ``worker_settings``: the suite
+runs on the helpers errands ships for applications' tests.
 
 The ``backend`` fixture is parametrised over both, so every behavioural test
 runs on each; mark a test ``postgres_only`` where a capability is PostgreSQL's alone.
@@ -13,21 +16,24 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
 import errands
-from errands import settings
+from errands import api, settings
 from errands.backends import Backend, open_backend
 from errands.backends.base import TABLES
+from errands.testing.databases import (
+    BackgroundWorker,
+    TestDatabases,
+    with_database,
+    worker_settings,
+)
 from errands.worker import Worker
 
 SERVER_URL = os.environ.get(
@@ -35,25 +41,18 @@ SERVER_URL = os.environ.get(
 )
 
 
-def database_url(server_url: str, dbname: str) -> str:
-    parts = urlsplit(server_url)
-    return urlunsplit(parts._replace(path=f"/{dbname}"))
+#: ``server_url`` pointing at database ``dbname`` instead.
+database_url = with_database
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    name = f"errands_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = database_url(SERVER_URL, name)
-    backend = open_backend(url)
-    backend.migrate()
-    backend.close()
-    yield url
-    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    databases = TestDatabases(SERVER_URL)
+    try:
+        with databases.database(tmp_path_factory.getbasetemp()) as url:
+            yield url
+    finally:
+        databases.close()
 
 
 def empty_postgres(url: str) -> None:
@@ -65,19 +64,22 @@ def empty_postgres(url: str) -> None:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of each kind; errands is configured to use it."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'errands.db'}"
-        backend = open_backend(url)
-        backend.migrate()
-        backend.close()
+        with TestDatabases(None).database(tmp_path) as url:
+            yield from _configured(url)
     else:
         url = request.getfixturevalue("pg_url")
+        try:
+            yield from _configured(url)
+        finally:
+            empty_postgres(url)
+
+
+def _configured(url: str) -> Iterator[str]:
     errands.configure(database_url=url)
     try:
         yield url
     finally:
         errands.configure(database_url=None)
-        if request.param == "postgresql":
-            empty_postgres(url)
 
 
 @pytest.fixture
@@ -132,21 +134,22 @@ from worker_process import WorkerProcess  # noqa: E402  (in SUPPORT_DIR)
 
 
 def worker_config(url: str, **overrides: Any) -> settings.Settings:
-    """Settings for a test worker: 2 children, fast polling, the sample jobs imported."""
+    """Settings for a test worker: 2 children, fast polling, the sample jobs imported
+    (whatever the environment or a test's ``errands.configure`` says of these)."""
     values: dict[str, Any] = {
-        "database_url": url,
         "import_modules": ("sample_jobs",),
         "worker_max_processes": 2,
         "poll_interval": 0.05,
         "heartbeat_interval": 1,
         "heartbeat_timeout": 5,
+        **overrides,
     }
-    values.update(overrides)
-    return replace(settings.load(environ={}), **values)
+    return worker_settings(url, base=settings.load(environ={}), **values)
 
 
 class WorkerRunner:
-    """Drives a real Worker (with real child processes) turn by turn from a test."""
+    """Runs a real Worker (with real child processes) until a condition holds, then
+    stops it gracefully (``errands.testing``'s ``BackgroundWorker``)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -159,16 +162,14 @@ class WorkerRunner:
         timeout: float = 30,
         **overrides: Any,
     ) -> Worker:
-        worker = Worker(queues=queues, config=worker_config(self.url, **overrides))
-        worker.start()
+        config = worker_config(self.url, **overrides)
+        running = BackgroundWorker(api.backend(), config, queues=list(queues)).start()
         try:
-            wait_for(until, timeout=timeout, step=worker.turn)
+            # A crash of the worker's loop ends the wait; stop() raises it.
+            wait_for(lambda: running.error is not None or until(), timeout=timeout)
         finally:
-            worker.stop()
-            while not worker.finished():
-                worker.turn()
-            worker.shut_down()
-        return worker
+            running.stop(timeout=120)
+        return running.worker
 
 
 def wait_for(

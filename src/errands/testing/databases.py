@@ -108,14 +108,17 @@ def _migrate(url: str) -> None:
         backend.close()
 
 
-def worker_settings(url: str, **overrides: Any) -> settings.Settings:
-    """The application's settings with ``url`` and fast test defaults it did not set.
+def worker_settings(
+    url: str, *, base: settings.Settings | None = None, **overrides: Any
+) -> settings.Settings:
+    """The application's settings (or ``base``) with ``url`` and fast test defaults it
+    did not set.
 
     Its ``import`` setting also names the modules of the jobs this test process
     registered (the jobs its tests enqueue): a worker loads no job class from a
     module outside that setting.
     """
-    current = settings.current()
+    current = settings.current() if base is None else base
     values = {k: v for k, v in TEST_WORKER_DEFAULTS.items() if k not in current.sources}
     values["import_modules"] = _with_registered_modules(current.import_modules)
     values.update(overrides, database_url=url)
