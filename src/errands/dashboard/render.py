@@ -10,7 +10,6 @@ swaps it in place. That is how lists and cards refresh without a page reload.
 
 from __future__ import annotations
 
-import datetime
 import importlib.metadata
 import json
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from errands import formatting
 from errands.dashboard import security, sessions
-from errands.models import UndecodableTime
 
 #: Sent with every page: no caching of job data, no framing, no foreign scripts.
 SECURITY_HEADERS = {
@@ -36,6 +35,14 @@ SECURITY_HEADERS = {
     "Vary": "Cookie, X-Errands-Fragment",
 }
 LIVE_BLOCK = "live"
+#: The status colour each state of a job that has not finished wears (macro ``state``).
+STATE_STYLES = {
+    "cancelling": "CANCELLED",
+    "running": "RUNNING",
+    "claimed": "PENDING",
+    "scheduled": "SCHEDULED",
+    "pending": "PENDING",
+}
 try:
     VERSION = importlib.metadata.version("errands")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
@@ -64,11 +71,19 @@ def environment() -> jinja2.Environment:
         short_uuid=short_uuid,
         json_pretty=json_pretty,
         json_short=json_short,
-        seconds=seconds,
-        iso=iso,
+        # Times, durations, attempts and states: errands.formatting, shared with the CLI.
+        seconds=formatting.duration_in_words,
+        iso=formatting.iso_utc,
+        run_seconds=formatting.run_seconds,
+        waited_seconds=formatting.waited_seconds,
+        attempt_number=formatting.attempt_number,
+        retry_of=formatting.retry_of,
+        process_state=formatting.process_state,
+        request_state=formatting.request_state,
     )
-    env.globals.update(url=url, static=static)
-    env.tests["undecodable"] = is_undecodable
+    env.globals.update(url=url, static=static, state_styles=STATE_STYLES)
+    env.tests["undecodable"] = formatting.is_undecodable
+    env.tests["delayed"] = formatting.was_delayed
     return env
 
 
@@ -157,30 +172,3 @@ def json_pretty(value: Any) -> str:
 def json_short(value: Any, length: int = 80) -> str:
     text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
     return text if len(text) <= length else text[: length - 1] + "…"
-
-
-def seconds(value: float | None) -> str:
-    """A duration in words a person reads at a glance: 850 ms, 12.3 s, 4 min 5 s, 3 h 10 min."""
-    if value is None:
-        return ""
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 60:
-        return f"{value:.1f} s"
-    minutes, secs = divmod(int(value), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min"
-    return f"{hours // 24} d {hours % 24} h"
-
-
-def is_undecodable(value: Any) -> bool:
-    """A placeholder for a stored time errands could not load (see backends/rows.py)."""
-    return isinstance(value, UndecodableTime)
-
-
-def iso(value: datetime.datetime | None) -> str:
-    """UTC ISO 8601, for ``<time datetime>``; the page's script shows it in local time."""
-    return value.astimezone(datetime.UTC).isoformat() if value else ""
