@@ -14,8 +14,8 @@ from conftest import wait_for, worker_config
 from errands import api, settings
 from errands.backends import Backend
 from errands.models import JobProcess
-from errands.pacing import AHEAD_SECONDS, AUTO_CEILING, AUTO_FLOOR, ClaimAhead
 from errands.worker import Worker
+from errands.worker.intake import AHEAD_SECONDS, AUTO_CEILING, AUTO_FLOOR, ClaimAhead
 
 # -- the rule ----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from errands import models
-from errands.execution import Assignment, build_assignment
+from errands.worker.execution import Assignment, build_assignment
 
 NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
 BUILT = [

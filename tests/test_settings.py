@@ -30,7 +30,7 @@ def test_defaults_follow_the_reference(tmp_path: Path) -> None:
     loaded = settings.load(environ={}, cwd=tmp_path)
     assert loaded.results_retention == 7 * 24 * 3600
     assert (loaded.heartbeat_interval, loaded.heartbeat_timeout) == (60, 300)
-    # Not the reference's fixed 10: unset means the worker sizes it (errands.pacing).
+    # Not the reference's fixed 10: unset means the worker sizes it (errands.worker.intake).
     assert loaded.worker_max_pending_per_process is None
     assert loaded.worker_max_jobs_per_process is None
     assert loaded.worker_stats_every == 60

@@ -26,8 +26,8 @@ from errands.backends import Backend
 from errands.errors import ConfigurationError, DeferJob, ErrandsError, SchemaOutOfDate
 from errands.logs import configure_logging
 from errands.models import JobProcess, JobRequest, JobResult, Status, UndecodableTime
-from errands.pacing import ClaimAhead
 from errands.redaction import redact_url
+from errands.worker.intake import ClaimAhead
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,7 +88,7 @@ def _friendly_errors() -> Iterator[None]:
 
 
 def _pending_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    """A positive number of jobs, or "auto" (left to the worker: ``errands.pacing``)."""
+    """A positive number of jobs, or "auto" (left to the worker: ``errands.worker.intake``)."""
     if value is None or value.strip().lower() == "auto":
         return value and "auto"
     try:
@@ -1271,7 +1271,7 @@ def _run_now(job: Any, config: settings.Settings) -> None:
     import traceback
 
     from errands import serialization
-    from errands.execution import build_handler
+    from errands.worker.execution import build_handler
 
     handler = build_handler(config.middleware)
     try:

@@ -21,7 +21,6 @@ from uuid import UUID
 
 from errands import api, serialization, telemetry, validation
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
-from errands.containment import ask_hook
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -32,6 +31,7 @@ from errands.models import (
 )
 from errands.registry import job_class_path
 from errands.validation import plain_options
+from errands.worker.containment import ask_hook
 
 T = TypeVar("T")
 

@@ -47,7 +47,7 @@ class Settings:
     timezone: str = "UTC"
     worker_max_processes: int | None = None
     worker_max_jobs_per_process: int | None = None
-    #: None: chosen by the worker from the jobs' run time (see errands.pacing)
+    #: None: chosen by the worker from the jobs' run time (see errands.worker.intake)
     worker_max_pending_per_process: int | None = None
     worker_stats_every: float = 60.0
     worker_threads: int = 1

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from errands import DeferJob, Job, JobResult, register_job
-from errands.execution import Handler
+from errands.worker.execution import Handler
 
 
 class Boom(BaseException):

@@ -23,7 +23,7 @@ if ENABLED:
     from opentelemetry import trace
 
 if TYPE_CHECKING:
-    from errands.execution import Assignment
+    from errands.worker.execution import Assignment
 
 
 def tracing_wanted() -> bool:

@@ -2,7 +2,7 @@
 
 It implements the parts of :class:`~errands.backends.base.Backend` that enqueueing,
 inspecting and running jobs in-process need. Jobs run through
-:func:`errands.execution.execute`, exactly as in a worker's child, so ERRORED,
+:func:`errands.worker.execution.execute`, exactly as in a worker's child, so ERRORED,
 DEFERRED and retries behave the same; timeouts are not enforced (there is no
 child process to kill). Operations that only a real worker performs (heartbeats,
 rescues) raise ``NotImplementedError`` naming the mode.
@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from errands import execution, settings
+from errands import settings
 from errands.backends.base import (
     Backend,
     ConcurrencySlot,
@@ -43,6 +43,7 @@ from errands.models import (
     Throughput,
     WorkerInfo,
 )
+from errands.worker import execution
 
 #: The worker id stamped on processes run in-process by the test helpers.
 TEST_WORKER_ID = uuid.UUID(int=0)

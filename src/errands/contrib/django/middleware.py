@@ -6,8 +6,8 @@ from typing import Any
 
 from django.db import connections
 
-from errands.execution import Handler
 from errands.jobs import Job
+from errands.worker.execution import Handler
 
 
 class CloseOldConnections:

@@ -2,7 +2,7 @@
 
 Each job a child holds sits in one of its slots, so the parent always knows
 exactly which jobs a child has, and so which jobs a dead child took with it.
-What runs in the child, and the protocol between the two, is ``errands.child``.
+What runs in the child is ``child``; the messages between the two, ``protocol``.
 
 Only a "fast" child is given jobs beyond its runners to queue: once a job has
 run for ``SLOW_JOB`` seconds, the parent takes back the jobs queued behind it (a
@@ -24,17 +24,17 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from errands.child import (
+from errands.models import JobProcess, Outcome
+from errands.worker.child import child_main
+from errands.worker.protocol import (
     PREFETCH,
     MessageReader,
     Wire,
-    child_main,
     job_to_wire,
     outcome_from_wire,
     utc_from_timestamp,
     write_message,
 )
-from errands.models import JobProcess, Outcome
 
 SLOW_JOB = 0.05  # seconds: a job running this long makes its child slow
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from errands import serialization, telemetry
-from errands.containment import is_own_interrupt
 from errands.errors import DeferJob
 from errands.jobs import Job
 from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, positional_builder
 from errands.registry import build_job
 from errands.validation import delay_problem
+from errands.worker.containment import is_own_interrupt
 
 logger = logging.getLogger("errands")
 
@@ -97,7 +97,7 @@ async def _await(value: Any) -> Any:
 
 def execute(assignment: Assignment, handler: Handler) -> Outcome:
     """Build the job and run it through ``handler``; never raises, whatever the job
-    raises (``SystemExit`` included), but the process's own Ctrl-C (``errands.containment``).
+    raises (``SystemExit`` included), but the process's own Ctrl-C (``containment``).
 
     The run is traced as a CONSUMER span ``process {queue}`` linked to the span
     that enqueued the job; a failure sets the span's error status.
@@ -115,7 +115,7 @@ def execute(assignment: Assignment, handler: Handler) -> Outcome:
 def _execute(assignment: Assignment, handler: Handler) -> Outcome:
     started_at = utcnow()
     # BaseException: a job's SystemExit or KeyboardInterrupt is its failure, not the
-    # child's (see errands.containment).
+    # child's (see containment).
     try:
         job = build_job(assignment.job_class, assignment.parameters)
     except BaseException as exc:
