@@ -128,15 +128,7 @@ def _execute(assignment: Assignment, handler: Handler) -> Outcome:
             value, job_class=assignment.job_class, parameter="return value"
         )
     except DeferJob as deferral:
-        problem = delay_problem(deferral.delay)
-        if problem is None:
-            return _deferred(assignment, deferral, started_at)
-        # Stored as given, such a delay would fail the whole batch's write.
-        bad = ValueError(
-            f"{assignment.job_class}: DeferJob delay {problem}, got {deferral.delay!r}"
-        )
-        bad.__cause__ = deferral
-        return failure(assignment, bad, started_at=started_at, job=job)
+        return _deferred(assignment, deferral, started_at, job)
     except BaseException as exc:
         if is_own_interrupt(exc):
             raise
@@ -154,7 +146,18 @@ def _execute(assignment: Assignment, handler: Handler) -> Outcome:
     )
 
 
-def _deferred(assignment: Assignment, deferral: DeferJob, started_at: datetime.datetime) -> Outcome:
+def _deferred(
+    assignment: Assignment, deferral: DeferJob, started_at: datetime.datetime, job: Job
+) -> Outcome:
+    """DEFERRED until the job's delay passed, or ERRORED if no database can store the delay
+    (stored as given, it would fail the whole batch's write)."""
+    problem = delay_problem(deferral.delay)
+    if problem is not None:
+        bad = ValueError(
+            f"{assignment.job_class}: DeferJob delay {problem}, got {deferral.delay!r}"
+        )
+        bad.__cause__ = deferral
+        return failure(assignment, bad, started_at=started_at, job=job)
     attempt = assignment.retry_attempt + (1 if deferral.increment_retries else 0)
     return Outcome(
         process_uuid=assignment.process_uuid,
