@@ -1,0 +1,97 @@
+"""``errands dashboard``: serve the web dashboard (the app lives in :mod:`errands.dashboard`)."""
+
+from __future__ import annotations
+
+import click
+
+from errands.cli import configuration
+from errands.cli.errors import CliError
+
+
+@click.command("dashboard")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but 127.0.0.1 lets other machines connect.",
+)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--password",
+    metavar="TEXT",
+    help="The login password [dashboard_password]. Prefer the environment variable "
+    "ERRANDS_DASHBOARD_PASSWORD: a flag is visible to other users in `ps`.",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="No login at all, for a dashboard on your own machine (127.0.0.1 only).",
+)
+@click.option(
+    "--read-only",
+    is_flag=True,
+    default=None,
+    help="Show everything but allow no action [dashboard_read_only].",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A host name browsers reach the dashboard by (repeatable) "
+    "[dashboard_allowed_hosts]. Default: --host and the loopback names.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="ADDRESS",
+    help="A reverse proxy's address or network (repeatable) whose X-Forwarded-For, "
+    "-Proto and -Host are believed [dashboard_trusted_proxies].",
+)
+def dashboard_command(
+    host: str,
+    port: int,
+    password: str | None,
+    insecure_no_auth: bool,
+    read_only: bool | None,
+    allowed_hosts: tuple[str, ...],
+    trusted_proxies: tuple[str, ...],
+) -> None:
+    """Serve the web dashboard: queues, jobs, tracebacks, workers, schedules.
+
+    Needs the dashboard extra: pip install 'errands[dashboard]'. Every page asks
+    for the password (setting dashboard_password) unless --insecure-no-auth.
+    To add the dashboard to your own ASGI application instead, mount
+    errands.dashboard.create_app() (see the README).
+
+    \b
+    Examples:
+      ERRANDS_DASHBOARD_PASSWORD=... errands dashboard
+      errands dashboard --insecure-no-auth --port 9000
+      ERRANDS_DASHBOARD_PASSWORD=... errands dashboard --host 0.0.0.0 --read-only \\
+        --allowed-host ops.example.com --trusted-proxy 10.0.0.2
+    """
+    # An absent flag must not override the setting from the environment or pyproject.
+    config = configuration.apply(
+        {
+            "dashboard_password": password,
+            "dashboard_read_only": read_only or None,
+            "dashboard_allowed_hosts": list(allowed_hosts) or None,
+            "dashboard_trusted_proxies": list(trusted_proxies) or None,
+        }
+    )
+    configuration.import_job_modules(config)  # retries rebuild jobs; schedules name their classes
+    try:
+        from errands import dashboard
+    except ImportError as exc:
+        raise CliError(
+            f"the dashboard needs its extra: pip install 'errands[dashboard]' ({exc})"
+        ) from None
+    configuration.check_schema(config)
+    click.echo(
+        f"errands dashboard on http://{host}:{port}/ ({configuration.describe_database(config)}); "
+        "Ctrl-C stops it",
+        err=True,
+    )
+    dashboard.serve(host, port, insecure_no_auth=insecure_no_auth)

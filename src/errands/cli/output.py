@@ -1,0 +1,55 @@
+"""Printing for commands: aligned tables, JSON, and one job's fields in full.
+
+Times, durations and attempts come from :mod:`errands.formatting`, shared with
+the dashboard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from errands import formatting
+from errands.models import JobProcess, JobRequest, JobResult
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns aligned on the widest cell; the last column is not padded."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def field_text(value: Any) -> str:
+    """A value in one cell: ``-`` for None, JSON for a dict or list, else its text."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def show_row(row: JobRequest | JobProcess | JobResult) -> None:
+    """Every field of one job, one per line, then its traceback indented."""
+    data = row.as_json()
+    traceback = data.pop("traceback", "")
+    if isinstance(row, JobResult):
+        data["duration"] = formatting.compact_duration(formatting.run_seconds(row))
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        click.echo(f"{key.ljust(width)}  {field_text(value)}")
+    if traceback:
+        click.echo("traceback:")
+        for line in str(traceback).rstrip().splitlines():
+            click.echo(f"    {line}")
