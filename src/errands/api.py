@@ -6,16 +6,18 @@ Every function here uses the backend named by the current settings
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import uuid as uuid_module
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from errands import settings
-from errands.backends import Backend, open_backend
+
+# The process's backend lives below the jobs API (which enqueues through it); this
+# module has been its public home.
+from errands.backends.current import backend as backend
+from errands.backends.current import set_backend_opener as set_backend_opener
+from errands.backends.current import use_backend as use_backend
 from errands.models import (
     Cursor,
     Filters,
@@ -35,66 +37,6 @@ if TYPE_CHECKING:
     from errands.scheduler import EntryStatus
 
 logger = logging.getLogger("errands")
-
-_lock = threading.Lock()
-_backend: Backend | None = None
-#: Backends installed by ``use_backend``, innermost last; they win over the setting.
-_overrides: list[Backend] = []
-#: Opens the backend of a URL; integrations replace it with ``set_backend_opener``.
-_opener: Callable[[str | None], Backend] = open_backend
-
-
-def backend() -> Backend:
-    """The backend of the configured ``database_url`` (reopened when the setting changes),
-    or the one installed by :func:`use_backend`."""
-    global _backend
-    url = settings.current().database_url
-    with _lock:
-        if _overrides:
-            return _overrides[-1]
-        if _backend is None or _backend.url != (url or _default_url()):
-            if _backend is not None:
-                _backend.close()
-            _backend = _opener(url)
-        return _backend
-
-
-def set_backend_opener(opener: Callable[[str | None], Backend] | None) -> None:
-    """Open backends with ``opener(database_url)`` from now on (None: the default).
-
-    For integrations that extend a backend (``errands.contrib.django`` makes
-    enqueues join Django's transaction). The current backend is closed, and the
-    next :func:`backend` call opens one with ``opener``.
-    """
-    global _backend, _opener
-    with _lock:
-        _opener = opener or open_backend
-        previous, _backend = _backend, None
-    if previous is not None:
-        previous.close()
-
-
-@contextlib.contextmanager
-def use_backend(replacement: Backend) -> Iterator[Backend]:
-    """Make :func:`backend` return ``replacement`` inside the block, in every thread.
-
-    Meant for tests (``errands.testing`` builds on it): the override is process-wide
-    so that code running in other threads (a web framework's test client, say) sees
-    it too. Blocks may nest; the innermost wins. The replacement is not closed here.
-    """
-    with _lock:
-        _overrides.append(replacement)
-    try:
-        yield replacement
-    finally:
-        with _lock:
-            _overrides.remove(replacement)
-
-
-def _default_url() -> str:
-    from errands.backends import DEFAULT_URL
-
-    return DEFAULT_URL
 
 
 def configure(**values: Any) -> None:

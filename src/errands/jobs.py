@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from errands import api, serialization, telemetry, validation
+from errands import serialization, telemetry, validation
+from errands.backends import current
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
+from errands.containment import ask_hook
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -31,7 +33,6 @@ from errands.models import (
 )
 from errands.registry import job_class_path
 from errands.validation import plain_options
-from errands.worker.containment import ask_hook
 
 T = TypeVar("T")
 
@@ -181,7 +182,7 @@ def _enqueue_many(
     jobs: list[Job], options: EnqueueOptions | None, connection: Any | None, source: str
 ) -> list[JobRequest | None]:
     requests = _new_requests(jobs, options or EnqueueOptions(), source)
-    backend = api.backend()
+    backend = current.backend()
     if connection is None and not any(map(_needs_decision, jobs, requests)):
         # Nothing to check first: the insert alone, committed by the backend.
         with telemetry.sending(requests) as send:
@@ -399,5 +400,5 @@ def _transaction_or_new(query: Callable[[EnqueueTransaction], T]) -> T:
     tx = _current_transaction.get()
     if tx is not None:
         return query(tx)
-    with api.backend().enqueue_transaction() as new_tx:
+    with current.backend().enqueue_transaction() as new_tx:
         return query(new_tx)

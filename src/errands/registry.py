@@ -101,9 +101,7 @@ def build_job(path: str, parameters: dict[str, Any]) -> Job:
         args, kwargs = serialization.decode_arguments(parameters)
     except Exception as exc:
         # Parameters a row got by raw SQL, not by enqueueing: say so, not AttributeError.
-        from errands.backends.rows import invalid_arguments
-
-        error = invalid_arguments(parameters)
+        error = serialization.invalid_arguments(parameters)
         if error is None:
             raise
         raise error from exc

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from errands.errors import ParameterError
+from errands.errors import InvalidJobRow, ParameterError
+from errands.models import Undecodable
 
 TAG = "__errands__"
 
@@ -340,3 +341,38 @@ def _decode_tagged(tag: str, payload: Any) -> Any:
             "errands.register_type() in the worker too"
         )
     return codec.decode(decode(payload))
+
+
+# -- stored arguments that are no job's --------------------------------------------------
+
+_JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+
+
+def json_kind(value: Any) -> str:
+    return _JSON_KINDS.get(type(value), "number")
+
+
+def arguments_problem(parameters: Any) -> str | None:
+    """What makes stored parameters unusable as a job's arguments, or None.
+
+    Enqueueing stores ``{"args": [...], "kwargs": {...}}``; anything else came
+    from elsewhere.
+    """
+    if isinstance(parameters, Undecodable):
+        return f"parameters cannot be loaded ({parameters.problem})"
+    if not isinstance(parameters, dict):
+        return f"parameters are a JSON {json_kind(parameters)}, not an object"
+    args = parameters.get("args", [])
+    if not isinstance(args, list):
+        return f"parameters' 'args' is a JSON {json_kind(args)}, not an array"
+    kwargs = parameters.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        return f"parameters' 'kwargs' is a JSON {json_kind(kwargs)}, not an object"
+    return None
+
+
+def invalid_arguments(parameters: Any) -> InvalidJobRow | None:
+    """The error for stored parameters that are no job's arguments, or None if they are
+    (for a decoding that failed: its own error then stands)."""
+    problem = arguments_problem(parameters)
+    return None if problem is None else InvalidJobRow(f"the stored job cannot be run: {problem}")

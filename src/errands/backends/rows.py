@@ -19,7 +19,7 @@ A claim that read such a row fails that job alone with ``InvalidJobRow``
 
 Rows that load but are no job's (parameters that are a JSON array, a malformed
 ``args``) reach the job process, where building the job fails anyway: there
-``registry.build_job`` names the row the cause (:func:`invalid_arguments`).
+``registry.build_job`` names the row the cause (``serialization.invalid_arguments``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from errands.errors import InvalidJobRow
 from errands.models import JobProcess, Outcome, Status, Undecodable, UndecodableTime
+from errands.serialization import arguments_problem
 
 if TYPE_CHECKING:
     import psycopg
@@ -80,8 +81,6 @@ _JOB_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "trace_id": (str, type(None)),
     "span_id": (str, type(None)),
 }
-_JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-
 # How many rows were read with placeholders, ever: a claim compares it before and
 # after reading its rows, so the happy path pays no check per row. (Another
 # thread's salvage in between only makes the claim check a batch for nothing.)
@@ -289,29 +288,6 @@ def salvage_values(
 # -- judging a job -----------------------------------------------------------------------
 
 
-def json_kind(value: Any) -> str:
-    return _JSON_KINDS.get(type(value), "number")
-
-
-def arguments_problem(parameters: Any) -> str | None:
-    """What makes stored parameters unusable as a job's arguments, or None.
-
-    Enqueueing stores ``{"args": [...], "kwargs": {...}}``; anything else came
-    from elsewhere.
-    """
-    if isinstance(parameters, Undecodable):
-        return f"parameters cannot be loaded ({parameters.problem})"
-    if not isinstance(parameters, dict):
-        return f"parameters are a JSON {json_kind(parameters)}, not an object"
-    args = parameters.get("args", [])
-    if not isinstance(args, list):
-        return f"parameters' 'args' is a JSON {json_kind(args)}, not an array"
-    kwargs = parameters.get("kwargs", {})
-    if not isinstance(kwargs, dict):
-        return f"parameters' 'kwargs' is a JSON {json_kind(kwargs)}, not an object"
-    return None
-
-
 def job_problem(job: JobProcess) -> str | None:
     """What makes a claimed job's row unusable, or None when it can be run."""
     problems = []
@@ -359,10 +335,3 @@ def fail_invalid(backend: Backend, processes: list[JobProcess]) -> list[JobProce
         # Only aborted results come back: none of these, so none is loaded again.
         backend.complete_many(outcomes=failed, aborted_only=True)
     return runnable
-
-
-def invalid_arguments(parameters: Any) -> InvalidJobRow | None:
-    """The error for stored parameters that are no job's arguments, or None if they are
-    (for a decoding that failed: its own error then stands)."""
-    problem = arguments_problem(parameters)
-    return None if problem is None else InvalidJobRow(f"the stored job cannot be run: {problem}")

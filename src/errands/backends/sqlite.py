@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote
 from uuid import uuid4
 
+from errands import serialization
 from errands.backends import rows as poison
 from errands.backends.base import (
     Backend,
@@ -159,7 +160,7 @@ def _column_value(name: str, value: Any) -> Any:
     if name in _JSON_COLUMNS:
         loaded = poison.loads(value)
         if name == "queues" and type(loaded) is not list:
-            raise TypeError(f"a worker's queues are a JSON {poison.json_kind(loaded)}")
+            raise TypeError(f"a worker's queues are a JSON {serialization.json_kind(loaded)}")
         return loaded
     if name in _BOOL_COLUMNS:
         return bool(value)

@@ -13,12 +13,13 @@ plain outcomes. The modules, from the loop down:
   while the database fails); ``results``: metrics and hooks after results are written;
 * ``pool``: the children as the parent sees them; ``protocol``: the messages
   between parent and child; ``child``: what runs in a child;
-* ``execution``: running one job into an ``Outcome`` (retries included);
-  ``containment``: user code never stops the worker.
+* ``execution``: running one job into an ``Outcome`` (retries included), with
+  ``errands.containment`` (user code never stops the worker; the enqueueing side
+  uses it too, so it lives below both).
 
 Importing this package loads none of them: ``Worker`` and the exceptions whose
-names are stored as error types load on first use, so a child process (or the
-enqueueing side, which uses ``containment``) pays only for what it imports.
+names are stored as error types load on first use, so a child process pays only
+for what it imports.
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from errands import registry, settings
+from errands.containment import is_own_interrupt
 from errands.jobs import Job
 from errands.models import Outcome
-from errands.worker.containment import is_own_interrupt
 from errands.worker.execution import Handler, execute, import_string
 from errands.worker.protocol import (
     LARGE_MESSAGE,

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from errands import serialization, telemetry
+from errands.containment import is_own_interrupt
 from errands.errors import DeferJob
 from errands.jobs import Job
 from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, positional_builder
 from errands.registry import build_job
 from errands.validation import delay_problem
-from errands.worker.containment import is_own_interrupt
 
 logger = logging.getLogger("errands")
 

@@ -38,10 +38,10 @@ from typing import Any
 from errands import api, registry, scheduler, telemetry
 from errands import settings as settings_module
 from errands.backends import Backend
+from errands.containment import is_own_interrupt
 from errands.models import JobProcess, JobResult, Outcome
 from errands.settings import Settings
 from errands.worker.batches import Batch, Recorder
-from errands.worker.containment import is_own_interrupt
 from errands.worker.heartbeat import Heartbeat
 from errands.worker.intake import Claim, ClaimAhead, Intake
 from errands.worker.pool import Pool, Slot

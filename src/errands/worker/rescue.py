@@ -19,10 +19,9 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from errands import api, telemetry
+from errands import api, containment, telemetry
 from errands.backends import Backend
 from errands.models import JobResult
-from errands.worker import containment
 
 logger = logging.getLogger("errands")
 

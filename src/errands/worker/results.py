@@ -12,9 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from errands import api, telemetry
+from errands import api, containment, telemetry
 from errands.models import ABORTED_STATUSES, JobResult
-from errands.worker import containment
 from errands.worker.timing import Every
 
 logger = logging.getLogger("errands")
