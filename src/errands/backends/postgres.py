@@ -1,4 +1,5 @@
-"""The PostgreSQL backend: every query lives in ``postgres.sql`` beside this file.
+"""The PostgreSQL backend: every query lives in ``postgres.sql`` beside this file, the
+schema changes in ``migrations/postgres/``.
 
 Connections come from a small ``psycopg_pool`` pool opened on first use; each
 operation is one statement in autocommit mode (so one transaction) unless it says
@@ -38,7 +39,7 @@ from errands.backends.postgres_arrays import (
     uuid_array,
 )
 from errands.backends.postgres_copy import RequestRows
-from errands.backends.sqlfile import load_queries
+from errands.backends.sqlfile import load_migrations, load_queries
 from errands.errors import BackendError, SchemaOutOfDate
 from errands.models import (
     ABORTED_STATUSES,
@@ -82,7 +83,6 @@ VACUUM_AFTER_CLAIMS = 1_000  # at least; see PostgresBackend._vacuum_queue_if_du
 CONNECTION_WAIT_SECONDS = 10.0  # how long an operation waits for a pooled connection
 LISTEN_POLL_SECONDS = 0.25  # how often the listener thread checks whether to stop
 LISTEN_MAX_BACKOFF_SECONDS = 5.0
-MIGRATION_PREFIX = "migration_"
 # Enqueue batches of at least this many jobs go through COPY (see copy_requests):
 # below it, one INSERT statement is fewer round trips.
 COPY_THRESHOLD = 100
@@ -669,13 +669,9 @@ class PostgresBackend(Backend):
                 pool.close()
 
     # -- schema -----------------------------------------------------------------------
-    def _migrations(self) -> list[tuple[int, str]]:
-        found = [
-            (int(name.removeprefix(MIGRATION_PREFIX)), sql)
-            for name, sql in queries().items()
-            if name.startswith(MIGRATION_PREFIX)
-        ]
-        return sorted(found)
+    def _migrations(self) -> tuple[tuple[int, str], ...]:
+        """The files of migrations/postgres by version; each records its own version."""
+        return load_migrations("postgres")
 
     def migrate(self) -> list[int]:
         applied = []

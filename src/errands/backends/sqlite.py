@@ -1,7 +1,8 @@
 """The SQLite backend: errands in one file, for development, tests and small deployments.
 
-All SQL lives in ``sqlite.sql`` (which also explains the locking). This module
-manages connections and transactions and converts rows to ``errands.models``:
+All SQL lives in ``sqlite.sql`` (which also explains the locking) and, for the
+schema, in ``migrations/sqlite/``. This module manages connections and
+transactions and converts rows to ``errands.models``:
 
 * one connection per thread (SQLite connections must not be shared between
   threads), opened lazily, in WAL mode, with a busy timeout;
@@ -38,7 +39,7 @@ from errands.backends.base import (
     Listener,
     kept_results,
 )
-from errands.backends.sqlfile import load_queries
+from errands.backends.sqlfile import load_migrations, load_queries
 from errands.errors import BackendError, ConfigurationError, SchemaOutOfDate
 from errands.models import (
     Filters,
@@ -318,14 +319,8 @@ def _statements(script: str) -> Iterator[str]:
 
 
 def _migrations() -> dict[int, str]:
-    """The ``migration_<version>`` blocks of sqlite.sql, by version."""
-    prefix = "migration_"
-    found = {
-        int(name.removeprefix(prefix)): sql
-        for name, sql in QUERIES.items()
-        if name.startswith(prefix)
-    }
-    return dict(sorted(found.items()))
+    """The files of migrations/sqlite by version (migrate records each version)."""
+    return dict(load_migrations("sqlite"))
 
 
 # -- writing results -------------------------------------------------------------------
