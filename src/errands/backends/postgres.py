@@ -947,11 +947,13 @@ class PostgresBackend(Backend):
         return [row["uuid"] for row in self._fetch("cancel_requested", {"worker_id": worker_id})]
 
     def purge(self, *, older_than_seconds: float | None = None) -> int:
-        age = None if older_than_seconds is None else float(older_than_seconds)
-        return self._execute("purge", {"older_than_seconds": age})
+        if older_than_seconds is None:
+            return self._execute("purge_all_results")
+        age = {"older_than_seconds": float(older_than_seconds)}
+        return self._execute("purge_results_before", age)
 
     def workers(self, *, timeout_seconds: float) -> list[WorkerInfo]:
-        rows = self._fetch("workers", {"timeout_seconds": float(timeout_seconds)})
+        rows = self._fetch("list_workers", {"timeout_seconds": float(timeout_seconds)})
         return [to_worker(row) for row in rows]
 
     def stats(self, *, heartbeat_timeout_seconds: float) -> Stats:

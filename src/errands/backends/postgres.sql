@@ -27,6 +27,8 @@
 -- (say, every pod of a deploy running "errands migrate") queue here, and each
 -- later one finds the versions already recorded and applies nothing. The lock is
 -- released at commit or rollback, so a crashed migrator never leaves it held.
+-- It cannot deadlock: it is the first lock of the migration's transaction, so a
+-- migrator waiting for it holds nothing another migrator could be waiting for.
 SELECT pg_advisory_xact_lock(hashtext('errands.migrate'))
 
 -- name: create_schema_table
@@ -205,6 +207,7 @@ DELETE FROM errands_worker WHERE worker_id = %(worker_id)s
 -- is skipped as well (the lock re-checks the latest row version), so one request
 -- is never claimed twice. The requests are deleted and their processes inserted
 -- in the same statement: there is no moment when a job is in neither table.
+-- SKIP LOCKED never waits for a lock, so a claim cannot take part in a deadlock.
 --
 -- Cost: every read walks errands_request_claim_idx in order and stops early, so
 -- a claim costs the same with ten due requests or a million, and delayed
@@ -446,7 +449,9 @@ WHERE p.created_at < now() - %(timeout_seconds)s::float8 * interval '1 second'
 
 -- name: lock_orphaned_processes
 -- SKIP LOCKED: processes another rescuer (or a late completion) holds are its
--- to convert; this rescuer takes the rest.
+-- to convert; this rescuer takes the rest. The row locks keep those two from
+-- both writing a result for one process; SKIP LOCKED never waits, so taking
+-- them cannot deadlock.
 SELECT p.uuid
 FROM errands_process AS p
 WHERE p.worker_id = %(worker_id)s
@@ -491,9 +496,10 @@ RETURNING *
 SELECT * FROM errands_process WHERE worker_id = %(worker_id)s ORDER BY created_at
 
 -- name: prune_results
--- Bounded batches keep each delete's transaction short. SKIP LOCKED lets the
--- workers that prune at about the same time take different rows instead of
--- waiting on each other.
+-- Bounded batches keep each delete's transaction short. The row locks keep two
+-- pruners from deleting the same rows; SKIP LOCKED lets the workers that prune at
+-- about the same time take different rows instead of waiting on each other, and
+-- since it never waits, pruning cannot deadlock.
 DELETE FROM errands_result
 WHERE uuid IN (
     SELECT uuid
@@ -587,12 +593,14 @@ WHERE uuid = %(uuid)s OR request_uuid = %(uuid)s
 -- name: cancel_requested
 SELECT uuid FROM errands_process WHERE worker_id = %(worker_id)s AND cancel_requested
 
--- name: purge
+-- name: purge_all_results
 DELETE FROM errands_result
-WHERE %(older_than_seconds)s::float8 IS NULL
-    OR ended_at < now() - %(older_than_seconds)s::float8 * interval '1 second'
 
--- name: workers
+-- name: purge_results_before
+DELETE FROM errands_result
+WHERE ended_at < now() - %(older_than_seconds)s::float8 * interval '1 second'
+
+-- name: list_workers
 SELECT
     *,
     last_heartbeat_at < now() - %(timeout_seconds)s::float8 * interval '1 second' AS stale
@@ -877,7 +885,8 @@ LIMIT 1
 -- name: cancel_requests
 -- SKIP LOCKED: a request a worker is claiming right now is the worker's (the
 -- claim deletes it); the rest are deleted here and become CANCELLED results in
--- the same statement, so each ends in exactly one of the two.
+-- the same statement, so each ends in exactly one of the two. SKIP LOCKED never
+-- waits, so cancelling cannot deadlock with claims or with another cancel.
 WITH chosen AS (
     SELECT uuid
     FROM errands_request
@@ -919,7 +928,9 @@ WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
     AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
 
 -- name: delete_requests
--- SKIP LOCKED: requests being claimed right now are left to their worker.
+-- SKIP LOCKED: requests being claimed right now are left to their worker (the
+-- row locks keep a request from being both claimed and deleted); it never waits,
+-- so deleting cannot deadlock with claims.
 DELETE FROM errands_request
 WHERE uuid IN (
     SELECT uuid
@@ -936,7 +947,9 @@ WHERE uuid IN (
 )
 
 -- name: delete_results
--- Bounded batches keep each transaction short, as in prune_results.
+-- Bounded batches keep each transaction short, as in prune_results; the row
+-- locks keep two deleters (or a pruner) off the same rows, and SKIP LOCKED never
+-- waits, so it cannot deadlock.
 DELETE FROM errands_result
 WHERE uuid IN (
     SELECT uuid

@@ -705,7 +705,8 @@ class SqliteBackend(Backend):
             with _transaction(connection, "begin_read") as session:
                 if not session.execute("schema_table_exists").fetchone()["found"]:
                     return None
-                version: int | None = session.execute("schema_version").fetchone()["version"]
+                row = session.execute("recorded_schema_version").fetchone()
+                version: int | None = row["version"]
                 return version
         except sqlite3.DatabaseError as exc:
             raise self._open_error(exc) from exc
@@ -724,7 +725,7 @@ class SqliteBackend(Backend):
         # then finds the version the first recorded and applies nothing.
         with _transaction(connection, "begin_write") as session:
             session.execute("create_schema_table")
-            current = session.execute("schema_version").fetchone()["version"] or 0
+            current = session.execute("recorded_schema_version").fetchone()["version"] or 0
             for version, script in _migrations().items():
                 if version > current:
                     for statement in _statements(script):
@@ -903,7 +904,7 @@ class SqliteBackend(Backend):
             ]
             vanished = [
                 row["worker_id"]
-                for row in session.rows("workers_without_row", timeout=timeout_seconds)
+                for row in session.rows("orphaned_workers", timeout=timeout_seconds)
             ]
         lost: list[JobResult] = []
         for worker_id in stale:

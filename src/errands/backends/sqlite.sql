@@ -91,7 +91,7 @@ SELECT file FROM pragma_database_list WHERE name = 'main'
 -- name: schema_table_exists
 SELECT count(*) AS found FROM sqlite_master WHERE type = 'table' AND name = 'errands_schema'
 
--- name: schema_version
+-- name: recorded_schema_version
 SELECT max(version) AS version FROM errands_schema
 
 -- name: create_schema_table
@@ -368,7 +368,7 @@ SELECT worker_id FROM errands_worker WHERE last_heartbeat_at < :now - :timeout
 -- that worker; a concurrent rescuer, or a worker that beat meanwhile, gets 0.
 DELETE FROM errands_worker WHERE worker_id = :worker_id AND last_heartbeat_at < :now - :timeout
 
--- name: workers_without_row
+-- name: orphaned_workers
 -- Workers that have processes but no heartbeat row at all (one deregistered
 -- with work left behind, or its row vanished). Only processes claimed longer
 -- ago than the heartbeat timeout count: a live worker whose row a peer deleted
