@@ -175,3 +175,18 @@ def test_every_query_is_used_by_its_backend(dialect: str) -> None:
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_no_query_is_left_among_the_migrations(dialect: str) -> None:
     assert not [name for name in _queries(dialect) if name.startswith("migration_")]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_fragments_are_expanded_and_used(dialect: str) -> None:
+    text = resources.files("errands.backends").joinpath(f"{dialect}.sql").read_text("utf-8")
+    fragments = re.findall(r"^-- fragment: (\w+)$", text, re.MULTILINE)
+    assert fragments
+    for fragment in fragments:
+        assert "{{" + fragment + "}}" in text, f"fragment {fragment} is not used"
+    assert not [name for name, sql in _queries(dialect).items() if "{{" in sql or "}}" in sql]
+
+
+def test_fragments_keep_the_indentation_of_their_placeholder() -> None:
+    sql = _queries("sqlite")["delete_requests"]
+    assert "\n    WHERE (:queue IS NULL OR queue = :queue)\n        AND (:job_class" in sql

@@ -722,17 +722,45 @@ DELETE FROM errands_dashboard_session WHERE id = %(id)s
 -- others can use their index). Pages are found by keyset: the row comparison
 -- "(sort time, uuid) after the cursor" starts an index scan at the cursor, so
 -- the thousandth page costs what the first does, unlike OFFSET.
+-- Each table's filters are written once, as a fragment below: sqlfile.py puts its
+-- text where a query says {{requests_selection}} (and so on) when loading.
 
--- name: page_requests
-SELECT *
-FROM errands_request
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+-- fragment: requests_selection
+-- A Selection of requests (the dashboard's filters; a NULL parameter means "any").
+(%(queue)s::text IS NULL OR queue = %(queue)s::text)
     AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
     AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
     AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
     AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
     AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
     AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+
+-- fragment: processes_selection
+-- A Selection of processes: a uuid matches the process or its request.
+(%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+
+-- fragment: results_selection
+-- A Selection of results: a uuid matches the result, its request or its process.
+(%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
+    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+    AND (%(since)s::timestamptz IS NULL OR ended_at >= %(since)s::timestamptz)
+    AND (%(until)s::timestamptz IS NULL OR ended_at <= %(until)s::timestamptz)
+    AND (%(uuid)s::uuid IS NULL
+        OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid OR process_uuid = %(uuid)s::uuid)
+    AND (%(status)s::text IS NULL OR status = %(status)s::text)
+    AND (%(retried)s::boolean IS NULL
+        OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+
+-- name: page_requests
+SELECT *
+FROM errands_request
+WHERE {{requests_selection}}
     AND (%(after_at)s::timestamptz IS NULL
         OR (start_at, uuid) > (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
 ORDER BY start_at, uuid
@@ -741,13 +769,7 @@ LIMIT %(limit)s
 -- name: page_requests_reversed
 SELECT *
 FROM errands_request
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
-    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
-    AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+WHERE {{requests_selection}}
     AND (%(after_at)s::timestamptz IS NULL
         OR (start_at, uuid) < (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
 ORDER BY start_at DESC, uuid DESC
@@ -756,12 +778,7 @@ LIMIT %(limit)s
 -- name: page_processes
 SELECT *
 FROM errands_process
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
-    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+WHERE {{processes_selection}}
     AND (%(after_at)s::timestamptz IS NULL
         OR (created_at, uuid) > (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
 ORDER BY created_at, uuid
@@ -770,12 +787,7 @@ LIMIT %(limit)s
 -- name: page_processes_reversed
 SELECT *
 FROM errands_process
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
-    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+WHERE {{processes_selection}}
     AND (%(after_at)s::timestamptz IS NULL
         OR (created_at, uuid) < (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
 ORDER BY created_at DESC, uuid DESC
@@ -784,16 +796,7 @@ LIMIT %(limit)s
 -- name: page_results
 SELECT *
 FROM errands_result
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-    AND (%(since)s::timestamptz IS NULL OR ended_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR ended_at <= %(until)s::timestamptz)
-    AND (%(uuid)s::uuid IS NULL
-        OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid OR process_uuid = %(uuid)s::uuid)
-    AND (%(status)s::text IS NULL OR status = %(status)s::text)
-    AND (%(retried)s::boolean IS NULL
-        OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+WHERE {{results_selection}}
     AND (%(after_at)s::timestamptz IS NULL
         OR (ended_at, uuid) < (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
 ORDER BY ended_at DESC, uuid DESC
@@ -802,16 +805,7 @@ LIMIT %(limit)s
 -- name: page_results_reversed
 SELECT *
 FROM errands_result
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-    AND (%(since)s::timestamptz IS NULL OR ended_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR ended_at <= %(until)s::timestamptz)
-    AND (%(uuid)s::uuid IS NULL
-        OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid OR process_uuid = %(uuid)s::uuid)
-    AND (%(status)s::text IS NULL OR status = %(status)s::text)
-    AND (%(retried)s::boolean IS NULL
-        OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+WHERE {{results_selection}}
     AND (%(after_at)s::timestamptz IS NULL
         OR (ended_at, uuid) > (%(after_at)s::timestamptz, %(after_uuid)s::uuid))
 ORDER BY ended_at, uuid
@@ -820,37 +814,17 @@ LIMIT %(limit)s
 -- name: count_requests
 SELECT count(*) AS count
 FROM errands_request
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
-    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
-    AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+WHERE {{requests_selection}}
 
 -- name: count_processes
 SELECT count(*) AS count
 FROM errands_process
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
-    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+WHERE {{processes_selection}}
 
 -- name: count_results
 SELECT count(*) AS count
 FROM errands_result
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-    AND (%(since)s::timestamptz IS NULL OR ended_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR ended_at <= %(until)s::timestamptz)
-    AND (%(uuid)s::uuid IS NULL
-        OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid OR process_uuid = %(uuid)s::uuid)
-    AND (%(status)s::text IS NULL OR status = %(status)s::text)
-    AND (%(retried)s::boolean IS NULL
-        OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+WHERE {{results_selection}}
 
 -- name: throughput
 -- One pass over the window, grouped in the database: the dashboard's chart and
@@ -890,13 +864,7 @@ LIMIT 1
 WITH chosen AS (
     SELECT uuid
     FROM errands_request
-    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-        AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-        AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-        AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-        AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
-        AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
-        AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+    WHERE {{requests_selection}}
     ORDER BY start_at, uuid
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -920,12 +888,7 @@ RETURNING *
 -- name: request_cancel_processes
 UPDATE errands_process
 SET cancel_requested = true
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
-    AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+WHERE {{processes_selection}}
 
 -- name: delete_requests
 -- SKIP LOCKED: requests being claimed right now are left to their worker (the
@@ -935,13 +898,7 @@ DELETE FROM errands_request
 WHERE uuid IN (
     SELECT uuid
     FROM errands_request
-    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-        AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-        AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-        AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-        AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
-        AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
-        AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+    WHERE {{requests_selection}}
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -954,16 +911,7 @@ DELETE FROM errands_result
 WHERE uuid IN (
     SELECT uuid
     FROM errands_result
-    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-        AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-        AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-        AND (%(since)s::timestamptz IS NULL OR ended_at >= %(since)s::timestamptz)
-        AND (%(until)s::timestamptz IS NULL OR ended_at <= %(until)s::timestamptz)
-        AND (%(uuid)s::uuid IS NULL
-            OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid OR process_uuid = %(uuid)s::uuid)
-        AND (%(status)s::text IS NULL OR status = %(status)s::text)
-        AND (%(retried)s::boolean IS NULL
-            OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+    WHERE {{results_selection}}
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )

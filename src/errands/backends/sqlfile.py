@@ -3,6 +3,11 @@
 A block starts with a line ``-- name: some_name`` and runs until the next one.
 Comments inside blocks are kept (they document locking) and are harmless to run.
 
+A block ``-- fragment: some_fragment`` is no query but text that several queries
+share, such as the dashboard's selection of jobs: ``{{some_fragment}}`` in a
+query stands for it, its continuation lines indented like the line holding the
+placeholder. A fragment's leading comment lines document it and are not copied.
+
 Migrations are files ``migrations/<dialect>/<version>_<what it adds>.sql`` beside
 this module, one per schema version (``0001_jobs_tables.sql``, ...), applied in the
 order of their version numbers.
@@ -14,7 +19,8 @@ import functools
 import re
 from importlib import resources
 
-_NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_BLOCK_LINE = re.compile(r"^--\s*(name|fragment):\s*(\w+)\s*$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _MIGRATION_FILE = re.compile(r"^(\d+)_\w+\.sql$")
 
 
@@ -22,9 +28,33 @@ _MIGRATION_FILE = re.compile(r"^(\d+)_\w+\.sql$")
 def load_queries(filename: str) -> dict[str, str]:
     """The blocks of ``errands/backends/<filename>`` by name."""
     text = resources.files("errands.backends").joinpath(filename).read_text(encoding="utf-8")
-    parts = _NAME_LINE.split(text)
-    # parts = [preamble, name1, body1, name2, body2, ...]
-    return {name: _statement(body) for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    parts = _BLOCK_LINE.split(text)
+    # parts = [preamble, kind1, name1, body1, kind2, name2, body2, ...]
+    blocks = list(zip(parts[1::3], parts[2::3], parts[3::3], strict=True))
+    fragments = {name: _fragment(body) for kind, name, body in blocks if kind == "fragment"}
+    return {
+        name: _expand(_statement(body), fragments) for kind, name, body in blocks if kind == "name"
+    }
+
+
+def _fragment(body: str) -> str:
+    lines = _statement(body).splitlines()
+    while lines and lines[0].lstrip().startswith("--"):
+        lines.pop(0)
+    return "\n".join(lines)
+
+
+def _expand(statement: str, fragments: dict[str, str]) -> str:
+    """``statement`` with each ``{{fragment}}`` replaced by the fragment's text."""
+    lines = []
+    for line in statement.splitlines():
+        pad = line[: len(line) - len(line.lstrip())]
+
+        def fragment(match: re.Match[str], pad: str = pad) -> str:
+            return fragments[match.group(1)].replace("\n", "\n" + pad)
+
+        lines.append(_PLACEHOLDER.sub(fragment, line))
+    return "\n".join(lines)
 
 
 def _statement(body: str) -> str:

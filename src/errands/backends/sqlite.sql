@@ -508,16 +508,42 @@ FROM errands_worker
 -- costs what the first one does, unlike OFFSET. The cursor's time went through a
 -- datetime (microseconds) and back, so times within half a microsecond of it
 -- count as equal to it and the uuid decides.
+-- Each table's filters are written once, as a fragment below: sqlfile.py puts its
+-- text where a query says {{requests_selection}} (and so on) when loading.
 
--- name: page_requests
-SELECT * FROM errands_request
-WHERE (:queue IS NULL OR queue = :queue)
+-- fragment: requests_selection
+-- A Selection of requests (the dashboard's filters; a NULL parameter means "any").
+(:queue IS NULL OR queue = :queue)
     AND (:job_class IS NULL OR job_class = :job_class)
     AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
     AND (:since IS NULL OR created_at >= :since)
     AND (:until IS NULL OR created_at <= :until)
     AND (:uuid IS NULL OR uuid = :uuid)
     AND (:due IS NULL OR (start_at <= :now) = :due)
+
+-- fragment: processes_selection
+-- A Selection of processes: a uuid matches the process or its request.
+(:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR created_at >= :since)
+    AND (:until IS NULL OR created_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+
+-- fragment: results_selection
+-- A Selection of results: a uuid matches the result, its request or its process.
+(:queue IS NULL OR queue = :queue)
+    AND (:job_class IS NULL OR job_class = :job_class)
+    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+    AND (:since IS NULL OR ended_at >= :since)
+    AND (:until IS NULL OR ended_at <= :until)
+    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
+    AND (:status IS NULL OR status = :status)
+    AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+
+-- name: page_requests
+SELECT * FROM errands_request
+WHERE {{requests_selection}}
     AND start_at >= coalesce(:after_at - 5e-7, -9e999)
     AND (start_at > :after_at + 5e-7 OR :after_uuid IS NULL OR uuid > :after_uuid)
 ORDER BY start_at, uuid
@@ -525,13 +551,7 @@ LIMIT :limit
 
 -- name: page_requests_reversed
 SELECT * FROM errands_request
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-    AND (:since IS NULL OR created_at >= :since)
-    AND (:until IS NULL OR created_at <= :until)
-    AND (:uuid IS NULL OR uuid = :uuid)
-    AND (:due IS NULL OR (start_at <= :now) = :due)
+WHERE {{requests_selection}}
     AND start_at <= coalesce(:after_at + 5e-7, 9e999)
     AND (start_at < :after_at - 5e-7 OR :after_uuid IS NULL OR uuid < :after_uuid)
 ORDER BY start_at DESC, uuid DESC
@@ -539,12 +559,7 @@ LIMIT :limit
 
 -- name: page_processes
 SELECT * FROM errands_process
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-    AND (:since IS NULL OR created_at >= :since)
-    AND (:until IS NULL OR created_at <= :until)
-    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+WHERE {{processes_selection}}
     AND created_at >= coalesce(:after_at - 5e-7, -9e999)
     AND (created_at > :after_at + 5e-7 OR :after_uuid IS NULL OR uuid > :after_uuid)
 ORDER BY created_at, uuid
@@ -552,12 +567,7 @@ LIMIT :limit
 
 -- name: page_processes_reversed
 SELECT * FROM errands_process
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-    AND (:since IS NULL OR created_at >= :since)
-    AND (:until IS NULL OR created_at <= :until)
-    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+WHERE {{processes_selection}}
     AND created_at <= coalesce(:after_at + 5e-7, 9e999)
     AND (created_at < :after_at - 5e-7 OR :after_uuid IS NULL OR uuid < :after_uuid)
 ORDER BY created_at DESC, uuid DESC
@@ -565,14 +575,7 @@ LIMIT :limit
 
 -- name: page_results
 SELECT * FROM errands_result
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-    AND (:since IS NULL OR ended_at >= :since)
-    AND (:until IS NULL OR ended_at <= :until)
-    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
-    AND (:status IS NULL OR status = :status)
-    AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+WHERE {{results_selection}}
     AND ended_at <= coalesce(:after_at + 5e-7, 9e999)
     AND (ended_at < :after_at - 5e-7 OR :after_uuid IS NULL OR uuid < :after_uuid)
 ORDER BY ended_at DESC, uuid DESC
@@ -580,14 +583,7 @@ LIMIT :limit
 
 -- name: page_results_reversed
 SELECT * FROM errands_result
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-    AND (:since IS NULL OR ended_at >= :since)
-    AND (:until IS NULL OR ended_at <= :until)
-    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
-    AND (:status IS NULL OR status = :status)
-    AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+WHERE {{results_selection}}
     AND ended_at >= coalesce(:after_at - 5e-7, -9e999)
     AND (ended_at > :after_at + 5e-7 OR :after_uuid IS NULL OR uuid > :after_uuid)
 ORDER BY ended_at, uuid
@@ -595,33 +591,15 @@ LIMIT :limit
 
 -- name: count_requests
 SELECT count(*) AS count FROM errands_request
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-    AND (:since IS NULL OR created_at >= :since)
-    AND (:until IS NULL OR created_at <= :until)
-    AND (:uuid IS NULL OR uuid = :uuid)
-    AND (:due IS NULL OR (start_at <= :now) = :due)
+WHERE {{requests_selection}}
 
 -- name: count_processes
 SELECT count(*) AS count FROM errands_process
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-    AND (:since IS NULL OR created_at >= :since)
-    AND (:until IS NULL OR created_at <= :until)
-    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+WHERE {{processes_selection}}
 
 -- name: count_results
 SELECT count(*) AS count FROM errands_result
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-    AND (:since IS NULL OR ended_at >= :since)
-    AND (:until IS NULL OR ended_at <= :until)
-    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
-    AND (:status IS NULL OR status = :status)
-    AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+WHERE {{results_selection}}
 
 -- name: throughput
 -- Bucket starts are whole multiples of :bucket_seconds (times are positive,
@@ -648,13 +626,7 @@ LIMIT 1
 DELETE FROM errands_request
 WHERE uuid IN (
     SELECT uuid FROM errands_request
-    WHERE (:queue IS NULL OR queue = :queue)
-        AND (:job_class IS NULL OR job_class = :job_class)
-        AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-        AND (:since IS NULL OR created_at >= :since)
-        AND (:until IS NULL OR created_at <= :until)
-        AND (:uuid IS NULL OR uuid = :uuid)
-        AND (:due IS NULL OR (start_at <= :now) = :due)
+    WHERE {{requests_selection}}
     ORDER BY start_at, uuid
     LIMIT :limit
 )
@@ -662,24 +634,13 @@ RETURNING *
 
 -- name: request_cancel_processes
 UPDATE errands_process SET cancel_requested = 1
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-    AND (:since IS NULL OR created_at >= :since)
-    AND (:until IS NULL OR created_at <= :until)
-    AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+WHERE {{processes_selection}}
 
 -- name: delete_requests
 DELETE FROM errands_request
 WHERE uuid IN (
     SELECT uuid FROM errands_request
-    WHERE (:queue IS NULL OR queue = :queue)
-        AND (:job_class IS NULL OR job_class = :job_class)
-        AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-        AND (:since IS NULL OR created_at >= :since)
-        AND (:until IS NULL OR created_at <= :until)
-        AND (:uuid IS NULL OR uuid = :uuid)
-        AND (:due IS NULL OR (start_at <= :now) = :due)
+    WHERE {{requests_selection}}
     LIMIT :limit
 )
 
@@ -687,13 +648,6 @@ WHERE uuid IN (
 DELETE FROM errands_result
 WHERE uuid IN (
     SELECT uuid FROM errands_result
-    WHERE (:queue IS NULL OR queue = :queue)
-        AND (:job_class IS NULL OR job_class = :job_class)
-        AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-        AND (:since IS NULL OR ended_at >= :since)
-        AND (:until IS NULL OR ended_at <= :until)
-        AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
-        AND (:status IS NULL OR status = :status)
-        AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+    WHERE {{results_selection}}
     LIMIT :limit
 )
