@@ -118,7 +118,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres_only: the capability exists only on PostgreSQL")
-    config.addinivalue_line("markers", "slow: long-running fault or load test")
+    config.addinivalue_line(
+        "markers",
+        "slow: runs real workers or waits for real time (0.3 s or more on a 2-core machine);"
+        " scripts/test --fast leaves it out",
+    )
 
 
 # -- running a worker in-process ---------------------------------------------------

@@ -130,6 +130,7 @@ def wait_until_listening(listener: Listener) -> None:
 # -- schema --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_migrate_twice_applies_nothing_the_second_time(backend: Backend) -> None:
     assert backend.migrate() == []
     assert backend.schema_version() == backend.latest_schema_version()
@@ -142,6 +143,7 @@ def test_migration_sql_creates_every_table(backend: Backend) -> None:
 
 
 @pytest.mark.postgres_only
+@pytest.mark.slow
 def test_concurrent_migrators_apply_each_version_exactly_once(fresh_pg_url: str) -> None:
     backends = [open_backend(fresh_pg_url) for _ in range(3)]
     try:
@@ -664,6 +666,7 @@ def test_lose_processes_converts_only_the_named_processes_of_the_worker(backend:
     assert backend.lose_processes(worker_id=worker_id, process_uuids=[orphan.uuid]) == []
 
 
+@pytest.mark.slow
 def test_processes_and_results_keep_the_requests_due_time(backend: Backend) -> None:
     """The due time travels request -> process -> result, whichever way the job ends."""
     worker_id = register(backend)
@@ -871,6 +874,7 @@ def test_now_is_the_database_clock_in_utc(backend: Backend) -> None:
 
 
 @pytest.mark.postgres_only
+@pytest.mark.slow
 def test_listen_wakes_soon_after_a_committed_enqueue_only(backend: Backend) -> None:
     woken = threading.Event()
     listener = backend.listen(on_wake=woken.set)
@@ -893,6 +897,7 @@ def test_listen_wakes_soon_after_a_committed_enqueue_only(backend: Backend) -> N
 
 
 @pytest.mark.postgres_only
+@pytest.mark.slow
 def test_a_requeue_and_a_release_wake_listeners(backend: Backend) -> None:
     enqueue(backend, new(), new())
     first, second = claim_all(backend)
@@ -910,6 +915,7 @@ def test_a_requeue_and_a_release_wake_listeners(backend: Backend) -> None:
 
 
 @pytest.mark.postgres_only
+@pytest.mark.slow
 def test_listener_reconnects_and_wakes_after_losing_its_connection(backend: Backend) -> None:
     woken = threading.Event()
     listener = backend.listen(on_wake=woken.set)

@@ -76,6 +76,7 @@ def test_bulk_enqueue_in_a_callers_transaction_commits_with_it(db_url: str) -> N
 
 
 @pytest.mark.postgres_only
+@pytest.mark.slow
 def test_bulk_enqueue_notifies_each_queue_with_due_jobs_once(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN errands_jobs")
@@ -124,6 +125,7 @@ def drained(count: int) -> bool:
     return len(successful) == count and not errands.processes() and not errands.requests()
 
 
+@pytest.mark.slow
 def test_graceful_stop_mid_drain_runs_every_job_exactly_once(
     fast_worker: WorkerProcess, run_worker: WorkerRunner, tmp_path: Path
 ) -> None:
@@ -142,6 +144,7 @@ def test_graceful_stop_mid_drain_runs_every_job_exactly_once(
     }
 
 
+@pytest.mark.slow
 def test_killed_worker_mid_drain_loses_no_job(
     fast_worker: WorkerProcess, run_worker: WorkerRunner, tmp_path: Path, backend: Backend
 ) -> None:

@@ -127,6 +127,7 @@ def drain(url: str, count: int, job: errands.Job, **overrides: Any) -> tuple[Wor
     return worker, spy
 
 
+@pytest.mark.slow
 def test_a_worker_claims_far_ahead_once_it_sees_jobs_are_short(db_url: str) -> None:
     worker, spy = drain(db_url, 2_000, sample_jobs.Noop())
     assert spy.limits[0] == 2 * AUTO_FLOOR  # nothing measured yet: the floor
@@ -135,12 +136,14 @@ def test_a_worker_claims_far_ahead_once_it_sees_jobs_are_short(db_url: str) -> N
     assert worker.claim_ahead.per_process > 5 * AUTO_FLOOR
 
 
+@pytest.mark.slow
 def test_a_worker_stays_at_the_floor_for_jobs_of_tens_of_milliseconds(db_url: str) -> None:
     worker, spy = drain(db_url, 40, sample_jobs.Sleep(0.03))
     assert max(spy.limits) <= 2 * AUTO_FLOOR
     assert worker.claim_ahead.per_process == AUTO_FLOOR
 
 
+@pytest.mark.slow
 def test_a_fixed_setting_caps_every_claim(db_url: str) -> None:
     worker, spy = drain(db_url, 300, sample_jobs.Noop(), worker_max_pending_per_process=3)
     assert max(spy.limits) <= 2 * 3

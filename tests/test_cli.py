@@ -135,6 +135,7 @@ def empty_pg_url() -> Iterator[str]:
             )
 
 
+@pytest.mark.slow
 def test_migrate_postgres_from_empty(empty_pg_url: str) -> None:
     first = invoke(empty_pg_url, "migrate")
     assert first.exit_code == 0, first.output
@@ -169,6 +170,7 @@ def test_missing_schema_is_a_helpful_error(tmp_path: Path) -> None:
     assert "errands migrate" in worker.stderr
 
 
+@pytest.mark.slow
 def test_missing_schema_postgres_worker(empty_pg_url: str) -> None:
     result = invoke(empty_pg_url, "worker", "--max-processes", "1")
     assert result.exit_code == 2
@@ -213,6 +215,7 @@ def test_settings_command_shows_sources(db_url: str) -> None:
 # -- listing and get --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_results_table_json_and_filters(db_url: str, run_worker: Any) -> None:
     ok, bad = finished_jobs(run_worker)
 
@@ -238,6 +241,7 @@ def test_results_table_json_and_filters(db_url: str, run_worker: Any) -> None:
     assert len(json.loads(invoke(db_url, "results", "--limit", "1", "--json").stdout)) == 1
 
 
+@pytest.mark.slow
 def test_get_shows_every_field_and_traceback(db_url: str, run_worker: Any) -> None:
     _, bad = finished_jobs(run_worker)
     shown = invoke(db_url, "get", str(bad.uuid))
@@ -292,6 +296,7 @@ def test_requests_and_processes(db_url: str) -> None:
 # -- operating --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_retry_enqueues_the_next_attempt(db_url: str, run_worker: Any) -> None:
     _, bad = finished_jobs(run_worker)
     result = invoke(db_url, "--import", "sample_jobs", "retry", str(bad.uuid), "--delay", "600")
@@ -330,6 +335,7 @@ def test_cancel_pending_then_finished(db_url: str) -> None:
     assert "nothing pending or running" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_purge(db_url: str, run_worker: Any) -> None:
     finished_jobs(run_worker)
     neither = invoke(db_url, "purge")
@@ -439,6 +445,7 @@ def worker_process(url: str, log: Path, *args: str) -> WorkerProcess:
     return WorkerProcess.errands(url, log, "--import", "sample_jobs", "worker", *args)
 
 
+@pytest.mark.slow
 def test_worker_runs_jobs_logs_json_and_stops_on_sigterm(db_url: str, tmp_path: Path) -> None:
     import sample_jobs
 
@@ -478,6 +485,7 @@ def test_worker_runs_jobs_logs_json_and_stops_on_sigterm(db_url: str, tmp_path: 
     assert errands.workers() == []  # deregistered on the way out
 
 
+@pytest.mark.slow
 def test_worker_banner_masks_password(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     assert invoke(url, "migrate").exit_code == 0
@@ -501,6 +509,7 @@ def test_reload_without_watchfiles_says_how_to_install(
     assert "pip install 'errands[reload]'" in result.stderr
 
 
+@pytest.mark.slow
 def test_reload_restarts_the_worker_on_py_changes(db_url: str, tmp_path: Path) -> None:
     pytest.importorskip("watchfiles")
     module = tmp_path / "reload_jobs_test.py"
@@ -576,6 +585,7 @@ def test_configure_logging_rejects_unknown_format() -> None:
         configure_logging("LOUD", "text")
 
 
+@pytest.mark.slow
 def test_cwd_modules_importable_by_console_script(db_url: str, tmp_path: Path) -> None:
     """`errands --import myjobs` finds a module in the working directory, like `python -m`."""
     (tmp_path / "myjobs_cli_test.py").write_text(

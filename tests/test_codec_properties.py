@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+import pytest
 import sample_jobs
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
@@ -179,6 +180,7 @@ def storable(data: Any, depth: int = 0) -> None:
 
 @IN_MEMORY
 @given(values)
+@pytest.mark.slow
 def test_a_value_round_trips_in_memory_or_is_refused(value: Any) -> None:
     encoded = encoded_or_refused(value)
     event("refused" if encoded is None else "stored")  # --hypothesis-show-statistics
@@ -192,6 +194,7 @@ def test_a_value_round_trips_in_memory_or_is_refused(value: Any) -> None:
 
 @settings(IN_MEMORY, max_examples=200)
 @given(st.lists(st.recursive(scalars, containers, max_leaves=4), max_size=3))
+@pytest.mark.slow
 def test_a_value_that_contains_itself_is_refused(items: list[Any]) -> None:
     cycle: list[Any] = list(items)
     cycle.append({"again": cycle})
@@ -200,6 +203,7 @@ def test_a_value_that_contains_itself_is_refused(items: list[Any]) -> None:
 
 @IN_DATABASE
 @given(value=values)
+@pytest.mark.slow
 def test_a_value_round_trips_through_the_database_or_is_refused(
     backend: Backend, value: Any
 ) -> None:
@@ -328,6 +332,7 @@ def stored_rows(db_url: str, *, delete: bool = False) -> int:
 
 @IN_DATABASE
 @given(options=option_values, count=st.sampled_from([1, 3, 120]))
+@pytest.mark.slow
 def test_options_are_stored_exactly_or_refused_without_a_row(
     db_url: str, backend: Backend, options: dict[str, Any], count: int
 ) -> None:

@@ -252,6 +252,7 @@ def test_a_post_from_another_origin_is_refused_even_with_the_token(client: TestC
     assert api.paused_queues() == []
 
 
+@pytest.mark.slow
 def test_get_never_changes_anything(client: TestClient, backend: Backend) -> None:
     result = failed(backend)
     (request,) = enqueue(backend, 1, queue="waiting")
@@ -276,6 +277,7 @@ def snapshot(backend: Backend) -> tuple[int, int, int, list[str]]:
 # -- escaping ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_job_data_is_escaped_on_every_page(client: TestClient, backend: Backend) -> None:
     result = failed(backend, SCRIPT, queue=SCRIPT)
     enqueue(backend, 1, queue=SCRIPT, parameters={"args": [SCRIPT], "kwargs": {}})
@@ -333,6 +335,7 @@ def test_read_only_comes_from_the_settings(make_client: Client) -> None:
 # -- pages ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_page_renders_with_jobs_in_every_state(client: TestClient, backend: Backend) -> None:
     results(backend, 3)
     failed(backend)
@@ -404,6 +407,7 @@ def paged_rows(backend: Backend, listing: str) -> set[str]:
 
 @pytest.mark.parametrize("order", ["", "reverse"])
 @pytest.mark.parametrize("listing", ["results", "requests", "processes"])
+@pytest.mark.slow
 def test_previous_page_steps_back_over_the_pages_gone_forward(
     client: TestClient, backend: Backend, listing: str, order: str
 ) -> None:
@@ -518,6 +522,7 @@ def test_the_job_page_shows_the_traceback_and_links_the_retries(
     assert client.get(f"/jobs/{uuid.uuid4()}").status_code == 404
 
 
+@pytest.mark.slow
 def test_the_job_page_shows_when_a_delayed_job_was_due(
     client: TestClient, backend: Backend
 ) -> None:

@@ -27,6 +27,8 @@ from errands.backends import Backend
 from errands.dashboard import create_app
 from errands.models import JobRequest, JobResult, Kind, Selection, Status
 
+pytestmark = pytest.mark.slow  # a real browser and server (not in scripts/test --fast)
+
 CHROMIUM = os.environ.get("ERRANDS_TEST_CHROMIUM", "/usr/bin/chromium")
 PASSWORD = "browser-test-password"
 TIMEOUT_MS = 15_000

@@ -103,6 +103,7 @@ def pause(browser: httpx.Client, queue: str, headers: dict[str, str] | None = No
 # -- 6. sessions ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_session_cookie_cannot_be_checked_against_password_guesses(
     serve: Serve, backend: Backend
 ) -> None:
@@ -126,6 +127,7 @@ def test_a_session_cookie_cannot_be_checked_against_password_guesses(
     assert "csrf" in URLSafeTimedSerializer(key, salt="errands.dashboard").loads(cookie)
 
 
+@pytest.mark.slow
 def test_dashboards_on_one_database_accept_each_others_logins(serve: Serve) -> None:
     first, second = dashboard(serve), dashboard(serve)
     browser = client(first)
@@ -139,6 +141,7 @@ def test_dashboards_on_one_database_accept_each_others_logins(serve: Serve) -> N
     assert not logged_in(client(dashboard(serve, password="another"), **{SESSION_COOKIE: cookie}))
 
 
+@pytest.mark.slow
 def test_a_copy_of_the_cookie_is_refused_everywhere_after_logging_out(serve: Serve) -> None:
     first, second = dashboard(serve), dashboard(serve)
     browser = client(first)
@@ -153,6 +156,7 @@ def test_a_copy_of_the_cookie_is_refused_everywhere_after_logging_out(serve: Ser
     assert not logged_in(client(second, **{SESSION_COOKIE: copied}))
 
 
+@pytest.mark.slow
 def test_an_expired_login_is_refused(serve: Serve) -> None:
     short = dashboard(serve, session_lifetime=1)
     # A dashboard whose own cookies last long: only the database record expires there.
@@ -203,6 +207,7 @@ def test_the_session_settings_are_checked(db_url: str) -> None:
 # -- 7. the Host header ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_foreign_host_is_refused_even_without_authentication(
     serve: Serve, backend: Backend
 ) -> None:
@@ -220,6 +225,7 @@ def test_a_foreign_host_is_refused_even_without_authentication(
         assert browser.get("/", headers={"Host": host}).status_code == 200, host
 
 
+@pytest.mark.slow
 def test_allowed_hosts_come_from_the_setting(serve: Serve) -> None:
     settings.configure(dashboard_allowed_hosts=["ops.example.com", "*.ops.example.org"])
     try:
@@ -233,6 +239,7 @@ def test_allowed_hosts_come_from_the_setting(serve: Serve) -> None:
     assert browser.get("/", headers={"Host": "attacker.example"}).status_code == 400
 
 
+@pytest.mark.slow
 def test_mounted_without_a_bound_address_it_answers_for_loopback_names(serve: Serve) -> None:
     base = serve(create_app(insecure_no_auth=True))
     browser = client(base)
@@ -259,6 +266,7 @@ def lock_out(browser: httpx.Client, headers: dict[str, str] | None = None) -> No
     assert log_in(browser, headers=headers).status_code == 429
 
 
+@pytest.mark.slow
 def test_a_forwarded_address_from_an_untrusted_peer_does_not_lift_a_lockout(
     serve: Serve,
 ) -> None:
@@ -269,6 +277,7 @@ def test_a_forwarded_address_from_an_untrusted_peer_does_not_lift_a_lockout(
     assert not logged_in(browser)
 
 
+@pytest.mark.slow
 def test_a_trusted_proxy_gives_the_client_address(serve: Serve) -> None:
     browser = client(dashboard(serve, trusted_proxies=[HOST]))
     lock_out(browser, {"X-Forwarded-For": "10.9.9.9"})
@@ -279,6 +288,7 @@ def test_a_trusted_proxy_gives_the_client_address(serve: Serve) -> None:
     assert logged_in(browser)
 
 
+@pytest.mark.slow
 def test_an_origin_of_another_scheme_is_refused(serve: Serve, backend: Backend) -> None:
     base = dashboard(serve)
     browser = client(base)
@@ -292,6 +302,7 @@ def test_an_origin_of_another_scheme_is_refused(serve: Serve, backend: Backend) 
     assert backend.paused_queues() == ["q"]
 
 
+@pytest.mark.slow
 def test_a_trusted_proxy_gives_the_scheme_and_host_the_browser_used(
     serve: Serve, backend: Backend
 ) -> None:

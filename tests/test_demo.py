@@ -24,6 +24,8 @@ from errands.backends import open_backend
 from errands.cli import cli
 from errands.demo import DEMO_QUEUE, run_demo
 
+pytestmark = pytest.mark.slow  # the demo runs real workers (not in scripts/test --fast)
+
 ERRANDS = str(Path(sys.executable).with_name("errands"))
 
 

@@ -88,22 +88,27 @@ def _migrated(project: Project) -> Project:
     return project
 
 
+@pytest.mark.slow
 def test_django_migrate_creates_errands_tables_in_djangos_database(project: Project) -> None:
     project.scenario("schema")
 
 
+@pytest.mark.slow
 def test_django_tasks_run_on_errands_with_results(project: Project) -> None:
     project.scenario("django_tasks")
 
 
+@pytest.mark.slow
 def test_jobs_join_djangos_transaction_and_take_model_instances(project: Project) -> None:
     project.scenario("jobs_join_transactions")
 
 
+@pytest.mark.slow
 def test_dashboard_is_mounted_for_staff_only(project: Project) -> None:
     project.scenario("dashboard")
 
 
+@pytest.mark.slow
 def test_management_command_runs_the_errands_cli(project: Project) -> None:
     helped = project.manage("errands", "--help").stdout
     assert "worker" in helped and "migrate" in helped
@@ -113,6 +118,7 @@ def test_management_command_runs_the_errands_cli(project: Project) -> None:
     assert failed.returncode != 0 and "not-a-uuid" in failed.stderr
 
 
+@pytest.mark.slow
 def test_tasks_wait_for_the_commit_when_errands_has_its_own_database(
     project: Project, tmp_path: Path
 ) -> None:
@@ -122,6 +128,7 @@ def test_tasks_wait_for_the_commit_when_errands_has_its_own_database(
     project.scenario("separate_database")
 
 
+@pytest.mark.slow
 def test_djangos_test_runner_gets_errands_tables_in_the_test_database(project: Project) -> None:
     done = project.manage("test", "shop", "--no-input", check=False)
     assert done.returncode == 0 and "OK" in done.stderr, done.stdout + done.stderr

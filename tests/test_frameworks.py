@@ -15,6 +15,8 @@ from starlette.testclient import TestClient
 from conftest import SERVER_URL
 from errands.testing.databases import BackgroundWorker, TestDatabases
 
+pytestmark = pytest.mark.slow  # each example app runs a real worker (not in scripts/test --fast)
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))

@@ -79,6 +79,7 @@ def unmigrated(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backe
             )
 
 
+@pytest.mark.slow
 def test_missing_schema_is_unhealthy(unmigrated: Backend) -> None:
     report = check_health(["default"], backend=unmigrated, heartbeat_timeout=60)
     assert not report.ok

@@ -384,6 +384,7 @@ def test_enqueue_joins_the_callers_transaction(db_url: str) -> None:
     assert len(errands.requests()) == 2
 
 
+@pytest.mark.slow
 def test_a_large_batch_pauses_the_garbage_collector_and_restores_it(backend: Backend) -> None:
     class Probe:
         """A parameter whose encoding notes whether the collector was running."""

@@ -121,6 +121,7 @@ def test_unsupported_scheme_error_masks_the_password() -> None:
     assert_no_secret(result.stderr)
 
 
+@pytest.mark.slow
 def test_missing_schema_error_masks_the_password(empty_pg: str) -> None:
     result = CliRunner().invoke(cli, ["--database-url", with_passwords(empty_pg), "results"])
     assert result.exit_code == 2
@@ -128,6 +129,7 @@ def test_missing_schema_error_masks_the_password(empty_pg: str) -> None:
     assert_no_secret(result.stderr)
 
 
+@pytest.mark.slow
 def test_connection_failure_masks_the_password() -> None:
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
@@ -139,6 +141,7 @@ def test_connection_failure_masks_the_password() -> None:
     assert_no_secret(result.output + result.stderr)
 
 
+@pytest.mark.slow
 def test_worker_banner_and_logs_mask_the_password(pg_url: str, tmp_path: Path) -> None:
     url = with_passwords(pg_url)
     log = tmp_path / "worker.log"
@@ -150,6 +153,7 @@ def test_worker_banner_and_logs_mask_the_password(pg_url: str, tmp_path: Path) -
     assert_no_secret(stderr)
 
 
+@pytest.mark.slow
 def test_dashboard_banner_masks_the_password(pg_url: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -25,6 +25,8 @@ from conftest import SpawnWorker, WorkerRunner, wait_for
 from errands import Status
 from errands.errors import BackendError
 
+pytestmark = pytest.mark.slow  # real workers killed and signalled (not in scripts/test --fast)
+
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []

@@ -244,6 +244,7 @@ def test_catch_up_enqueues_the_missed_occurrence_once(backend: Backend) -> None:
     assert starts == [now, at("2026-05-02T09:00:00+00:00")]  # the missed one runs now
 
 
+@pytest.mark.slow
 def test_shell_commands_record_exit_code_and_output(
     run_worker: WorkerRunner, backend: Backend, tmp_path: Path
 ) -> None:
@@ -275,6 +276,7 @@ class EverySecond(Schedule):
         return "every second"
 
 
+@pytest.mark.slow
 def test_two_workers_run_each_occurrence_once(db_url: str, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     entry = ["sample_jobs.Record", EverySecond(), {"args": [str(marks), "tick"]}]
@@ -334,6 +336,7 @@ def test_upcoming_times_lists_every_occurrence_in_the_horizon() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_worker_wakes_for_an_occurrence_instead_of_waiting_for_the_poll(db_url: str) -> None:
     # With a 30 s poll, only the schedule wake-up can start the job within seconds.
     entry = ["sample_jobs.Noop", EverySecond()]

@@ -34,6 +34,8 @@ from errands.dashboard import create_app
 from errands.models import WorkerInfo
 from test_dashboard import log_in
 
+pytestmark = pytest.mark.slow  # each test runs a real worker (not in scripts/test --fast)
+
 INVALID = "errands.errors.InvalidJobRow"
 GOOD_JOBS = 3
 DEEP = 5_000

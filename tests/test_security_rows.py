@@ -129,6 +129,7 @@ def shell_rows(marker: Path) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("form", list(shell_rows(Path("x"))))
+@pytest.mark.slow
 def test_a_shell_command_row_written_by_sql_runs_nothing(
     run_worker: WorkerRunner, db_url: str, tmp_path: Path, form: str
 ) -> None:
@@ -151,6 +152,7 @@ class EverySecond(Schedule):
         return "every second"
 
 
+@pytest.mark.slow
 def test_a_configured_cmd_schedule_still_runs_and_records_its_output(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -214,6 +216,7 @@ def test_errands_run_refuses_a_shell_command(
     assert not touched.exists()
 
 
+@pytest.mark.slow
 def test_dashboard_retry_refuses_a_shell_command_result(
     db_url: str, backend: Backend, tmp_path: Path
 ) -> None:
@@ -243,6 +246,7 @@ def test_a_configured_command_can_still_be_retried(db_url: str, backend: Backend
 # -- item 2: no import by name from the database -----------------------------------------
 
 
+@pytest.mark.slow
 def test_a_row_naming_a_module_outside_the_import_setting_imports_nothing(
     run_worker: WorkerRunner, db_url: str, marker: Path
 ) -> None:
@@ -257,6 +261,7 @@ def test_a_row_naming_a_module_outside_the_import_setting_imports_nothing(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_this_zen_row_does_not_import_this(run_worker: WorkerRunner, db_url: str) -> None:
     insert_by_sql(db_url, "this.Zen", {"args": [], "kwargs": {}})
     enqueue_probe(db_url, ["this"])
@@ -266,6 +271,7 @@ def test_a_this_zen_row_does_not_import_this(run_worker: WorkerRunner, db_url: s
     assert probe(["this"]) == {"this": False}
 
 
+@pytest.mark.slow
 def test_a_venv_main_row_does_not_stop_the_worker(run_worker: WorkerRunner, db_url: str) -> None:
     insert_by_sql(db_url, "venv.__main__.X", {"args": [], "kwargs": {}})
     enqueue_probe(db_url, ["venv.__main__"])
@@ -276,6 +282,7 @@ def test_a_venv_main_row_does_not_stop_the_worker(run_worker: WorkerRunner, db_u
     assert probe(["venv.__main__"]) == {"venv.__main__": False}
 
 
+@pytest.mark.slow
 def test_a_class_inside_an_import_package_still_loads_on_demand(
     run_worker: WorkerRunner, db_url: str
 ) -> None:
@@ -344,6 +351,7 @@ print(json.dumps({k: [r.status.value, r.error_type] for k, r in found.items()}))
 """
 
 
+@pytest.mark.slow
 def test_django_task_and_job_paths_import_nothing_outside_the_project(
     project: Project,  # noqa: F811  (the fixture imported from test_django)
     tmp_path: Path,

@@ -103,6 +103,7 @@ def assert_errored(result: JobResult, kind: str, place: str) -> None:
 
 @RUN_KINDS
 @MODES
+@pytest.mark.slow
 def test_run_raising_is_errored_and_its_child_runs_the_next_job(
     spawn_worker: SpawnWorker, marks: Path, kind: str, threads: int
 ) -> None:
@@ -119,6 +120,7 @@ def test_run_raising_is_errored_and_its_child_runs_the_next_job(
 
 @RUN_KINDS
 @MODES
+@pytest.mark.slow
 def test_async_run_raising_is_errored_and_the_event_loop_runs_the_next_job(
     spawn_worker: SpawnWorker, marks: Path, kind: str, threads: int
 ) -> None:
@@ -133,6 +135,7 @@ def test_async_run_raising_is_errored_and_the_event_loop_runs_the_next_job(
 
 # asyncio logs any other exception of a callback and goes on: these two stopped the loop.
 @pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+@pytest.mark.slow
 def test_a_callback_raising_on_the_shared_event_loop_leaves_it_running(
     spawn_worker: SpawnWorker, marks: Path, kind: str
 ) -> None:
@@ -148,6 +151,7 @@ def test_a_callback_raising_on_the_shared_event_loop_leaves_it_running(
 
 
 @KINDS
+@pytest.mark.slow
 def test_constructor_raising_is_errored_and_its_child_runs_the_next_job(
     spawn_worker: SpawnWorker, marks: Path, kind: str
 ) -> None:
@@ -160,6 +164,7 @@ def test_constructor_raising_is_errored_and_its_child_runs_the_next_job(
 
 
 @KINDS
+@pytest.mark.slow
 def test_middleware_raising_is_errored_and_its_child_runs_the_next_job(
     spawn_worker: SpawnWorker, marks: Path, kind: str
 ) -> None:
@@ -172,6 +177,7 @@ def test_middleware_raising_is_errored_and_its_child_runs_the_next_job(
 
 
 @KINDS
+@pytest.mark.slow
 def test_middleware_raising_as_it_is_built_fails_each_job_in_one_child(
     spawn_worker: SpawnWorker, marks: Path, kind: str
 ) -> None:
@@ -191,6 +197,7 @@ def test_middleware_raising_as_it_is_built_fails_each_job_in_one_child(
 
 
 @KINDS
+@pytest.mark.slow
 def test_retry_delay_raising_in_the_child_ends_the_job_errored_without_a_retry(
     spawn_worker: SpawnWorker, marks: Path, kind: str
 ) -> None:
@@ -214,6 +221,7 @@ UNSTORABLE_DELAYS = pytest.mark.parametrize("delay", ["nan", "inf", "1e12", "-1e
 
 
 @UNSTORABLE_DELAYS
+@pytest.mark.slow
 def test_a_deferral_no_database_can_store_fails_only_its_own_job(
     spawn_worker: SpawnWorker, delay: str
 ) -> None:
@@ -228,6 +236,7 @@ def test_a_deferral_no_database_can_store_fails_only_its_own_job(
 
 
 @UNSTORABLE_DELAYS
+@pytest.mark.slow
 def test_a_retry_delay_no_database_can_store_ends_the_job_without_a_retry(
     spawn_worker: SpawnWorker, delay: str
 ) -> None:
@@ -246,6 +255,7 @@ def test_a_retry_delay_no_database_can_store_ends_the_job_without_a_retry(
 
 
 @KINDS
+@pytest.mark.slow
 def test_retry_delay_raising_in_the_parent_after_a_timeout_ends_the_job_errored(
     spawn_worker: SpawnWorker, marks: Path, kind: str
 ) -> None:
@@ -262,6 +272,7 @@ def test_retry_delay_raising_in_the_parent_after_a_timeout_ends_the_job_errored(
 
 
 @KINDS
+@pytest.mark.slow
 def test_on_aborted_raising_in_the_parent_is_logged_and_the_worker_goes_on(
     spawn_worker: SpawnWorker, marks: Path, kind: str
 ) -> None:
@@ -279,6 +290,7 @@ def test_on_aborted_raising_in_the_parent_is_logged_and_the_worker_goes_on(
 
 
 @KINDS
+@pytest.mark.slow
 def test_retry_delay_raising_while_rescuing_a_dead_workers_job_is_logged(
     spawn_worker: SpawnWorker, marks: Path, kind: str, db_url: str
 ) -> None:
@@ -307,6 +319,7 @@ def test_retry_delay_raising_while_rescuing_a_dead_workers_job_is_logged(
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
 def test_a_signal_still_stops_the_worker_after_a_job_raised_keyboard_interrupt(
     spawn_worker: SpawnWorker, marks: Path, tmp_path: Path, signum: int
 ) -> None:

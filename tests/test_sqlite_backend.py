@@ -363,6 +363,7 @@ def test_close_closes_every_threads_connection(backend: SqliteBackend) -> None:
 # -- listening ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_listen_wakes_soon_after_another_connection_commits(
     backend: SqliteBackend, sqlite_url: str
 ) -> None:
@@ -425,6 +426,7 @@ def run_together(tmp_path: Path, count: int, setup: str, body: str, *args: str) 
     return outputs
 
 
+@pytest.mark.slow
 def test_concurrent_claimers_never_claim_a_request_twice(
     backend: SqliteBackend, sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -450,6 +452,7 @@ def test_concurrent_claimers_never_claim_a_request_twice(
     assert backend.list_requests(filters=ANY) == []
 
 
+@pytest.mark.slow
 def test_concurrent_enqueues_of_one_key_from_processes_create_one_job(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -467,6 +470,7 @@ def test_concurrent_enqueues_of_one_key_from_processes_create_one_job(
     assert len(errands.requests(concurrency_key="user-99")) == 1
 
 
+@pytest.mark.slow
 def test_concurrent_migrations_apply_the_schema_once(tmp_path: Path) -> None:
     url = url_of(tmp_path / "fresh.db")
     setup = """

@@ -328,6 +328,7 @@ def test_callers_rollback_is_settled_without_a_flush(
     assert otel.metrics().total(SENT) == 0
 
 
+@pytest.mark.slow
 def test_callers_commit_is_counted_by_the_background_check(
     db_url: str, caller_connection: Any, otel: Telemetry
 ) -> None:
@@ -449,6 +450,7 @@ def read_spans(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_worker_job_processes_emit_linked_process_spans(
     db_url: str,
     run_worker: WorkerRunner,
@@ -478,6 +480,7 @@ def test_worker_job_processes_emit_linked_process_spans(
     assert processes[str(bad.uuid)]["attributes"]["error.type"] == "ValueError"
 
 
+@pytest.mark.slow
 def test_idle_worker_emits_no_spans(
     db_url: str, otel: Telemetry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -500,6 +503,7 @@ def test_idle_worker_emits_no_spans(
 # -- worker metrics ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_worker_counts_consumed_by_outcome_with_durations(
     db_url: str, run_worker: WorkerRunner, otel: Telemetry, tmp_path: Path
 ) -> None:
@@ -540,6 +544,7 @@ def test_results_never_started_count_without_durations(
     assert measured.count(WAIT) == 0
 
 
+@pytest.mark.slow
 def test_a_delayed_jobs_queue_wait_starts_at_its_due_time(
     db_url: str, run_worker: WorkerRunner, otel: Telemetry
 ) -> None:
@@ -594,6 +599,7 @@ def test_queue_wait_is_measured_from_the_later_of_enqueue_and_due_time(
     assert (wait.count, wait.sum) == (1, pytest.approx(expected_wait))
 
 
+@pytest.mark.slow
 def test_worker_gauges_report_queues_processes_and_workers(
     db_url: str, backend: Backend, otel: Telemetry
 ) -> None:
@@ -628,6 +634,7 @@ def test_worker_gauges_report_queues_processes_and_workers(
 # -- without OpenTelemetry -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_errands_runs_without_opentelemetry(tmp_path: Path) -> None:
     shadow = tmp_path / "shadow" / "opentelemetry"
     shadow.mkdir(parents=True)
@@ -682,6 +689,7 @@ def run_python(script: str, *, cwd: Path, path: list[Path]) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_a_meter_provider_installed_after_the_worker_started_gets_the_later_results(
     tmp_path: Path,
 ) -> None:

@@ -219,6 +219,7 @@ def test_database_is_fresh_for_each_test(errands_database):
 
 
 @pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+@pytest.mark.slow
 def test_fixtures_work_in_an_applications_test_suite(tmp_path: Path, kind: str) -> None:
     scheme = "postgresql://" if kind == "postgresql" else "sqlite:///"
     (tmp_path / "test_app.py").write_text(
@@ -257,6 +258,7 @@ def slow_recheck() -> Iterator[None]:
         errands.configure(poll_interval=None)
 
 
+@pytest.mark.slow
 def test_wait_for_result_is_woken_when_the_result_is_written(
     errands_worker: BackgroundWorker, slow_recheck: None
 ) -> None:
@@ -268,6 +270,7 @@ def test_wait_for_result_is_woken_when_the_result_is_written(
     assert time.monotonic() - started < 20
 
 
+@pytest.mark.slow
 def test_wait_for_result_follows_retries_to_the_final_result(
     errands_worker: BackgroundWorker, tmp_path: Path
 ) -> None:
@@ -279,6 +282,7 @@ def test_wait_for_result_follows_retries_to_the_final_result(
     assert (first.status, first.retry_attempt) == (Status.ERRORED, 0)
 
 
+@pytest.mark.slow
 def test_wait_for_result_returns_a_final_failure(errands_worker: BackgroundWorker) -> None:
     request = Unhandled("gone").run_in_worker()
     assert request is not None
@@ -286,6 +290,7 @@ def test_wait_for_result_returns_a_final_failure(errands_worker: BackgroundWorke
     assert (result.status, result.error_type) == (Status.ERRORED, "KeyError")
 
 
+@pytest.mark.slow
 def test_wait_for_result_times_out_naming_the_pending_job(errands_database: str) -> None:
     request = Add(1).run_in_worker()
     assert request is not None
@@ -293,11 +298,13 @@ def test_wait_for_result_times_out_naming_the_pending_job(errands_database: str)
         errands.wait_for_result(request.uuid, timeout=0.2)
 
 
+@pytest.mark.slow
 def test_wait_for_result_of_an_unknown_uuid_fails_at_once(errands_database: str) -> None:
     with pytest.raises(LookupError, match="no job"):
         errands.wait_for_result(uuid.uuid4(), timeout=30)
 
 
+@pytest.mark.slow
 def test_wait_for_result_async(errands_worker: BackgroundWorker) -> None:
     request = Add(3, 4).run_in_worker()
     assert request is not None
@@ -305,6 +312,7 @@ def test_wait_for_result_async(errands_worker: BackgroundWorker) -> None:
     assert result.return_value == 7
 
 
+@pytest.mark.slow
 def test_many_threads_wait_at_once(errands_worker: BackgroundWorker) -> None:
     requests = [Add(i).run_in_worker() for i in range(5)]
 
@@ -323,6 +331,7 @@ def test_wait_for_result_in_immediate_mode() -> None:
 
 
 @pytest.mark.parametrize("errands_test_databases", ["postgresql"], indirect=True)
+@pytest.mark.slow
 def test_postgres_notifies_the_request_uuids_of_new_results(errands_backend: Backend) -> None:
     request = Add(1).run_in_worker()
     assert request is not None

@@ -17,6 +17,8 @@ import errands
 from conftest import WorkerRunner
 from errands import Status
 
+pytestmark = pytest.mark.slow  # each test runs a real worker (not in scripts/test --fast)
+
 JOBS = ("sample_jobs", "thread_jobs")
 
 

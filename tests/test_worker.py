@@ -36,6 +36,7 @@ def only_result() -> JobResult:
     return result
 
 
+@pytest.mark.slow
 def test_successful_job_records_its_return_value_and_times(run_worker: WorkerRunner) -> None:
     request = sample_jobs.Echo({"answer": 42}).run_in_worker()
     assert request is not None
@@ -49,12 +50,14 @@ def test_successful_job_records_its_return_value_and_times(run_worker: WorkerRun
     assert result.requested_at <= result.started_at <= result.ended_at
 
 
+@pytest.mark.slow
 def test_async_run_is_awaited(run_worker: WorkerRunner) -> None:
     sample_jobs.AsyncEcho("hi").run_in_worker()
     run_worker(lambda: finished(1))
     assert only_result().return_value == "hi"
 
 
+@pytest.mark.slow
 def test_exception_ends_errored_with_type_message_and_traceback(run_worker: WorkerRunner) -> None:
     sample_jobs.Fail("kaput").run_in_worker()
     run_worker(lambda: finished(1))
@@ -66,6 +69,7 @@ def test_exception_ends_errored_with_type_message_and_traceback(run_worker: Work
     assert result.retry_request_uuid is None
 
 
+@pytest.mark.slow
 def test_failed_job_is_retried_until_it_succeeds(run_worker: WorkerRunner, tmp_path: Path) -> None:
     counter = tmp_path / "attempts"
     sample_jobs.FailTimes(str(counter), 2).run_in_worker(retries=3)
@@ -79,6 +83,7 @@ def test_failed_job_is_retried_until_it_succeeds(run_worker: WorkerRunner, tmp_p
     assert counter.read_text().count("attempt") == 3
 
 
+@pytest.mark.slow
 def test_retries_stop_when_exhausted(run_worker: WorkerRunner) -> None:
     sample_jobs.Fail().run_in_worker(retries=1)
     run_worker(lambda: finished(2))
@@ -87,6 +92,7 @@ def test_retries_stop_when_exhausted(run_worker: WorkerRunner) -> None:
     assert chain[-1].retry_request_uuid is None
 
 
+@pytest.mark.slow
 def test_defer_records_deferred_and_runs_again(run_worker: WorkerRunner, tmp_path: Path) -> None:
     log = tmp_path / "runs"
     sample_jobs.DeferOnce(str(log)).run_in_worker()
@@ -98,6 +104,7 @@ def test_defer_records_deferred_and_runs_again(run_worker: WorkerRunner, tmp_pat
     assert log.read_text().count("run") == 2
 
 
+@pytest.mark.slow
 def test_unknown_job_class_ends_errored_without_stopping_the_worker(
     run_worker: WorkerRunner, backend: Backend
 ) -> None:
@@ -114,6 +121,7 @@ def test_unknown_job_class_ends_errored_without_stopping_the_worker(
     assert errands.results(job_class="sample_jobs.Echo")[0].status == Status.SUCCESSFUL
 
 
+@pytest.mark.slow
 def test_undecodable_parameters_end_errored(run_worker: WorkerRunner, backend: Backend) -> None:
     bad = {"args": [{"__errands__": "no-such-type", "value": 1}], "kwargs": {}}
     with backend.enqueue_transaction() as tx:
@@ -124,6 +132,7 @@ def test_undecodable_parameters_end_errored(run_worker: WorkerRunner, backend: B
     assert result.error_type == "errands.errors.ParameterError"
 
 
+@pytest.mark.slow
 def test_crashed_job_process_is_lost_and_the_worker_goes_on(run_worker: WorkerRunner) -> None:
     sample_jobs.Crash().run_in_worker()
     sample_jobs.Echo("after").run_in_worker(priority=-1)
@@ -135,6 +144,7 @@ def test_crashed_job_process_is_lost_and_the_worker_goes_on(run_worker: WorkerRu
     assert worker.pool.spawned >= 3  # the dead child was replaced
 
 
+@pytest.mark.slow
 def test_job_past_its_timeout_is_killed_and_errored(run_worker: WorkerRunner) -> None:
     sample_jobs.Sleep(60).run_in_worker(timeout=0.5)
     run_worker(lambda: finished(1), timeout=20)
@@ -143,6 +153,7 @@ def test_job_past_its_timeout_is_killed_and_errored(run_worker: WorkerRunner) ->
     assert result.error_type == "errands.errors.JobTimeout"
 
 
+@pytest.mark.slow
 def test_cancelling_a_running_job_kills_it_and_fires_on_aborted(
     run_worker: WorkerRunner, tmp_path: Path
 ) -> None:
@@ -175,6 +186,7 @@ def test_cancelling_a_pending_request_records_cancelled(backend: Backend) -> Non
     assert errands.cancel(uuid.uuid4()) is None
 
 
+@pytest.mark.slow
 def test_worker_only_claims_its_queues(run_worker: WorkerRunner) -> None:
     sample_jobs.Mail(1).run_in_worker()
     sample_jobs.Noop().run_in_worker()
@@ -183,6 +195,7 @@ def test_worker_only_claims_its_queues(run_worker: WorkerRunner) -> None:
     assert [r.job_class for r in errands.requests()] == ["sample_jobs.Noop"]
 
 
+@pytest.mark.slow
 def test_higher_priority_runs_first_then_fifo(run_worker: WorkerRunner, tmp_path: Path) -> None:
     log = tmp_path / "order"
     for token, priority in [("low", -1), ("first", 0), ("second", 0), ("high", 5)]:
@@ -191,6 +204,7 @@ def test_higher_priority_runs_first_then_fifo(run_worker: WorkerRunner, tmp_path
     assert log.read_text().split() == ["high", "first", "second", "low"]
 
 
+@pytest.mark.slow
 def test_delayed_job_waits_for_its_time(run_worker: WorkerRunner) -> None:
     sample_jobs.Noop().run_in_worker(delay=3600)
     sample_jobs.Echo(1).run_in_worker()
@@ -198,12 +212,14 @@ def test_delayed_job_waits_for_its_time(run_worker: WorkerRunner) -> None:
     assert len(errands.requests()) == 1
 
 
+@pytest.mark.slow
 def test_middleware_wraps_each_execution(run_worker: WorkerRunner) -> None:
     sample_jobs.Echo(5).run_in_worker()
     run_worker(lambda: finished(1), middleware=("sample_jobs.DoubleResult",))
     assert only_result().return_value == 10
 
 
+@pytest.mark.slow
 def test_stopping_puts_claimed_but_unstarted_jobs_back(db_url: str) -> None:
     from conftest import worker_config
     from errands.worker import Worker
@@ -224,6 +240,7 @@ def test_stopping_puts_claimed_but_unstarted_jobs_back(db_url: str) -> None:
     assert errands.workers() == []
 
 
+@pytest.mark.slow
 def test_paused_queue_is_not_claimed_until_resumed(run_worker: WorkerRunner) -> None:
     assert errands.pause_queue("mail") is True
     assert errands.pause_queue("mail") is False  # already paused
@@ -241,6 +258,7 @@ def test_paused_queue_is_not_claimed_until_resumed(run_worker: WorkerRunner) -> 
     assert errands.paused_queues() == []
 
 
+@pytest.mark.slow
 def test_stats_line_reports_queues_and_throughput(
     run_worker: WorkerRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -260,6 +278,7 @@ def finished_count(count: int) -> bool:
     return len(errands.results(limit=10_000)) >= count
 
 
+@pytest.mark.slow
 def test_worker_heartbeats_between_slow_on_aborted_hooks(db_url: str) -> None:
     from conftest import worker_config
     from errands.worker import Worker
@@ -282,6 +301,7 @@ def test_worker_heartbeats_between_slow_on_aborted_hooks(db_url: str) -> None:
 
 
 @pytest.mark.parametrize(("limit", "expected_pids"), [(1, 4), (None, 1)])
+@pytest.mark.slow
 def test_max_jobs_per_process_recycles_children(
     run_worker: WorkerRunner, limit: int | None, expected_pids: int
 ) -> None:
@@ -292,6 +312,7 @@ def test_max_jobs_per_process_recycles_children(
     assert len(pids) == expected_pids
 
 
+@pytest.mark.slow
 def test_outcomes_larger_than_a_pipe_holds_reach_the_parent(run_worker: WorkerRunner) -> None:
     # A child writes each outcome as its job ends and rings the parent before a large
     # one: a return value bigger than the pipe's buffer must not stall either process.
