@@ -11,7 +11,7 @@ import uuid as uuid_module
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from errands import settings
+from errands import lifecycle, settings
 
 # The process's backend lives below the jobs API (which enqueues through it); this
 # module has been its public home.
@@ -131,7 +131,7 @@ def retry_result(result: JobResult, *, delay: float | None = None) -> JobRequest
     from errands.jobs import EnqueueOptions, enqueue_in
     from errands.registry import build_job
 
-    attempt = result.retry_attempt + 1
+    attempt = lifecycle.next_attempt(result.retry_attempt)
     job = build_job(result.job_class, result.parameters)
     delay = job.calculate_retry_delay(attempt) if delay is None else delay
     options = EnqueueOptions(
@@ -156,7 +156,7 @@ def retry_result(result: JobResult, *, delay: float | None = None) -> JobRequest
 def retry_lost(lost: list[JobResult]) -> None:
     """Retry LOST results that have attempts left (rescue cannot: the delay is user code)."""
     for result in lost:
-        if result.retry_attempt >= result.retries:
+        if not lifecycle.attempts_left(retries=result.retries, retry_attempt=result.retry_attempt):
             continue
         try:
             retry_result(result)

@@ -28,6 +28,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from errands import lifecycle
 from errands.backends import postgres_arrays
 from errands.backends import rows as poison
 from errands.backends.base import Backend, ConcurrencySlot, EnqueueTransaction, Listener
@@ -331,6 +332,12 @@ def _as_request(
         request.trace_id,
         request.span_id,
     )
+
+
+def ending_params(ending: lifecycle.Ending) -> dict[str, str]:
+    """The status, error type and message of a result the SQL writes (lose_processes,
+    cancel_request, cancel_requests): the rule's text lives in ``lifecycle`` only."""
+    return {"status": str(ending.status), "error_type": ending.error_type, "error": ending.error}
 
 
 def _text(value: str) -> str:
@@ -826,8 +833,8 @@ class PostgresBackend(Backend):
         with self._connection() as conn, conn.transaction():
             if not fetch(conn, "delete_stale_worker", params):
                 return []  # a peer rescued it, or it beat again
-            error = f"worker {worker_id} stopped heartbeating for over {timeout_seconds} s"
-            return self._lose(conn, worker_id, None, error_type="WorkerLost", error=error)
+            ending = lifecycle.lost_with_worker(worker_id, timeout_seconds)
+            return self._lose(conn, worker_id, None, ending)
 
     def _rescue_orphans(self, worker_id: uuid.UUID, timeout_seconds: float) -> list[JobResult]:
         """Convert processes whose worker has no heartbeat row at all."""
@@ -836,32 +843,29 @@ class PostgresBackend(Backend):
             uuids = [row["uuid"] for row in fetch(conn, "lock_orphaned_processes", params)]
             if not uuids:
                 return []
-            error = f"worker {worker_id} has no heartbeat row; it is gone"
-            return self._lose(conn, worker_id, uuids, error_type="WorkerLost", error=error)
+            ending = lifecycle.lost_without_heartbeat_row(worker_id)
+            return self._lose(conn, worker_id, uuids, ending)
 
     def lose_processes(
         self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]
     ) -> list[JobResult]:
         if not process_uuids:
             return []
-        error = f"worker {worker_id} no longer tracked this process"
+        ending = lifecycle.orphaned(worker_id)
         with self._connection() as conn:
-            return self._lose(conn, worker_id, process_uuids, error_type="Orphaned", error=error)
+            return self._lose(conn, worker_id, process_uuids, ending)
 
     @staticmethod
     def _lose(
         conn: Connection,
         worker_id: uuid.UUID,
         process_uuids: Sequence[uuid.UUID] | None,
-        *,
-        error_type: str,
-        error: str,
+        ending: lifecycle.Ending,
     ) -> list[JobResult]:
         params = {
             "worker_id": worker_id,
             "process_uuids": None if process_uuids is None else list(process_uuids),
-            "error_type": error_type,
-            "error": error,
+            **ending_params(ending),
         }
         return [to_result(row) for row in fetch(conn, "lose_processes", params)]
 
@@ -936,7 +940,7 @@ class PostgresBackend(Backend):
         return None
 
     def cancel_request(self, *, uuid: uuid.UUID) -> JobResult | None:
-        params = {"uuid": uuid, "error_type": "Cancelled", "error": "cancelled before it started"}
+        params = {"uuid": uuid, **ending_params(lifecycle.CANCELLED_PENDING)}
         rows = self._fetch("cancel_request", params)
         return to_result(rows[0]) if rows else None
 
@@ -1010,8 +1014,7 @@ class PostgresBackend(Backend):
         params = {
             **selection_params(selection),
             "limit": limit,
-            "error_type": "Cancelled",
-            "error": "cancelled before it started",
+            **ending_params(lifecycle.CANCELLED_PENDING),
         }
         return [to_result(row) for row in self._fetch("cancel_requests", params)]
 

@@ -462,7 +462,7 @@ FOR UPDATE OF p SKIP LOCKED
 
 -- name: lose_processes
 -- Turn a worker's processes (all of them when process_uuids is NULL) into LOST
--- results. Rows are locked in uuid order, like complete_many, so the two cannot
+-- results (status, error_type and error are parameters: errands.lifecycle's rules). Rows are locked in uuid order, like complete_many, so the two cannot
 -- deadlock; a process already completed is gone and produces nothing here.
 WITH locked AS (
     SELECT uuid
@@ -484,7 +484,7 @@ INSERT INTO errands_result (
     concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
 )
 SELECT
-    gen_random_uuid(), l.uuid, l.request_uuid, l.requested_at, l.started_at, now(), 'LOST',
+    gen_random_uuid(), l.uuid, l.request_uuid, l.requested_at, l.started_at, now(), %(status)s,
     l.worker_id, l.job_class, l.parameters, l.queue, l.priority, l.retries, l.retry_attempt,
     l.concurrency_key, l.timeout, l.source, l.trace_id, l.span_id, %(error_type)s, %(error)s,
     l.start_at
@@ -569,6 +569,7 @@ LIMIT 1
 
 -- name: cancel_request
 -- A pending request has no process yet, so its result gets a fresh process uuid.
+-- Status, error_type and error are parameters (lifecycle.CANCELLED_PENDING).
 WITH cancelled AS (
     DELETE FROM errands_request WHERE uuid = %(uuid)s RETURNING *
 )
@@ -578,7 +579,7 @@ INSERT INTO errands_result (
     concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
 )
 SELECT
-    gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), 'CANCELLED',
+    gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), %(status)s,
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
     c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
     c.start_at
@@ -878,7 +879,7 @@ INSERT INTO errands_result (
     concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
 )
 SELECT
-    gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), 'CANCELLED',
+    gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), %(status)s,
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
     c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
     c.start_at

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote
 from uuid import uuid4
 
-from errands import serialization
+from errands import lifecycle, serialization
 from errands.backends import rows as poison
 from errands.backends.base import (
     Backend,
@@ -78,10 +78,6 @@ BUSY_TIMEOUT = 10.0
 LISTEN_INTERVAL = 0.015
 #: Seconds a listener waits before reconnecting after a database error.
 LISTEN_RETRY_INTERVAL = 1.0
-
-WORKER_LOST = "WorkerLost"
-ORPHANED = "Orphaned"
-CANCELLED = "Cancelled"
 
 #: The columns a request, its process and its result share, copied along the way.
 _JOB_COLUMNS = (
@@ -412,7 +408,7 @@ def _complete(session: _Session, process: sqlite3.Row, outcome: Outcome) -> JobR
 
 
 def _lose(
-    session: _Session, processes: Sequence[sqlite3.Row], *, error_type: str, error: str
+    session: _Session, processes: Sequence[sqlite3.Row], ending: lifecycle.Ending
 ) -> list[JobResult]:
     """LOST results for processes just deleted (no requeue: the caller decides retries)."""
     results = []
@@ -421,10 +417,10 @@ def _lose(
             session,
             process,
             **_process_identity(process),
-            status=str(Status.LOST),
+            status=str(ending.status),
             ended_at=session.now,
-            error_type=error_type,
-            error=error,
+            error_type=ending.error_type,
+            error=ending.error,
         )
         if result is not None:
             results.append(result)
@@ -440,10 +436,10 @@ def _cancelled(session: _Session, request: sqlite3.Row) -> JobResult | None:
         request_uuid=request["uuid"],
         requested_at=request["created_at"],
         worker_id=None,
-        status=str(Status.CANCELLED),
+        status=str(lifecycle.CANCELLED_PENDING.status),
         ended_at=session.now,
-        error_type=CANCELLED,
-        error="cancelled before it started",
+        error_type=lifecycle.CANCELLED_PENDING.error_type,
+        error=lifecycle.CANCELLED_PENDING.error,
     )
 
 
@@ -922,8 +918,7 @@ class SqliteBackend(Backend):
             if taken.rowcount == 0:
                 return []  # another rescuer took it, or the worker beat meanwhile
             processes = session.rows("delete_processes_of_worker", worker_id=worker_id)
-            error = f"worker {worker_id} stopped heartbeating for over {timeout_seconds:g} s"
-            return _lose(session, processes, error_type=WORKER_LOST, error=error)
+            return _lose(session, processes, lifecycle.lost_with_worker(worker_id, timeout_seconds))
 
     def _rescue_vanished_worker(self, worker_id: str, timeout_seconds: float) -> list[JobResult]:
         """Processes, claimed over ``timeout_seconds`` ago, of a worker with no heartbeat row."""
@@ -931,8 +926,7 @@ class SqliteBackend(Backend):
             processes = session.rows(
                 "delete_orphaned_processes_of_worker", worker_id=worker_id, timeout=timeout_seconds
             )
-            error = f"worker {worker_id} has no heartbeat row; it is gone"
-            return _lose(session, processes, error_type=WORKER_LOST, error=error)
+            return _lose(session, processes, lifecycle.lost_without_heartbeat_row(worker_id))
 
     def lose_processes(
         self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]
@@ -945,8 +939,7 @@ class SqliteBackend(Backend):
                 worker_id=str(worker_id),
                 uuids=_json_list(process_uuids),
             )
-            error = f"worker {worker_id} no longer tracked this process"
-            return _lose(session, processes, error_type=ORPHANED, error=error)
+            return _lose(session, processes, lifecycle.orphaned(worker_id))
 
     def processes_of_worker(self, *, worker_id: uuid.UUID) -> list[JobProcess]:
         with self._read() as session:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from errands import settings
+from errands import lifecycle, settings
 from errands.backends.base import (
     Backend,
     ConcurrencySlot,
@@ -39,7 +39,6 @@ from errands.models import (
     QueueStats,
     Selection,
     Stats,
-    Status,
     Throughput,
     WorkerInfo,
 )
@@ -453,12 +452,12 @@ class MemoryBackend(Backend):
             del self.processes[process.uuid]
             result = self._result_of(
                 process,
-                status=Status.CANCELLED,
+                status=lifecycle.CANCELLED_PENDING.status,
                 started_at=None,
                 ended_at=utcnow(),
                 worker_id=None,
-                error_type="Cancelled",
-                error="cancelled before it started",
+                error_type=lifecycle.CANCELLED_PENDING.error_type,
+                error=lifecycle.CANCELLED_PENDING.error,
             )
             self._notify()
             return result

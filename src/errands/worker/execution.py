@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from errands import serialization, telemetry
+from errands import lifecycle, serialization, telemetry
 from errands.containment import is_own_interrupt
 from errands.errors import DeferJob
 from errands.jobs import Job
+from errands.lifecycle import qualified_name as qualified_name  # errands.worker's export
 from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, positional_builder
 from errands.registry import build_job
 from errands.validation import delay_problem
@@ -175,17 +176,16 @@ def failure(
     *,
     started_at: datetime.datetime | None,
     job: Job | None,
-    status: Status = Status.ERRORED,
-    error_type: str | None = None,
 ) -> Outcome:
-    """An ERRORED (or LOST) outcome, with a retry when attempts remain and the job loads."""
+    """An ERRORED outcome for what the job (or loading it) raised, with a retry when
+    attempts remain and the job loads."""
     requeue, not_retried = retry_for(assignment, job)
     return Outcome(
         process_uuid=assignment.process_uuid,
-        status=status,
+        status=Status.ERRORED,
         started_at=started_at,
         ended_at=utcnow(),
-        error_type=error_type or qualified_name(type(exc)),
+        error_type=lifecycle.error_type_of(exc),
         error=str(exc),
         traceback=("".join(traceback.format_exception(exc)) if exc.__traceback__ else "")
         + not_retried,
@@ -193,12 +193,38 @@ def failure(
     )
 
 
+def ended(
+    assignment: Assignment, ending: lifecycle.Ending, *, started_at: datetime.datetime | None
+) -> Outcome:
+    """The outcome of an attempt the worker's parent ended (a timeout, a dead child, an
+    interruption, a cancel: see ``lifecycle``), retried as ``ending.retry`` says."""
+    # The retry delay is asked for every ending, as it always was: a job whose
+    # calculate_retry_delay raises gets its "Not retried" note whatever ended it.
+    requeue, not_retried = retry_for(assignment, None)
+    if ending.retry is lifecycle.Retry.SAME_ATTEMPT:
+        requeue = Requeue(delay_seconds=0.0, retry_attempt=assignment.retry_attempt)
+    elif ending.retry is lifecycle.Retry.NEVER:
+        requeue = None
+    return Outcome(
+        process_uuid=assignment.process_uuid,
+        status=ending.status,
+        started_at=started_at,
+        ended_at=utcnow(),
+        error_type=ending.error_type,
+        error=ending.error,
+        traceback=not_retried,
+        requeue=requeue,
+    )
+
+
 def retry_for(assignment: Assignment, job: Job | None) -> tuple[Requeue | None, str]:
     """The next attempt of a failed job (None when retries are used up), and why a
     job with retries left is not retried ("" when it is)."""
-    if assignment.retry_attempt >= assignment.retries:
+    if not lifecycle.attempts_left(
+        retries=assignment.retries, retry_attempt=assignment.retry_attempt
+    ):
         return None, ""
-    attempt = assignment.retry_attempt + 1
+    attempt = lifecycle.next_attempt(assignment.retry_attempt)
     try:
         if job is None:
             job = build_job(assignment.job_class, assignment.parameters)
@@ -211,11 +237,6 @@ def retry_for(assignment: Assignment, job: Job | None) -> tuple[Requeue | None, 
             raise
         # A job that cannot be rebuilt will fail the same way again: do not retry it.
         logger.exception("cannot compute retry delay", extra={"job_class": assignment.job_class})
-        why = f"{qualified_name(type(exc))}: {exc}"
+        why = f"{lifecycle.error_type_of(exc)}: {exc}"
         return None, f"\nNot retried: computing the retry delay raised {why}\n"
     return Requeue(delay_seconds=max(float(delay), 0.0), retry_attempt=attempt), ""
-
-
-def qualified_name(cls: type[BaseException]) -> str:
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

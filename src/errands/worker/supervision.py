@@ -17,24 +17,26 @@ ends it:
   database); a second one, or ``worker_drain_timeout``, kills the children and
   records the jobs that began CANCELLED.
 
+Each ending's status, error type, message and retry rule is stated in
+``errands.lifecycle``; the parent records what it gives.
+
 Children report a start through shared memory, without waking the parent, so
 the parent looks every ``START_CHECK_INTERVAL`` while a job is unseen.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
+from errands import lifecycle
 from errands.backends import Backend
-from errands.errors import JobTimeout
-from errands.models import JobProcess, Outcome, Requeue, Status
+from errands.models import JobProcess, Outcome
 from errands.worker.batches import Recorder
-from errands.worker.execution import Assignment, failure
+from errands.worker.execution import Assignment, ended
 from errands.worker.pool import SLOW_JOB, Child, Pool, Slot
 
 logger = logging.getLogger("errands")
@@ -44,7 +46,8 @@ MAX_BOUNCES = 3  # a job handed to this many children that died before it began 
 
 KillReason = Literal["timeout", "cancel"]
 
-# Their names are stored as results' error types: they keep the public path.
+# Their names are stored as results' error types (lifecycle.PROCESS_DIED ...): they
+# keep the public path. The parent records the endings they name without raising them.
 
 
 class ProcessDied(Exception):
@@ -153,10 +156,9 @@ class Supervisor:
         for slot in reversed(held):
             if not slot.started and self._bounce(slot.job):
                 continue  # it had not begun: another child runs it
-            status = Status.LOST if slot.started else Status.ERRORED
-            error = ProcessDied(f"job process {child.pid} exited with code {exitcode}")
+            ending = lifecycle.process_died(child.pid, exitcode, begun=slot.started)
             logger.error("job process died", extra=job_fields(slot.job, exitcode=exitcode))
-            self.recorder.record(self._failure(slot, error, status=status))
+            self.recorder.record(self._ended(slot, ending))
 
     def _bounce(self, job: JobProcess) -> bool:
         """Put a job a dead child had not begun back in line, unless it did so too often."""
@@ -232,28 +234,21 @@ class Supervisor:
                 self.waiting.appendleft(slot.job)
 
     # -- the outcomes the parent makes ----------------------------------------------------
-    def _failure(self, slot: Slot, exc: BaseException, *, status: Status) -> Outcome:
+    def _ended(self, slot: Slot, ending: lifecycle.Ending) -> Outcome:
         self.recorder.forget_start(slot.job.uuid)
-        return failure(
-            Assignment.of(slot.job), exc, started_at=slot.started_at, job=None, status=status
-        )
+        return ended(Assignment.of(slot.job), ending, started_at=slot.started_at)
 
     def _cancelled(self, slot: Slot) -> Outcome:
-        outcome = self._failure(slot, Cancelled("cancelled"), status=Status.CANCELLED)
-        return dataclasses.replace(outcome, requeue=None)  # a cancelled job is not retried
+        return self._ended(slot, lifecycle.CANCELLED_RUNNING)  # never retried
 
     def _stopped(self, slot: Slot, reason: KillReason) -> Outcome:
         if reason == "cancel":
             return self._cancelled(slot)
-        error = JobTimeout(f"job exceeded its timeout of {slot.job.timeout} seconds")
-        return self._failure(slot, error, status=Status.ERRORED)
+        return self._ended(slot, lifecycle.timed_out(slot.job.timeout))
 
     def _interrupted(self, slot: Slot, targets: dict[uuid.UUID, KillReason]) -> Outcome:
         stopped = ", ".join(f"{job} ({reason})" for job, reason in targets.items())
-        error = Interrupted(f"its process was killed to stop job {stopped}")
-        outcome = self._failure(slot, error, status=Status.LOST)
-        again = Requeue(delay_seconds=0.0, retry_attempt=slot.job.retry_attempt)
-        return dataclasses.replace(outcome, requeue=again)
+        return self._ended(slot, lifecycle.interrupted(stopped))  # again at the same attempt
 
 
 def _begun(child: Child, job_uuid: uuid.UUID) -> bool:

@@ -1,0 +1,153 @@
+"""A job's state machine, and every rule for how an attempt ends, stated once.
+
+A job lives as three kinds of row, each written by one transition::
+
+    enqueue (api, scheduler, a requeue)
+        |
+        v
+    JobRequest --claim (worker)--> JobProcess --complete (worker)--> JobResult(SUCCESSFUL,
+      (pending)  <--release (worker:       (claimed,                 ERRORED, DEFERRED,
+        |  ^        shutdown, not begun)    running)                  LOST, CANCELLED)
+        |  |                                  |
+        |  '--- requeue: a retry or a deferral, written with the result it follows
+        |                                     |
+        |                                     +--rescue (another worker: the
+        |                                     |   worker stopped heartbeating or
+        |                                     |   has no row) --> JobResult(LOST)
+        |                                     '--lose (its own worker: a process
+        |                                         it no longer tracks) --> JobResult(LOST)
+        '--cancel (api, cli, dashboard) --> JobResult(CANCELLED)
+
+Who writes each ending (the functions and constants below give its status,
+error type and message; the backends and the worker write exactly those):
+
+* the job's child process: SUCCESSFUL, DEFERRED, or ERRORED when ``run()`` (or
+  loading the job) raised (:func:`error_type_of` names the exception);
+* the worker's parent process (``worker.supervision``): :func:`timed_out`,
+  :func:`process_died`, :func:`interrupted`, :data:`CANCELLED_RUNNING` (an
+  operator's cancel of a running job, and a second shutdown signal);
+* a backend, inside one transaction: :func:`lost_with_worker`,
+  :func:`lost_without_heartbeat_row`, :func:`orphaned` (rescue and lose) and
+  :data:`CANCELLED_PENDING` (cancel of a pending request). PostgreSQL takes the
+  status, type and message as parameters of its SQL, SQLite and the in-memory
+  test backend write them from Python: the text exists here only.
+
+Retries (:class:`Retry`): an ERRORED or LOST attempt is retried as its next
+attempt while :func:`attempts_left`; an interrupted one is enqueued again at
+the same attempt; a CANCELLED one never. LOST results written by a backend are
+retried by the rescuing worker (``api.retry_lost``), as the delay is user code.
+
+This module imports only :mod:`errands.models` and :mod:`errands.errors`.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from typing import NamedTuple
+
+from errands.errors import JobTimeout
+from errands.models import Status
+
+
+class Retry(enum.Enum):
+    """Whether an ending is followed by another attempt."""
+
+    IF_ATTEMPTS_LEFT = "if attempts left"  # the next attempt, while attempts_left()
+    SAME_ATTEMPT = "same attempt"  # enqueued again; the attempt is not counted
+    NEVER = "never"
+
+
+class Ending(NamedTuple):
+    """How one attempt ends: the result's status, error type and error message."""
+
+    status: Status
+    error_type: str
+    error: str
+    retry: Retry
+
+
+def qualified_name(cls: type[BaseException]) -> str:
+    """The error type stored for an exception class: ``module.Name`` (builtins bare)."""
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def error_type_of(exc: BaseException) -> str:
+    """The error type of a failure the job raised (an ERRORED attempt)."""
+    return qualified_name(type(exc))
+
+
+# -- retries ---------------------------------------------------------------------------
+
+
+def attempts_left(*, retries: int, retry_attempt: int) -> bool:
+    """Whether a failed attempt (ERRORED or LOST) is followed by another one."""
+    return retry_attempt < retries
+
+
+def next_attempt(retry_attempt: int) -> int:
+    """The ``retry_attempt`` of the retry of an attempt."""
+    return retry_attempt + 1
+
+
+# -- endings the worker's parent process writes ------------------------------------------
+
+#: Error types of the worker's own exceptions (``errands.worker.ProcessDied`` ...):
+#: the classes live in ``worker.supervision`` and keep this public path.
+PROCESS_DIED = "errands.worker.ProcessDied"
+INTERRUPTED = "errands.worker.Interrupted"
+CANCELLED_BY_WORKER = "errands.worker.Cancelled"
+TIMED_OUT = qualified_name(JobTimeout)
+
+#: A running job (or one held by its worker) cancelled by an operator, or killed
+#: by a second shutdown signal (or ``worker_drain_timeout``).
+CANCELLED_RUNNING = Ending(Status.CANCELLED, CANCELLED_BY_WORKER, "cancelled", Retry.NEVER)
+
+
+def timed_out(timeout: float | None) -> Ending:
+    """A job killed at its deadline (``timeout`` seconds after it began)."""
+    error = f"job exceeded its timeout of {timeout} seconds"
+    return Ending(Status.ERRORED, TIMED_OUT, error, Retry.IF_ATTEMPTS_LEFT)
+
+
+def process_died(pid: int | None, exitcode: int | None, *, begun: bool) -> Ending:
+    """The child running the job exited without an outcome: LOST if the job had
+    begun, else ERRORED (after it bounced between dying children too often)."""
+    status = Status.LOST if begun else Status.ERRORED
+    error = f"job process {pid} exited with code {exitcode}"
+    return Ending(status, PROCESS_DIED, error, Retry.IF_ATTEMPTS_LEFT)
+
+
+def interrupted(stopped: str) -> Ending:
+    """A job that began, killed with its child to stop ``stopped`` (other jobs)."""
+    error = f"its process was killed to stop job {stopped}"
+    return Ending(Status.LOST, INTERRUPTED, error, Retry.SAME_ATTEMPT)
+
+
+# -- endings a backend writes --------------------------------------------------------------
+
+WORKER_LOST = "WorkerLost"
+ORPHANED = "Orphaned"
+CANCELLED = "Cancelled"
+
+#: A pending request cancelled (api.cancel, the CLI, the dashboard).
+CANCELLED_PENDING = Ending(Status.CANCELLED, CANCELLED, "cancelled before it started", Retry.NEVER)
+
+
+def lost_with_worker(worker_id: uuid.UUID | str, timeout_seconds: float) -> Ending:
+    """A process of a worker silent for over ``timeout_seconds`` (its row is taken)."""
+    error = f"worker {worker_id} stopped heartbeating for over {timeout_seconds:g} s"
+    return Ending(Status.LOST, WORKER_LOST, error, Retry.IF_ATTEMPTS_LEFT)
+
+
+def lost_without_heartbeat_row(worker_id: uuid.UUID | str) -> Ending:
+    """A process whose worker has no heartbeat row at all."""
+    error = f"worker {worker_id} has no heartbeat row; it is gone"
+    return Ending(Status.LOST, WORKER_LOST, error, Retry.IF_ATTEMPTS_LEFT)
+
+
+def orphaned(worker_id: uuid.UUID | str) -> Ending:
+    """A process the database gives a live worker that the worker does not track."""
+    error = f"worker {worker_id} no longer tracked this process"
+    return Ending(Status.LOST, ORPHANED, error, Retry.IF_ATTEMPTS_LEFT)
