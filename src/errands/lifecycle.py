@@ -1,22 +1,24 @@
 """A job's state machine, and every rule for how an attempt ends, stated once.
 
-A job lives as three kinds of row, each written by one transition::
+A job lives as three kinds of row; each arrow is one transition, and who makes it::
 
-    enqueue (api, scheduler, a requeue)
-        |
-        v
-    JobRequest --claim (worker)--> JobProcess --complete (worker)--> JobResult(SUCCESSFUL,
-      (pending)  <--release (worker:       (claimed,                 ERRORED, DEFERRED,
-        |  ^        shutdown, not begun)    running)                  LOST, CANCELLED)
-        |  |                                  |
-        |  '--- requeue: a retry or a deferral, written with the result it follows
-        |                                     |
-        |                                     +--rescue (another worker: the
-        |                                     |   worker stopped heartbeating or
-        |                                     |   has no row) --> JobResult(LOST)
-        |                                     '--lose (its own worker: a process
-        |                                         it no longer tracks) --> JobResult(LOST)
-        '--cancel (api, cli, dashboard) --> JobResult(CANCELLED)
+                         enqueue (api, scheduler)
+                                  |
+                                  v
+        .------------------> JobRequest ---cancel (api, CLI, dashboard)---> JobResult
+        |                   (pending)                                       CANCELLED
+        |                     |     ^
+        |       claim (worker)|     |release (worker at shutdown: jobs not begun)
+        |                     v     |
+        |                    JobProcess ---rescue (any worker: the owner stopped
+        |               (claimed, running)  heartbeating or has no row), or
+        |                         |         lose (the owner no longer tracks it)---> JobResult
+        |       complete (worker) |                                                   LOST
+        |                         v
+        |     JobResult SUCCESSFUL, ERRORED, DEFERRED, LOST or CANCELLED
+        |                         |
+        '---requeue---------------'  a retry or a deferral: the new request is
+                                     written in the same transaction as the result
 
 Who writes each ending (the functions and constants below give its status,
 error type and message; the backends and the worker write exactly those):
