@@ -8,11 +8,13 @@ of ``run_worker`` is its ``BackgroundWorker`` with ``worker_settings``: the suit
 runs on the helpers errands ships for applications' tests.
 
 The ``backend`` fixture is parametrised over both, so every behavioural test
-runs on each; mark a test ``postgres_only`` where a capability is PostgreSQL's alone.
+runs on each; mark a test ``postgres_only`` where a capability is PostgreSQL's alone,
+``sqlite_only`` where a case can only arise on SQLite.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -105,11 +107,13 @@ def pg_backend(pg_url: str) -> Iterator[Backend]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """PostgreSQL-only tests are not generated for SQLite at all (rather than skipped)."""
+    """Tests of one database only are not generated for the other at all (rather than
+    skipped): a green run has no skips to hide."""
     keep = []
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("db_url") == "sqlite" and item.get_closest_marker("postgres_only"):
+        database = getattr(getattr(item, "callspec", None), "params", {}).get("db_url")
+        only = {"sqlite": "postgres_only", "postgresql": "sqlite_only"}.get(database)
+        if only and item.get_closest_marker(only):
             config.hook.pytest_deselected(items=[item])
         else:
             keep.append(item)
@@ -118,6 +122,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres_only: the capability exists only on PostgreSQL")
+    config.addinivalue_line("markers", "sqlite_only: the case can only arise on SQLite")
     config.addinivalue_line(
         "markers",
         "slow: runs real workers or waits for real time (0.3 s or more on a 2-core machine);"
@@ -216,3 +221,17 @@ def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
     yield spawn
     for worker in started:
         worker.close()
+
+
+@pytest.fixture
+def cli_state_restored() -> Iterator[None]:
+    """The CLI sets process-wide settings and logging; undo both after the test."""
+    logger = logging.getLogger("errands")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        yield
+    finally:
+        settings.reset()
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]

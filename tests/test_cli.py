@@ -24,26 +24,13 @@ from worker_process import WorkerProcess
 
 import errands
 from conftest import SERVER_URL, database_url, wait_for
-from errands import settings
 from errands.backends import open_backend
 from errands.cli import cli
 from errands.logs import configure_logging
 
 ERRANDS = str(Path(sys.executable).with_name("errands"))
 
-
-@pytest.fixture(autouse=True)
-def _isolate_cli_state() -> Iterator[None]:
-    """The CLI sets process-wide CLI settings and logging; undo both after each test."""
-    logger = logging.getLogger("errands")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    try:
-        yield
-    finally:
-        settings.reset()
-        logger.handlers[:] = saved[0]
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
+pytestmark = pytest.mark.usefixtures("cli_state_restored")  # the CLI sets process-wide state
 
 
 def invoke(url: str | None, *args: str, **kwargs: Any) -> Result:

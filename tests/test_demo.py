@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import multiprocessing
 import os
 import signal
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,22 +22,10 @@ from errands.backends import open_backend
 from errands.cli import cli
 from errands.demo import DEMO_QUEUE, run_demo
 
-pytestmark = pytest.mark.slow  # the demo runs real workers (not in scripts/test --fast)
+# The demo runs real workers (not in scripts/test --fast), through the CLI.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("cli_state_restored")]
 
 ERRANDS = str(Path(sys.executable).with_name("errands"))
-
-
-@pytest.fixture(autouse=True)
-def _isolate_cli_state() -> Iterator[None]:
-    logger = logging.getLogger("errands")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    try:
-        yield
-    finally:
-        settings.reset()
-        logger.handlers[:] = saved[0]
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
 
 
 def processes_with_marker(marker: str) -> list[int]:

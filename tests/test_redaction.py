@@ -3,7 +3,6 @@ banners, ``errands settings``, logs, errors and the dashboard's banner."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import socket
 import subprocess
@@ -20,13 +19,14 @@ from psycopg import sql
 from worker_process import WorkerProcess
 
 from conftest import SERVER_URL, database_url, wait_for
-from errands import settings
 from errands.cli import cli
 from errands.redaction import redact_text, redact_url
 
 ERRANDS = str(Path(sys.executable).with_name("errands"))
 USERINFO_SECRET = "Us3rInfoS3cret"
 QUERY_SECRET = "Qu3ryS3cret"
+
+pytestmark = pytest.mark.usefixtures("cli_state_restored")  # the CLI sets process-wide state
 
 
 def with_passwords(url: str) -> str:
@@ -35,20 +35,6 @@ def with_passwords(url: str) -> str:
     netloc = f"{parts.username}:{USERINFO_SECRET}@{parts.hostname}:{parts.port or 5432}"
     query = f"password={QUERY_SECRET}&application_name=errands_test"
     return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-@pytest.fixture(autouse=True)
-def _isolate_cli_state() -> Iterator[None]:
-    """The CLI sets process-wide settings and logging; undo both after each test."""
-    logger = logging.getLogger("errands")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    try:
-        yield
-    finally:
-        settings.reset()
-        logger.handlers[:] = saved[0]
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
 
 
 @pytest.fixture

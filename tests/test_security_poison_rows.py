@@ -389,32 +389,29 @@ def test_malformed_arguments(db_url: str, request: pytest.FixtureRequest) -> Non
     _run(poison, request)
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's integer columns hold only integers
 def test_text_in_an_integer_column(db_url: str, request: pytest.FixtureRequest) -> None:
-    if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's integer columns hold only integers")
     _run(Poison(sqlite={"retries": "'many'", "priority": "'high'"}), request)
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's integer columns hold only 32-bit integers
 def test_a_retry_count_no_integer_can_hold(db_url: str, request: pytest.FixtureRequest) -> None:
-    if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's integer columns hold only 32-bit integers")
     _run(Poison(sqlite={"retries": "1e300", "retry_attempt": "-1e300"}), request)
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's jsonb columns hold only valid JSON
 def test_json_that_is_not_json(db_url: str, request: pytest.FixtureRequest) -> None:
-    if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's jsonb columns hold only valid JSON")
     _run(Poison(sqlite={"parameters": "'{not json'"}, undecodable=True), request)
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's columns hold only values of their type
 def test_a_blob_and_text_where_other_types_belong(
     db_url: str, request: pytest.FixtureRequest
 ) -> None:
-    if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's columns hold only values of their type")
     _run(Poison(sqlite={"trace_id": "x'00ff'", "timeout": "'soon'"}), request)
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's primary keys are uuids, never NULL
 @pytest.mark.parametrize("key", ["NULL", "x'00ff0{n}'", "'not-a-uuid-{n}'"])
 def test_keys_that_are_no_uuid(
     key: str,
@@ -426,8 +423,6 @@ def test_keys_that_are_no_uuid(
 ) -> None:
     """SQLite lets a TEXT PRIMARY KEY hold NULL, a blob or any text: a request with
     such a uuid cannot be claimed by it, a process cannot give it to its result."""
-    if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's primary keys are uuids, never NULL")
     import sample_jobs
 
     db = Database(db_url)

@@ -33,7 +33,7 @@ from errands.errors import CommandNotConfigured
 from errands.models import JobResult
 from errands.scheduler import Schedule, ShellCommand, command_key
 from errands.worker import Worker
-from test_cli import _isolate_cli_state, invoke  # noqa: F401  (autouse: undoes CLI settings)
+from test_cli import invoke
 from test_dashboard import PASSWORD, log_in, post
 from test_django import Project, project  # noqa: F401  (a fixture: the Django project)
 
@@ -42,6 +42,8 @@ NOT_CONFIGURED = "errands.errors.CommandNotConfigured"
 NOT_REGISTERED = "errands.errors.JobNotRegistered"
 JOB_MODULES = ("sample_jobs", "security_rows_jobs")
 MARKER_MODULE = "security_rows_marker"
+
+pytestmark = pytest.mark.usefixtures("cli_state_restored")  # the CLI sets process-wide state
 
 
 def insert_by_sql(url: str, job_class: str, parameters: dict[str, Any], priority: int = 0) -> None:
