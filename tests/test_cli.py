@@ -12,18 +12,15 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from psycopg import sql
 from worker_process import WorkerProcess
 
 import errands
-from conftest import SERVER_URL, database_url, wait_for
+from conftest import wait_for
 from errands.backends import open_backend
 from errands.cli import cli
 from errands.logs import configure_logging
@@ -106,20 +103,6 @@ def test_migrate_creates_then_reports_up_to_date(tmp_path: Path) -> None:
     second = invoke(url, "migrate")
     assert second.exit_code == 0
     assert "already up to date" in second.output
-
-
-@pytest.fixture
-def empty_pg_url() -> Iterator[str]:
-    name = f"errands_cli_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield database_url(SERVER_URL, name)
-    finally:
-        with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.mark.slow

@@ -7,18 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 from click.testing import CliRunner
-from psycopg import sql
 from worker_process import WorkerProcess
 
-from conftest import SERVER_URL, database_url, wait_for
+from conftest import wait_for
 from errands.cli import cli
 from errands.redaction import redact_text, redact_url
 
@@ -35,20 +31,6 @@ def with_passwords(url: str) -> str:
     netloc = f"{parts.username}:{USERINFO_SECRET}@{parts.hostname}:{parts.port or 5432}"
     query = f"password={QUERY_SECRET}&application_name=errands_test"
     return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-@pytest.fixture
-def empty_pg() -> Iterator[str]:
-    """A PostgreSQL database without errands' tables."""
-    name = f"errands_redaction_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield database_url(SERVER_URL, name)
-    finally:
-        with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            conn.execute(drop.format(sql.Identifier(name)))
 
 
 def assert_no_secret(text: str) -> None:
@@ -108,8 +90,8 @@ def test_unsupported_scheme_error_masks_the_password() -> None:
 
 
 @pytest.mark.slow
-def test_missing_schema_error_masks_the_password(empty_pg: str) -> None:
-    result = CliRunner().invoke(cli, ["--database-url", with_passwords(empty_pg), "results"])
+def test_missing_schema_error_masks_the_password(empty_pg_url: str) -> None:
+    result = CliRunner().invoke(cli, ["--database-url", with_passwords(empty_pg_url), "results"])
     assert result.exit_code == 2
     assert "errands migrate" in result.stderr
     assert_no_secret(result.stderr)
