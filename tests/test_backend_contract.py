@@ -683,7 +683,7 @@ def test_processes_and_results_keep_the_requests_due_time(backend: Backend) -> N
     (rescued,) = backend.lose_processes(
         worker_id=worker_id, process_uuids=[by_request[lost.uuid].uuid]
     )
-    cancelled = backend.cancel_request(uuid=never_run.uuid)
+    cancelled = backend.cancel_pending(uuid=never_run.uuid)
 
     assert cancelled is not None
     assert (finished.start_at, rescued.start_at, cancelled.start_at) == (
@@ -738,7 +738,7 @@ def test_purge_deletes_results_older_than_the_cutoff_or_all(backend: Backend) ->
 
 def test_cancel_request_turns_a_pending_request_into_a_cancelled_result(backend: Backend) -> None:
     (request,) = enqueue(backend, new(delay_seconds=3600))
-    result = backend.cancel_request(uuid=request.uuid)
+    result = backend.cancel_pending(uuid=request.uuid)
     assert result is not None
     assert (result.status, result.request_uuid, result.worker_id) == (
         Status.CANCELLED,
@@ -749,13 +749,13 @@ def test_cancel_request_turns_a_pending_request_into_a_cancelled_result(backend:
     assert result.process_uuid not in (request.uuid, result.uuid)
     assert backend.list_requests(filters=Filters()) == []
     assert backend.list_results(filters=Filters()) == [result]
-    assert backend.cancel_request(uuid=request.uuid) is None
+    assert backend.cancel_pending(uuid=request.uuid) is None
 
 
 def test_cancel_request_leaves_a_claimed_job_alone(backend: Backend) -> None:
     (request,) = enqueue(backend, new())
     claim_all(backend)
-    assert backend.cancel_request(uuid=request.uuid) is None
+    assert backend.cancel_pending(uuid=request.uuid) is None
     assert len(backend.list_processes(filters=Filters())) == 1
 
 
@@ -763,13 +763,13 @@ def test_request_cancel_flags_a_process_for_its_worker(backend: Backend) -> None
     worker_id, other = uuid.uuid4(), uuid.uuid4()
     enqueue(backend, new(), new(), new())
     by_uuid, by_request, unflagged = backend.claim(worker_id=worker_id, queues=[], limit=3)
-    assert backend.cancel_requested(worker_id=worker_id) == []
-    assert backend.request_cancel(uuid=by_uuid.uuid)
-    assert backend.request_cancel(uuid=by_request.request_uuid)
-    assert not backend.request_cancel(uuid=uuid.uuid4())
-    flagged = backend.cancel_requested(worker_id=worker_id)
+    assert backend.flagged_to_stop(worker_id=worker_id) == []
+    assert backend.flag_to_stop(uuid=by_uuid.uuid)
+    assert backend.flag_to_stop(uuid=by_request.request_uuid)
+    assert not backend.flag_to_stop(uuid=uuid.uuid4())
+    flagged = backend.flagged_to_stop(worker_id=worker_id)
     assert sorted(flagged) == sorted([by_uuid.uuid, by_request.uuid])
-    assert backend.cancel_requested(worker_id=other) == []
+    assert backend.flagged_to_stop(worker_id=other) == []
     assert unflagged.uuid not in flagged
 
 

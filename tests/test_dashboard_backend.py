@@ -150,7 +150,7 @@ def test_cancel_requests_turns_selected_pending_requests_into_cancelled_results(
 ) -> None:
     enqueue(backend, 5, queue="x")
     kept = enqueue(backend, 2, queue="y")
-    cancelled = backend.cancel_requests(selection=Selection(queue="x"), limit=3)
+    cancelled = backend.cancel_pending_selected(selection=Selection(queue="x"), limit=3)
     assert len(cancelled) == 3
     assert {r.status for r in cancelled} == {Status.CANCELLED}
     assert backend.count(kind=Kind.REQUEST, selection=Selection(queue="x")) == 2
@@ -162,7 +162,7 @@ def test_request_cancel_processes_flags_only_selected_processes(backend: Backend
     enqueue(backend, 1, queue="y")
     claim(backend, "x")
     (other,) = claim(backend, "y")
-    assert backend.request_cancel_processes(selection=Selection(queue="x")) == 2
+    assert backend.flag_to_stop_selected(selection=Selection(queue="x")) == 2
     flagged = {p.uuid: p.cancel_requested for p in all_pages(backend, Kind.PROCESS, EVERYTHING)}
     assert flagged[other.uuid] is False
     assert sum(flagged.values()) == 2

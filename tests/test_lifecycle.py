@@ -91,7 +91,7 @@ def test_an_untracked_process_ends_as_orphaned(backend: Backend) -> None:
 def test_a_cancelled_pending_request_ends_as_cancelled_pending(backend: Backend) -> None:
     (request_uuid,) = _enqueue(backend)
 
-    result = backend.cancel_request(uuid=request_uuid)
+    result = backend.cancel_pending(uuid=request_uuid)
 
     assert result is not None
     assert _ending(result) == _expected(lifecycle.CANCELLED_PENDING)
@@ -101,7 +101,7 @@ def test_a_cancelled_pending_request_ends_as_cancelled_pending(backend: Backend)
 def test_cancelled_selected_requests_end_as_cancelled_pending(backend: Backend) -> None:
     _enqueue(backend, 3, queue="cancel-me")
 
-    results = backend.cancel_requests(selection=Selection(queue="cancel-me"), limit=10)
+    results = backend.cancel_pending_selected(selection=Selection(queue="cancel-me"), limit=10)
 
     assert [_ending(r) for r in results] == [_expected(lifecycle.CANCELLED_PENDING)] * 3
 
@@ -110,7 +110,7 @@ def test_the_memory_backend_cancels_as_the_databases_do() -> None:
     memory = MemoryBackend(mode="capture")
     (request_uuid,) = _enqueue(memory)
 
-    result = memory.cancel_request(uuid=request_uuid)
+    result = memory.cancel_pending(uuid=request_uuid)
 
     assert result is not None
     assert _ending(result) == _expected(lifecycle.CANCELLED_PENDING)

@@ -50,8 +50,8 @@ DIALECT_ONLY = {
         # Outcomes: lock processes in uuid order, delete them, insert their results.
         "complete_many",
         # Cancelling pending requests: delete them and insert CANCELLED results.
-        "cancel_request",
-        "cancel_requests",
+        "cancel_pending",
+        "cancel_pending_selected",
         # Unstarted processes back to requests, with NOTIFY of their queues.
         "release",
         # Rescue of dead workers' processes: row locks (SKIP LOCKED for orphans).
@@ -101,7 +101,7 @@ DIALECT_ONLY = {
         # Rows a TEXT PRIMARY KEY lets raw SQL write with a NULL or blob key
         # (PostgreSQL's uuid column refuses them), removed by the claim meeting one.
         "take_keyless_requests",
-        # The SQLite halves of complete_many, cancel_request(s), lose_processes and
+        # The SQLite halves of complete_many, cancel_pending(s), lose_processes and
         # release: delete the rows, then insert_result each.
         "insert_result",
         "delete_processes",

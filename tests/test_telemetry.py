@@ -534,7 +534,7 @@ def test_results_never_started_count_without_durations(
 ) -> None:
     request = Echo(1).run_in_worker()
     assert request is not None
-    cancelled = backend.cancel_request(uuid=request.uuid)
+    cancelled = backend.cancel_pending(uuid=request.uuid)
     assert isinstance(cancelled, JobResult)
     telemetry.record_results([cancelled])
     measured = otel.metrics()

@@ -284,7 +284,7 @@ def test_worker_heartbeats_between_slow_on_aborted_hooks(db_url: str) -> None:
     from errands.worker import Worker
 
     requests = [sample_jobs.SlowAbortHook(0.3).run_in_worker() for _ in range(5)]
-    cancelled = [errands.backend().cancel_request(uuid=r.uuid) for r in requests if r]
+    cancelled = [errands.backend().cancel_pending(uuid=r.uuid) for r in requests if r]
     worker = Worker(config=worker_config(db_url, heartbeat_interval=0.2))
     worker.start()
     try:

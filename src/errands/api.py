@@ -105,11 +105,11 @@ def cancel(uuid: uuid_module.UUID | str) -> JobResult | JobProcess | None:
     process to terminate it (returns the process; its result appears within seconds).
     None when nothing pending or running has this uuid."""
     b = backend()
-    result = b.cancel_request(uuid=_uuid(uuid))
+    result = b.cancel_pending(uuid=_uuid(uuid))
     if result is not None:
         dispatch_aborted_hooks([result])
         return result
-    if b.request_cancel(uuid=_uuid(uuid)):
+    if b.flag_to_stop(uuid=_uuid(uuid)):
         found = b.get(uuid=_uuid(uuid))
         return found if isinstance(found, JobProcess) else None
     return None
@@ -243,11 +243,11 @@ def cancel_selected(kind: Kind | str, selection: Selection) -> BulkOutcome:
     ``on_aborted`` runs) or ask the workers of every selected process to terminate it."""
     b = backend()
     if Kind(kind) is Kind.PROCESS:
-        return BulkOutcome(done=b.request_cancel_processes(selection=selection))
+        return BulkOutcome(done=b.flag_to_stop_selected(selection=selection))
     if Kind(kind) is not Kind.REQUEST:
         raise ValueError("only requests and processes can be cancelled")
     done = 0
-    while batch := b.cancel_requests(selection=selection, limit=BULK_BATCH):
+    while batch := b.cancel_pending_selected(selection=selection, limit=BULK_BATCH):
         dispatch_aborted_hooks(batch)
         done += len(batch)
     return BulkOutcome(done=done)

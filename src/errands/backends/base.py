@@ -276,15 +276,15 @@ class Backend(abc.ABC):
         """Look a uuid up among requests, processes and results (request uuids of results too)."""
 
     @abc.abstractmethod
-    def cancel_request(self, *, uuid: uuid.UUID) -> JobResult | None:
+    def cancel_pending(self, *, uuid: uuid.UUID) -> JobResult | None:
         """Turn a pending request into a CANCELLED result; None if it is not pending."""
 
     @abc.abstractmethod
-    def request_cancel(self, *, uuid: uuid.UUID) -> bool:
+    def flag_to_stop(self, *, uuid: uuid.UUID) -> bool:
         """Flag a claimed process so its worker terminates it; False if no such process."""
 
     @abc.abstractmethod
-    def cancel_requested(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
+    def flagged_to_stop(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
         """Processes of this worker flagged for cancellation."""
 
     @abc.abstractmethod
@@ -332,14 +332,14 @@ class Backend(abc.ABC):
         """The result whose retry or deferral enqueued this request, if any."""
 
     @abc.abstractmethod
-    def cancel_requests(self, *, selection: Selection, limit: int) -> list[JobResult]:
+    def cancel_pending_selected(self, *, selection: Selection, limit: int) -> list[JobResult]:
         """Turn up to ``limit`` selected pending requests into CANCELLED results, at once.
 
-        Like :meth:`cancel_request`, a request claimed meanwhile is left alone.
+        Like :meth:`cancel_pending`, a request claimed meanwhile is left alone.
         """
 
     @abc.abstractmethod
-    def request_cancel_processes(self, *, selection: Selection) -> int:
+    def flag_to_stop_selected(self, *, selection: Selection) -> int:
         """Flag every selected process for its worker to terminate; return how many."""
 
     @abc.abstractmethod

@@ -336,7 +336,7 @@ def _as_request(
 
 def ending_params(ending: lifecycle.Ending) -> dict[str, str]:
     """The status, error type and message of a result the SQL writes (lose_processes,
-    cancel_request, cancel_requests): the rule's text lives in ``lifecycle`` only."""
+    cancel_pending, cancel_pending_selected): the rule's text lives in ``lifecycle`` only."""
     return {"status": str(ending.status), "error_type": ending.error_type, "error": ending.error}
 
 
@@ -939,16 +939,16 @@ class PostgresBackend(Backend):
                 return to_result(rows[0])
         return None
 
-    def cancel_request(self, *, uuid: uuid.UUID) -> JobResult | None:
+    def cancel_pending(self, *, uuid: uuid.UUID) -> JobResult | None:
         params = {"uuid": uuid, **ending_params(lifecycle.CANCELLED_PENDING)}
-        rows = self._fetch("cancel_request", params)
+        rows = self._fetch("cancel_pending", params)
         return to_result(rows[0]) if rows else None
 
-    def request_cancel(self, *, uuid: uuid.UUID) -> bool:
-        return self._execute("request_cancel", {"uuid": uuid}) > 0
+    def flag_to_stop(self, *, uuid: uuid.UUID) -> bool:
+        return self._execute("flag_to_stop", {"uuid": uuid}) > 0
 
-    def cancel_requested(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
-        return [row["uuid"] for row in self._fetch("cancel_requested", {"worker_id": worker_id})]
+    def flagged_to_stop(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
+        return [row["uuid"] for row in self._fetch("flagged_to_stop", {"worker_id": worker_id})]
 
     def purge(self, *, older_than_seconds: float | None = None) -> int:
         if older_than_seconds is None:
@@ -1010,16 +1010,16 @@ class PostgresBackend(Backend):
         rows = self._fetch("retried_by", {"request_uuid": request_uuid})
         return to_result(rows[0]) if rows else None
 
-    def cancel_requests(self, *, selection: Selection, limit: int) -> list[JobResult]:
+    def cancel_pending_selected(self, *, selection: Selection, limit: int) -> list[JobResult]:
         params = {
             **selection_params(selection),
             "limit": limit,
             **ending_params(lifecycle.CANCELLED_PENDING),
         }
-        return [to_result(row) for row in self._fetch("cancel_requests", params)]
+        return [to_result(row) for row in self._fetch("cancel_pending_selected", params)]
 
-    def request_cancel_processes(self, *, selection: Selection) -> int:
-        return self._execute("request_cancel_processes", selection_params(selection))
+    def flag_to_stop_selected(self, *, selection: Selection) -> int:
+        return self._execute("flag_to_stop_selected", selection_params(selection))
 
     def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
         if kind is Kind.PROCESS:

@@ -567,7 +567,7 @@ WHERE uuid = %(uuid)s OR process_uuid = %(uuid)s OR request_uuid = %(uuid)s
 ORDER BY (uuid = %(uuid)s OR process_uuid = %(uuid)s) DESC, ended_at DESC, created_at DESC
 LIMIT 1
 
--- name: cancel_request
+-- name: cancel_pending
 -- A pending request has no process yet, so its result gets a fresh process uuid.
 -- Status, error_type and error are parameters (lifecycle.CANCELLED_PENDING).
 WITH cancelled AS (
@@ -586,12 +586,12 @@ SELECT
 FROM cancelled AS c
 RETURNING *
 
--- name: request_cancel
+-- name: flag_to_stop
 UPDATE errands_process
 SET cancel_requested = true
 WHERE uuid = %(uuid)s OR request_uuid = %(uuid)s
 
--- name: cancel_requested
+-- name: flagged_to_stop
 SELECT uuid FROM errands_process WHERE worker_id = %(worker_id)s AND cancel_requested
 
 -- name: purge_all_results
@@ -857,7 +857,7 @@ WHERE retry_request_uuid = %(request_uuid)s
 ORDER BY ended_at DESC
 LIMIT 1
 
--- name: cancel_requests
+-- name: cancel_pending_selected
 -- SKIP LOCKED: a request a worker is claiming right now is the worker's (the
 -- claim deletes it); the rest are deleted here and become CANCELLED results in
 -- the same statement, so each ends in exactly one of the two. SKIP LOCKED never
@@ -886,7 +886,7 @@ SELECT
 FROM cancelled AS c
 RETURNING *
 
--- name: request_cancel_processes
+-- name: flag_to_stop_selected
 UPDATE errands_process
 SET cancel_requested = true
 WHERE {{processes_selection}}

@@ -1025,21 +1025,21 @@ class SqliteBackend(Backend):
             row = session.execute("get_result", uuid=key).fetchone()
             return None if row is None else _result(row)
 
-    def cancel_request(self, *, uuid: uuid.UUID) -> JobResult | None:
+    def cancel_pending(self, *, uuid: uuid.UUID) -> JobResult | None:
         with self._write() as session:
             request = session.execute("delete_request", uuid=str(uuid)).fetchone()
             if request is None:
                 return None
             return _cancelled(session, request)
 
-    def request_cancel(self, *, uuid: uuid.UUID) -> bool:
+    def flag_to_stop(self, *, uuid: uuid.UUID) -> bool:
         with self._write() as session:
-            flagged: int = session.execute("request_cancel", uuid=str(uuid)).rowcount
+            flagged: int = session.execute("flag_to_stop", uuid=str(uuid)).rowcount
         return flagged > 0
 
-    def cancel_requested(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
+    def flagged_to_stop(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
         with self._read() as session:
-            rows = session.rows("cancel_requested", worker_id=str(worker_id))
+            rows = session.rows("flagged_to_stop", worker_id=str(worker_id))
         return [uuid.UUID(row["uuid"]) for row in rows]
 
     def purge(self, *, older_than_seconds: float | None = None) -> int:
@@ -1113,7 +1113,7 @@ class SqliteBackend(Backend):
             row = session.execute("retried_by", request_uuid=str(request_uuid)).fetchone()
         return None if row is None else _result(row)
 
-    def cancel_requests(self, *, selection: Selection, limit: int) -> list[JobResult]:
+    def cancel_pending_selected(self, *, selection: Selection, limit: int) -> list[JobResult]:
         with self._write() as session:
             requests = session.rows(
                 "delete_selected_requests_returning", **_selection_params(selection), limit=limit
@@ -1121,10 +1121,10 @@ class SqliteBackend(Backend):
             results = [_cancelled(session, request) for request in requests]
         return [result for result in results if result is not None]
 
-    def request_cancel_processes(self, *, selection: Selection) -> int:
+    def flag_to_stop_selected(self, *, selection: Selection) -> int:
         with self._write() as session:
             params = _selection_params(selection)
-            flagged: int = session.execute("request_cancel_processes", **params).rowcount
+            flagged: int = session.execute("flag_to_stop_selected", **params).rowcount
         return flagged
 
     def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:

@@ -389,7 +389,7 @@ RETURNING *
 -- name: processes_of_worker
 SELECT * FROM errands_process WHERE worker_id = :worker_id ORDER BY created_at
 
--- name: cancel_requested
+-- name: flagged_to_stop
 SELECT uuid FROM errands_process WHERE worker_id = :worker_id AND cancel_requested
 
 -- name: list_workers
@@ -442,7 +442,7 @@ LIMIT 1
 -- name: delete_request
 DELETE FROM errands_request WHERE uuid = :uuid RETURNING *
 
--- name: request_cancel
+-- name: flag_to_stop
 UPDATE errands_process SET cancel_requested = 1 WHERE uuid = :uuid OR request_uuid = :uuid
 
 -- name: purge_all_results
@@ -622,7 +622,7 @@ LIMIT 1
 
 -- name: delete_selected_requests_returning
 -- Runs in a write transaction that turns each deleted request into a CANCELLED
--- result (cancel_requests); the write lock keeps workers from claiming meanwhile.
+-- result (cancel_pending_selected); the write lock keeps workers from claiming meanwhile.
 DELETE FROM errands_request
 WHERE uuid IN (
     SELECT uuid FROM errands_request
@@ -632,7 +632,7 @@ WHERE uuid IN (
 )
 RETURNING *
 
--- name: request_cancel_processes
+-- name: flag_to_stop_selected
 UPDATE errands_process SET cancel_requested = 1
 WHERE {{processes_selection}}
 

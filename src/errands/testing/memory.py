@@ -443,7 +443,7 @@ class MemoryBackend(Backend):
             found = own or of_request
             return found[-1] if found else None
 
-    def cancel_request(self, *, uuid: uuid.UUID) -> JobResult | None:
+    def cancel_pending(self, *, uuid: uuid.UUID) -> JobResult | None:
         with self.lock:
             request = self.requests.get(uuid)
             if request is None:
@@ -462,10 +462,10 @@ class MemoryBackend(Backend):
             self._notify()
             return result
 
-    def request_cancel(self, *, uuid: uuid.UUID) -> bool:
+    def flag_to_stop(self, *, uuid: uuid.UUID) -> bool:
         return False  # processes run to completion in-process; nothing to interrupt
 
-    def cancel_requested(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
+    def flagged_to_stop(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
         return []
 
     def purge(self, *, older_than_seconds: float | None = None) -> int:
@@ -535,11 +535,11 @@ class MemoryBackend(Backend):
     def throughput(self, *, since: datetime.datetime, bucket_seconds: int) -> list[Throughput]:
         raise self._unsupported("throughput()")
 
-    def cancel_requests(self, *, selection: Selection, limit: int) -> list[JobResult]:
-        raise self._unsupported("cancel_requests()")
+    def cancel_pending_selected(self, *, selection: Selection, limit: int) -> list[JobResult]:
+        raise self._unsupported("cancel_pending_selected()")
 
-    def request_cancel_processes(self, *, selection: Selection) -> int:
-        raise self._unsupported("request_cancel_processes()")
+    def flag_to_stop_selected(self, *, selection: Selection) -> int:
+        raise self._unsupported("flag_to_stop_selected()")
 
     def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
         raise self._unsupported("delete()")

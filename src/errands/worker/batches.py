@@ -61,7 +61,7 @@ class Batch:
                 else []
             )
             if self.check_cancel:
-                self.cancel_flagged = set(backend.cancel_requested(worker_id=worker_id))
+                self.cancel_flagged = set(backend.flagged_to_stop(worker_id=worker_id))
         except Exception as exc:
             self.error = exc
 
