@@ -26,13 +26,14 @@ from errands.backends.postgres import PostgresBackend, PostgresListener
 from errands.backends.postgres import queries as postgres_queries
 from errands.errors import SchemaOutOfDate
 from errands.models import (
-    Filters,
     JobProcess,
     JobRequest,
     JobResult,
     NewRequest,
     Outcome,
+    PageSpec,
     Requeue,
+    Selection,
     Status,
     WorkerInfo,
 )
@@ -180,7 +181,7 @@ def test_results_written_before_version_5_keep_no_due_time(fresh_pg_url: str) ->
 
         assert backend.migrate() == [5, 6]
 
-        (old,) = backend.list_results(filters=Filters())
+        (old,) = backend.page_results(selection=Selection(), page=PageSpec(limit=100))
         assert (old.status, old.start_at) == (Status.SUCCESSFUL, None)
     finally:
         backend.close()
@@ -241,14 +242,14 @@ def test_insert_keeps_every_field(backend: Backend) -> None:
     assert (request.concurrency_key, request.timeout, request.source) == ("k", 1.5, "here.py:1")
     assert (request.trace_id, request.span_id) == ("t", "s")
     assert abs((request.start_at - start).total_seconds()) < 0.001
-    assert backend.list_requests(filters=Filters()) == [request]
+    assert backend.next_requests(selection=Selection(), limit=100) == [request]
 
 
 def test_a_failed_enqueue_transaction_leaves_no_request(backend: Backend) -> None:
     with pytest.raises(RuntimeError), backend.enqueue_transaction() as tx:
         tx.insert_requests([new()])
         raise RuntimeError("roll back")
-    assert backend.list_requests(filters=Filters()) == []
+    assert backend.next_requests(selection=Selection(), limit=100) == []
 
 
 def test_slots_in_use_counts_pending_and_claimed_jobs(backend: Backend) -> None:
@@ -277,9 +278,9 @@ def test_enqueue_on_an_idle_callers_connection_waits_for_its_commit(backend: Bac
     with psycopg.connect(backend.url) as conn:
         with backend.enqueue_transaction(connection=conn) as tx:
             tx.insert_requests([new()])
-        assert backend.list_requests(filters=Filters()) == []
+        assert backend.next_requests(selection=Selection(), limit=100) == []
         conn.commit()
-        assert len(backend.list_requests(filters=Filters())) == 1
+        assert len(backend.next_requests(selection=Selection(), limit=100)) == 1
 
 
 @pytest.mark.postgres_only
@@ -287,7 +288,7 @@ def test_enqueue_on_an_autocommit_connection_commits_at_once(backend: Backend) -
     with psycopg.connect(backend.url, autocommit=True) as conn:
         with backend.enqueue_transaction(connection=conn) as tx:
             tx.insert_requests([new(), new()])
-        assert len(backend.list_requests(filters=Filters())) == 2
+        assert len(backend.next_requests(selection=Selection(), limit=100)) == 2
 
 
 @pytest.mark.postgres_only
@@ -300,7 +301,9 @@ def test_a_failed_enqueue_in_the_callers_transaction_undoes_only_itself(
         with pytest.raises(RuntimeError), backend.enqueue_transaction(connection=conn) as tx:
             tx.insert_requests([new(parameters={"n": "undone"})])
             raise RuntimeError("roll back the savepoint")
-    assert [r.parameters for r in backend.list_requests(filters=Filters())] == [{"n": "kept"}]
+    assert [r.parameters for r in backend.next_requests(selection=Selection(), limit=100)] == [
+        {"n": "kept"}
+    ]
 
 
 # -- claiming ------------------------------------------------------------------------
@@ -319,7 +322,7 @@ def test_claim_order_is_priority_then_due_time_then_fifo(backend: Backend) -> No
     (fifo_third,) = enqueue(backend, new(parameters={"n": "fifo-3"}, start_at=due_later))
     expected = [high.uuid, earlier.uuid, fifo_second.uuid, fifo_third.uuid, low.uuid]
 
-    assert [r.uuid for r in backend.list_requests(filters=Filters())] == expected
+    assert [r.uuid for r in backend.next_requests(selection=Selection(), limit=100)] == expected
     one_by_one = [claim_all_one(backend).request_uuid for _ in expected]
     assert one_by_one == expected
 
@@ -351,7 +354,7 @@ def test_claim_copies_the_request_into_a_process_of_the_worker(backend: Backend)
         "a",
     )
     assert (process.retries, process.concurrency_key, process.timeout) == (2, "k", 3.0)
-    assert backend.list_requests(filters=Filters()) == []
+    assert backend.next_requests(selection=Selection(), limit=100) == []
     assert backend.processes_of_worker(worker_id=worker_id) == [process]
 
 
@@ -367,7 +370,7 @@ def test_claim_skips_requests_not_yet_due(backend: Backend) -> None:
     enqueue(backend, new(delay_seconds=3600), new(start_at=in_an_hour))
     (due,) = enqueue(backend, new())
     assert [p.request_uuid for p in claim_all(backend)] == [due.uuid]
-    assert len(backend.list_requests(filters=Filters())) == 2
+    assert len(backend.next_requests(selection=Selection(), limit=100)) == 2
 
 
 def test_claim_takes_at_most_limit(backend: Backend) -> None:
@@ -434,8 +437,10 @@ def test_complete_many_writes_one_result_per_process(backend: Backend) -> None:
     assert isinstance(ok.status, Status)
     assert (failed.status, failed.error_type, failed.error) == (Status.ERRORED, "ValueError", "bad")
     assert failed.traceback == "Traceback ..."
-    assert backend.list_processes(filters=Filters()) == []
-    assert {r.uuid for r in backend.list_results(filters=Filters())} == {ok.uuid, failed.uuid}
+    assert backend.page_processes(selection=Selection(), page=PageSpec(limit=100)) == []
+    assert {
+        r.uuid for r in backend.page_results(selection=Selection(), page=PageSpec(limit=100))
+    } == {ok.uuid, failed.uuid}
 
 
 def test_complete_many_keeps_every_field_of_mixed_outcomes(backend: Backend) -> None:
@@ -495,8 +500,8 @@ def test_complete_many_can_return_only_the_aborted_results(backend: Backend) -> 
         (lost.uuid, Status.LOST),
     ]
     # Every result is written all the same, and the requeue with it.
-    assert len(backend.list_results(filters=Filters())) == 4
-    assert len(backend.list_requests(filters=Filters())) == 1
+    assert len(backend.page_results(selection=Selection(), page=PageSpec(limit=100))) == 4
+    assert len(backend.next_requests(selection=Selection(), limit=100)) == 1
 
 
 def test_completing_a_process_twice_writes_nothing_the_second_time(backend: Backend) -> None:
@@ -504,7 +509,7 @@ def test_completing_a_process_twice_writes_nothing_the_second_time(backend: Back
     (process,) = claim_all(backend)
     assert len(backend.complete_many(outcomes=[outcome(process)])) == 1
     assert backend.complete_many(outcomes=[outcome(process, Status.ERRORED)]) == []
-    (result,) = backend.list_results(filters=Filters())
+    (result,) = backend.page_results(selection=Selection(), page=PageSpec(limit=100))
     assert result.status == Status.SUCCESSFUL
 
 
@@ -516,7 +521,9 @@ def test_a_late_completion_after_a_rescue_writes_nothing(backend: Backend) -> No
     (lost,) = backend.rescue_stale_workers(timeout_seconds=60)
     assert lost.process_uuid == process.uuid
     assert backend.complete_many(outcomes=[outcome(process)]) == []
-    assert [r.status for r in backend.list_results(filters=Filters())] == [Status.LOST]
+    assert [
+        r.status for r in backend.page_results(selection=Selection(), page=PageSpec(limit=100))
+    ] == [Status.LOST]
 
 
 def test_a_requeue_enqueues_a_new_request_linked_from_the_result(backend: Backend) -> None:
@@ -528,7 +535,7 @@ def test_a_requeue_enqueues_a_new_request_linked_from_the_result(backend: Backen
             outcome(process, Status.ERRORED, requeue=Requeue(delay_seconds=60, retry_attempt=1))
         ]
     )
-    (retry,) = backend.list_requests(filters=Filters())
+    (retry,) = backend.next_requests(selection=Selection(), limit=100)
     assert result.retry_request_uuid == retry.uuid
     assert retry.uuid not in (process.uuid, process.request_uuid)
     assert result.retry_attempt == 0
@@ -544,7 +551,7 @@ def test_mark_started_stamps_a_process_once(backend: Backend) -> None:
     first = datetime.datetime(2030, 1, 1, tzinfo=UTC)
     backend.mark_started(started=[(process.uuid, first)])
     backend.mark_started(started=[(process.uuid, first + datetime.timedelta(hours=1))])
-    (stamped,) = backend.list_processes(filters=Filters())
+    (stamped,) = backend.page_processes(selection=Selection(), page=PageSpec(limit=100))
     assert stamped.started_at == first
     (result,) = backend.complete_many(
         outcomes=[Outcome(process.uuid, Status.SUCCESSFUL, None, backend.now())]
@@ -558,10 +565,12 @@ def test_release_puts_unstarted_processes_back_as_they_were(backend: Backend) ->
     started = processes[0]
     backend.mark_started(started=[(started.uuid, backend.now())])
     assert backend.release(process_uuids=[p.uuid for p in processes]) == 1
-    (back,) = backend.list_requests(filters=Filters())
+    (back,) = backend.next_requests(selection=Selection(), limit=100)
     original = next(r for r in requests if r.uuid == processes[1].request_uuid)
     assert back == original
-    assert [p.uuid for p in backend.list_processes(filters=Filters())] == [started.uuid]
+    assert [
+        p.uuid for p in backend.page_processes(selection=Selection(), page=PageSpec(limit=100))
+    ] == [started.uuid]
     assert backend.release(process_uuids=[uuid.uuid4()]) == 0
 
 
@@ -609,7 +618,9 @@ def test_rescue_turns_a_silent_workers_processes_into_lost_results(backend: Back
     assert all(r.status == Status.LOST and r.error_type == "WorkerLost" for r in lost)
     assert all(str(dead) in r.error and r.worker_id == dead for r in lost)
     assert all(r.retry_request_uuid is None for r in lost)
-    assert backend.list_processes(filters=Filters()) == [alive_process]
+    assert backend.page_processes(selection=Selection(), page=PageSpec(limit=100)) == [
+        alive_process
+    ]
     assert not backend.heartbeat(worker_id=dead)  # its row is gone
     assert [w.worker_id for w in backend.workers(timeout_seconds=60)] == [alive]
 
@@ -639,7 +650,7 @@ def test_concurrent_rescuers_rescue_a_worker_exactly_once(backend: Backend) -> N
     lost = [r.process_uuid for per_rescuer in found for r in per_rescuer]
     assert sorted(lost) == sorted(p.uuid for p in processes)
     assert sum(1 for per_rescuer in found if per_rescuer) == 1
-    assert len(backend.list_results(filters=Filters(limit=100))) == 20
+    assert len(backend.page_results(selection=Selection(), page=PageSpec(limit=100))) == 20
 
 
 def test_processes_of_a_worker_without_heartbeat_row_are_rescued(backend: Backend) -> None:
@@ -650,7 +661,7 @@ def test_processes_of_a_worker_without_heartbeat_row_are_rescued(backend: Backen
     backdate_claims(backend.url, unregistered, 120)
     (lost,) = backend.rescue_stale_workers(timeout_seconds=60)
     assert (lost.process_uuid, lost.status) == (process.uuid, Status.LOST)
-    assert backend.list_processes(filters=Filters()) == []
+    assert backend.page_processes(selection=Selection(), page=PageSpec(limit=100)) == []
 
 
 def test_lose_processes_converts_only_the_named_processes_of_the_worker(backend: Backend) -> None:
@@ -661,7 +672,9 @@ def test_lose_processes_converts_only_the_named_processes_of_the_worker(backend:
     lost = backend.lose_processes(worker_id=worker_id, process_uuids=[orphan.uuid, others.uuid])
     assert [(r.process_uuid, r.status) for r in lost] == [(orphan.uuid, Status.LOST)]
     assert lost[0].error_type in ("Orphaned", "WorkerLost")
-    remaining = {p.uuid for p in backend.list_processes(filters=Filters())}
+    remaining = {
+        p.uuid for p in backend.page_processes(selection=Selection(), page=PageSpec(limit=100))
+    }
     assert remaining == {kept.uuid, others.uuid}
     assert backend.lose_processes(worker_id=worker_id, process_uuids=[orphan.uuid]) == []
 
@@ -691,7 +704,10 @@ def test_processes_and_results_keep_the_requests_due_time(backend: Backend) -> N
         lost.start_at,
         never_run.start_at,
     )
-    listed = {r.request_uuid: r.start_at for r in backend.list_results(filters=Filters())}
+    listed = {
+        r.request_uuid: r.start_at
+        for r in backend.page_results(selection=Selection(), page=PageSpec(limit=100))
+    }
     assert listed == {r.uuid: r.start_at for r in (done, lost, never_run)}
 
 
@@ -722,7 +738,9 @@ def test_prune_results_deletes_old_results_in_batches(backend: Backend) -> None:
         1,
         0,
     ]
-    assert [r.uuid for r in backend.list_results(filters=Filters())] == [recent.uuid]
+    assert [
+        r.uuid for r in backend.page_results(selection=Selection(), page=PageSpec(limit=100))
+    ] == [recent.uuid]
 
 
 def test_purge_deletes_results_older_than_the_cutoff_or_all(backend: Backend) -> None:
@@ -730,7 +748,7 @@ def test_purge_deletes_results_older_than_the_cutoff_or_all(backend: Backend) ->
     finish(backend, 1, ended_at=backend.now())
     assert backend.purge(older_than_seconds=3600) == 2
     assert backend.purge() == 1
-    assert backend.list_results(filters=Filters()) == []
+    assert backend.page_results(selection=Selection(), page=PageSpec(limit=100)) == []
 
 
 # -- cancelling ----------------------------------------------------------------------
@@ -747,8 +765,8 @@ def test_cancel_request_turns_a_pending_request_into_a_cancelled_result(backend:
     )
     assert result.started_at is None
     assert result.process_uuid not in (request.uuid, result.uuid)
-    assert backend.list_requests(filters=Filters()) == []
-    assert backend.list_results(filters=Filters()) == [result]
+    assert backend.next_requests(selection=Selection(), limit=100) == []
+    assert backend.page_results(selection=Selection(), page=PageSpec(limit=100)) == [result]
     assert backend.cancel_pending(uuid=request.uuid) is None
 
 
@@ -756,7 +774,7 @@ def test_cancel_request_leaves_a_claimed_job_alone(backend: Backend) -> None:
     (request,) = enqueue(backend, new())
     claim_all(backend)
     assert backend.cancel_pending(uuid=request.uuid) is None
-    assert len(backend.list_processes(filters=Filters())) == 1
+    assert len(backend.page_processes(selection=Selection(), page=PageSpec(limit=100))) == 1
 
 
 def test_request_cancel_flags_a_process_for_its_worker(backend: Backend) -> None:
@@ -783,19 +801,28 @@ def test_list_filters_narrow_each_listing(backend: Backend) -> None:
         new(queue="b", job_class="tests.B"),
         new(queue="a", job_class="tests.B", delay_seconds=3600),
     )
-    assert len(backend.list_requests(filters=Filters(queue="a"))) == 2
-    assert len(backend.list_requests(filters=Filters(job_class="tests.B"))) == 2
-    assert len(backend.list_requests(filters=Filters(concurrency_key="x"))) == 1
-    assert len(backend.list_requests(filters=Filters(limit=1))) == 1
+    assert len(backend.next_requests(selection=Selection(queue="a"), limit=100)) == 2
+    assert len(backend.next_requests(selection=Selection(job_class="tests.B"), limit=100)) == 2
+    assert len(backend.next_requests(selection=Selection(concurrency_key="x"), limit=100)) == 1
+    assert len(backend.next_requests(selection=Selection(), limit=1)) == 1
     a, b = claim_all(backend)
-    assert [p.uuid for p in backend.list_processes(filters=Filters(queue="b"))] == [b.uuid]
+    assert [
+        p.uuid
+        for p in backend.page_processes(selection=Selection(queue="b"), page=PageSpec(limit=100))
+    ] == [b.uuid]
     backend.complete_many(outcomes=[outcome(a), outcome(b, Status.ERRORED)])
     assert [
-        r.process_uuid for r in backend.list_results(filters=Filters(status=Status.ERRORED))
+        r.process_uuid
+        for r in backend.page_results(
+            selection=Selection(status=Status.ERRORED), page=PageSpec(limit=100)
+        )
     ] == [b.uuid]
-    assert [r.process_uuid for r in backend.list_results(filters=Filters(job_class="tests.A"))] == [
-        a.uuid
-    ]
+    assert [
+        r.process_uuid
+        for r in backend.page_results(
+            selection=Selection(job_class="tests.A"), page=PageSpec(limit=100)
+        )
+    ] == [a.uuid]
 
 
 def test_results_are_listed_newest_first(backend: Backend) -> None:
@@ -808,7 +835,7 @@ def test_results_are_listed_newest_first(backend: Backend) -> None:
             for p, m in zip(processes, (5, 1, 3), strict=True)
         ]
     )
-    listed = backend.list_results(filters=Filters())
+    listed = backend.page_results(selection=Selection(), page=PageSpec(limit=100))
     assert [r.ended_at for r in listed] == sorted((r.ended_at for r in listed), reverse=True)
     assert [r.process_uuid for r in listed] == [processes[i].uuid for i in (1, 2, 0)]
 
@@ -848,7 +875,7 @@ def test_stats_count_pending_scheduled_running_results_and_workers(backend: Back
     enqueue(backend, new(queue="b"))
     enqueue(backend, new(queue="a", start_at=backend.now() - datetime.timedelta(seconds=30)))
     enqueue(backend, new(queue="a", delay_seconds=3600))
-    processes = backend.list_processes(filters=Filters())
+    processes = backend.page_processes(selection=Selection(), page=PageSpec(limit=100))
     backend.complete_many(outcomes=[outcome(processes[0], Status.ERRORED)])
 
     stats = backend.stats(heartbeat_timeout_seconds=60)

@@ -95,10 +95,12 @@ def test_demo_on_a_fresh_machine_uses_sqlite_in_cwd(tmp_path: Path) -> None:
     # The results stay in the database, for the commands the hints point to.
     backend = open_backend(f"sqlite:///{tmp_path / 'errands.sqlite3'}")
     try:
-        from errands.models import Filters
+        from errands.models import PageSpec, Selection
 
-        results = backend.list_results(filters=Filters(queue=DEMO_QUEUE, limit=100))
-        assert backend.list_processes(filters=Filters()) == []
+        results = backend.page_results(
+            selection=Selection(queue=DEMO_QUEUE), page=PageSpec(limit=100)
+        )
+        assert backend.page_processes(selection=Selection(), page=PageSpec(limit=100)) == []
         assert backend.workers(timeout_seconds=300) == []
     finally:
         backend.close()

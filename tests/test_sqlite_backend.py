@@ -29,9 +29,7 @@ import errands
 from errands.backends import Backend, open_backend
 from errands.backends.sqlite import SqliteBackend
 from errands.errors import BackendError, ConfigurationError, SchemaOutOfDate
-from errands.models import Filters, NewRequest
-
-ANY = Filters(limit=10_000)
+from errands.models import NewRequest, PageSpec, Selection
 
 
 def url_of(path: Path) -> str:
@@ -186,7 +184,7 @@ def test_a_file_that_is_not_a_database_is_named(db_path: Path) -> None:
     with pytest.raises(BackendError, match=f"{db_path} is not an SQLite database"):
         backend.migrate()
     with pytest.raises(BackendError, match=f"{db_path} is not an SQLite database"):
-        backend.list_requests(filters=ANY)
+        backend.next_requests(selection=Selection(), limit=10_000)
     assert db_path.read_bytes().startswith(b"these are not")
 
 
@@ -198,11 +196,11 @@ def test_a_database_without_errands_tables_says_to_migrate(db_path: Path) -> Non
     try:
         assert backend.schema_version() is None
         with pytest.raises(SchemaOutOfDate) as info:
-            backend.list_requests(filters=ANY)
+            backend.next_requests(selection=Selection(), limit=10_000)
         assert str(db_path) in str(info.value)
         assert "errands migrate" in str(info.value)
         assert backend.migrate() == list(range(1, backend.latest_schema_version() + 1))
-        assert backend.list_requests(filters=ANY) == []
+        assert backend.next_requests(selection=Selection(), limit=10_000) == []
     finally:
         backend.close()
 
@@ -212,7 +210,7 @@ def test_only_migrate_creates_the_file(db_path: Path) -> None:
     try:
         assert backend.schema_version() is None
         with pytest.raises(SchemaOutOfDate, match="errands migrate"):
-            backend.list_requests(filters=ANY)
+            backend.next_requests(selection=Selection(), limit=10_000)
         assert not db_path.exists()
         backend.migrate()
     finally:
@@ -224,7 +222,7 @@ def test_only_migrate_creates_the_file(db_path: Path) -> None:
 
 
 def test_the_database_is_in_wal_mode(backend: SqliteBackend, db_path: Path) -> None:
-    backend.list_requests(filters=ANY)
+    backend.next_requests(selection=Selection(), limit=10_000)
     with sqlite3.connect(db_path) as outsider:
         assert outsider.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     outsider.close()
@@ -245,7 +243,7 @@ def test_migration_sql_builds_a_database_errands_accepts(tmp_path: Path) -> None
     try:
         assert backend.schema_version() == backend.latest_schema_version()
         assert backend.migrate() == []
-        assert backend.list_requests(filters=ANY) == []
+        assert backend.next_requests(selection=Selection(), limit=10_000) == []
     finally:
         backend.close()
 
@@ -256,7 +254,7 @@ def test_migration_sql_builds_a_database_errands_accepts(tmp_path: Path) -> None
 def test_timestamps_are_aware_utc_with_microseconds(backend: SqliteBackend) -> None:
     start = datetime.datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.UTC)
     (request_uuid,) = insert(backend, 1, start_at=start)
-    (request,) = backend.list_requests(filters=ANY)
+    (request,) = backend.next_requests(selection=Selection(), limit=10_000)
     assert request.uuid == request_uuid
     assert request.start_at.tzinfo is not None
     assert abs((request.start_at - start).total_seconds()) < 1e-5
@@ -266,12 +264,12 @@ def test_timestamps_are_aware_utc_with_microseconds(backend: SqliteBackend) -> N
 def test_release_restores_the_request_exactly(backend: SqliteBackend) -> None:
     past = backend.now() - datetime.timedelta(minutes=5)
     insert(backend, 1, start_at=past, priority=4)
-    (before,) = backend.list_requests(filters=ANY)
+    (before,) = backend.next_requests(selection=Selection(), limit=10_000)
     (process,) = backend.claim(worker_id=uuid.uuid4(), queues=[], limit=5)
-    assert backend.list_requests(filters=ANY) == []
+    assert backend.next_requests(selection=Selection(), limit=10_000) == []
     assert backend.release(process_uuids=[process.uuid]) == 1
-    assert backend.list_requests(filters=ANY) == [before]
-    assert backend.list_processes(filters=ANY) == []
+    assert backend.next_requests(selection=Selection(), limit=10_000) == [before]
+    assert backend.page_processes(selection=Selection(), page=PageSpec(limit=10_000)) == []
 
 
 def test_claim_returns_processes_in_claim_order(backend: SqliteBackend) -> None:
@@ -344,7 +342,7 @@ def test_close_closes_every_threads_connection(backend: SqliteBackend) -> None:
     seen: list[sqlite3.Connection] = []
 
     def use() -> None:
-        backend.list_requests(filters=ANY)
+        backend.next_requests(selection=Selection(), limit=10_000)
         seen.append(backend._connection())
 
     threads = [threading.Thread(target=use) for _ in range(3)]
@@ -357,7 +355,7 @@ def test_close_closes_every_threads_connection(backend: SqliteBackend) -> None:
     for connection in seen:
         with pytest.raises(sqlite3.ProgrammingError):
             connection.execute("SELECT 1")
-    assert backend.list_requests(filters=ANY) == []  # usable again: reopens
+    assert backend.next_requests(selection=Selection(), limit=10_000) == []  # usable again: reopens
 
 
 # -- listening ---------------------------------------------------------------------------------
@@ -449,7 +447,7 @@ def test_concurrent_claimers_never_claim_a_request_twice(
     assert len(everything) == len(set(everything)) == 500
     assert set(everything) == {str(u) for u in requested}
     assert sum(bool(claim) for claim in claims) >= 2  # the claimers really overlapped
-    assert backend.list_requests(filters=ANY) == []
+    assert backend.next_requests(selection=Selection(), limit=10_000) == []
 
 
 @pytest.mark.slow
@@ -460,7 +458,7 @@ def test_concurrent_enqueues_of_one_key_from_processes_create_one_job(
         import sys
         import errands, sample_jobs
         errands.configure(database_url=sys.argv[3])
-        errands.backend().list_requests  # open the backend before the barrier
+        errands.backend().next_requests  # open the backend before the barrier
     """
     body = """
         print("created" if sample_jobs.Mail(99).run_in_worker() else "declined")
@@ -487,7 +485,7 @@ def test_concurrent_migrations_apply_the_schema_once(tmp_path: Path) -> None:
     try:
         assert applied == [[], [], [], list(range(1, backend.latest_schema_version() + 1))]
         assert backend.schema_version() == backend.latest_schema_version()
-        assert backend.list_requests(filters=ANY) == []
+        assert backend.next_requests(selection=Selection(), limit=10_000) == []
     finally:
         backend.close()
 
@@ -513,7 +511,7 @@ def test_results_written_before_version_4_keep_no_due_time(db_path: Path) -> Non
     try:
         assert backend.schema_version() == 3
         assert backend.migrate() == [4, 5]
-        (old,) = backend.list_results(filters=Filters())
+        (old,) = backend.page_results(selection=Selection(), page=PageSpec(limit=100))
         assert (old.job_class, old.start_at) == ("tests.Job", None)
     finally:
         backend.close()

@@ -20,7 +20,6 @@ from errands.backends.current import set_backend_opener as set_backend_opener
 from errands.backends.current import use_backend as use_backend
 from errands.models import (
     Cursor,
-    Filters,
     JobProcess,
     JobRequest,
     JobResult,
@@ -56,10 +55,8 @@ def requests(
     limit: int = 100,
 ) -> list[JobRequest]:
     """Pending requests in claim order."""
-    filters = Filters(
-        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
-    )
-    return backend().list_requests(filters=filters)
+    selection = Selection(queue=queue, job_class=job_class, concurrency_key=concurrency_key)
+    return backend().next_requests(selection=selection, limit=limit)
 
 
 def processes(
@@ -70,10 +67,8 @@ def processes(
     limit: int = 100,
 ) -> list[JobProcess]:
     """Claimed and running processes, oldest claim first."""
-    filters = Filters(
-        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
-    )
-    return backend().list_processes(filters=filters)
+    selection = Selection(queue=queue, job_class=job_class, concurrency_key=concurrency_key)
+    return backend().page_processes(selection=selection, page=PageSpec(limit=limit))
 
 
 def results(
@@ -85,14 +80,13 @@ def results(
     limit: int = 100,
 ) -> list[JobResult]:
     """Finished processes, newest first."""
-    filters = Filters(
+    selection = Selection(
         queue=queue,
         status=Status(status) if status else None,
         job_class=job_class,
         concurrency_key=concurrency_key,
-        limit=limit,
     )
-    return backend().list_results(filters=filters)
+    return backend().page_results(selection=selection, page=PageSpec(limit=limit))
 
 
 def get(uuid: uuid_module.UUID | str) -> JobRequest | JobProcess | JobResult | None:

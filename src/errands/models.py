@@ -337,17 +337,6 @@ class WorkerInfo:
         return _jsonable(asdict(self))  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Filters for listing requests, processes or results; None/empty means any."""
-
-    queue: str | None = None
-    status: Status | None = None  # results only
-    job_class: str | None = None
-    concurrency_key: str | None = None
-    limit: int = 100
-
-
 class Kind(enum.StrEnum):
     """The three tables a job passes through, for operations that take any of them."""
 

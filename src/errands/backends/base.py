@@ -28,7 +28,6 @@ from typing import Any
 
 from errands.models import (
     ABORTED_STATUSES,
-    Filters,
     JobProcess,
     JobRequest,
     JobResult,
@@ -262,14 +261,8 @@ class Backend(abc.ABC):
 
     # -- inspecting and operating --------------------------------------------
     @abc.abstractmethod
-    def list_requests(self, *, filters: Filters) -> list[JobRequest]: ...
-
-    @abc.abstractmethod
-    def list_processes(self, *, filters: Filters) -> list[JobProcess]: ...
-
-    @abc.abstractmethod
-    def list_results(self, *, filters: Filters) -> list[JobResult]:
-        """Newest first."""
+    def next_requests(self, *, selection: Selection, limit: int) -> list[JobRequest]:
+        """Selected requests in the order workers claim them (priority, then due time)."""
 
     @abc.abstractmethod
     def get(self, *, uuid: uuid.UUID) -> JobRequest | JobProcess | JobResult | None:

@@ -44,7 +44,6 @@ from errands.backends.sqlfile import load_migrations, load_queries
 from errands.errors import BackendError, SchemaOutOfDate
 from errands.models import (
     ABORTED_STATUSES,
-    Filters,
     JobProcess,
     JobRequest,
     JobResult,
@@ -386,17 +385,6 @@ def _details(outcome: Outcome) -> str | None:
             "requeue_attempt": min(requeue.retry_attempt, poison.LARGEST_INT4) if requeue else None,
         }
     )
-
-
-def filter_params(filters: Filters) -> dict[str, Any]:
-    """Filters as query parameters; None (or empty) means "any"."""
-    return {
-        "queue": filters.queue or None,
-        "status": str(filters.status) if filters.status else None,
-        "job_class": filters.job_class or None,
-        "concurrency_key": filters.concurrency_key or None,
-        "limit": filters.limit,
-    }
 
 
 def selection_params(selection: Selection) -> dict[str, Any]:
@@ -919,14 +907,9 @@ class PostgresBackend(Backend):
         return [row["queue"] for row in self._fetch("paused_queues")]
 
     # -- inspecting and operating -------------------------------------------------------
-    def list_requests(self, *, filters: Filters) -> list[JobRequest]:
-        return [to_request(row) for row in self._fetch("list_requests", filter_params(filters))]
-
-    def list_processes(self, *, filters: Filters) -> list[JobProcess]:
-        return [to_process(row) for row in self._fetch("list_processes", filter_params(filters))]
-
-    def list_results(self, *, filters: Filters) -> list[JobResult]:
-        return [to_result(row) for row in self._fetch("list_results", filter_params(filters))]
+    def next_requests(self, *, selection: Selection, limit: int) -> list[JobRequest]:
+        params = {**selection_params(selection), "limit": limit}
+        return [to_request(row) for row in self._fetch("next_requests", params)]
 
     def get(self, *, uuid: uuid.UUID) -> JobRequest | JobProcess | JobResult | None:
         params = {"uuid": uuid}

@@ -522,34 +522,14 @@ LISTEN errands_results
 
 
 -- Inspecting and operating ---------------------------------------------------------
--- Filters are fixed SQL: a NULL parameter means "any".
+-- Selections are fixed SQL (the *_selection fragments): a NULL parameter means "any".
 
--- name: list_requests
+-- name: next_requests
+-- Selected requests in the order workers claim them (highest priority, then due soonest).
 SELECT *
 FROM errands_request
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
+WHERE {{requests_selection}}
 ORDER BY priority DESC, start_at, created_at
-LIMIT %(limit)s
-
--- name: list_processes
-SELECT *
-FROM errands_process
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-ORDER BY created_at, uuid
-LIMIT %(limit)s
-
--- name: list_results
-SELECT *
-FROM errands_result
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    AND (%(status)s::text IS NULL OR status = %(status)s::text)
-    AND (%(job_class)s::text IS NULL OR job_class = %(job_class)s::text)
-    AND (%(concurrency_key)s::text IS NULL OR concurrency_key = %(concurrency_key)s::text)
-ORDER BY ended_at DESC, created_at DESC
 LIMIT %(limit)s
 
 -- name: get_request

@@ -42,7 +42,6 @@ from errands.backends.base import (
 from errands.backends.sqlfile import load_migrations, load_queries
 from errands.errors import BackendError, ConfigurationError, SchemaOutOfDate
 from errands.models import (
-    Filters,
     JobProcess,
     JobRequest,
     JobResult,
@@ -997,20 +996,10 @@ class SqliteBackend(Backend):
         return listener
 
     # -- inspecting and operating ----------------------------------------------------------
-    def list_requests(self, *, filters: Filters) -> list[JobRequest]:
+    def next_requests(self, *, selection: Selection, limit: int) -> list[JobRequest]:
         with self._read() as session:
-            rows = session.rows("list_requests", **_filter_params(filters))
+            rows = session.rows("next_requests", **_selection_params(selection), limit=limit)
         return [_request(row) for row in rows]
-
-    def list_processes(self, *, filters: Filters) -> list[JobProcess]:
-        with self._read() as session:
-            rows = session.rows("list_processes", **_filter_params(filters))
-        return [_process(row) for row in rows]
-
-    def list_results(self, *, filters: Filters) -> list[JobResult]:
-        with self._read() as session:
-            rows = session.rows("list_results", **_filter_params(filters))
-        return [_result(row) for row in rows]
 
     def get(self, *, uuid: uuid.UUID) -> JobRequest | JobProcess | JobResult | None:
         # One read transaction: a job moving on meanwhile is still found once.
@@ -1169,16 +1158,6 @@ class SqliteBackend(Backend):
             listener.close()
         for connection in connections:
             connection.close()
-
-
-def _filter_params(filters: Filters) -> dict[str, Any]:
-    return {
-        "queue": filters.queue,
-        "status": None if filters.status is None else str(filters.status),
-        "job_class": filters.job_class,
-        "concurrency_key": filters.concurrency_key,
-        "limit": filters.limit,
-    }
 
 
 def _selection_params(selection: Selection) -> dict[str, Any]:

@@ -401,29 +401,12 @@ ORDER BY started_at, worker_id
 -- Inspecting and operating
 -- ---------------------------------------------------------------------------
 
--- name: list_requests
-SELECT * FROM errands_request
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
+-- name: next_requests
+-- Selected requests in the order workers claim them (highest priority, then due soonest).
+SELECT *
+FROM errands_request
+WHERE {{requests_selection}}
 ORDER BY priority DESC, start_at, created_at
-LIMIT :limit
-
--- name: list_processes
-SELECT * FROM errands_process
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-ORDER BY created_at, rowid
-LIMIT :limit
-
--- name: list_results
-SELECT * FROM errands_result
-WHERE (:queue IS NULL OR queue = :queue)
-    AND (:status IS NULL OR status = :status)
-    AND (:job_class IS NULL OR job_class = :job_class)
-    AND (:concurrency_key IS NULL OR concurrency_key = :concurrency_key)
-ORDER BY ended_at DESC, rowid DESC
 LIMIT :limit
 
 -- name: get_request

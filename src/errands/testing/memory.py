@@ -27,7 +27,6 @@ from errands.backends.base import (
     kept_results,
 )
 from errands.models import (
-    Filters,
     JobProcess,
     JobRequest,
     JobResult,
@@ -42,6 +41,7 @@ from errands.models import (
     Throughput,
     WorkerInfo,
 )
+from errands.testing.memory_selection import page_of, selected
 from errands.worker import execution
 
 #: The worker id stamped on processes run in-process by the test helpers.
@@ -129,15 +129,6 @@ def _request_of(new: NewRequest, now: datetime.datetime) -> JobRequest:
 
 def _claim_order(request: JobRequest) -> tuple[int, datetime.datetime, datetime.datetime]:
     return (-request.priority, request.start_at, request.created_at)
-
-
-def _matches(job: JobRequest | JobProcess | JobResult, filters: Filters) -> bool:
-    return (
-        (filters.queue is None or job.queue == filters.queue)
-        and (filters.job_class is None or job.job_class == filters.job_class)
-        and (filters.concurrency_key is None or job.concurrency_key == filters.concurrency_key)
-        and (filters.status is None or getattr(job, "status", None) == filters.status)
-    )
 
 
 class MemoryBackend(Backend):
@@ -416,20 +407,11 @@ class MemoryBackend(Backend):
         return sorted(self.paused)
 
     # -- inspecting and operating -----------------------------------------------------------
-    def list_requests(self, *, filters: Filters) -> list[JobRequest]:
+    def next_requests(self, *, selection: Selection, limit: int) -> list[JobRequest]:
+        now = utcnow()
         with self.lock:
             found = sorted(self.requests.values(), key=_claim_order)
-        return [r for r in found if _matches(r, filters)][: filters.limit]
-
-    def list_processes(self, *, filters: Filters) -> list[JobProcess]:
-        with self.lock:
-            found = sorted(self.processes.values(), key=lambda p: p.created_at)
-        return [p for p in found if _matches(p, filters)][: filters.limit]
-
-    def list_results(self, *, filters: Filters) -> list[JobResult]:
-        with self.lock:
-            found = list(reversed(self.results))
-        return [r for r in found if _matches(r, filters)][: filters.limit]
+        return [r for r in found if selected(r, selection, now)][:limit]
 
     def get(self, *, uuid: uuid.UUID) -> JobRequest | JobProcess | JobResult | None:
         with self.lock:
@@ -519,18 +501,29 @@ class MemoryBackend(Backend):
         with self.lock:
             return next((r for r in self.results if r.retry_request_uuid == request_uuid), None)
 
-    # The dashboard's paged listings and bulk operations are not offered in memory.
     def page_requests(self, *, selection: Selection, page: PageSpec) -> list[JobRequest]:
-        raise self._unsupported("page_requests()")
+        with self.lock:
+            return page_of(list(self.requests.values()), selection, page, utcnow())
 
     def page_processes(self, *, selection: Selection, page: PageSpec) -> list[JobProcess]:
-        raise self._unsupported("page_processes()")
+        with self.lock:
+            return page_of(list(self.processes.values()), selection, page, utcnow())
 
     def page_results(self, *, selection: Selection, page: PageSpec) -> list[JobResult]:
-        raise self._unsupported("page_results()")
+        with self.lock:
+            return page_of(list(self.results), selection, page, utcnow())
 
     def count(self, *, kind: Kind, selection: Selection) -> int:
-        raise self._unsupported("count()")
+        now = utcnow()
+        with self.lock:
+            rows: list[JobRequest | JobProcess | JobResult]
+            if kind is Kind.REQUEST:
+                rows = [*self.requests.values()]
+            elif kind is Kind.PROCESS:
+                rows = [*self.processes.values()]
+            else:
+                rows = [*self.results]
+        return sum(1 for row in rows if selected(row, selection, now))
 
     def throughput(self, *, since: datetime.datetime, bucket_seconds: int) -> list[Throughput]:
         raise self._unsupported("throughput()")
