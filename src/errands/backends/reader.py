@@ -1,0 +1,85 @@
+"""The reading half of the backend seam: what the API, CLI and dashboard look at."""
+
+from __future__ import annotations
+
+import abc
+import datetime
+import uuid
+
+from errands.models import (
+    JobProcess,
+    JobRequest,
+    JobResult,
+    Kind,
+    PageSpec,
+    QueueStats,
+    Selection,
+    Stats,
+    Throughput,
+    WorkerInfo,
+)
+
+
+class JobReader(abc.ABC):
+    """Look jobs up, page through them, count them and summarise them.
+
+    Every listing takes a :class:`~errands.models.Selection` (None fields mean
+    "any"); pages are keyset pages in each table's natural order.
+    """
+
+    @abc.abstractmethod
+    def get(self, *, uuid: uuid.UUID) -> JobRequest | JobProcess | JobResult | None:
+        """Look a uuid up among requests, processes and results (request uuids of results too)."""
+
+    @abc.abstractmethod
+    def next_requests(self, *, selection: Selection, limit: int) -> list[JobRequest]:
+        """Selected requests in the order workers claim them (priority, then due time)."""
+
+    @abc.abstractmethod
+    def page_requests(self, *, selection: Selection, page: PageSpec) -> list[JobRequest]:
+        """Selected requests due soonest first (``start_at``, then uuid), after ``page.after``."""
+
+    @abc.abstractmethod
+    def page_processes(self, *, selection: Selection, page: PageSpec) -> list[JobProcess]:
+        """Selected processes claimed longest ago first (``created_at``, then uuid)."""
+
+    @abc.abstractmethod
+    def page_results(self, *, selection: Selection, page: PageSpec) -> list[JobResult]:
+        """Selected results ended most recently first (``ended_at``, then uuid)."""
+
+    @abc.abstractmethod
+    def count(self, *, kind: Kind, selection: Selection) -> int:
+        """How many rows of the table ``kind`` the selection covers."""
+
+    @abc.abstractmethod
+    def stats(self, *, heartbeat_timeout_seconds: float) -> Stats: ...
+
+    @abc.abstractmethod
+    def queue_stats(self) -> list[QueueStats]:
+        """Per queue: pending, scheduled and running jobs (``stats`` without the history)."""
+
+    @abc.abstractmethod
+    def throughput(self, *, since: datetime.datetime, bucket_seconds: int) -> list[Throughput]:
+        """Results ended at or after ``since``, counted per status and time bucket.
+
+        Buckets start at whole multiples of ``bucket_seconds`` since the Unix epoch;
+        empty buckets are left out. Ordered by bucket, then status.
+        """
+
+    @abc.abstractmethod
+    def retried_by(self, *, request_uuid: uuid.UUID) -> JobResult | None:
+        """The result whose retry or deferral enqueued this request, if any."""
+
+    @abc.abstractmethod
+    def workers(self, *, timeout_seconds: float) -> list[WorkerInfo]:
+        """Heartbeat rows, each marked stale when silent for ``timeout_seconds``."""
+
+    @abc.abstractmethod
+    def processes_of_worker(self, *, worker_id: uuid.UUID) -> list[JobProcess]: ...
+
+    @abc.abstractmethod
+    def paused_queues(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def now(self) -> datetime.datetime:
+        """The database clock."""

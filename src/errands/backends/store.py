@@ -1,0 +1,233 @@
+"""The writing half of the backend seam: every transition of a job's life.
+
+A request is enqueued, claimed (it becomes a process), started, and completed
+(it becomes a result); a claimed process not yet started can be released; a
+pending request can be cancelled and a running process flagged to stop; the
+processes of a dead worker are rescued. What each ending writes (status, error
+type, message, retry) is decided in :mod:`errands.lifecycle`, never here.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from errands.models import (
+    ABORTED_STATUSES,
+    JobProcess,
+    JobRequest,
+    JobResult,
+    Kind,
+    NewRequest,
+    Occurrence,
+    Outcome,
+    Selection,
+    WorkerInfo,
+)
+
+ConcurrencySlot = tuple[str, str]  # (job_class, concurrency_key)
+
+
+class EnqueueTransaction(abc.ABC):
+    """One open transaction in which jobs are checked and inserted.
+
+    When the caller passed its own connection, this transaction is the caller's:
+    the jobs exist if and only if the caller commits.
+    """
+
+    @abc.abstractmethod
+    def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
+        """Serialise enqueues of one (job class, concurrency key) until the transaction ends."""
+
+    @abc.abstractmethod
+    def slots_in_use(self, slots: Sequence[ConcurrencySlot]) -> set[ConcurrencySlot]:
+        """Of ``slots``, those with a pending request or a claimed process (one round trip)."""
+
+    @abc.abstractmethod
+    def requests_for_slot(self, slot: ConcurrencySlot) -> list[JobRequest]:
+        """Pending requests of this job class and concurrency key."""
+
+    @abc.abstractmethod
+    def processes_for_slot(self, slot: ConcurrencySlot) -> list[JobProcess]:
+        """Claimed or running processes of this job class and concurrency key."""
+
+    @abc.abstractmethod
+    def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        """Insert all requests in one round trip; return them in the same order."""
+
+    @abc.abstractmethod
+    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
+        """Record on a result which request retries it."""
+
+    @abc.abstractmethod
+    def reserve_occurrences(
+        self, occurrences: Sequence[tuple[str, datetime.datetime]]
+    ) -> set[tuple[str, datetime.datetime]]:
+        """Record (schedule entry key, run time) pairs; return those not recorded before.
+
+        The pair is unique in the database, so among concurrent schedulers exactly
+        one gets each occurrence back and enqueues it.
+        """
+
+    @abc.abstractmethod
+    def link_occurrence(
+        self, *, key: str, run_at: datetime.datetime, request_uuid: uuid.UUID
+    ) -> None:
+        """Remember which request an occurrence enqueued."""
+
+
+class JobStore(abc.ABC):
+    """Enqueue, claim, start, complete, release, cancel, stop, rescue and prune jobs."""
+
+    # -- enqueue ---------------------------------------------------------------
+    @abc.abstractmethod
+    def enqueue_transaction(
+        self, *, connection: Any | None = None
+    ) -> AbstractContextManager[EnqueueTransaction]:
+        """Open a transaction for enqueueing (on ``connection`` when given).
+
+        With ``connection=None`` the transaction commits when the block exits
+        cleanly. With a caller's connection, errands joins the caller's open
+        transaction (a savepoint) and never commits it.
+        """
+
+    def insert_requests(self, *, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        """Insert requests that need no check, committed when this returns.
+
+        Backends may do it more cheaply than an enqueue transaction would
+        (PostgreSQL: one statement, without BEGIN and COMMIT round trips).
+        """
+        with self.enqueue_transaction() as tx:
+            return tx.insert_requests(requests)
+
+    # -- claim, start, complete, release ---------------------------------------
+    @abc.abstractmethod
+    def claim(self, *, worker_id: uuid.UUID, queues: Sequence[str], limit: int) -> list[JobProcess]:
+        """Move up to ``limit`` due requests of ``queues`` to processes owned by the worker.
+
+        One statement. Order: priority descending, then due time, then oldest first.
+        An empty ``queues`` means every queue. Paused queues are never claimed from.
+        """
+
+    @abc.abstractmethod
+    def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
+        """Stamp ``started_at`` on processes whose job began running."""
+
+    @abc.abstractmethod
+    def complete_many(
+        self, *, outcomes: Sequence[Outcome], aborted_only: bool = False
+    ) -> list[JobResult]:
+        """Turn processes into results in one transaction, enqueueing requeues.
+
+        Processes that no longer exist (rescued, cancelled) are skipped: the
+        returned list holds only the results actually written. With
+        ``aborted_only``, only those of them that are LOST or CANCELLED (whose
+        ``on_aborted`` hooks must run): a worker that neither logs nor measures
+        every result spares itself reading back the rest.
+        """
+
+    @abc.abstractmethod
+    def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
+        """Put claimed-but-not-started processes back as pending requests."""
+
+    # -- cancel (pending requests) and stop (running processes) ----------------
+    @abc.abstractmethod
+    def cancel_pending(self, *, uuid: uuid.UUID) -> JobResult | None:
+        """Turn a pending request into a CANCELLED result; None if it is not pending."""
+
+    @abc.abstractmethod
+    def cancel_pending_selected(self, *, selection: Selection, limit: int) -> list[JobResult]:
+        """Turn up to ``limit`` selected pending requests into CANCELLED results, at once.
+
+        Like :meth:`cancel_pending`, a request claimed meanwhile is left alone.
+        """
+
+    @abc.abstractmethod
+    def flag_to_stop(self, *, uuid: uuid.UUID) -> bool:
+        """Flag a claimed process so its worker terminates it; False if no such process."""
+
+    @abc.abstractmethod
+    def flag_to_stop_selected(self, *, selection: Selection) -> int:
+        """Flag every selected process for its worker to terminate; return how many."""
+
+    @abc.abstractmethod
+    def flagged_to_stop(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
+        """Processes of this worker flagged for cancellation."""
+
+    # -- workers: heartbeat and rescue -----------------------------------------
+    @abc.abstractmethod
+    def register_worker(self, *, worker: WorkerInfo) -> None: ...
+
+    @abc.abstractmethod
+    def heartbeat(self, *, worker_id: uuid.UUID) -> bool:
+        """Refresh the worker's beat; False if its row is gone (it was declared dead)."""
+
+    @abc.abstractmethod
+    def deregister_worker(self, *, worker_id: uuid.UUID) -> None: ...
+
+    @abc.abstractmethod
+    def rescue_stale_workers(self, *, timeout_seconds: float) -> list[JobResult]:
+        """Convert the processes of workers silent for ``timeout_seconds`` to LOST results.
+
+        Atomic per dead worker and exactly once among concurrent rescuers:
+        the rescuer that deletes the heartbeat row converts that worker's processes.
+        """
+
+    @abc.abstractmethod
+    def lose_processes(
+        self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]
+    ) -> list[JobResult]:
+        """Convert a live worker's orphaned processes (no job tracks them) to LOST results."""
+
+    # -- prune and delete ------------------------------------------------------
+    @abc.abstractmethod
+    def prune_results(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
+        """Delete up to ``batch_size`` results older than the cutoff; return how many."""
+
+    @abc.abstractmethod
+    def purge(self, *, older_than_seconds: float | None = None) -> int:
+        """Delete results (all, or those ended before the cutoff); return how many."""
+
+    @abc.abstractmethod
+    def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
+        """Delete up to ``limit`` selected requests or results; return how many.
+
+        Requests vanish without a result. Processes cannot be deleted (their worker
+        still runs them): ``kind=Kind.PROCESS`` raises ValueError.
+        """
+
+    # -- schedules and pauses --------------------------------------------------
+    @abc.abstractmethod
+    def last_occurrences(self) -> dict[str, Occurrence]:
+        """The latest recorded occurrence of each schedule entry."""
+
+    @abc.abstractmethod
+    def withdraw_occurrences(self, *, keep: Sequence[str], trim_before: datetime.datetime) -> int:
+        """Forget schedule entries not in ``keep``, deleting their still-pending requests
+        (returns how many); trim other entries' occurrences due before ``trim_before``
+        (the latest of each is kept)."""
+
+    @abc.abstractmethod
+    def pause_queue(self, *, queue: str) -> bool:
+        """Stop every worker claiming from ``queue``; False if it was already paused."""
+
+    @abc.abstractmethod
+    def resume_queue(self, *, queue: str) -> bool:
+        """Let workers claim from ``queue`` again; False if it was not paused."""
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Slices of ``items`` of at most ``size`` (batches kept under parameter limits)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def kept_results(results: list[JobResult], *, aborted_only: bool) -> list[JobResult]:
+    """What ``complete_many`` returns of the results it wrote (see its ``aborted_only``)."""
+    if not aborted_only:
+        return results
+    return [result for result in results if result.status in ABORTED_STATUSES]
