@@ -12,7 +12,11 @@ nothing is imported.
 from __future__ import annotations
 
 import importlib
+import os
+import sysconfig
+import traceback
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from errands import serialization
@@ -48,6 +52,63 @@ def import_job_modules(modules: Iterable[str]) -> None:
     for module in modules:
         importlib.import_module(module)
         _allowed.add(module)
+
+
+def describe_import_failure(module: str, exc: BaseException) -> tuple[str, str]:
+    """Why importing ``module`` failed, short: where (``path:line: source line``, or ""
+    when the module itself does not exist) and what (``SyntaxError: invalid syntax``).
+
+    The place is the innermost line of the application's own code: not a line of
+    Python's import machinery, of the standard library, of installed packages or of
+    errands (an ``errands.configure(...)`` that refuses a value points at its call).
+    """
+    if (
+        isinstance(exc, ModuleNotFoundError)
+        and exc.name
+        and f"{module}.".startswith(f"{exc.name}.")
+    ):
+        return "", (
+            f"{exc} (not in the working directory {os.getcwd()}, on PYTHONPATH or "
+            "in the installed packages)"
+        )
+    message = " ".join(str(exc).split())
+    if isinstance(exc, SyntaxError):
+        message = " ".join(str(exc.msg).split())
+        where = f"{_shown_path(exc.filename)}:{exc.lineno}" if exc.filename else ""
+        source = (exc.text or "").strip()
+        return (f"{where}: {source}" if where and source else where), (
+            f"{type(exc).__name__}: {message}"
+        )
+    what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    frame = _application_frame(traceback.extract_tb(exc.__traceback__))
+    if frame is None:
+        return "", what
+    where = f"{_shown_path(frame.filename)}:{frame.lineno}"
+    source = (frame.line or "").strip()
+    return (f"{where}: {source}" if source else where), what
+
+
+def _application_frame(frames: traceback.StackSummary) -> traceback.FrameSummary | None:
+    """The innermost frame in the application's code, else the innermost real file's."""
+    files = [f for f in frames if not f.filename.startswith("<")]
+    libraries = {
+        os.path.normcase(os.path.realpath(path)) + os.sep
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (path := sysconfig.get_paths().get(key))
+    }
+    libraries.add(os.path.normcase(str(Path(__file__).resolve().parent)) + os.sep)
+    for frame in reversed(files):
+        path = os.path.normcase(os.path.realpath(frame.filename))
+        if not any(path.startswith(library) for library in libraries):
+            return frame
+    return files[-1] if files else None
+
+
+def _shown_path(filename: str) -> str:
+    """``filename`` relative to the working directory when inside it, else absolute."""
+    path = os.path.abspath(filename)
+    relative = os.path.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
 
 
 def allow_imports_from(modules: Iterable[str]) -> None:

@@ -14,6 +14,7 @@ one stops errands with an error naming the setting, the value and its source.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
 import os
@@ -294,9 +295,48 @@ def env_name(field_name: str) -> str:
 def _field_name(key: str, source: str) -> str:
     name = _FIELD_OF_PUBLIC.get(key, key)
     if name not in _PARSERS:
+        guess = suggest(key, [public_name(n) for n in _PARSERS])
+        if guess is not None:
+            raise ConfigurationError(
+                f"unknown setting '{key}' in {source}; did you mean '{guess}'?"
+            )
         known = ", ".join(sorted(public_name(n) for n in _PARSERS))
         raise ConfigurationError(f"unknown setting '{key}' in {source}; known settings: {known}")
     return name
+
+
+def suggest(word: str, candidates: list[str]) -> str | None:
+    """The candidate closest to ``word`` (a likely typo of it), or None."""
+    by_key = {candidate.lower().replace("-", "_"): candidate for candidate in candidates}
+    matches = difflib.get_close_matches(word.lower().replace("-", "_"), list(by_key), n=1)
+    return by_key[matches[0]] if matches else None
+
+
+#: ``ERRANDS_*`` variables that errands reads but that are not settings (never reported
+#: as unknown): ``ERRANDS_TEST_*`` belongs to test suites, e.g. ``ERRANDS_TEST_DATABASE_URL``
+#: of errands' pytest plugin and ``ERRANDS_TEST_CHROMIUM`` of errands' own tests.
+NOT_SETTINGS_PREFIX = ENV_PREFIX + "TEST_"
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """Each ``ERRANDS_*`` variable of ``environ`` that names no setting (so is ignored),
+    with the variable it probably means, or None: ``ERRANDS_DATABSE_URL`` gives
+    ``("ERRANDS_DATABSE_URL", "ERRANDS_DATABASE_URL")``."""
+    environ = os.environ if environ is None else environ
+    known = [env_name(name) for name in _PARSERS]
+    unknown: list[tuple[str, str | None]] = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(NOT_SETTINGS_PREFIX):
+            continue
+        if variable in known:
+            continue
+        if upper in known:  # lower case: not read, environment names are case-sensitive
+            unknown.append((variable, upper))
+            continue
+        guess = suggest(upper.removeprefix(ENV_PREFIX), [v.removeprefix(ENV_PREFIX) for v in known])
+        unknown.append((variable, ENV_PREFIX + guess if guess else None))
+    return unknown
 
 
 def _parse(name: str, value: Any, source: str) -> Any:

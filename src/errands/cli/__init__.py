@@ -32,6 +32,7 @@ import click
 
 from errands import settings
 from errands.cli import (
+    configuration,
     dashboard,
     demo,
     deployment,
@@ -42,7 +43,7 @@ from errands.cli import (
     schedules,
     worker,
 )
-from errands.cli.errors import ErrandsGroup
+from errands.cli.errors import EXIT_CODES, ErrandsGroup
 from errands.logs import configure_logging
 
 CONTEXT_SETTINGS: dict[str, Any] = {
@@ -51,7 +52,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 }
 
 
-@click.group(cls=ErrandsGroup, context_settings=CONTEXT_SETTINGS)
+@click.group(cls=ErrandsGroup, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
 @click.option(
     "--database-url",
     metavar="URL",
@@ -92,6 +93,7 @@ def cli(database_url: str | None, import_modules: tuple[str, ...]) -> None:
     }
     click.get_current_context().meta[options.CLI_VALUES] = values
     settings.override_cli(values)
+    configuration.warn_unknown_environment()
     # Warnings of errands' own (e.g. a failing on_aborted hook) print as log lines;
     # `errands worker` reconfigures from the log_* settings. The connection pool's
     # retry warnings are dropped: a connection failure ends as one `Error:` line.

@@ -7,8 +7,12 @@ add its own flags first), so a bad setting ends as one ``Error:`` line, exit 2.
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any
+
+import click
 
 from errands import api, settings
 from errands.backends import DEFAULT_URL, Backend
@@ -28,18 +32,44 @@ def apply(values: Mapping[str, Any]) -> settings.Settings:
     return current()
 
 
+def warn_unknown_environment() -> None:
+    """A warning on stderr for each ``ERRANDS_*`` variable that names no setting (a typo
+    would otherwise be ignored in silence, e.g. the database falling back to SQLite)."""
+    for variable, guess in settings.unknown_environment():
+        hint = f"did you mean {guess}?" if guess else "`errands settings` lists the settings"
+        click.echo(f"Warning: {variable} is not an errands setting (ignored); {hint}", err=True)
+
+
 def import_job_modules(config: settings.Settings) -> list[str]:
-    """Import the modules of the ``import`` setting so their job classes register."""
-    from errands.registry import import_job_modules
+    """Import the modules of the ``import`` setting so their job classes register.
+
+    A module that fails to import (a SyntaxError, an exception at import) ends as two
+    lines naming the module, the file and line, and the error; the traceback is printed
+    too when the log level is DEBUG.
+    """
+    from errands.registry import describe_import_failure, import_job_modules
 
     for module in config.import_modules:
         try:
             import_job_modules([module])  # stored paths may import only inside these
-        except ImportError as exc:
-            raise CliError(
-                f"cannot import module {module!r} (from --import / setting 'import'): {exc}"
-            ) from None
+        except Exception as exc:
+            if config.log_level == "DEBUG":
+                traceback.print_exception(exc, file=sys.stderr)
+            where, error = describe_import_failure(module, exc)
+            message = f"cannot import module {module!r} (from --import / setting 'import'): {error}"
+            if where:
+                message += f"\n  {where}"
+            if config.log_level != "DEBUG" and where:
+                message += f" (full traceback with {_debug_hint()})"
+            raise CliError(message) from None
     return list(config.import_modules)
+
+
+def _debug_hint() -> str:
+    context = click.get_current_context(silent=True)
+    if context is not None and context.info_name == "worker":
+        return "--log-level DEBUG"
+    return "ERRANDS_LOG_LEVEL=DEBUG"
 
 
 def describe_database(config: settings.Settings) -> str:

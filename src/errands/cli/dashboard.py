@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+
 import click
 
 from errands.cli import configuration
-from errands.cli.errors import CliError
+from errands.cli.errors import CliError, ListenError, SetupError, friendly_errors
 
 
 @click.command("dashboard")
@@ -65,6 +69,9 @@ def dashboard_command(
     To add the dashboard to your own ASGI application instead, mount
     errands.dashboard.create_app() (see the README).
 
+    Exits 2 when a setting forbids serving (no password, no login on a public
+    address), 4 when it cannot listen on --host/--port (the port is in use).
+
     \b
     Examples:
       ERRANDS_DASHBOARD_PASSWORD=... errands dashboard
@@ -83,15 +90,55 @@ def dashboard_command(
     )
     configuration.import_job_modules(config)  # retries rebuild jobs; schedules name their classes
     try:
-        from errands import dashboard
+        from errands.dashboard import app
     except ImportError as exc:
         raise CliError(
             f"the dashboard needs its extra: pip install 'errands[dashboard]' ({exc})"
         ) from None
     configuration.check_schema(config)
+    # Every refusal (no password, no login on a public address, a port in use) comes
+    # before the line that says the dashboard is serving.
+    if not config.dashboard_password and not insecure_no_auth:
+        raise SetupError(
+            "the dashboard needs a password: set ERRANDS_DASHBOARD_PASSWORD (or "
+            "--password), or pass --insecure-no-auth for a dashboard on 127.0.0.1 only"
+        )
+    with friendly_errors():
+        asgi_app = app.standalone_app(host, insecure_no_auth=insecure_no_auth)
+    listening = listen(host, port)
     click.echo(
-        f"errands dashboard on http://{host}:{port}/ ({configuration.describe_database(config)}); "
-        "Ctrl-C stops it",
+        f"errands dashboard on http://{_url_host(host)}:{port}/ "
+        f"({configuration.describe_database(config)}); Ctrl-C stops it",
         err=True,
     )
-    dashboard.serve(host, port, insecure_no_auth=insecure_no_auth)
+    import uvicorn
+
+    try:
+        uvicorn.Server(app.server_config(asgi_app, host, port, "info")).run(sockets=[listening])
+    finally:
+        listening.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` for uvicorn, or a ListenError (exit code 4)
+    saying why not: the port is in use, the address is not this machine's..."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        return socket.create_server(sockaddr, family=family)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"cannot serve the dashboard on {address}: the port is already in use "
+                f"(another dashboard or program listens there); stop it or choose "
+                f"another --port"
+            ) from None
+        gai = isinstance(exc, socket.gaierror)
+        reason = exc.strerror if gai or not exc.errno else os.strerror(exc.errno)
+        raise ListenError(f"cannot serve the dashboard on {address}: {reason}") from None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

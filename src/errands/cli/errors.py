@@ -1,8 +1,10 @@
 """How a command fails: one ``Error: ...`` line on stderr and an exit code, never a traceback.
 
-Exit code 1 is a failed operation (no such job, a database error); exit code 2
-is a setup problem the user must fix first (bad settings, a database without
-errands' schema).
+The exit codes (also in the ``errands --help`` epilog, :data:`EXIT_CODES`):
+1 is a failed operation (no such job, a database error, a job module that does not
+import); 2 is a setup problem the user must fix first (bad settings, a database
+without errands' schema); 3 is ``errands run`` declined by ``should_enqueue``;
+4 is ``errands dashboard`` unable to listen on its address (the port is in use).
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ class SetupError(CliError):
     """Like CliError, with exit code 2: bad settings or a database without the schema."""
 
     exit_code = 2
+
+
+class ListenError(CliError):
+    """Like CliError, with exit code 4: ``errands dashboard`` cannot listen on its
+    address (the port is in use, the address is not this machine's)."""
+
+    exit_code = 4
+
+
+#: Shown at the end of ``errands --help``.
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 an operation failed (not found, a database error, a job "
+    "module that does not import); 2 bad input or configuration (a bad setting, a "
+    "missing schema: run `errands migrate`); 3 `run` was declined by should_enqueue; "
+    "4 `dashboard` cannot listen on its address (the port is in use)."
+)
 
 
 class ErrandsGroup(click.Group):
