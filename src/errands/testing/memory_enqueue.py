@@ -1,0 +1,80 @@
+"""Enqueue transactions of the in-memory backend: staged until the block exits."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import uuid
+from collections.abc import Sequence
+
+from errands.backends.base import ConcurrencySlot, EnqueueTransaction
+from errands.models import JobProcess, JobRequest, JobResult, NewRequest
+from errands.testing.memory_rows import request_of, utcnow
+from errands.testing.memory_tables import MemoryTables, OccurrenceKey
+
+
+class MemoryEnqueueTransaction(EnqueueTransaction):
+    """Stages inserts; :meth:`commit` makes them visible when the block exits cleanly,
+    so a block that raises leaves nothing behind (a rolled-back transaction)."""
+
+    def __init__(self, tables: MemoryTables) -> None:
+        self.tables = tables
+        self.staged: list[JobRequest] = []
+        self.retry_links: dict[uuid.UUID, uuid.UUID] = {}  # result -> its retry's request
+        self.occurrences: dict[OccurrenceKey, uuid.UUID | None] = {}
+
+    def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
+        """Nothing to do: the backend's lock is held for the whole transaction."""
+
+    def slots_in_use(self, slots: Sequence[ConcurrencySlot]) -> set[ConcurrencySlot]:
+        jobs: list[JobRequest | JobProcess] = [
+            *self.tables.requests.values(),
+            *self.tables.processes.values(),
+            *self.staged,
+        ]
+        used = {(job.job_class, job.concurrency_key) for job in jobs}
+        return {slot for slot in slots if slot in used}
+
+    def requests_for_slot(self, slot: ConcurrencySlot) -> list[JobRequest]:
+        requests = [*self.tables.requests.values(), *self.staged]
+        return [r for r in requests if (r.job_class, r.concurrency_key) == slot]
+
+    def processes_for_slot(self, slot: ConcurrencySlot) -> list[JobProcess]:
+        processes = self.tables.processes.values()
+        return [p for p in processes if (p.job_class, p.concurrency_key) == slot]
+
+    def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        now = utcnow()
+        inserted = [request_of(new, now) for new in requests]
+        self.staged.extend(inserted)
+        return inserted
+
+    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
+        self.retry_links[result_uuid] = request_uuid
+
+    def reserve_occurrences(
+        self, occurrences: Sequence[tuple[str, datetime.datetime]]
+    ) -> set[tuple[str, datetime.datetime]]:
+        fresh = {o for o in occurrences if o not in self.tables.occurrences}
+        self.occurrences.update(dict.fromkeys(fresh))
+        return fresh
+
+    def link_occurrence(
+        self, *, key: str, run_at: datetime.datetime, request_uuid: uuid.UUID
+    ) -> None:
+        self.occurrences[(key, run_at)] = request_uuid
+
+    def commit(self) -> None:
+        """Make the staged rows visible (the caller holds the backend's lock)."""
+        tables = self.tables
+        for request in self.staged:
+            tables.requests[request.uuid] = request
+        tables.history.extend(self.staged)
+        tables.occurrences.update(self.occurrences)
+        if self.retry_links:
+            tables.results = [self._linked(result) for result in tables.results]
+        tables._notify()
+
+    def _linked(self, result: JobResult) -> JobResult:
+        retry = self.retry_links.get(result.uuid)
+        return result if retry is None else dataclasses.replace(result, retry_request_uuid=retry)

@@ -1,0 +1,331 @@
+"""The writing half of the in-memory backend: every transition of a job's life.
+
+Each method does under the backend's lock what the SQL backends do in one
+transaction (see ``backends/sqlite.py`` and ``sqlite.sql``), with the same
+rows: a process that no longer exists is skipped, a claimed request is never
+cancelled, a rescued worker is rescued once. Endings come from
+:mod:`errands.lifecycle`; rows are built in :mod:`errands.testing.memory_rows`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from errands import lifecycle
+from errands.backends.base import EnqueueTransaction, JobStore, kept_results
+from errands.models import (
+    JobProcess,
+    JobRequest,
+    JobResult,
+    Kind,
+    Occurrence,
+    Outcome,
+    Selection,
+    WorkerInfo,
+)
+from errands.testing.memory_enqueue import MemoryEnqueueTransaction
+from errands.testing.memory_rows import (
+    cancelled_result,
+    claim_order,
+    completed_result,
+    ended_result,
+    process_of,
+    released_request,
+    requeued_request,
+    utcnow,
+)
+from errands.testing.memory_selection import selected, sort_time
+from errands.testing.memory_tables import MemoryTables
+
+
+def _ago(now: datetime.datetime, seconds: float) -> datetime.datetime:
+    return now - datetime.timedelta(seconds=seconds)
+
+
+class MemoryStore(MemoryTables, JobStore):
+    """Enqueue, claim, complete, release, cancel, stop, rescue and prune, in memory."""
+
+    # -- enqueue ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def enqueue_transaction(self, *, connection: Any | None = None) -> Iterator[EnqueueTransaction]:
+        """``connection`` is accepted and ignored: there is no caller's database to join."""
+        with self.lock:
+            tx = MemoryEnqueueTransaction(self)
+            yield tx
+            tx.commit()
+        if tx.staged:
+            self._enqueued(list(tx.staged))  # outside the lock: it may run the jobs
+
+    def _enqueued(self, requests: list[JobRequest]) -> None:
+        """Called after each committed enqueue with its requests (a hook)."""
+
+    # -- claim, start, complete, release ---------------------------------------------
+    def claim(self, *, worker_id: uuid.UUID, queues: Sequence[str], limit: int) -> list[JobProcess]:
+        with self.lock:
+            now = utcnow()
+            due = sorted(
+                (
+                    r
+                    for r in self.requests.values()
+                    if r.start_at <= now
+                    and r.queue not in self.paused
+                    and (not queues or r.queue in queues)
+                ),
+                key=claim_order,
+            )
+            return [self._to_process(r, worker_id, now=now) for r in due[: max(limit, 0)]]
+
+    def _to_process(
+        self,
+        request: JobRequest,
+        worker_id: uuid.UUID,
+        *,
+        now: datetime.datetime,
+        started_at: datetime.datetime | None = None,
+    ) -> JobProcess:
+        del self.requests[request.uuid]
+        process = process_of(request, worker_id, now=now, started_at=started_at)
+        self.processes[process.uuid] = process
+        return process
+
+    def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
+        with self.lock:
+            for process_uuid, moment in started:
+                process = self.processes.get(process_uuid)
+                if process is not None and process.started_at is None:  # the first stamp counts
+                    self.processes[process_uuid] = dataclasses.replace(process, started_at=moment)
+
+    def complete_many(
+        self, *, outcomes: Sequence[Outcome], aborted_only: bool = False
+    ) -> list[JobResult]:
+        with self.lock:
+            written = [
+                self._complete(self.processes.pop(o.process_uuid), o)
+                for o in outcomes
+                if o.process_uuid in self.processes  # rescued or cancelled meanwhile: skipped
+            ]
+            self._notify()
+        return kept_results(written, aborted_only=aborted_only)
+
+    def _complete(self, process: JobProcess, outcome: Outcome) -> JobResult:
+        """Write the result, and its retry or deferral in the same step."""
+        now = utcnow()
+        retry = None
+        if outcome.requeue is not None:
+            retry = uuid.uuid4()
+            due = now + datetime.timedelta(seconds=outcome.requeue.delay_seconds)
+            attempt = outcome.requeue.retry_attempt
+            request = requeued_request(process, uuid=retry, attempt=attempt, due=due, now=now)
+            self.requests[retry] = request
+        return self._write_result(completed_result(process, outcome, now=now, retry=retry))
+
+    def _write_result(self, result: JobResult) -> JobResult:
+        self.results.append(result)
+        return result
+
+    def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
+        with self.lock:
+            unstarted = [
+                self.processes[key]
+                for key in dict.fromkeys(process_uuids)
+                if key in self.processes and self.processes[key].started_at is None
+            ]
+            for process in unstarted:
+                del self.processes[process.uuid]
+                self.requests[process.request_uuid] = released_request(process)
+            if unstarted:
+                self._notify()
+            return len(unstarted)
+
+    # -- cancel (pending requests) and stop (running processes) ----------------------
+    def cancel_pending(self, *, uuid: uuid.UUID) -> JobResult | None:
+        with self.lock:
+            request = self.requests.pop(uuid, None)
+            if request is None:
+                return None  # claimed (or ended) meanwhile: left to its worker
+            result = self._write_result(cancelled_result(request, utcnow()))
+            self._notify()
+            return result
+
+    def cancel_pending_selected(self, *, selection: Selection, limit: int) -> list[JobResult]:
+        """Soonest due first, as ``delete_selected_requests_returning`` picks them."""
+        with self.lock:
+            now = utcnow()
+            chosen = self._selected_requests(selection, now)[: max(limit, 0)]
+            results = [self._write_result(cancelled_result(r, now)) for r in chosen]
+            for request in chosen:
+                del self.requests[request.uuid]
+            if results:
+                self._notify()
+            return results
+
+    def _selected_requests(self, selection: Selection, now: datetime.datetime) -> list[JobRequest]:
+        chosen = [r for r in self.requests.values() if selected(r, selection, now)]
+        return sorted(chosen, key=lambda r: (r.start_at, r.uuid))
+
+    def flag_to_stop(self, *, uuid: uuid.UUID) -> bool:
+        """Flag a process found by its own or its request's uuid.
+
+        Only a worker claiming from this backend reads the flag: the jobs the
+        testing helpers run in-process finish before anyone could flag them.
+        """
+        with self.lock:
+            return self._flag(lambda p: uuid in (p.uuid, p.request_uuid)) > 0
+
+    def flag_to_stop_selected(self, *, selection: Selection) -> int:
+        now = utcnow()
+        with self.lock:
+            return self._flag(lambda p: selected(p, selection, now))
+
+    def _flag(self, chosen: Callable[[JobProcess], bool]) -> int:
+        """Set ``cancel_requested`` on the chosen processes; how many (flagged before too,
+        as an SQL UPDATE counts every row it matches)."""
+        matched = [p for p in self.processes.values() if chosen(p)]
+        for process in matched:
+            self.processes[process.uuid] = dataclasses.replace(process, cancel_requested=True)
+        return len(matched)
+
+    def flagged_to_stop(self, *, worker_id: uuid.UUID) -> list[uuid.UUID]:
+        with self.lock:
+            return [
+                p.uuid
+                for p in self.processes.values()
+                if p.worker_id == worker_id and p.cancel_requested
+            ]
+
+    # -- workers: heartbeat and rescue -----------------------------------------------
+    def register_worker(self, *, worker: WorkerInfo) -> None:
+        with self.lock:
+            self.heartbeats.register(worker, utcnow())
+
+    def heartbeat(self, *, worker_id: uuid.UUID) -> bool:
+        with self.lock:
+            return self.heartbeats.beat(worker_id, utcnow())
+
+    def deregister_worker(self, *, worker_id: uuid.UUID) -> None:
+        with self.lock:
+            self.heartbeats.remove(worker_id)
+
+    def rescue_stale_workers(self, *, timeout_seconds: float) -> list[JobResult]:
+        """LOST results for the processes of silent workers (their rows are taken
+        first, under the lock: exactly once), then for processes claimed over the
+        timeout ago by workers that have no row at all."""
+        with self.lock:
+            now = utcnow()
+            lost: list[JobResult] = []
+            for worker_id in self.heartbeats.take_stale(now, timeout_seconds):
+                ending = lifecycle.lost_with_worker(worker_id, timeout_seconds)
+                lost += self._lose(self._processes_of(worker_id), ending, now)
+            claimed_before = _ago(now, timeout_seconds)
+            for worker_id in self._workers_without_row(claimed_before):
+                ending = lifecycle.lost_without_heartbeat_row(worker_id)
+                old = [p for p in self._processes_of(worker_id) if p.created_at < claimed_before]
+                lost += self._lose(old, ending, now)
+            return lost
+
+    def _processes_of(self, worker_id: uuid.UUID) -> list[JobProcess]:
+        return [p for p in self.processes.values() if p.worker_id == worker_id]
+
+    def _workers_without_row(self, claimed_before: datetime.datetime) -> list[uuid.UUID]:
+        """Workers with processes claimed before the cutoff but no heartbeat row: a live
+        worker whose row was taken registers again well within the timeout."""
+        owners = {p.worker_id for p in self.processes.values() if p.created_at < claimed_before}
+        return sorted(w for w in owners if w not in self.heartbeats.rows)
+
+    def lose_processes(
+        self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]
+    ) -> list[JobResult]:
+        listed = set(process_uuids)
+        with self.lock:
+            orphans = [p for p in self._processes_of(worker_id) if p.uuid in listed]
+            return self._lose(orphans, lifecycle.orphaned(worker_id), utcnow())
+
+    def _lose(
+        self, processes: list[JobProcess], ending: lifecycle.Ending, now: datetime.datetime
+    ) -> list[JobResult]:
+        """Delete the processes and write their ``ending`` (no requeue: the rescuing
+        worker decides retries)."""
+        for process in processes:
+            del self.processes[process.uuid]
+        results = [self._write_result(ended_result(p, ending, now)) for p in processes]
+        if results:
+            self._notify()
+        return results
+
+    # -- prune and delete ------------------------------------------------------------
+    def prune_results(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
+        """Oldest first, at most ``batch_size``, as the SQL backends' bounded batches."""
+        with self.lock:
+            cutoff = _ago(utcnow(), older_than_seconds)
+            old = sorted((r for r in self.results if r.ended_at < cutoff), key=sort_time)
+            return self._drop_results(old[: max(batch_size, 0)])
+
+    def purge(self, *, older_than_seconds: float | None = None) -> int:
+        with self.lock:
+            if older_than_seconds is None:
+                return self._drop_results(self.results)
+            cutoff = _ago(utcnow(), older_than_seconds)
+            return self._drop_results([r for r in self.results if r.ended_at < cutoff])
+
+    def _drop_results(self, doomed: Sequence[JobResult]) -> int:
+        gone = {id(r) for r in doomed}  # results are unique objects; uuids may repeat
+        self.results = [r for r in self.results if id(r) not in gone]
+        return len(gone)
+
+    def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
+        """Requests soonest due first, results oldest first (SQL leaves the order open)."""
+        if kind is Kind.PROCESS:
+            raise ValueError("processes cannot be deleted: cancel them instead")
+        with self.lock:
+            now = utcnow()
+            if kind is Kind.REQUEST:
+                doomed = self._selected_requests(selection, now)[: max(limit, 0)]
+                for request in doomed:
+                    del self.requests[request.uuid]
+                return len(doomed)
+            chosen = sorted((r for r in self.results if selected(r, selection, now)), key=sort_time)
+            return self._drop_results(chosen[: max(limit, 0)])
+
+    # -- schedules and pauses --------------------------------------------------------
+    def last_occurrences(self) -> dict[str, Occurrence]:
+        with self.lock:
+            ordered = sorted(self.occurrences.items(), key=lambda item: item[0])
+        # Later run times overwrite earlier ones: the latest of each entry remains.
+        return {
+            key: Occurrence(entry_key=key, run_at=run_at, request_uuid=request_uuid)
+            for (key, run_at), request_uuid in ordered
+        }
+
+    def withdraw_occurrences(self, *, keep: Sequence[str], trim_before: datetime.datetime) -> int:
+        kept = set(keep)
+        with self.lock:
+            forgotten = {o: r for o, r in self.occurrences.items() if o[0] not in kept}
+            withdrawn = {r for r in forgotten.values() if r is not None and r in self.requests}
+            for request_uuid in withdrawn:
+                del self.requests[request_uuid]  # still pending: never runs now
+            latest = {key: o.run_at for key, o in self.last_occurrences().items()}
+            self.occurrences = {
+                (key, run_at): request_uuid
+                for (key, run_at), request_uuid in self.occurrences.items()
+                if key in kept and (run_at >= trim_before or run_at >= latest[key])
+            }
+            return len(withdrawn)
+
+    def pause_queue(self, *, queue: str) -> bool:
+        with self.lock:
+            paused = queue not in self.paused
+            self.paused.add(queue)
+            return paused
+
+    def resume_queue(self, *, queue: str) -> bool:
+        with self.lock:
+            resumed = queue in self.paused
+            self.paused.discard(queue)
+            if resumed:
+                self._notify()  # its requests may be claimed again
+            return resumed
