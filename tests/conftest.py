@@ -9,7 +9,8 @@ runs on the helpers errands ships for applications' tests.
 
 The ``backend`` fixture is parametrised over both, so every behavioural test
 runs on each; mark a test ``postgres_only`` where a capability is PostgreSQL's alone,
-``sqlite_only`` where a case can only arise on SQLite.
+``sqlite_only`` where a case can only arise on SQLite, and ``sql_only`` where a module
+that adds the in-memory backend ("memory") to ``db_url`` has a test it cannot run.
 """
 
 from __future__ import annotations
@@ -113,17 +114,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     keep = []
     for item in items:
         database = getattr(getattr(item, "callspec", None), "params", {}).get("db_url")
-        only = {"sqlite": "postgres_only", "postgresql": "sqlite_only"}.get(database)
-        if only and item.get_closest_marker(only):
+        excluded = ONLY_MARKERS_EXCLUDING.get(database, ())
+        if any(item.get_closest_marker(only) for only in excluded):
             config.hook.pytest_deselected(items=[item])
         else:
             keep.append(item)
     items[:] = keep
 
 
+#: Per ``db_url`` parameter, the markers whose tests it does not run. "memory" is
+#: the in-memory backend, which modules may add to their own ``db_url`` parameters.
+ONLY_MARKERS_EXCLUDING = {
+    "sqlite": ("postgres_only",),
+    "postgresql": ("sqlite_only",),
+    "memory": ("postgres_only", "sqlite_only", "sql_only"),
+}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres_only: the capability exists only on PostgreSQL")
     config.addinivalue_line("markers", "sqlite_only: the case can only arise on SQLite")
+    config.addinivalue_line(
+        "markers",
+        "sql_only: needs a real database (SQL access, LISTEN, a second connection or"
+        " process, migrations); not generated for the in-memory backend",
+    )
     config.addinivalue_line(
         "markers",
         "slow: runs real workers or waits for real time (0.3 s or more on a 2-core machine);"

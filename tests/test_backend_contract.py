@@ -1,7 +1,10 @@
-"""The Backend interface, capability by capability, on a real database.
+"""The Backend interface, capability by capability, on each backend.
 
-Every test here runs on each backend (the ``backend`` fixture); those marked
-``postgres_only`` exist for PostgreSQL alone. Jobs are plain rows here: ``job_class`` is any string.
+Every test here runs on PostgreSQL, SQLite and the in-memory backend of
+``errands.testing`` (this module's ``db_url`` and ``backend`` fixtures); those marked
+``postgres_only`` exist for PostgreSQL alone, those marked ``sql_only`` need a real
+database (SQL access, a second connection, migrations) and are not generated for
+the in-memory one. Jobs are plain rows here: ``job_class`` is any string.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,7 +23,7 @@ import pytest
 from psycopg import sql
 from staleness import backdate_claims, backdate_heartbeat
 
-from conftest import SERVER_URL, database_url
+from conftest import SERVER_URL, _configured, database_url, empty_postgres
 from errands.backends import Backend, open_backend
 from errands.backends.base import TABLES, Listener
 from errands.backends.postgres import PostgresBackend, PostgresListener
@@ -37,6 +41,8 @@ from errands.models import (
     Status,
     WorkerInfo,
 )
+from errands.testing.databases import TestDatabases
+from errands.testing.memory import MemoryBackend
 
 UTC = datetime.UTC
 ANY_QUEUE: Sequence[str] = ()
@@ -110,6 +116,34 @@ def in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
     return values
 
 
+MEMORY_URL = "memory://contract"
+
+
+@pytest.fixture(params=["postgresql", "sqlite", "memory"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """conftest's ``db_url`` plus "memory": the in-memory backend keeps the contract too."""
+    if request.param == "memory":
+        yield MEMORY_URL
+    elif request.param == "sqlite":
+        with TestDatabases(None).database(tmp_path) as url:
+            yield from _configured(url)
+    else:
+        url = request.getfixturevalue("pg_url")
+        try:
+            yield from _configured(url)
+        finally:
+            empty_postgres(url)
+
+
+@pytest.fixture
+def backend(db_url: str) -> Iterator[Backend]:
+    b = MemoryBackend(mode="contract") if db_url == MEMORY_URL else open_backend(db_url)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
 @pytest.fixture
 def fresh_pg_url(db_url: str) -> Iterator[str]:
     """An empty, unmigrated PostgreSQL database (for ``postgres_only`` tests)."""
@@ -137,6 +171,7 @@ def test_migrate_twice_applies_nothing_the_second_time(backend: Backend) -> None
     assert backend.schema_version() == backend.latest_schema_version()
 
 
+@pytest.mark.sql_only
 def test_migration_sql_creates_every_table(backend: Backend) -> None:
     created = re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(errands_\w+)", backend.migration_sql())
     # TABLES is what tests and the benchmark empty: it must name every data table.
@@ -380,6 +415,7 @@ def test_claim_takes_at_most_limit(backend: Backend) -> None:
     assert backend.claim(worker_id=uuid.uuid4(), queues=[], limit=3) == []
 
 
+@pytest.mark.sql_only
 def test_concurrent_claimers_never_claim_the_same_request(backend: Backend) -> None:
     requests = enqueue(backend, *[new(parameters={"n": i}) for i in range(300)])
     claimers = [open_backend(backend.url) for _ in range(4)]
@@ -513,6 +549,7 @@ def test_completing_a_process_twice_writes_nothing_the_second_time(backend: Back
     assert result.status == Status.SUCCESSFUL
 
 
+@pytest.mark.sql_only
 def test_a_late_completion_after_a_rescue_writes_nothing(backend: Backend) -> None:
     worker_id = register(backend)
     enqueue(backend, new())
@@ -595,6 +632,7 @@ def test_heartbeat_register_and_deregister(backend: Backend) -> None:
     assert not backend.heartbeat(worker_id=worker_id)
 
 
+@pytest.mark.sql_only
 def test_workers_are_marked_stale_after_the_timeout(backend: Backend) -> None:
     worker_id = register(backend)
     backdate_heartbeat(backend.url, worker_id, 120)
@@ -602,6 +640,7 @@ def test_workers_are_marked_stale_after_the_timeout(backend: Backend) -> None:
     assert [w.stale for w in backend.workers(timeout_seconds=600)] == [False]
 
 
+@pytest.mark.sql_only
 def test_rescue_turns_a_silent_workers_processes_into_lost_results(backend: Backend) -> None:
     dead, alive = register(backend), register(backend)
     enqueue(backend, new(), new(), new())
@@ -636,6 +675,7 @@ def test_rescue_judges_staleness_by_the_database_clock(backend: Backend) -> None
     assert len(backend.rescue_stale_workers(timeout_seconds=60)) == 1
 
 
+@pytest.mark.sql_only
 def test_concurrent_rescuers_rescue_a_worker_exactly_once(backend: Backend) -> None:
     dead = register(backend)
     enqueue(backend, *[new() for _ in range(20)])
@@ -653,6 +693,7 @@ def test_concurrent_rescuers_rescue_a_worker_exactly_once(backend: Backend) -> N
     assert len(backend.page_results(selection=Selection(), page=PageSpec(limit=100))) == 20
 
 
+@pytest.mark.sql_only
 def test_processes_of_a_worker_without_heartbeat_row_are_rescued(backend: Backend) -> None:
     enqueue(backend, new())
     unregistered = uuid.uuid4()
