@@ -8,7 +8,10 @@ Highest priority first:
 4. ``errands.configure(name=value)`` in code;
 
 then the defaults. Every value is checked when settings are loaded, and a bad
-one stops errands with an error naming the setting, the value and its source.
+one stops errands with an error naming the setting, the value and its source. An
+unknown key in ``[tool.errands]`` or ``configure()`` is an error too, with the setting
+it probably means; an ``ERRANDS_*`` variable that names no setting is only ignored
+here, and :func:`unknown_environment` lists them for the CLI to warn about.
 """
 
 from __future__ import annotations

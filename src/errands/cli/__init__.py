@@ -81,7 +81,8 @@ def cli(database_url: str | None, import_modules: tuple[str, ...]) -> None:
       errands stats                         queue counts and workers at a glance
 
     Settings come from flags, ERRANDS_* environment variables, [tool.errands]
-    in ./pyproject.toml, or errands.configure(); see `errands settings`.
+    in ./pyproject.toml, or errands.configure(); see `errands settings`. An
+    ERRANDS_* variable that names no setting is ignored with a warning.
     Run `errands COMMAND --help` for a command's options and examples.
     """
     settings.reset()
