@@ -1,0 +1,722 @@
+"""Every snippet of the README runs here, as a reader would run it.
+
+Each fenced block of README.md (and docs/opentelemetry.md) written in a language a
+reader runs (python, bash, console, toml, yaml) is named below by a piece of its text:
+either a test runs it (``RUN``) or it is listed with the reason it cannot run
+(``NOT_RUN``), and ``test_every_snippet_is_run_or_listed`` fails for a block that is
+neither, so a snippet added without a test is caught. Blocks run against a real
+SQLite file in a temporary directory, and PostgreSQL where the snippet needs it;
+shell blocks run through bash or as real ``errands`` processes, one-shot commands
+through click's CliRunner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib
+import io
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import tomllib
+import types
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+import errands
+from errands import serialization, settings, testing
+from errands.backends import open_backend
+from errands.cli import cli
+from errands.models import WorkerInfo
+from errands.registry import register_job
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+OPENTELEMETRY = ROOT / "docs" / "opentelemetry.md"
+RUNNABLE = {"python", "bash", "console", "toml", "yaml"}
+
+pytestmark = pytest.mark.slow  # real workers, servers and subprocesses
+
+
+@dataclass(frozen=True)
+class Block:
+    path: Path
+    line: int
+    lang: str
+    code: str
+
+
+def fenced_blocks(path: Path) -> list[Block]:
+    """The fenced blocks of a Markdown file, with their language and first line."""
+    blocks = []
+    lines = path.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        match = re.match(r"^```(\w*)\s*$", lines[i])
+        if match:
+            end = lines.index("```", i + 1)
+            code = "\n".join(lines[i + 1 : end]) + "\n"
+            blocks.append(Block(path, i + 1, match.group(1), code))
+            i = end
+        i += 1
+    return blocks
+
+
+def snippet(marker: str, path: Path = README) -> str:
+    """The one runnable block of ``path`` containing ``marker``."""
+    found = [b for b in fenced_blocks(path) if b.lang in RUNNABLE and marker in b.code]
+    assert len(found) == 1, f"{len(found)} blocks of {path.name} contain {marker!r}"
+    return found[0].code
+
+
+# Which test runs each block (by a piece of its text), or why a block is not run.
+RUN = {
+    README: {
+        "# tasks.py": "test_first_screen_example",
+        "# enqueue.py": "test_first_screen_example",
+        "errands worker --import tasks &": "test_first_screen_example",
+        "# myapp/jobs.py": "test_tutorial_enqueue_on_sqlite",
+        "request = SendWelcome(42, now).run_in_worker(": "test_tutorial_enqueue_on_sqlite",
+        "errands.enqueue_many([SendWelcome(i, now)": "test_tutorial_enqueue_on_sqlite",
+        "export ERRANDS_DATABASE_URL=postgresql://": "test_tutorial_postgres",
+        "conn.transaction()": "test_tutorial_postgres",
+        "errands worker --import myapp.jobs --queue mail": "test_tutorial_worker_and_results",
+        "errands results                 # newest first": "test_tutorial_worker_and_results",
+        'errands.results(queue="mail", status="ERRORED")': "test_tutorial_worker_and_results",
+        "class Sync(Job):": "test_should_enqueue_limits_to_three",
+        "errands.register_type(": "test_register_type_round_trips",
+        "# 9 AM Berlin time, weekdays": "test_schedule_settings_are_valid",
+        "heartbeat_timeout = 120": "test_settings_from_pyproject",
+        "app = FastAPI()": "test_fastapi_mount_asks_for_the_password",
+        "def staff_only(request)": "test_fastapi_mount_with_own_login",
+        "with_dashboard(django_application": "test_django_asgi_mount",
+        "export ERRANDS_DASHBOARD_PASSWORD": "test_standalone_dashboard_commands",
+        "$ errands health --queue emails": "test_health_example_output",
+        'command: ["errands", "health", "--queue", "emails"]': "test_health_example_output",
+        "$ python bench/run.py": "test_benchmark_commands_exist",
+        "pip install 'errands[dashboard]'": "test_extras_in_readme_exist",
+    },
+    OPENTELEMETRY: {
+        "# myapp/telemetry.py": "test_opentelemetry_setup_module",
+    },
+}
+
+NOT_RUN = {
+    README: {
+        "# 1. Install errands": (
+            "creates a virtualenv and installs packages from the network; CI runs the"
+            " '# 2.' line as it is (.ci/run), tests/test_demo.py runs the demo;"
+            " test_install_commands_name_existing_scripts checks what it names"
+        ),
+        "bash scripts/test --fast": (
+            "the development loop: the whole suite and the linters, what CI runs;"
+            " test_install_commands_name_existing_scripts checks the scripts exist"
+        ),
+    },
+    OPENTELEMETRY: {},
+}
+
+
+def test_every_snippet_is_run_or_listed() -> None:
+    for path in (README, OPENTELEMETRY):
+        markers = {**RUN[path], **NOT_RUN[path]}
+        blocks = [b for b in fenced_blocks(path) if b.lang in RUNNABLE]
+        for block in blocks:
+            claimed = [m for m in markers if m in block.code]
+            assert len(claimed) == 1, (
+                f"{path.name}:{block.line} ({block.lang}) is claimed by {claimed}: name it in"
+                " RUN with the test that runs it, or in NOT_RUN with the reason"
+            )
+        for marker in markers:
+            assert sum(marker in b.code for b in blocks) == 1, f"{marker!r} in {path.name}"
+    tests = set(globals())
+    assert {name for table in RUN.values() for name in table.values()} <= tests
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without errands' settings (a new user's shell), plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ERRANDS_") or k.startswith("ERRANDS_TEST_")
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return {**env, **extra}
+
+
+def commands(block: str) -> list[str]:
+    """The command lines of a shell block, comments and prompts removed."""
+    lines = []
+    for line in block.splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line.startswith("$ "):
+            lines.append(line[2:])
+        elif line and not line.startswith("#") and not line.startswith("$"):
+            lines.append(line)
+    return lines
+
+
+def comment_of(block: str, command: str) -> str:
+    line = next(line for line in block.splitlines() if line.startswith(command))
+    return line.split("#", 1)[1].strip()
+
+
+def execute(code: str, namespace: dict[str, Any]) -> str:
+    """Run ``code`` in ``namespace``; what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), namespace)
+    return out.getvalue()
+
+
+def migrate(url: str) -> None:
+    result = CliRunner().invoke(cli, ["--database-url", url, "migrate"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, cli_state_restored: None) -> Iterator[str]:
+    """A migrated SQLite file in the test's directory; errands is configured to use it."""
+    url = f"sqlite:///{tmp_path / 'errands.sqlite3'}"
+    migrate(url)
+    errands.configure(database_url=url)
+    try:
+        yield url
+    finally:
+        errands.configure(database_url=None)
+
+
+@pytest.fixture
+def myapp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The tutorial's package, written from the README in the test's directory."""
+    package = tmp_path / "myapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "jobs.py").write_text(snippet("# myapp/jobs.py"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        yield package
+    finally:
+        for name in [m for m in sys.modules if m == "myapp" or m.startswith("myapp.")]:
+            del sys.modules[name]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+# -- the first screen ----------------------------------------------------------------
+
+
+def test_first_screen_example(tmp_path: Path) -> None:
+    """tasks.py and enqueue.py as printed, then the shell block run by bash."""
+    tasks, enqueue = snippet("# tasks.py"), snippet("# enqueue.py")
+    assert len(tasks.splitlines()) + len(enqueue.splitlines()) <= 20
+    (tmp_path / "tasks.py").write_text(tasks)
+    (tmp_path / "enqueue.py").write_text(enqueue)
+    shell = snippet("errands worker --import tasks &")
+    expected = comment_of(shell, "python enqueue.py").removeprefix("prints: ")
+    done = subprocess.run(
+        ["bash", "-c", shell + "wait\n"],  # wait: the worker's exit, for its status
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert expected == "SUCCESSFUL hello, Ada"
+    assert done.stdout.splitlines()[-1] == expected, done.stdout + done.stderr
+    assert (tmp_path / "errands.sqlite3").exists()
+    assert "tasks.Greet" in done.stderr  # the worker's banner (stderr) lists the job
+
+
+def test_install_commands_name_existing_scripts() -> None:
+    install = snippet("# 1. Install errands")
+    development = snippet("bash scripts/test --fast")
+    for script in re.findall(r"bash (scripts/[\w.-]+)", install + development):
+        assert (ROOT / script).is_file(), script
+    assert "errands demo" in install
+
+
+def test_extras_in_readme_exist() -> None:
+    """Every extra the README installs exists, and every extra is in its table."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    text = README.read_text()
+    mentioned = set()
+    for group in re.findall(r"pip install '(?:errands|\.)\[([\w,]+)\]'", text):
+        mentioned.update(group.split(","))
+    assert mentioned, "no pip install of an extra found"
+    assert mentioned <= set(extras)
+    install = text[text.index("### 0. Install") : text.index("### 1. Define a job")]
+    table = set(re.findall(r"^\| `(\w+)` \|", install, flags=re.MULTILINE))
+    assert table == set(extras), "the README's table of extras is not pyproject.toml's"
+
+
+# -- the tutorial --------------------------------------------------------------------
+
+
+def test_tutorial_enqueue_on_sqlite(sqlite_url: str, myapp: Path) -> None:
+    namespace: dict[str, Any] = {"__name__": "tutorial"}
+    printed = execute(snippet("request = SendWelcome(42, now).run_in_worker("), namespace)
+    request = namespace["request"]
+    assert printed.strip() == str(request.uuid)
+    stored = errands.get(request.uuid)
+    assert isinstance(stored, errands.JobRequest)
+    assert stored.job_class == "myapp.jobs.SendWelcome"
+    assert (stored.queue, stored.priority, stored.retries) == ("mail", 5, 3)
+    assert stored.concurrency_key == "user-42"
+    assert stored.start_at - stored.created_at >= datetime.timedelta(seconds=59)
+    # Again: the concurrency key is taken, so the README's other branch prints.
+    printed = execute(snippet("request = SendWelcome(42, now).run_in_worker("), namespace)
+    assert printed.strip() == "skipped: user-42 already has one queued"
+
+    execute(snippet("errands.enqueue_many([SendWelcome(i, now)"), namespace)
+    assert len(errands.requests(queue="mail", limit=20_000)) == 10_001
+
+
+def test_tutorial_postgres(
+    empty_pg_url: str, myapp: Path, monkeypatch: pytest.MonkeyPatch, cli_state_restored: None
+) -> None:
+    """Step 2 with ERRANDS_DATABASE_URL exported, then enqueueing in one's own transaction."""
+    shell = snippet("export ERRANDS_DATABASE_URL=postgresql://")
+    lines = commands(shell)
+    assert lines[0].startswith("export ERRANDS_DATABASE_URL=")
+    monkeypatch.setenv("ERRANDS_DATABASE_URL", empty_pg_url)  # the test's own database
+    outputs = []
+    for line in lines[1:] + lines[1:2]:  # migrate twice: "safe to run repeatedly"
+        settings.reset()
+        result = CliRunner().invoke(cli, shlex.split(line)[1:], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    assert "Applied schema version(s) 1, 2, 3, 4, 5, 6" in outputs[0]
+    assert "CREATE TABLE" in outputs[1]
+    assert "Applied" not in outputs[2]
+
+    settings.reset()
+    with psycopg.connect(empty_pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id integer PRIMARY KEY, email text)")
+    namespace: dict[str, Any] = {
+        "SendWelcome": importlib.import_module("myapp.jobs").SendWelcome,
+        "now": datetime.datetime.now(datetime.UTC),
+    }
+    execute(snippet("conn.transaction()"), namespace)
+    [request] = errands.requests(job_class="myapp.jobs.SendWelcome")
+    assert request.parameters["args"][0] == 43
+    with psycopg.connect(empty_pg_url) as conn:
+        assert conn.execute("SELECT email FROM users WHERE id = 43").fetchone() == (
+            "ada@example.com",
+        )
+
+
+def test_tutorial_worker_and_results(sqlite_url: str, myapp: Path, tmp_path: Path) -> None:
+    """Step 4's worker command as a real process, then step 5's commands and loop."""
+    from myapp.jobs import SendWelcome  # written from the README by the fixture
+
+    now = datetime.datetime.now(datetime.UTC)
+    welcomed = SendWelcome(1, now).run_in_worker()
+    broken = SendWelcome(7, "yesterday").run_in_worker()  # run() cannot format a str
+    assert welcomed and broken
+
+    [line] = commands(snippet("errands worker --import myapp.jobs --queue mail"))
+    worker = subprocess.Popen(
+        shlex.split(line),
+        cwd=tmp_path,
+        env=clean_env(ERRANDS_DATABASE_URL=sqlite_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ok = errands.wait_for_result(welcomed.uuid, timeout=60)
+        failed = errands.wait_for_result(broken.uuid, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+    assert ok.status == errands.Status.SUCCESSFUL
+    assert f"welcome, user 1 (signed up {now:%Y-%m-%d})" in output
+    assert failed.status == errands.Status.ERRORED
+
+    outputs = {}
+    for line in commands(snippet("errands results                 # newest first")):
+        args = [str(failed.uuid) if a == "3f1c..." else a for a in shlex.split(line)[1:]]
+        result = CliRunner().invoke(cli, ["--database-url", sqlite_url, *args])
+        assert result.exit_code == 0, (line, result.output)
+        outputs[args[0] + (" --json" if "--json" in args else "")] = result.output
+    assert str(ok.uuid) in outputs["results"] and str(failed.uuid) in outputs["results"]
+    [shown] = json.loads(outputs["results --json"])
+    assert (shown["uuid"], shown["status"]) == (str(failed.uuid), "ERRORED")
+    assert "ValueError" in shown["error_type"]
+    assert "Traceback" in outputs["get"]
+    [retried] = [r for r in errands.requests(queue="mail") if r.retry_attempt == 1]
+    assert f"request {retried.uuid}" in outputs["retry"]
+
+    printed = execute(snippet('errands.results(queue="mail", status="ERRORED")'), {})
+    assert printed.startswith("myapp.jobs.SendWelcome ValueError Traceback"), printed
+    assert "Traceback" in printed
+
+
+# -- job methods, parameters, schedules and settings ---------------------------------------
+
+
+def test_should_enqueue_limits_to_three(sqlite_url: str) -> None:
+    namespace: dict[str, Any] = {"__name__": "readme_sync"}
+    execute(snippet("class Sync(Job):"), namespace)
+    Sync = namespace["Sync"]
+    requests = [Sync().run_in_worker() for _ in range(5)]
+    assert [r is not None for r in requests] == [True, True, True, False, False]
+    assert len(errands.requests(concurrency_key="sync")) == 3
+
+
+class User:
+    """An ORM model, for the README's register_type example."""
+
+    rows: dict[int, User] = {}
+
+    def __init__(self, id: int, name: str) -> None:
+        self.id, self.name = id, name
+        User.rows[id] = self
+
+    @classmethod
+    def get(cls, id: int) -> User:
+        return cls.rows[id]
+
+
+@register_job
+class Greeting(errands.Job):
+    def __init__(self, user: User) -> None:
+        self.user = user
+
+    def run(self) -> str:
+        return f"hello, {self.user.name}"
+
+
+def test_register_type_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parameter of the registered type is stored by primary key and loaded again."""
+    models = types.ModuleType("myapp.models")
+    models.User = User  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "myapp", types.ModuleType("myapp"))
+    monkeypatch.setitem(sys.modules, "myapp.models", models)
+    ada = User(42, "Ada")
+    try:
+        execute(snippet("errands.register_type("), {})
+        assert serialization.encode(ada) == {"__errands__": "user", "value": 42}
+        with testing.immediate() as jobs:
+            Greeting(ada).run_in_worker()
+        [result] = jobs.results
+        assert result.parameters["args"] == [{"__errands__": "user", "value": 42}]
+        assert result.return_value == "hello, Ada"
+    finally:
+        serialization._custom_codecs.pop("user", None)
+
+
+def write_schedule_jobs(package: Path) -> None:
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "jobs.py").write_text(
+        textwrap.dedent(
+            """
+            from errands import Job, register_job
+
+            @register_job
+            class DailyReport(Job):
+                def run(self): ...
+
+            @register_job
+            class Cleanup(Job):
+                def __init__(self, days: int):
+                    self.days = days
+
+                def run(self): ...
+
+            @register_job
+            class Invoice(Job):
+                def run(self): ...
+            """
+        )
+    )
+
+
+def test_schedule_settings_are_valid(tmp_path: Path) -> None:
+    """The schedule table, as a project's pyproject.toml, passes `errands schedule check`,
+    and with the `words` extra its rules read as the README's table of extras says."""
+    (tmp_path / "pyproject.toml").write_text(snippet("# 9 AM Berlin time, weekdays"))
+    write_schedule_jobs(tmp_path / "myapp")
+    done = subprocess.run(
+        ["errands", "schedule", "check"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 schedule entries are valid" in done.stdout
+    assert "myapp.jobs.DailyReport: At 09:00 AM, Monday through Friday (Europe/Berlin)" in (
+        done.stdout
+    )
+    assert "At 09:00 AM, Monday through Friday" in README.read_text()
+
+
+def test_settings_from_pyproject(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(snippet("heartbeat_timeout = 120"))
+    done = subprocess.run(
+        ["errands", "settings"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    source = f"[tool.errands] in {tmp_path / 'pyproject.toml'}"
+    assert "postgresql://app@db/app" in rows["database_url"] and source in rows["database_url"]
+    assert "myapp.jobs" in rows["import"] and source in rows["import"]
+    assert "120" in rows["heartbeat_timeout"] and source in rows["heartbeat_timeout"]
+
+
+# -- the dashboard -------------------------------------------------------------------
+
+
+def test_fastapi_mount_asks_for_the_password(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    monkeypatch.setenv("ERRANDS_DASHBOARD_PASSWORD", "a long random string")
+    namespace: dict[str, Any] = {}
+    execute(snippet("app = FastAPI()"), namespace)
+    client = TestClient(namespace["app"], base_url="http://localhost")
+    first = client.get("/errands/", follow_redirects=False)
+    assert first.status_code == 303
+    assert first.headers["location"].startswith("/errands/login")
+    login = client.get("/errands/login")
+    assert login.status_code == 200 and "Log in" in login.text
+
+
+def test_fastapi_mount_with_own_login(sqlite_url: str) -> None:
+    from fastapi import FastAPI
+    from starlette.testclient import TestClient
+
+    import errands.dashboard
+
+    namespace: dict[str, Any] = {
+        "app": FastAPI(),
+        "errands": errands,
+        "is_staff": lambda session: session == "staff-session",
+    }
+    execute(snippet("def staff_only(request)"), namespace)
+    client = TestClient(namespace["app"], base_url="http://localhost")
+    assert client.get("/errands/", follow_redirects=False).status_code != 200
+    client.cookies.set("session", "staff-session")
+    page = client.get("/errands/", follow_redirects=False)
+    assert page.status_code == 200 and "<title>Overview" in page.text
+    assert errands.dashboard  # imported as the snippet's context
+
+
+DJANGO_CHECK = """
+import asyncio, httpx, sys
+namespace = {}
+exec(compile(sys.stdin.read(), "asgi.py", "exec"), namespace)
+
+async def main():
+    transport = httpx.ASGITransport(app=namespace["application"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        for path in ["/errands/", "/errands/login", "/elsewhere/"]:
+            response = await client.get(path)
+            print(path, response.status_code, "Content-Security-Policy" in response.headers)
+
+asyncio.run(main())
+"""
+
+
+def test_django_asgi_mount(tmp_path: Path) -> None:
+    """Django is set up in a subprocess (tests/django_project), as test_django does."""
+    errands_url = f"sqlite:///{tmp_path / 'errands.sqlite3'}"
+    migrate(errands_url)
+    settings.reset()
+    project = ROOT / "tests" / "django_project"
+    env = clean_env(
+        DJANGO_SETTINGS_MODULE="project.settings",
+        PROJECT_DB_NAME=str(tmp_path / "django.sqlite3"),
+        PROJECT_ERRANDS_URL=errands_url,
+        PYTHONPATH=os.pathsep.join([str(project), os.environ.get("PYTHONPATH", "")]),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", DJANGO_CHECK],
+        input=snippet("with_dashboard(django_application"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "/errands/ 403 False"  # the dashboard: not a staff session
+    assert lines[1] == "/errands/login 200 True"  # the dashboard's own page
+    assert lines[2] == "/elsewhere/ 404 False"  # Django
+
+
+@contextlib.contextmanager
+def serving(args: list[str], cwd: Path, env: dict[str, str]) -> Iterator[int]:
+    """A real `errands dashboard` process on a free port (replacing --port if given)."""
+    port = free_port()
+    if "--port" in args:
+        args[args.index("--port") + 1] = str(port)
+    else:
+        args = [*args, "--port", str(port)]
+    server = subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+    def answers() -> bool:
+        assert server.poll() is None, server.communicate()[0]
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/login", timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
+
+    try:
+        wait_until(answers)
+        yield port
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+
+
+def test_standalone_dashboard_commands(sqlite_url: str, tmp_path: Path) -> None:
+    """Each `errands dashboard` line as a real server (on a free port), asked for a page."""
+    lines = commands(snippet("export ERRANDS_DASHBOARD_PASSWORD"))
+    password = shlex.split(lines[0])[1].split("=", 1)[1]
+    assert password == "a long random string"
+    env = clean_env(ERRANDS_DATABASE_URL=sqlite_url, ERRANDS_DASHBOARD_PASSWORD=password)
+    pages = []
+    for line in lines[1:]:
+        with serving(shlex.split(line), tmp_path, env) as port:
+            page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+            pages.append((page.status_code, page.headers.get("location", ""), page.text))
+    (asks, to_login, _), (asks_too, to_login_too, _), (shown, _, overview) = pages
+    assert (asks, asks_too) == (303, 303), "the password is asked for"
+    assert to_login.startswith("/login") and to_login_too.startswith("/login")
+    assert "--insecure-no-auth" in lines[3]
+    assert shown == 200 and "<title>Overview" in overview
+
+
+# -- monitoring and performance ---------------------------------------------------------
+
+
+def test_health_example_output(empty_pg_url: str, cli_state_restored: None) -> None:
+    """The health example's lines, exactly, on PostgreSQL with two workers on 'emails'."""
+    console = snippet("$ errands health --queue emails")
+    migrate(empty_pg_url)
+    backend = open_backend(empty_pg_url)
+    try:
+        for pid in (1, 2):
+            worker = WorkerInfo(worker_id=uuid.uuid4(), hostname="h", pid=pid, queues=["emails"])
+            backend.register_worker(worker=worker)
+    finally:
+        backend.close()
+    lines = console.splitlines()
+    for command, shown in zip(lines[::2], lines[1::2], strict=True):
+        args = shlex.split(command.removeprefix("$ "))[1:]
+        result = CliRunner().invoke(cli, ["--database-url", empty_pg_url, *args])
+        assert result.output.strip() == shown, command
+        assert result.exit_code == (0 if shown.startswith("ok:") else 1)
+    probe = snippet('command: ["errands", "health", "--queue", "emails"]')
+    [probed] = re.findall(r"command: (\[.*\])", probe)
+    assert json.loads(probed) == shlex.split(lines[0].removeprefix("$ "))
+
+
+def test_benchmark_commands_exist() -> None:
+    """The benchmark runs for minutes, so its commands are checked against its --help."""
+    console = snippet("$ python bench/run.py")
+    done = subprocess.run(
+        [sys.executable, "bench/run.py", "--help"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    options = set(re.findall(r"(--[a-z-]+)", console))
+    assert options >= {"--database-url", "--quick", "--json", "--only"}
+    for option in options:
+        assert option in done.stdout, option
+    for only in re.findall(r"--only ([\w,]+)", console + README.read_text()):
+        for name in only.split(","):
+            assert name in done.stdout, name
+
+
+TELEMETRY_CHECK = """
+import sys, types
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+exported = []
+
+class OTLPSpanExporter(SpanExporter):  # stands in for the OTLP exporter's package
+    def export(self, spans):
+        exported.extend(spans)
+        return SpanExportResult.SUCCESS
+
+module = types.ModuleType("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+module.OTLPSpanExporter = OTLPSpanExporter
+sys.modules[module.__name__] = module
+
+exec(compile(sys.stdin.read(), "myapp/telemetry.py", "exec"), {})
+
+from opentelemetry import trace
+with trace.get_tracer("readme").start_as_current_span("a span"):
+    pass
+trace.get_tracer_provider().force_flush()
+print([span.name for span in exported])
+"""
+
+
+def test_opentelemetry_setup_module() -> None:
+    """The setup module with a stand-in for the OTLP exporter (a package of its own, not
+    in errands' dev extra): spans reach the exporter through the global provider."""
+    done = subprocess.run(
+        [sys.executable, "-c", TELEMETRY_CHECK],
+        input=snippet("# myapp/telemetry.py", OPENTELEMETRY),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['a span']"
