@@ -9,16 +9,20 @@ the status, error type and message the module gives for it.
 from __future__ import annotations
 
 import datetime
+import signal
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sample_jobs
 from staleness import backdate_claims, backdate_heartbeat
 
 import errands.worker
-from errands import lifecycle
+from conftest import SpawnWorker, wait_for
+from errands import Status, lifecycle
 from errands.backends import Backend
-from errands.models import JobResult, NewRequest, Requeue, Selection, Status, WorkerInfo
+from errands.models import JobResult, NewRequest, Requeue, Selection, WorkerInfo
 from errands.testing.memory import MemoryBackend
 from errands.worker.execution import Assignment, ended
 
@@ -128,7 +132,6 @@ def test_a_timeout_in_seconds_reads_without_a_trailing_zero() -> None:
 def test_the_worker_exceptions_name_the_error_types() -> None:
     assert errands.worker.qualified_name(errands.worker.ProcessDied) == lifecycle.PROCESS_DIED
     assert errands.worker.qualified_name(errands.worker.Interrupted) == lifecycle.INTERRUPTED
-    assert errands.worker.qualified_name(errands.worker.Cancelled) == lifecycle.CANCELLED_BY_WORKER
     assert lifecycle.TIMED_OUT == "errands.errors.JobTimeout"
 
 
@@ -182,3 +185,38 @@ def test_with_no_attempts_left_nothing_is_retried() -> None:
     )
     assert outcome.requeue is None
     assert outcome.traceback == ""  # the retry delay was not even asked for
+
+
+def test_a_cancelled_job_has_one_error_type_pending_or_running() -> None:
+    assert lifecycle.CANCELLED_PENDING.error_type == lifecycle.CANCELLED == "Cancelled"
+    assert lifecycle.CANCELLED_RUNNING.error_type == lifecycle.CANCELLED
+    assert lifecycle.CANCELLED_PENDING.status is lifecycle.CANCELLED_RUNNING.status
+
+
+# -- a real worker ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_real_worker_cancels_pending_and_running_jobs_with_one_error_type(
+    spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    running = sample_jobs.SlowRetry(str(marks), seconds=60).run_in_worker(queue="run")
+    pending = sample_jobs.Noop().run_in_worker(queue="later")  # no worker serves it
+    assert running is not None and pending is not None
+    worker = spawn_worker(queues=("run",))
+    wait_for(lambda: marks.exists() and marks.read_text() == "started\n", timeout=30)
+    (process,) = errands.processes()
+
+    errands.cancel(pending.uuid)
+    errands.cancel(process.uuid)
+    wait_for(lambda: len(errands.results()) == 2, timeout=30)
+
+    by_request = {r.request_uuid: r for r in errands.results()}
+    cancelled_pending, cancelled_running = by_request[pending.uuid], by_request[running.uuid]
+    assert cancelled_pending.status == cancelled_running.status == Status.CANCELLED
+    assert cancelled_pending.error_type == cancelled_running.error_type == "Cancelled"
+    assert cancelled_pending.error == "cancelled before it started"
+    assert cancelled_running.error == "cancelled"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0

@@ -27,7 +27,8 @@ error type and message; the backends and the worker write exactly those):
   loading the job) raised (:func:`error_type_of` names the exception);
 * the worker's parent process (``worker.supervision``): :func:`timed_out`,
   :func:`process_died`, :func:`interrupted`, :data:`CANCELLED_RUNNING` (an
-  operator's cancel of a running job, and a second shutdown signal);
+  operator's cancel of a running job, and a second shutdown signal; its error
+  type is plain ``Cancelled``, as :data:`CANCELLED_PENDING`'s);
 * a backend, inside one transaction: :func:`lost_with_worker`,
   :func:`lost_without_heartbeat_row`, :func:`orphaned` (rescue and lose) and
   :data:`CANCELLED_PENDING` (cancel of a pending request). PostgreSQL takes the
@@ -99,12 +100,17 @@ def next_attempt(retry_attempt: int) -> int:
 #: the classes live in ``worker.supervision`` and keep this public path.
 PROCESS_DIED = "errands.worker.ProcessDied"
 INTERRUPTED = "errands.worker.Interrupted"
-CANCELLED_BY_WORKER = "errands.worker.Cancelled"
 TIMED_OUT = qualified_name(JobTimeout)
+
+#: The error type of every CANCELLED result, plain ``Cancelled``: the same whether
+#: the job was pending (:data:`CANCELLED_PENDING`) or held by a worker
+#: (:data:`CANCELLED_RUNNING`); the message tells the two apart. (Older versions
+#: stored ``errands.worker.Cancelled`` for a running job: such rows may remain.)
+CANCELLED = "Cancelled"
 
 #: A running job (or one held by its worker) cancelled by an operator, or killed
 #: by a second shutdown signal (or ``worker_drain_timeout``).
-CANCELLED_RUNNING = Ending(Status.CANCELLED, CANCELLED_BY_WORKER, "cancelled", Retry.NEVER)
+CANCELLED_RUNNING = Ending(Status.CANCELLED, CANCELLED, "cancelled", Retry.NEVER)
 
 
 def timed_out(timeout: float | None) -> Ending:
@@ -131,7 +137,6 @@ def interrupted(stopped: str) -> Ending:
 
 WORKER_LOST = "WorkerLost"
 ORPHANED = "Orphaned"
-CANCELLED = "Cancelled"
 
 #: A pending request cancelled (api.cancel, the CLI, the dashboard).
 CANCELLED_PENDING = Ending(Status.CANCELLED, CANCELLED, "cancelled before it started", Retry.NEVER)

@@ -21,6 +21,7 @@ nothing is lost meanwhile.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming, puts back jobs not yet started,
 and lets running jobs finish; a second one kills them and records them CANCELLED.
+Each step is logged at INFO as it happens (``supervision.ShutdownNotes``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from errands.worker.rescue import Rescue
 from errands.worker.results import AfterResults
 from errands.worker.schedules import Schedules
 from errands.worker.stats import StatsLine
-from errands.worker.supervision import Supervisor
+from errands.worker.supervision import ShutdownNotes, Supervisor
 from errands.worker.timing import Backoff, Every
 
 logger = logging.getLogger("errands")
@@ -87,6 +88,11 @@ class Worker:
         self.stopping = False
         self.stopping_since: float | None = None
         self.aborting = False
+        self.drain_timed_out = False
+        self.stop_signals: list[int | None] = []  # what asked to stop, in order
+        self.notes = ShutdownNotes(
+            pool=self.pool, waiting=self.waiting, drain_timeout=config.worker_drain_timeout
+        )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -161,7 +167,7 @@ class Worker:
     def run(self) -> int:
         """Run until shut down by a signal or ``stop()``; returns the process exit code."""
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stop())
+            signal.signal(signum, lambda received, _: self.stop(received))
         self.start()
         try:
             while not self.finished():
@@ -207,8 +213,13 @@ class Worker:
         with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
             os.write(self._wake_w, b"x")
 
-    def stop(self) -> None:
-        """Begin a graceful shutdown; a second call aborts running jobs."""
+    def stop(self, signum: int | None = None) -> None:
+        """Begin a graceful shutdown; a second call aborts running jobs.
+
+        ``signum``: the signal that asked for it, named in the log (safe from a
+        signal handler: the loop logs, on its next turn)."""
+        if len(self.stop_signals) < 2:
+            self.stop_signals.append(signum)
         if self.stopping:
             self.aborting = True
         else:
@@ -219,11 +230,13 @@ class Worker:
     def shut_down(self) -> None:
         """Put back what did not start, cancel what runs, write everything, deregister."""
         try:
+            if self.stopping:
+                self._announce_stop()  # a signal after the last turn
             self.stopping = True
             self._settle()
             self.supervisor.release_waiting(self.backend)
             if self.pool.busy():
-                self.supervisor.abort_running()
+                self._abort_running()
                 self.supervisor.release_waiting(self.backend)
             self.flush()
             self.pool.close()
@@ -250,11 +263,14 @@ class Worker:
         for child in events.exited:
             self.supervisor.child_exited(child)
         if self.stopping:
+            self._announce_stop()
             self._guarded(self._release_waiting)
             self._abort_if_drain_timed_out()
         if self.aborting:
-            self.supervisor.abort_running()
+            self._abort_running()
         self.supervisor.watch(time.monotonic(), stopping=self.stopping)
+        if self.stopping:
+            self.notes.progress()
         self.pool.retire_exhausted()
         if not self.stopping:
             self.pool.fill()
@@ -299,8 +315,25 @@ class Worker:
         if limit is None or self.stopping_since is None or self.aborting:
             return
         if time.monotonic() - self.stopping_since >= limit:
-            logger.warning("drain timeout reached; terminating running jobs")
-            self.aborting = True
+            self.aborting = self.drain_timed_out = True
+
+    def _announce_stop(self) -> None:
+        """Log, once, what the first stop does to the jobs in hand."""
+        if not self.notes.announced:
+            self._settle()  # a claim in flight: its jobs go back too
+            self.supervisor.notice_starts()
+            self.notes.stopping(self.stop_signals[0] if self.stop_signals else None)
+
+    def _abort_running(self) -> None:
+        """Kill the running jobs (recorded CANCELLED) and log, once, which they were."""
+        cancelled = self.supervisor.abort_running()
+        if self.drain_timed_out:
+            self.notes.cancelled(cancelled, "drain timeout")
+        elif self.aborting:
+            signum = self.stop_signals[1] if len(self.stop_signals) > 1 else None
+            self.notes.cancelled(cancelled, ShutdownNotes.again(signum))
+        elif cancelled:
+            self.notes.cancelled(cancelled, "shutting down")
 
     def _release_waiting(self) -> None:
         self.supervisor.release_waiting(self.backend)

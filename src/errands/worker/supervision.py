@@ -27,6 +27,7 @@ the parent looks every ``START_CHECK_INTERVAL`` while a job is unseen.
 from __future__ import annotations
 
 import logging
+import signal
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +49,8 @@ KillReason = Literal["timeout", "cancel"]
 
 # Their names are stored as results' error types (lifecycle.PROCESS_DIED ...): they
 # keep the public path. The parent records the endings they name without raising them.
+# Cancelled is the exception: every CANCELLED result has the plain error type
+# ``Cancelled`` (lifecycle.CANCELLED), pending or running; the class stays importable.
 
 
 class ProcessDied(Exception):
@@ -57,7 +60,11 @@ class ProcessDied(Exception):
 
 
 class Cancelled(Exception):
-    """The job was cancelled by an operator or by a second shutdown signal."""
+    """The job was cancelled by an operator or by a second shutdown signal.
+
+    Its results' error type is plain ``Cancelled`` (``errands.lifecycle.CANCELLED``),
+    as for a job cancelled while pending, not this class's path.
+    """
 
     __module__ = "errands.worker"
 
@@ -107,15 +114,19 @@ class Supervisor:
         timeout, and take back queued jobs from children that cannot start them soon."""
         if now >= self.start_check_at:
             self.start_check_at = now + START_CHECK_INTERVAL
-            for slot in self.pool.notice_starts():
-                if slot.started_at is not None:
-                    self.recorder.stamp(slot.job.uuid, slot.started_at)
+            self.notice_starts()
         for child in list(self.pool.children):
             late = [s for s in child.jobs() if s.job.timeout and now >= self._timeout_at(s)]
             if late:
                 self._kill(child, {slot.job.uuid: "timeout" for slot in late})
             elif child.queued() and (stopping or child.is_slow(now) or self._cancels(child)):
                 self.pool.recall(child)
+
+    def notice_starts(self) -> None:
+        """Take note of the jobs that began since the last look (their start is stamped)."""
+        for slot in self.pool.notice_starts():
+            if slot.started_at is not None:
+                self.recorder.stamp(slot.job.uuid, slot.started_at)
 
     def deadlines(self, running: list[Slot]) -> list[float]:
         """When ``watch`` has something to do for the jobs ``running`` (monotonic)."""
@@ -197,14 +208,17 @@ class Supervisor:
                 self.cancelling |= targets.keys()
                 self.pool.recall(child)
 
-    def abort_running(self) -> None:
-        """Kill every child: running jobs end CANCELLED, jobs not begun go back."""
+    def abort_running(self) -> list[Slot]:
+        """Kill every child: running jobs end CANCELLED, jobs not begun go back.
+        Returns the jobs it cancelled."""
+        cancelled = []
         for child in list(self.pool.children):
             child.notice_starts()
             targets: dict[uuid.UUID, KillReason]
             targets = {s.job.uuid: "cancel" for s in child.jobs() if s.started}
             if child.busy:
-                self._kill(child, targets)
+                cancelled += self._kill(child, targets)
+        return cancelled
 
     def release_waiting(self, backend: Backend) -> None:
         """Give the jobs of the waiting line back to the database, for any worker to claim."""
@@ -212,8 +226,8 @@ class Supervisor:
             backend.release(process_uuids=[j.uuid for j in self.waiting])
             self.waiting.clear()
 
-    def _kill(self, child: Child, targets: dict[uuid.UUID, KillReason]) -> None:
-        """Kill a child to stop the ``targets`` among its jobs.
+    def _kill(self, child: Child, targets: dict[uuid.UUID, KillReason]) -> list[Slot]:
+        """Kill a child to stop the ``targets`` among its jobs; returns those it stopped.
 
         Jobs that ended before the kill keep their own outcome. The others it held
         (only with ``worker_threads`` above one) are not at fault: one that began
@@ -223,15 +237,18 @@ class Supervisor:
         finished, held = self.pool.kill(child)
         for slot, outcome in finished:
             self.on_finished(slot, outcome)
+        stopped = []
         for slot in held:
             reason = targets.get(slot.job.uuid)
             if reason is not None:
                 logger.warning("terminating job", extra=job_fields(slot.job, reason=reason))
                 self.recorder.record(self._stopped(slot, reason))
+                stopped.append(slot)
             elif slot.started:
                 self.recorder.record(self._interrupted(slot, targets))
             else:
                 self.waiting.appendleft(slot.job)
+        return stopped
 
     # -- the outcomes the parent makes ----------------------------------------------------
     def _ended(self, slot: Slot, ending: lifecycle.Ending) -> Outcome:
@@ -249,6 +266,102 @@ class Supervisor:
     def _interrupted(self, slot: Slot, targets: dict[uuid.UUID, KillReason]) -> Outcome:
         stopped = ", ".join(f"{job} ({reason})" for job, reason in targets.items())
         return self._ended(slot, lifecycle.interrupted(stopped))  # again at the same attempt
+
+
+class ShutdownNotes:
+    """What a stopping worker tells its operator, on the ``errands`` logger at INFO.
+
+    The first signal says what happens to the jobs in hand ("shutting down (Ctrl-C):
+    finishing 1 running job, 2 claimed jobs returned to the queue; Ctrl-C again
+    cancels it"), then each time a running job ends, how many still run ("1 job
+    still running", "all jobs finished, exiting"); the second signal (or the
+    drain timeout) says which jobs it cancelled. ``signum`` is None for a
+    ``Worker.stop()`` that no signal made.
+    """
+
+    def __init__(self, *, pool: Pool, waiting: deque[JobProcess], drain_timeout: float | None):
+        self.pool = pool
+        self.waiting = waiting
+        self.drain_timeout = drain_timeout
+        self.announced = False
+        self.aborted = False
+        self.running: int | None = None  # running jobs last told
+
+    def _running(self) -> list[Slot]:
+        return [slot for slot in self.pool.busy() if slot.started]
+
+    def stopping(self, signum: int | None) -> None:
+        """The first stop: what runs on, what goes back (call once job starts are noticed)."""
+        if self.announced:
+            return
+        self.announced = True
+        running = len(self._running())
+        returned = len(self.waiting) + len(self.pool.busy()) - running
+        what = [f"finishing {_jobs(running, 'running job')}"] if running else ["no job running"]
+        if returned:
+            what.append(f"{_jobs(returned, 'claimed job')} returned to the queue")
+        if running:
+            again: dict[int, str] = {
+                signal.SIGINT: "Ctrl-C again",
+                signal.SIGTERM: "a second SIGTERM",
+            }
+            how = "a second stop" if signum is None else again.get(signum, "a second signal")
+            tail = f"{how} cancels {_them(running)}"
+            if self.drain_timeout is not None:
+                tail += f", as does the drain timeout in {self.drain_timeout:g} s"
+        else:
+            tail = "exiting"
+        logger.info(f"shutting down{_by(signum)}: {', '.join(what)}; {tail}")
+        self.running = running
+
+    def progress(self) -> None:
+        """After the first stop: tell how many jobs still run each time one ends."""
+        if self.running is None or self.aborted:
+            return
+        running = len(self._running())
+        if running < self.running:
+            left = f"{_jobs(running, 'job')} still running" if running else None
+            logger.info(left or "all jobs finished, exiting")
+        self.running = running
+
+    @staticmethod
+    def again(signum: int | None) -> str:
+        """What a second stop is called in the log."""
+        return "stopped again" if signum is None else f"second signal{_by(signum)}"
+
+    def cancelled(self, slots: list[Slot], cause: str) -> None:
+        """``cause`` (see ``again``; "drain timeout") cancelled ``slots``: say which, once."""
+        if self.aborted:
+            return
+        self.aborted = True
+        if slots:
+            names = ", ".join(f"{s.job.job_class} {str(s.job.uuid)[:8]}" for s in slots[:5])
+            more = f" and {len(slots) - 5} more" if len(slots) > 5 else ""
+            done = f"cancelled {_jobs(len(slots), 'running job')} ({names}{more})"
+        else:
+            done = "no job was running"
+        level = logging.WARNING if cause == "drain timeout" else logging.INFO
+        logger.log(level, f"{cause}: {done}; exiting")
+
+
+def _jobs(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _them(count: int) -> str:
+    return "it" if count == 1 else "them"
+
+
+def _by(signum: int | None) -> str:
+    """`` (Ctrl-C)``, `` (SIGTERM)``: the signal that stopped the worker, if one did."""
+    if signum is None:
+        return ""
+    if signum == signal.SIGINT:
+        return " (Ctrl-C)"
+    try:
+        return f" ({signal.Signals(signum).name})"
+    except ValueError:
+        return f" (signal {signum})"
 
 
 def _begun(child: Child, job_uuid: uuid.UUID) -> bool:
