@@ -12,8 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from errands.backends import postgres_arrays
-from errands.backends.postgres_arrays import (
+from errands.backends.postgres import arrays as postgres_arrays
+from errands.backends.postgres.arrays import (
     EncodedArray,
     json_array,
     text_array,

@@ -14,7 +14,7 @@ import sample_jobs
 
 import errands
 from errands import ParameterError, register_type, serialization
-from errands.backends.rows import NESTING_LIMIT
+from errands.backends.sql.rows import NESTING_LIMIT
 from errands.registry import build_job
 
 

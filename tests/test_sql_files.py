@@ -8,7 +8,7 @@ from importlib import resources
 
 import pytest
 
-from errands.backends.sqlfile import load_migrations, load_queries
+from errands.backends.sql.files import load_migrations, load_queries
 
 DIALECTS = ("postgres", "sqlite")
 
@@ -20,7 +20,7 @@ LATEST_VERSIONS = {"postgres": 6, "sqlite": 5}
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_migrations_are_numbered_files_applied_in_order(dialect: str) -> None:
-    folder = resources.files("errands.backends").joinpath("migrations", dialect)
+    folder = resources.files(f"errands.backends.{dialect}").joinpath("migrations")
     names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
     # Four digits, then what the migration adds.
     assert all(re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", name) for name in names), names
@@ -39,7 +39,7 @@ def test_postgres_migrations_record_their_own_version() -> None:
 # -- one vocabulary of query names ------------------------------------------------------
 
 #: Query names only one dialect has, and why. Everything else is named the same in
-#: postgres.sql and sqlite.sql and means the same there. Most entries come in
+#: postgres/queries.sql and sqlite/queries.sql and means the same there. Most entries come in
 #: groups: one PostgreSQL statement that moves rows between tables with DELETE ...
 #: RETURNING inside WITH (SQLite has no data-modifying CTEs), against the two or
 #: three SQLite statements that do the same inside one BEGIN IMMEDIATE transaction.
@@ -57,8 +57,6 @@ DIALECT_ONLY = {
         # Rescue of dead workers' processes: row locks (SKIP LOCKED for orphans).
         "lock_orphaned_processes",
         "lose_processes",
-        # Forgotten schedule entries: delete occurrences and their pending requests.
-        "withdraw_occurrences",
         # Enqueueing: advisory locks per concurrency slot (SQLite's writer is already
         # alone), COPY for big batches, NOTIFY wake-ups (SQLite's listeners poll
         # data_version), and now() (the transaction's start; SQLite's `now` is read
@@ -112,23 +110,22 @@ DIALECT_ONLY = {
         "delete_orphaned_processes_of_worker",
         "release_to_requests",
         "release_delete_processes",
-        # The SQLite halves of withdraw_occurrences.
-        "withdraw_requests_of_forgotten_entries",
-        "forget_entries",
-        # PostgreSQL's start_dashboard_session deletes expired logins in a CTE.
-        "prune_dashboard_sessions",
     },
 }
 
-#: The modules that run each dialect's queries.
+#: The modules that run each dialect's queries: its own package, and the operations
+#: written once for both (errands.backends.sql).
 BACKEND_MODULES = {
-    "postgres": ("postgres.py", "postgres_copy.py", "postgres_arrays.py"),
-    "sqlite": ("sqlite.py",),
+    dialect: ("sql/backend.py", *(f"{dialect}/{m}" for m in modules))
+    for dialect, modules in {
+        "postgres": ("backend.py", "connection.py", "enqueue.py", "listener.py", "codec.py"),
+        "sqlite": ("backend.py", "connection.py", "enqueue.py", "listener.py", "rules.py"),
+    }.items()
 }
 
 
 def _queries(dialect: str) -> dict[str, str]:
-    return load_queries(f"{dialect}.sql")
+    return load_queries(dialect)
 
 
 def test_both_dialects_name_their_queries_alike() -> None:
@@ -179,7 +176,7 @@ def test_no_query_is_left_among_the_migrations(dialect: str) -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_fragments_are_expanded_and_used(dialect: str) -> None:
-    text = resources.files("errands.backends").joinpath(f"{dialect}.sql").read_text("utf-8")
+    text = resources.files(f"errands.backends.{dialect}").joinpath("queries.sql").read_text("utf-8")
     fragments = re.findall(r"^-- fragment: (\w+)$", text, re.MULTILINE)
     assert fragments
     for fragment in fragments:

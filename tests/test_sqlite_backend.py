@@ -491,9 +491,9 @@ def test_concurrent_migrations_apply_the_schema_once(tmp_path: Path) -> None:
 
 
 def test_results_written_before_version_4_keep_no_due_time(db_path: Path) -> None:
-    from errands.backends import sqlite as sqlite_backend
+    from errands.backends.sqlite import connection as sqlite_backend
 
-    scripts = sqlite_backend._migrations()
+    scripts = sqlite_backend.migration_scripts()
     with sqlite3.connect(db_path) as conn:
         conn.execute(sqlite_backend.QUERIES["create_schema_table"])
         for version, script in scripts.items():

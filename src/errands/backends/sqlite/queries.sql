@@ -361,12 +361,12 @@ UPDATE errands_worker SET last_heartbeat_at = :now WHERE worker_id = :worker_id
 DELETE FROM errands_worker WHERE worker_id = :worker_id
 
 -- name: stale_workers
-SELECT worker_id FROM errands_worker WHERE last_heartbeat_at < :now - :timeout
+SELECT worker_id FROM errands_worker WHERE last_heartbeat_at < :now - :timeout_seconds
 
 -- name: delete_stale_worker
 -- The rescuer whose delete removes the row (rowcount 1) owns the rescue of
 -- that worker; a concurrent rescuer, or a worker that beat meanwhile, gets 0.
-DELETE FROM errands_worker WHERE worker_id = :worker_id AND last_heartbeat_at < :now - :timeout
+DELETE FROM errands_worker WHERE worker_id = :worker_id AND last_heartbeat_at < :now - :timeout_seconds
 
 -- name: orphaned_workers
 -- Workers that have processes but no heartbeat row at all (one deregistered
@@ -375,14 +375,14 @@ DELETE FROM errands_worker WHERE worker_id = :worker_id AND last_heartbeat_at < 
 -- registers again at its next beat, well within that time.
 SELECT DISTINCT p.worker_id
 FROM errands_process AS p
-WHERE p.created_at < :now - :timeout
+WHERE p.created_at < :now - :timeout_seconds
     AND NOT EXISTS (SELECT 1 FROM errands_worker AS w WHERE w.worker_id = p.worker_id)
 
 -- name: delete_orphaned_processes_of_worker
 -- Re-checked inside the write transaction: the worker may have registered again.
 DELETE FROM errands_process
 WHERE worker_id = :worker_id
-    AND created_at < :now - :timeout
+    AND created_at < :now - :timeout_seconds
     AND NOT EXISTS (SELECT 1 FROM errands_worker AS w WHERE w.worker_id = :worker_id)
 RETURNING *
 
@@ -393,7 +393,7 @@ SELECT * FROM errands_process WHERE worker_id = :worker_id ORDER BY created_at
 SELECT uuid FROM errands_process WHERE worker_id = :worker_id AND cancel_requested
 
 -- name: list_workers
-SELECT *, last_heartbeat_at < :now - :timeout AS stale FROM errands_worker
+SELECT *, last_heartbeat_at < :now - :timeout_seconds AS stale FROM errands_worker
 ORDER BY started_at, worker_id
 
 
@@ -432,7 +432,7 @@ UPDATE errands_process SET cancel_requested = 1 WHERE uuid = :uuid OR request_uu
 DELETE FROM errands_result
 
 -- name: purge_results_before
-DELETE FROM errands_result WHERE ended_at < :now - :older_than
+DELETE FROM errands_result WHERE ended_at < :now - :older_than_seconds
 
 -- name: prune_results
 -- Oldest first, in bounded batches, so one prune never holds the write lock long.
@@ -440,7 +440,7 @@ DELETE FROM errands_result WHERE ended_at < :now - :older_than
 DELETE FROM errands_result
 WHERE rowid IN (
     SELECT rowid FROM errands_result
-    WHERE ended_at < :now - :older_than
+    WHERE ended_at < :now - :older_than_seconds
     ORDER BY ended_at
     LIMIT :batch_size
 )
@@ -477,8 +477,8 @@ SELECT status, count(*) AS count FROM errands_result GROUP BY status ORDER BY st
 
 -- name: worker_counts
 SELECT
-    coalesce(sum(last_heartbeat_at >= :now - :timeout), 0) AS active,
-    coalesce(sum(last_heartbeat_at < :now - :timeout), 0) AS stale
+    coalesce(sum(last_heartbeat_at >= :now - :timeout_seconds), 0) AS active,
+    coalesce(sum(last_heartbeat_at < :now - :timeout_seconds), 0) AS stale
 FROM errands_worker
 
 

@@ -25,9 +25,10 @@ _MIGRATION_FILE = re.compile(r"^(\d+)_\w+\.sql$")
 
 
 @functools.cache
-def load_queries(filename: str) -> dict[str, str]:
-    """The blocks of ``errands/backends/<filename>`` by name."""
-    text = resources.files("errands.backends").joinpath(filename).read_text(encoding="utf-8")
+def load_queries(dialect: str) -> dict[str, str]:
+    """The blocks of ``errands/backends/<dialect>/queries.sql`` by name."""
+    package = resources.files(f"errands.backends.{dialect}")
+    text = package.joinpath("queries.sql").read_text(encoding="utf-8")
     parts = _BLOCK_LINE.split(text)
     # parts = [preamble, kind1, name1, body1, kind2, name2, body2, ...]
     blocks = list(zip(parts[1::3], parts[2::3], parts[3::3], strict=True))
@@ -67,12 +68,12 @@ def _statement(body: str) -> str:
 
 @functools.cache
 def load_migrations(dialect: str) -> tuple[tuple[int, str], ...]:
-    """(version, script) of each file in ``errands/backends/migrations/<dialect>``, by version.
+    """(version, script) of each file in ``errands/backends/<dialect>/migrations``, by version.
 
     Versions must run 1, 2, 3, ... without gaps or repeats: a missing or doubled
     file would silently change which schema a version number means.
     """
-    folder = resources.files("errands.backends").joinpath("migrations", dialect)
+    folder = resources.files(f"errands.backends.{dialect}").joinpath("migrations")
     found: dict[int, str] = {}
     for entry in folder.iterdir():
         match = _MIGRATION_FILE.match(entry.name)

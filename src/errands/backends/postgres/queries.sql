@@ -632,17 +632,18 @@ SELECT DISTINCT ON (entry_key) entry_key, run_at, request_uuid
 FROM errands_occurrence
 ORDER BY entry_key, run_at DESC
 
--- name: withdraw_occurrences
--- Entries no longer configured: forget their occurrences and delete the requests
--- of those still pending (a claimed or finished one is left alone).
-WITH forgotten AS (
-    DELETE FROM errands_occurrence
-    WHERE NOT (entry_key = ANY(%(keep)s::text[]))
-    RETURNING request_uuid
-)
+-- name: withdraw_requests_of_forgotten_entries
+-- Entries no longer configured: delete the requests of those still pending (a
+-- claimed or finished one is left alone); forget_entries then drops their
+-- occurrences, in the same transaction.
 DELETE FROM errands_request
-WHERE uuid IN (SELECT request_uuid FROM forgotten)
-RETURNING uuid
+WHERE uuid IN (
+    SELECT request_uuid FROM errands_occurrence
+    WHERE NOT (entry_key = ANY(%(keep)s::text[]))
+)
+
+-- name: forget_entries
+DELETE FROM errands_occurrence WHERE NOT (entry_key = ANY(%(keep)s::text[]))
 
 -- name: trim_occurrences
 DELETE FROM errands_occurrence AS o
@@ -679,11 +680,11 @@ ON CONFLICT (name) DO NOTHING
 -- whichever insert won.
 SELECT value FROM errands_secret WHERE name = %(name)s
 
--- name: start_dashboard_session
+-- name: prune_dashboard_sessions
 -- Expired logins are deleted as new ones start, so the table stays small.
-WITH expired AS (
-    DELETE FROM errands_dashboard_session WHERE expires_at <= clock_timestamp()
-)
+DELETE FROM errands_dashboard_session WHERE expires_at <= clock_timestamp()
+
+-- name: start_dashboard_session
 INSERT INTO errands_dashboard_session (id, expires_at)
 VALUES (%(id)s, clock_timestamp() + make_interval(secs => %(lifetime)s::float8))
 

@@ -1,0 +1,364 @@
+"""The PostgreSQL backend: what only PostgreSQL does, beside the operations written
+once for both dialects in ``errands.backends.sql.backend``. Every query lives in
+``queries.sql`` beside this file, the schema changes in ``migrations/``.
+
+Connections come from a small ``psycopg_pool`` pool opened on first use; each
+operation is one statement in autocommit mode (so one transaction) unless it says
+otherwise. How the statements stay correct under concurrency (SKIP LOCKED claims,
+advisory locks for concurrency keys, DELETE ... RETURNING as the exactly-once
+gate) is explained next to the SQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import ConnectionPool
+
+from errands import lifecycle
+from errands.backends.base import EnqueueTransaction
+from errands.backends.postgres.arrays import (
+    timestamptz_array,
+    uuid_array,
+)
+from errands.backends.postgres.codec import (
+    PostgresCodec,
+    ending_params,
+    first_per_process,
+    outcome_columns,
+    result_from_tuple,
+    to_result,
+)
+from errands.backends.postgres.connection import (
+    CONNECTION_WAIT_SECONDS,
+    COPY_THRESHOLD,
+    MAX_CONNECTIONS,
+    VACUUM_AFTER_CLAIMS,
+    WORKER_CONNECTIONS,
+    Connection,
+    PostgresSession,
+    configure_worker_connection,
+    database_errors,
+    execute,
+    fetch,
+    fetch_tuples,
+    queries,
+)
+from errands.backends.postgres.enqueue import (
+    PostgresEnqueueTransaction,
+    insert_requests,
+    joined_transaction,
+)
+from errands.backends.postgres.listener import PostgresListener, PostgresResultListener
+from errands.backends.sql import rows as poison
+from errands.backends.sql.backend import SqlBackend
+from errands.backends.sql.files import load_migrations
+from errands.models import (
+    ABORTED_STATUSES,
+    JobProcess,
+    JobRequest,
+    JobResult,
+    NewRequest,
+    Outcome,
+    Selection,
+    build_job_process,
+)
+
+logger = logging.getLogger("errands")
+
+
+class PostgresBackend(SqlBackend):
+    """errands' tables in a PostgreSQL database (``postgresql://`` or ``postgres://`` URL)."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str, *, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.url = url
+        self.max_connections = max_connections
+        self._pool: ConnectionPool[Connection] | None = None
+        self._pool_lock = threading.Lock()
+        self._worker_pool: ConnectionPool[Connection] | None = None
+        self._vacuum_lock = threading.Lock()
+        self._claimed_since_vacuum = 0
+        self._listeners: list[PostgresListener] = []
+        self.codec = PostgresCodec()
+
+    # -- connections ------------------------------------------------------------------
+    def _open_pool(self) -> ConnectionPool[Connection]:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = self._new_pool(
+                    "errands", self.max_connections, configure=poison.bound_json
+                )
+            return self._pool
+
+    def _open_worker_pool(self) -> ConnectionPool[Connection]:
+        with self._pool_lock:
+            if self._worker_pool is None:
+                self._worker_pool = self._new_pool(
+                    "errands-worker", WORKER_CONNECTIONS, configure=configure_worker_connection
+                )
+            return self._worker_pool
+
+    def _new_pool(
+        self,
+        name: str,
+        size: int,
+        configure: Callable[[Connection], None] | None = None,
+    ) -> ConnectionPool[Connection]:
+        # Autocommit: most operations are one statement, which is then its own
+        # transaction without a BEGIN/COMMIT round trip. Operations of several
+        # statements open a transaction explicitly.
+        pool: ConnectionPool[Connection] = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=size,
+            kwargs={"autocommit": True},
+            configure=configure,
+            timeout=CONNECTION_WAIT_SECONDS,
+            name=name,
+            open=False,
+        )
+        pool.open(wait=False)
+        return pool
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        with database_errors(self.url), self._open_pool().connection() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _worker_connection(self) -> Iterator[Connection]:
+        """A connection for the worker's claims and writes (see configure_worker_connection)."""
+        with database_errors(self.url), self._open_worker_pool().connection() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[PostgresSession]:
+        with self._connection() as conn:
+            yield PostgresSession(conn)
+
+    # Autocommit: one statement is its own transaction, without BEGIN/COMMIT round trips.
+    _writing = _reading
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[PostgresSession]:
+        with self._connection() as conn, conn.transaction():
+            yield PostgresSession(conn)
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        with self._pool_lock:
+            pools = [self._pool, self._worker_pool]
+            self._pool = self._worker_pool = None
+        for pool in pools:
+            if pool is not None:
+                pool.close()
+
+    # -- schema -----------------------------------------------------------------------
+    def _migrations(self) -> tuple[tuple[int, str], ...]:
+        """The files of migrations/postgres by version; each records its own version."""
+        return load_migrations("postgres")
+
+    def migrate(self) -> list[int]:
+        applied = []
+        with self._connection() as conn, conn.transaction():
+            execute(conn, "lock_migrations")
+            execute(conn, "create_schema_table")
+            current = fetch(conn, "recorded_schema_version")[0]["version"] or 0
+            for version, sql in self._migrations():
+                if version > current:
+                    conn.execute(sql)  # each migration records its own version
+                    applied.append(version)
+        return applied
+
+    def migration_sql(self) -> str:
+        blocks = [queries()["create_schema_table"]] + [sql for _, sql in self._migrations()]
+        return "\n\n".join(blocks) + "\n"
+
+    def schema_version(self) -> int | None:
+        with self._connection() as conn:
+            if not fetch(conn, "schema_table_exists")[0]["present"]:
+                return None
+            version: int | None = fetch(conn, "recorded_schema_version")[0]["version"]
+            return version
+
+    def latest_schema_version(self) -> int:
+        return self._migrations()[-1][0]
+
+    # -- enqueue ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def enqueue_transaction(self, *, connection: Any | None = None) -> Iterator[EnqueueTransaction]:
+        if connection is None:
+            with self._connection() as conn, conn.transaction():
+                yield PostgresEnqueueTransaction(conn, self.url)
+            return
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(
+                f"connection: expected a psycopg.Connection, got {type(connection).__name__}"
+            )
+        with joined_transaction(connection):
+            yield PostgresEnqueueTransaction(connection, self.url)
+
+    def insert_requests(self, *, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        # Autocommit: an INSERT is its own transaction; COPY and its notify need one.
+        with self._connection() as conn:
+            if len(requests) < COPY_THRESHOLD:
+                return insert_requests(conn, requests)
+            with conn.transaction():
+                return insert_requests(conn, requests)
+
+    # -- claim, start, complete, release ----------------------------------------------
+    def claim(self, *, worker_id: uuid.UUID, queues: Sequence[str], limit: int) -> list[JobProcess]:
+        if limit <= 0:
+            return []
+        params = {"worker_id": worker_id, "queues": list(queues), "limit": limit}
+        salvaged = poison.salvage_mark()
+        with self._worker_connection() as conn:
+            claimed = fetch_tuples(conn, "claim", params)
+            self._vacuum_queue_if_due(conn, claimed=len(claimed), limit=limit)
+        # RETURNING keeps no order: sort by priority, then due time, then age.
+        claimed.sort(key=lambda row: (-row[9], row[18], row[2]))
+        # The worker connection's times are in UTC already (configure_worker_connection).
+        processes = [build_job_process(*row) for row in claimed]
+        if poison.salvage_mark() != salvaged:  # some row could not be loaded
+            return poison.fail_invalid(self, processes)
+        return processes
+
+    def _vacuum_queue_if_due(self, conn: Connection, *, claimed: int, limit: int) -> None:
+        """Vacuum the requests table once this process claimed enough of it.
+
+        A claim walks the claim index from its start, where the requests claimed
+        since the last vacuum still have (dead) entries: without a vacuum, every
+        claim of a long drain reads more of them, and small claims read them most
+        often. Autovacuum looks at a table at most once a minute, far too late at
+        thousands of jobs a second, so the worker vacuums it itself.
+
+        When: a vacuum reads the table's indexes whole (cost ~ table size S), and
+        between two vacuums the claims of size c read on average half of the V
+        requests claimed since the last (V/c claims): the cost per job,
+        V/2c + S/V, is least for V = sqrt(2cS), with at least ``VACUUM_AFTER_CLAIMS``.
+        """
+        with self._vacuum_lock:
+            self._claimed_since_vacuum += claimed
+            if self._claimed_since_vacuum < VACUUM_AFTER_CLAIMS:
+                return
+            size = fetch(conn, "queue_size_estimate")[0]["size"]
+            if self._claimed_since_vacuum < math.sqrt(2 * limit * size):
+                return
+            self._claimed_since_vacuum = 0
+        try:
+            execute(conn, "vacuum_queue")
+        except psycopg.Error:
+            logger.warning("could not vacuum errands_request", exc_info=True)
+
+    def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
+        if started:
+            params = {
+                "uuid": uuid_array([u for u, _ in started]),
+                "started_at": timestamptz_array([t for _, t in started]),
+            }
+            with self._worker_connection() as conn:
+                execute(conn, "mark_started", params)
+
+    def complete_many(
+        self, *, outcomes: Sequence[Outcome], aborted_only: bool = False
+    ) -> list[JobResult]:
+        if not outcomes:
+            return []
+        unique = first_per_process(outcomes)
+        returned = sorted(s.value for s in ABORTED_STATUSES) if aborted_only else None
+        params = {**outcome_columns(unique), "returned_statuses": returned}
+        with self._worker_connection() as conn:
+            rows = fetch_tuples(conn, "complete_many", params)
+        by_process = {row[1]: result_from_tuple(row) for row in rows}
+        return [by_process[o.process_uuid] for o in unique if o.process_uuid in by_process]
+
+    def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
+        if not process_uuids:
+            return 0
+        rows = self._rows("release", {"process_uuids": list(process_uuids)})
+        released: int = rows[0]["released"]
+        return released
+
+    def _rescue_stale_worker(self, worker_id: uuid.UUID, timeout_seconds: float) -> list[JobResult]:
+        params = {"worker_id": worker_id, "timeout_seconds": float(timeout_seconds)}
+        with self._connection() as conn, conn.transaction():
+            if not fetch(conn, "delete_stale_worker", params):
+                return []  # a peer rescued it, or it beat again
+            ending = lifecycle.lost_with_worker(worker_id, timeout_seconds)
+            return self._lose(conn, worker_id, None, ending)
+
+    def _rescue_vanished_worker(
+        self, worker_id: uuid.UUID, timeout_seconds: float
+    ) -> list[JobResult]:
+        params = {"worker_id": worker_id, "timeout_seconds": float(timeout_seconds)}
+        with self._connection() as conn, conn.transaction():
+            uuids = [row["uuid"] for row in fetch(conn, "lock_orphaned_processes", params)]
+            if not uuids:
+                return []
+            ending = lifecycle.lost_without_heartbeat_row(worker_id)
+            return self._lose(conn, worker_id, uuids, ending)
+
+    def lose_processes(
+        self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]
+    ) -> list[JobResult]:
+        if not process_uuids:
+            return []
+        ending = lifecycle.orphaned(worker_id)
+        with self._connection() as conn:
+            return self._lose(conn, worker_id, process_uuids, ending)
+
+    @staticmethod
+    def _lose(
+        conn: Connection,
+        worker_id: uuid.UUID,
+        process_uuids: Sequence[uuid.UUID] | None,
+        ending: lifecycle.Ending,
+    ) -> list[JobResult]:
+        params = {
+            "worker_id": worker_id,
+            "process_uuids": None if process_uuids is None else list(process_uuids),
+            **ending_params(ending),
+        }
+        return [to_result(row) for row in fetch(conn, "lose_processes", params)]
+
+    def listen(self, *, on_wake: Callable[[], None]) -> PostgresListener:
+        listener = PostgresListener(self.url, on_wake)
+        self._listeners.append(listener)
+        return listener
+
+    def listen_results(
+        self, *, on_results: Callable[[frozenset[uuid.UUID] | None], None]
+    ) -> PostgresListener:
+        listener = PostgresResultListener(self.url, on_results)
+        self._listeners.append(listener)
+        # Results written before LISTEN took effect would wake nobody; callers
+        # look at the database after this returns, so wait until it listens.
+        listener.ready.wait(CONNECTION_WAIT_SECONDS)
+        return listener
+
+    # -- cancel (pending requests) ------------------------------------------------------
+    def cancel_pending(self, *, uuid: uuid.UUID) -> JobResult | None:
+        params = {"uuid": uuid, **ending_params(lifecycle.CANCELLED_PENDING)}
+        rows = self._rows("cancel_pending", params)
+        return to_result(rows[0]) if rows else None
+
+    def cancel_pending_selected(self, *, selection: Selection, limit: int) -> list[JobResult]:
+        params = {
+            **self.codec.selection(selection),
+            "limit": limit,
+            **ending_params(lifecycle.CANCELLED_PENDING),
+        }
+        return [to_result(row) for row in self._rows("cancel_pending_selected", params)]

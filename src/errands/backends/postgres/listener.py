@@ -1,0 +1,103 @@
+"""LISTEN/NOTIFY: the threads that wake workers for new jobs and waiters for results."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+
+import psycopg
+import psycopg.errors
+
+from errands.backends.base import Listener
+from errands.backends.postgres.connection import (
+    LISTEN_MAX_BACKOFF_SECONDS,
+    LISTEN_POLL_SECONDS,
+    Connection,
+    execute,
+)
+
+logger = logging.getLogger("errands")
+
+
+# -- notifications -------------------------------------------------------------------
+
+
+class PostgresListener(Listener):
+    """A daemon thread relaying ``NOTIFY errands_jobs`` to ``on_wake``.
+
+    It uses its own connection (LISTEN needs a dedicated session, and a pooled
+    connection would be handed to others). ``ready`` is set once it listens.
+    """
+
+    #: the named statement that subscribes to the channel
+    query = "listen"
+
+    def __init__(self, url: str, on_wake: Callable[[], None]) -> None:
+        self.url = url
+        self.on_wake = on_wake
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="errands-listener", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5 * LISTEN_POLL_SECONDS + 1)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        connected_before = False
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    execute(conn, self.query)
+                    self.ready.set()
+                    if connected_before:
+                        self._wake()  # notifications sent while disconnected are lost
+                    connected_before = True
+                    backoff = 0.1
+                    self._relay(conn)
+            except psycopg.Error:
+                self.ready.clear()
+                logger.warning(
+                    "notification listener lost its connection; reconnecting",
+                    extra={"retry_in": backoff},
+                    exc_info=True,
+                )
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, LISTEN_MAX_BACKOFF_SECONDS)
+
+    def _relay(self, conn: Connection) -> None:
+        while not self._stopping.is_set():
+            for notify in conn.notifies(timeout=LISTEN_POLL_SECONDS):
+                self._notified(notify.payload)
+
+    def _notified(self, payload: str) -> None:
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self.on_wake()
+        except Exception:
+            logger.exception("on_wake callback failed")
+
+
+class PostgresResultListener(PostgresListener):
+    """Relays ``NOTIFY errands_results`` (sent by a trigger on ``errands_result``) to
+    ``on_results`` with the request uuids of the new results; None means "unknown"
+    (a batch too large for the payload, or a reconnect that may have missed some)."""
+
+    query = "listen_results"
+
+    def __init__(self, url: str, on_results: Callable[[frozenset[uuid.UUID] | None], None]) -> None:
+        self.on_results = on_results
+        super().__init__(url, lambda: on_results(None))
+
+    def _notified(self, payload: str) -> None:
+        try:
+            uuids = frozenset(uuid.UUID(part) for part in payload.split(",")) if payload else None
+            self.on_results(uuids)
+        except Exception:
+            logger.exception("on_results callback failed")
