@@ -1,7 +1,8 @@
 """An in-memory backend for tests: errands' tables in dictionaries of this process.
 
 It implements all of :class:`~errands.backends.base.Backend` with the semantics
-of the SQL backends, split by concern as the seam is:
+of the SQL backends (one refusal remains: see :meth:`MemoryBackend.rescue_stale_workers`),
+split by concern as the seam is:
 
 * ``memory_store`` -- every write of a job's life (enqueue ... rescue, prune);
 * ``memory_reader`` -- look-ups, pages, counts, stats and throughput;

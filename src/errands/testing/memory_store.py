@@ -273,8 +273,8 @@ class MemoryStore(MemoryTables, JobStore):
             return self._drop_results([r for r in self.results if r.ended_at < cutoff])
 
     def _drop_results(self, doomed: Sequence[JobResult]) -> int:
-        gone = {id(r) for r in doomed}  # results are unique objects; uuids may repeat
-        self.results = [r for r in self.results if id(r) not in gone]
+        gone = {r.uuid for r in doomed}
+        self.results = [r for r in self.results if r.uuid not in gone]
         return len(gone)
 
     def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
