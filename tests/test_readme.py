@@ -22,6 +22,7 @@ import re
 import shlex
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -386,6 +387,52 @@ def test_tutorial_worker_and_results(sqlite_url: str, myapp: Path, tmp_path: Pat
     printed = execute(snippet('errands.results(queue="mail", status="ERRORED")'), {})
     assert printed.startswith("myapp.jobs.SendWelcome ValueError Traceback"), printed
     assert "Traceback" in printed
+
+
+OUTSIDE_MODULE = """
+import pathlib
+
+from errands import Job, register_job
+
+pathlib.Path("outside-imported").write_text("a worker imported me")
+
+
+@register_job
+class Outside(Job):
+    def run(self) -> str:
+        return "ran"
+"""
+
+
+def test_worker_imports_nothing_outside_the_import_setting(
+    sqlite_url: str, myapp: Path, tmp_path: Path
+) -> None:
+    """What step 1 says: a stored path outside the `import` setting ends ERRORED with
+    JobNotRegistered, and its module is never imported (even one the worker could find)."""
+    (tmp_path / "outside.py").write_text(OUTSIDE_MODULE)
+    with contextlib.closing(sqlite3.connect(tmp_path / "errands.sqlite3")) as conn, conn:
+        conn.execute(
+            "INSERT INTO errands_request (uuid, created_at, start_at, job_class, parameters,"
+            " queue, priority) VALUES (?, ?, ?, 'outside.Outside', ?, 'default', 0)",
+            (str(uuid.uuid4()), time.time() - 1, time.time() - 1, '{"args": [], "kwargs": {}}'),
+        )
+    worker = subprocess.Popen(
+        ["errands", "worker", "--import", "myapp.jobs"],
+        cwd=tmp_path,
+        env=clean_env(ERRANDS_DATABASE_URL=sqlite_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: errands.results(job_class="outside.Outside"), timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    [result] = errands.results(job_class="outside.Outside")
+    assert result.status == errands.Status.ERRORED, output
+    assert result.error_type == "errands.errors.JobNotRegistered"
+    assert not (tmp_path / "outside-imported").exists()
 
 
 # -- job methods, parameters, schedules and settings ---------------------------------------
