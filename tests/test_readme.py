@@ -724,6 +724,9 @@ def test_benchmark_commands_exist() -> None:
     assert options >= {"--database-url", "--quick", "--json", "--only"}
     for option in options:
         assert option in done.stdout, option
+    # --help: sqlite:////abs/dir/name.db; sqlite:///tmp/... would be ./tmp/...
+    for url in re.findall(r"sqlite:/+\S+", console):
+        assert url.startswith("sqlite:////") and "sqlite:////" in done.stdout, url
     for only in re.findall(r"--only ([\w,]+)", console + README.read_text()):
         for name in only.split(","):
             assert name in done.stdout, name
