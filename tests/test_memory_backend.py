@@ -34,22 +34,14 @@ from errands.models import (
 )
 from errands.testing.memory import NO_MIGRATION, MemoryBackend
 from errands.testing.memory_reader import bucket_start
-from errands.testing.memory_store import MemoryStore
 
 UTC = datetime.UTC
 ALL = Selection()
 
 
-class RescuingMemoryBackend(MemoryBackend):
-    """The backend with its store's rescue, which ``MemoryBackend`` still refuses
-    (``test_testing_helpers`` pins the refusal in the testing helpers' modes)."""
-
-    rescue_stale_workers = MemoryStore.rescue_stale_workers
-
-
 @pytest.fixture
-def backend() -> Iterator[RescuingMemoryBackend]:
-    b = RescuingMemoryBackend(mode="test")
+def backend() -> Iterator[MemoryBackend]:
+    b = MemoryBackend(mode="test")
     try:
         yield b
     finally:
@@ -134,11 +126,6 @@ def test_there_is_no_schema_to_migrate() -> None:
     assert backend.migration_sql() == NO_MIGRATION
     assert NO_MIGRATION.startswith("--") and "CREATE" not in NO_MIGRATION
     assert backend.schema_version() == backend.latest_schema_version()
-
-
-def test_the_testing_helpers_modes_still_refuse_a_rescue_by_name() -> None:
-    with pytest.raises(NotImplementedError, match="capture mode"):
-        MemoryBackend(mode="capture").rescue_stale_workers(timeout_seconds=1)
 
 
 def test_without_a_registered_worker_there_are_no_workers(backend: MemoryBackend) -> None:
@@ -312,7 +299,7 @@ def test_registering_again_keeps_the_start_and_refreshes_the_beat(backend: Memor
 
 
 def test_rescue_turns_a_silent_workers_processes_into_lost_results(
-    backend: RescuingMemoryBackend,
+    backend: MemoryBackend,
 ) -> None:
     dead, alive = register(backend), register(backend)
     enqueue(backend, new(), new(), new())
@@ -338,7 +325,7 @@ def test_rescue_turns_a_silent_workers_processes_into_lost_results(
     assert backend.complete_many(outcomes=[late]) == []
 
 
-def test_concurrent_rescuers_rescue_a_worker_exactly_once(backend: RescuingMemoryBackend) -> None:
+def test_concurrent_rescuers_rescue_a_worker_exactly_once(backend: MemoryBackend) -> None:
     dead = register(backend)
     enqueue(backend, *[new() for _ in range(20)])
     processes = claim_all(backend, dead)
@@ -352,7 +339,7 @@ def test_concurrent_rescuers_rescue_a_worker_exactly_once(backend: RescuingMemor
 
 
 def test_processes_of_a_worker_without_heartbeat_row_are_rescued(
-    backend: RescuingMemoryBackend,
+    backend: MemoryBackend,
 ) -> None:
     enqueue(backend, new())
     unregistered = uuid.uuid4()

@@ -1,7 +1,7 @@
 """An in-memory backend for tests: errands' tables in dictionaries of this process.
 
 It implements all of :class:`~errands.backends.base.Backend` with the semantics
-of the SQL backends (one refusal remains: see :meth:`MemoryBackend.rescue_stale_workers`),
+of the SQL backends,
 split by concern as the seam is:
 
 * ``memory_store`` -- every write of a job's life (enqueue ... rescue, prune);
@@ -131,18 +131,6 @@ class MemoryBackend(MemoryStore, MemoryReader, Backend):
                 return None
             request = min(candidates, key=claim_order)
             return self._to_process(request, TEST_WORKER_ID, now=now, started_at=now)
-
-    # -- workers: still refused by name --------------------------------------------------
-    def rescue_stale_workers(self, *, timeout_seconds: float) -> list[JobResult]:
-        """Refused for now: ``tests/test_testing_helpers.py`` pins this refusal
-        (``test_operations_of_a_real_worker_are_refused_by_name``). The rescue itself
-        is implemented, in :meth:`MemoryStore.rescue_stale_workers`; delete this
-        override once that test stops asserting the refusal."""
-        raise NotImplementedError(
-            f"rescuing workers is not available in errands.testing's {self.mode} mode "
-            "(an in-memory backend); use the errands_database and errands_worker fixtures "
-            "for a real database and worker"
-        )
 
     # -- wake-ups ------------------------------------------------------------------------
     def listen(self, *, on_wake: Callable[[], None]) -> Listener:
