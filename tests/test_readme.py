@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib
+import inspect
 import io
 import json
 import os
@@ -341,6 +342,15 @@ def test_tutorial_postgres(
         )
 
 
+def json_output_keys() -> dict[str, set[str]]:
+    """The keys the README's "JSON output" section lists, by kind of row."""
+    keys = {}
+    for item in re.split(r"\n- ", section("JSON output"))[1:]:
+        kind, _, listed = item.partition(": ")
+        keys[kind] = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", listed)))
+    return keys
+
+
 def test_tutorial_worker_and_results(sqlite_url: str, myapp: Path, tmp_path: Path) -> None:
     """Step 4's worker command as a real process, then step 5's commands and loop."""
     from myapp.jobs import SendWelcome  # written from the README by the fixture
@@ -381,6 +391,12 @@ def test_tutorial_worker_and_results(sqlite_url: str, myapp: Path, tmp_path: Pat
     assert (shown["uuid"], shown["status"]) == (str(failed.uuid), "ERRORED")
     assert "ValueError" in shown["error_type"]
     assert "Traceback" in outputs["get"]
+    keys = json_output_keys()
+    assert set(shown) == keys["every row"] | keys["results"]
+    requests = CliRunner().invoke(cli, ["--database-url", sqlite_url, "requests", "--json"])
+    assert {frozenset(row) for row in json.loads(requests.output)} == {
+        frozenset(keys["every row"] | keys["requests"])
+    }
     [retried] = [r for r in errands.requests(queue="mail") if r.retry_attempt == 1]
     assert f"request {retried.uuid}" in outputs["retry"]
 
@@ -681,6 +697,71 @@ def test_standalone_dashboard_commands(sqlite_url: str, tmp_path: Path) -> None:
     assert to_login.startswith("/login") and to_login_too.startswith("/login")
     assert "--insecure-no-auth" in lines[3]
     assert shown == 200 and "<title>Overview" in overview
+
+
+# -- the reference tables ----------------------------------------------------------------
+
+
+def section(title: str) -> str:
+    """The README's text under ``## title``, up to the next ``## `` heading."""
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end]
+
+
+def first_cells(table_text: str) -> list[str]:
+    rows = [line for line in table_text.splitlines() if line.startswith("| ")]
+    return [re.split(r"(?<!\\)\|", row)[1].strip() for row in rows[2:]]
+
+
+def test_cli_table_matches_the_commands() -> None:
+    """Every command and option of the CLI table exists (in its --help), and every
+    command of `errands` is in the table."""
+    listed = set()
+    for cell in first_cells(section("CLI")):
+        for span in re.findall(r"`(errands [^`]+)`", cell):
+            words = []
+            for token in span.replace("\\|", "|").split()[1:]:
+                if not re.fullmatch(r"[a-z]+(\|[a-z]+)*", token):
+                    break
+                words.append(token.split("|"))
+            variants = [[]] if not words else [[w] for w in words[0]]
+            for more in words[1:]:
+                variants = [[*v, w] for v in variants for w in more]
+            for command in variants:
+                listed.add(command[0])
+                shown = CliRunner().invoke(cli, [*command, "--help"])
+                assert shown.exit_code == 0, (command, shown.output)
+                for option in re.findall(r"--[a-z][a-z-]*", span):
+                    assert option in shown.output, (command, option)
+    hidden = {"pause", "resume"}  # short forms of `queue pause|resume`, said in the table
+    assert set(cli.commands) - hidden <= listed, set(cli.commands) - hidden - listed
+    assert "`errands pause\\|resume NAME` are short forms" in section("CLI")
+
+
+def test_settings_table_matches_the_settings(cli_state_restored: None) -> None:
+    names = set()
+    for cell in first_cells(section("Settings")):
+        names.update(re.findall(r"`(\w+)`", cell))
+    shown = CliRunner().invoke(cli, ["settings", "--json"], env={"ERRANDS_DATABASE_URL": None})
+    assert shown.exit_code == 0, shown.output
+    assert names == set(json.loads(shown.output))
+
+
+def test_python_api_table_matches_the_api() -> None:
+    import errands.api
+
+    for cell in first_cells(section("Python API")):
+        owner: Any = errands
+        for name, arguments in re.findall(r"`(?:errands\.)?([\w.]+)(?:\(([^)]*)\))?`", cell):
+            if name.startswith("api."):
+                owner, name = errands.api, name.removeprefix("api.")
+            function = getattr(owner, name)
+            parameters = inspect.signature(function).parameters
+            for argument in re.findall(r"(\w+)=?", arguments):
+                if argument not in {"settings", "None"}:
+                    assert argument in parameters, (name, argument)
 
 
 # -- monitoring and performance ---------------------------------------------------------
