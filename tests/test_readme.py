@@ -12,6 +12,7 @@ through click's CliRunner.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime
 import importlib
@@ -740,13 +741,48 @@ def test_cli_table_matches_the_commands() -> None:
     assert "`errands pause\\|resume NAME` are short forms" in section("CLI")
 
 
-def test_settings_table_matches_the_settings(cli_state_restored: None) -> None:
-    names = set()
-    for cell in first_cells(section("Settings")):
-        names.update(re.findall(r"`(\w+)`", cell))
-    shown = CliRunner().invoke(cli, ["settings", "--json"], env={"ERRANDS_DATABASE_URL": None})
+def cells(table_text: str, column: int) -> list[str]:
+    rows = [line for line in table_text.splitlines() if line.startswith("| ")]
+    return [re.split(r"(?<!\\)\|", row)[column + 1].strip() for row in rows[2:]]
+
+
+def test_settings_table_matches_the_settings(
+    cli_state_restored: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every setting is in the table, and a default written as a value is the default."""
+    monkeypatch.chdir(tmp_path)  # no pyproject.toml
+    for name in [n for n in os.environ if n.startswith("ERRANDS_")]:
+        monkeypatch.delenv(name)
+    shown = CliRunner().invoke(cli, ["settings", "--json"])
     assert shown.exit_code == 0, shown.output
-    assert names == set(json.loads(shown.output))
+    defaults = json.loads(shown.output)
+    names = set()
+    table = section("Settings")
+    for cell, default in zip(cells(table, 0), cells(table, 1), strict=True):
+        listed = re.findall(r"`(\w+)`", cell)
+        names.update(listed)
+        literal = re.match(r"`([^`]*)`", default)
+        if len(listed) == 1 and literal:
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(literal.group(1))
+                assert defaults[listed[0]] == value, (listed[0], value)
+    assert names == set(defaults)
+
+
+def test_job_methods_table_matches_job() -> None:
+    class Plain(errands.Job):
+        def run(self) -> None: ...
+
+    job = Plain()
+    table = section("Job methods")
+    for cell, default in zip(cells(table, 0), cells(table, 1), strict=True):
+        [(name, arguments)] = re.findall(r"`(\w+)\(([^)]*)\)`", cell)
+        method = getattr(errands.Job, name)
+        parameters = list(inspect.signature(method).parameters)[1:]
+        assert parameters == [a for a in arguments.split(", ") if a], name
+        if not arguments and name != "run":
+            assert getattr(job, name)() == ast.literal_eval(default.strip("`")), name
+    assert job.calculate_retry_delay(1) == 0
 
 
 def test_python_api_table_matches_the_api() -> None:
