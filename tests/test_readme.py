@@ -54,8 +54,6 @@ README = ROOT / "README.md"
 OPENTELEMETRY = ROOT / "docs" / "opentelemetry.md"
 RUNNABLE = {"python", "bash", "console", "toml", "yaml"}
 
-pytestmark = pytest.mark.slow  # real workers, servers and subprocesses
-
 
 @dataclass(frozen=True)
 class Block:
@@ -111,9 +109,6 @@ RUN = {
         "with_dashboard(django_application": "test_django_asgi_mount",
         "export ERRANDS_DASHBOARD_PASSWORD": "test_standalone_dashboard_commands",
         "$ errands health --queue emails": "test_health_example_output",
-        'command: ["errands", "health", "--queue", "emails"]': "test_health_example_output",
-        "$ python bench/run.py": "test_benchmark_commands_exist",
-        "pip install 'errands[dashboard]'": "test_extras_in_readme_exist",
     },
     OPENTELEMETRY: {
         "# myapp/telemetry.py": "test_opentelemetry_setup_module",
@@ -126,6 +121,18 @@ NOT_RUN = {
             "creates a virtualenv and installs packages from the network; CI runs the"
             " '# 2.' line as it is (.ci/run), tests/test_demo.py runs the demo;"
             " test_install_commands_name_existing_scripts checks what it names"
+        ),
+        "$ python bench/run.py": (
+            "benchmarks that run for minutes on a quiet machine;"
+            " test_benchmark_commands_exist checks every option against bench/run.py --help"
+        ),
+        "pip install 'errands[dashboard]'": (
+            "installs from the network; test_extras_in_readme_exist checks every extra the"
+            " README installs exists in pyproject.toml"
+        ),
+        'command: ["errands", "health", "--queue", "emails"]': (
+            "a Kubernetes manifest; test_health_example_output checks its command is the"
+            " health command it runs"
         ),
         "bash scripts/test --fast": (
             "the development loop: the whole suite and the linters, what CI runs;"
@@ -240,6 +247,7 @@ def wait_until(condition: Any, timeout: float = 30) -> None:
 # -- the first screen ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_first_screen_example(tmp_path: Path) -> None:
     """tasks.py and enqueue.py as printed, then the shell block run by bash."""
     tasks, enqueue = snippet("# tasks.py"), snippet("# enqueue.py")
@@ -290,6 +298,7 @@ def test_extras_in_readme_exist() -> None:
 # -- the tutorial --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_tutorial_enqueue_on_sqlite(sqlite_url: str, myapp: Path) -> None:
     namespace: dict[str, Any] = {"__name__": "tutorial"}
     printed = execute(snippet("request = SendWelcome(42, now).run_in_worker("), namespace)
@@ -352,6 +361,7 @@ def json_output_keys() -> dict[str, set[str]]:
     return keys
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_tutorial_worker_and_results(sqlite_url: str, myapp: Path, tmp_path: Path) -> None:
     """Step 4's worker command as a real process, then step 5's commands and loop."""
     from myapp.jobs import SendWelcome  # written from the README by the fixture
@@ -421,6 +431,7 @@ class Outside(Job):
 """
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_worker_imports_nothing_outside_the_import_setting(
     sqlite_url: str, myapp: Path, tmp_path: Path
 ) -> None:
@@ -533,6 +544,7 @@ def write_schedule_jobs(package: Path) -> None:
     )
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_schedule_settings_are_valid(tmp_path: Path) -> None:
     """The schedule table, as a project's pyproject.toml, passes `errands schedule check`,
     and with the `words` extra its rules read as the README's table of extras says."""
@@ -554,6 +566,7 @@ def test_schedule_settings_are_valid(tmp_path: Path) -> None:
     assert "At 09:00 AM, Monday through Friday" in README.read_text()
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_settings_from_pyproject(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(snippet("heartbeat_timeout = 120"))
     done = subprocess.run(
@@ -575,6 +588,7 @@ def test_settings_from_pyproject(tmp_path: Path) -> None:
 # -- the dashboard -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_fastapi_mount_asks_for_the_password(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -627,6 +641,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_django_asgi_mount(tmp_path: Path) -> None:
     """Django is set up in a subprocess (tests/django_project), as test_django does."""
     errands_url = f"sqlite:///{tmp_path / 'errands.sqlite3'}"
@@ -682,6 +697,7 @@ def serving(args: list[str], cwd: Path, env: dict[str, str]) -> Iterator[int]:
         server.communicate(timeout=30)
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_standalone_dashboard_commands(sqlite_url: str, tmp_path: Path) -> None:
     """Each `errands dashboard` line as a real server (on a free port), asked for a page."""
     lines = commands(snippet("export ERRANDS_DASHBOARD_PASSWORD"))
@@ -825,6 +841,7 @@ def test_health_example_output(empty_pg_url: str, cli_state_restored: None) -> N
     assert json.loads(probed) == shlex.split(lines[0].removeprefix("$ "))
 
 
+@pytest.mark.slow  # real processes or servers, or 0.3 s or more
 def test_benchmark_commands_exist() -> None:
     """The benchmark runs for minutes, so its commands are checked against its --help."""
     console = snippet("$ python bench/run.py")
