@@ -819,17 +819,28 @@ def test_python_api_table_matches_the_api() -> None:
 # -- monitoring and performance ---------------------------------------------------------
 
 
-def test_health_example_output(empty_pg_url: str, cli_state_restored: None) -> None:
-    """The health example's lines, exactly, on PostgreSQL with two workers on 'emails'."""
+def test_health_example_output(
+    empty_pg_url: str, sqlite_url: str, cli_state_restored: None
+) -> None:
+    """The health example's lines, exactly, on PostgreSQL with two workers on 'emails';
+    the schema versions the README states are each database's current one."""
     console = snippet("$ errands health --queue emails")
+    text = " ".join(section("Monitoring").split())
+    stated = re.search(r"current schema version is (\d+) \(SQLite's is (\d+)\)", text)
+    assert stated, "the README says which schema version is current"
     migrate(empty_pg_url)
     backend = open_backend(empty_pg_url)
+    sqlite = open_backend(sqlite_url)
     try:
+        assert backend.latest_schema_version() == int(stated.group(1))
+        assert sqlite.latest_schema_version() == int(stated.group(2))
+        assert f"schema version {stated.group(1)}," in console
         for pid in (1, 2):
             worker = WorkerInfo(worker_id=uuid.uuid4(), hostname="h", pid=pid, queues=["emails"])
             backend.register_worker(worker=worker)
     finally:
         backend.close()
+        sqlite.close()
     lines = console.splitlines()
     for command, shown in zip(lines[::2], lines[1::2], strict=True):
         args = shlex.split(command.removeprefix("$ "))[1:]
