@@ -614,15 +614,16 @@ def test_schedule_lists_entries(db_url: str) -> None:
     assert "No schedule entries" in invoke(db_url, "schedule").output
 
 
-def test_schedule_shows_the_last_occurrences_outcome(db_url: str) -> None:
+def test_schedule_shows_the_queued_occurrence_apart_from_the_last_run(db_url: str) -> None:
     from errands import scheduler
 
     entries = scheduler.parse_entries([["sample_jobs.Noop", "* * * * *"]])
     scheduler.sync(errands.backend(), entries, horizon=datetime.timedelta(0))
     env = {"ERRANDS_SCHEDULE": '[["sample_jobs.Noop", "* * * * *"]]'}
     (entry,) = json.loads(invoke(db_url, "schedule", "--json", env=env).stdout)
-    assert entry["last_outcome"] == "PENDING"
-    assert entry["last_run_at"] is not None
+    # The occurrence enqueued ahead has not run: it is queued, not the last run.
+    assert entry["queued"]["due_at"] == entry["latest_occurrence_at"]
+    assert entry["last_run"] is None
 
 
 def test_schedule_check_validates_without_a_database(

@@ -75,7 +75,7 @@ def assert_demo_summary(stdout: str) -> None:
 
 
 def test_demo_on_a_fresh_machine_uses_sqlite_in_cwd(tmp_path: Path) -> None:
-    marker = f"errands-demo-test-{uuid.uuid4().hex}"
+    marker = f"errands-test-demo-{uuid.uuid4().hex}"  # ERRANDS_TEST_*: never a setting
     env = clean_env(marker)
     env.pop("ERRANDS_TEST_MARKER_VAR")
     env[marker.replace("-", "_").upper()] = "1"
@@ -88,6 +88,7 @@ def test_demo_on_a_fresh_machine_uses_sqlite_in_cwd(tmp_path: Path) -> None:
     assert_demo_summary(completed.stdout)
     assert str(tmp_path / "errands.sqlite3") in completed.stdout
     assert "Traceback" not in completed.stderr
+    assert marker.replace("-", "_").upper() not in completed.stderr  # not an unknown setting
     assert "finished 8/8" in completed.stderr  # progress, plain lines off a terminal
     assert elapsed < 30
     assert_no_processes_left(marker.replace("-", "_").upper())
@@ -154,7 +155,7 @@ def test_demo_times_out_with_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_demo_keep_runs_until_interrupted(tmp_path: Path) -> None:
-    marker = f"ERRANDS_DEMO_KEEP_{uuid.uuid4().hex}"
+    marker = f"ERRANDS_TEST_DEMO_KEEP_{uuid.uuid4().hex}"
     env = clean_env("x")
     env[marker] = "1"
     process = subprocess.Popen(

@@ -109,19 +109,25 @@ def cancel(uuid: uuid_module.UUID | str) -> JobResult | JobProcess | None:
     return None
 
 
-def retry(uuid: uuid_module.UUID | str, *, delay: float | None = None) -> JobRequest | None:
+def retry(
+    uuid: uuid_module.UUID | str, *, delay: float | None = None, source: str | None = None
+) -> JobRequest | None:
     """Enqueue a finished job again as its next attempt, linked from its result.
 
-    ``delay`` defaults to the job's ``calculate_retry_delay``. Returns None when
-    ``should_enqueue`` declined. Raises LookupError if no result has this uuid.
+    ``delay`` defaults to the job's ``calculate_retry_delay``. ``source`` is the new
+    request's (see ``EnqueueOptions.source``; default: the caller's ``file:line``).
+    Returns None when ``should_enqueue`` declined. Raises LookupError if no result
+    has this uuid.
     """
     found = get(uuid)
     if not isinstance(found, JobResult):
         raise LookupError(f"no finished job with uuid {uuid}")
-    return retry_result(found, delay=delay)
+    return retry_result(found, delay=delay, source=source)
 
 
-def retry_result(result: JobResult, *, delay: float | None = None) -> JobRequest | None:
+def retry_result(
+    result: JobResult, *, delay: float | None = None, source: str | None = None
+) -> JobRequest | None:
     from errands.jobs import EnqueueOptions, enqueue_in
     from errands.registry import build_job
 
@@ -136,6 +142,7 @@ def retry_result(result: JobResult, *, delay: float | None = None) -> JobRequest
         retry_attempt=attempt,
         concurrency_key=result.concurrency_key,
         timeout=result.timeout,
+        source=source,
     )
     b = backend()
     from errands import telemetry
@@ -153,7 +160,7 @@ def retry_lost(lost: list[JobResult]) -> None:
         if not lifecycle.attempts_left(retries=result.retries, retry_attempt=result.retry_attempt):
             continue
         try:
-            retry_result(result)
+            retry_result(result, source=result.source)  # automatic: as the worker's retries
         except Exception:
             logger.exception(
                 "could not retry lost job",
@@ -247,12 +254,14 @@ def cancel_selected(kind: Kind | str, selection: Selection) -> BulkOutcome:
     return BulkOutcome(done=done)
 
 
-def retry_selected(selection: Selection, *, limit: int = BULK_BATCH) -> BulkOutcome:
+def retry_selected(
+    selection: Selection, *, limit: int = BULK_BATCH, source: str | None = None
+) -> BulkOutcome:
     """Retry up to ``limit`` selected results that were not retried yet, newest first.
 
     Each is retried as :func:`retry_result` does (its next attempt, linked from the
-    result), due at once rather than after the job's retry delay. Results whose job
-    declines or fails to enqueue are counted as skipped.
+    result, with this ``source``), due at once rather than after the job's retry
+    delay. Results whose job declines or fails to enqueue are counted as skipped.
     """
     pending = replace(selection, retried=False)
     outcome = BulkOutcome(done=0)
@@ -263,14 +272,14 @@ def retry_selected(selection: Selection, *, limit: int = BULK_BATCH) -> BulkOutc
         if not results:
             break
         for result in results:
-            outcome = _retry_counted(result, outcome)
+            outcome = _retry_counted(result, outcome, source)
         cursor = Cursor(at=results[-1].ended_at, uuid=results[-1].uuid)
     return outcome
 
 
-def _retry_counted(result: JobResult, outcome: BulkOutcome) -> BulkOutcome:
+def _retry_counted(result: JobResult, outcome: BulkOutcome, source: str | None) -> BulkOutcome:
     try:
-        retried = retry_result(result, delay=0) is not None
+        retried = retry_result(result, delay=0, source=source) is not None
     except Exception:
         logger.exception(
             "could not retry job",

@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from errands import api, settings
+from errands import api, formatting, settings
 from errands.errors import DeferJob
-from errands.jobs import Job
+from errands.jobs import EnqueueOptions, Job, enqueue_many
 from errands.models import JobResult, Status
 from errands.registry import register_job
 
 DEMO_QUEUE = "errands-demo"
+#: The ``source`` of the jobs the demo enqueues.
+DEMO_SOURCE = "demo"
 DEMO_PROCESSES = 3
 DEMO_POLL_INTERVAL = 0.2
 
@@ -263,7 +265,7 @@ def _enqueue(workdir: Path, tracker: Tracker, out: TextIO) -> None:
     width = max(len(label) for label, *_ in jobs) + 2
     out.write(f"Enqueueing example jobs on queue {DEMO_QUEUE!r}:\n")
     for label, note, job, options in jobs:
-        request = job.run_in_worker(**options)
+        [request] = enqueue_many([job], options=EnqueueOptions(**options, source=DEMO_SOURCE))
         if request is None:
             # Only possible when an earlier demo's rebuild is still pending.
             out.write(f"  {label.ljust(width)}skipped (one is already pending)\n")
@@ -271,7 +273,7 @@ def _enqueue(workdir: Path, tracker: Tracker, out: TextIO) -> None:
             continue
         tracker.add(label, note, request.uuid, delayed="delay" in options)
         out.write(f"  {label.ljust(width)}{note}\n")
-    duplicate = RebuildSearchIndex().run_in_worker()
+    [duplicate] = enqueue_many([RebuildSearchIndex()], options=EnqueueOptions(source=DEMO_SOURCE))
     label = "RebuildSearchIndex() again"
     if duplicate is None:
         out.write(
@@ -346,7 +348,7 @@ def _summary(tracker: Tracker, out: TextIO) -> None:
                 [
                     chain.label if index == 0 else "  \u21b3 next attempt",
                     result.status.value,
-                    f"{result.retry_attempt + 1}/{result.retries + 1}",
+                    formatting.attempt_text(result),
                     _duration(result),
                     result.error_type or "-",
                     _what_happened(chain, index),

@@ -2,11 +2,16 @@
 
 One home, shared by the CLI and the dashboard, for the rules behind what they
 show: how long a job ran or waited, which attempt it is, whether a process is
-claimed, running or cancelling. Where the two show a value differently, both
-spellings live here side by side: the CLI prints compact columns in local time
-with ``-`` for nothing (``4m05s``, attempt ``2/4``); the dashboard writes words
-and UTC ISO times that its script localises, with an empty string for nothing
-(``4 min 5 s``, retry ``1/3``).
+claimed, running or cancelling.
+
+Both show a time the same way, always naming its zone: ``2026-12-07 11:20:03 UTC``
+(:func:`display_time`): the CLI in the local zone of the machine it runs on, the
+dashboard in UTC, which its script rewrites in the viewer's zone, in the same
+form. JSON output keeps ISO 8601 with its offset. Both count attempts the same
+way (:func:`attempt_text`): ``2 of 4`` is the second run of a job allowed three
+retries. Where the two show a duration differently, both spellings live here:
+the CLI prints compact columns with ``-`` for nothing (``4m05s``); the dashboard
+writes words, with an empty string for nothing (``4 min 5 s``).
 
 Nothing here touches a database or imports the CLI or the dashboard.
 """
@@ -23,13 +28,38 @@ Row = JobRequest | JobProcess | JobResult
 # -- times ---------------------------------------------------------------------------------
 
 
-def local_time(value: datetime.datetime | None) -> str:
-    """The CLI's time: local, to the second (``2026-12-07 09:13:26``); ``-`` for none."""
-    if value is None:
-        return "-"
+def display_time(value: datetime.datetime, zone: datetime.tzinfo | None = None) -> str:
+    """A time as errands shows it to people, to the second and naming its zone.
+
+    ``2026-12-07 11:20:03 UTC``, or ``2026-12-07 12:20:03 CET``: in ``zone``, by
+    default the local zone of this machine. A zone without a name of letters
+    (``+03``, or none) is written as its UTC offset: ``2026-12-07 14:20:03 +03:00``.
+    """
     if is_undecodable(value):  # a poison row's (in local time, past 9999)
         return str(value)
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    moment = value.astimezone(zone)
+    return f"{moment:%Y-%m-%d %H:%M:%S} {zone_name(moment)}"
+
+
+def zone_name(moment: datetime.datetime) -> str:
+    """``UTC``, ``CET``...: the zone's abbreviation when it has one, else ``+03:00``."""
+    name = moment.tzname() or ""
+    if name.isalpha():
+        return name
+    offset = moment.utcoffset() or datetime.timedelta(0)
+    sign = "-" if offset < datetime.timedelta(0) else "+"
+    minutes = abs(int(offset.total_seconds())) // 60
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def local_time(value: datetime.datetime | None) -> str:
+    """The CLI's time: :func:`display_time` in the local zone; ``-`` for none."""
+    return "-" if value is None else display_time(value)
+
+
+def utc_time(value: datetime.datetime | None) -> str:
+    """The dashboard's time as the server writes it: :func:`display_time` in UTC."""
+    return display_time(value, datetime.UTC) if value else ""
 
 
 def iso_utc(value: datetime.datetime | None) -> str:
@@ -102,19 +132,34 @@ def waited_seconds(job: JobProcess | JobResult) -> float | None:
 # -- attempts ------------------------------------------------------------------------------
 
 
+#: Said of an attempt beyond those the job allows: a person retried it by hand.
+MANUAL_RETRY = "manual retry"
+
+
 def attempt_number(row: Row) -> int:
-    """Which run of the job this is, counting from 1 (retry_attempt counts from 0)."""
+    """Which run of the job this is, counting from 1 (the stored retry_attempt counts from 0).
+
+    The ``attempt`` field of the CLI's JSON.
+    """
     return row.retry_attempt + 1
 
 
-def attempt_of(row: Row) -> str:
-    """The CLI's attempt column: this attempt of all it may get (``2/4``: one retry of three)."""
-    return f"{attempt_number(row)}/{row.retries + 1}"
+def attempts_allowed(row: Row) -> int:
+    """How many runs the job may get on its own: the first and its ``retries``."""
+    return row.retries + 1
 
 
-def retry_of(row: Row) -> str:
-    """The dashboard's attempt column: retries used of retries allowed (``1/3``)."""
-    return f"{row.retry_attempt}/{row.retries}"
+def attempt_text(row: Row) -> str:
+    """Which attempt this is, as every surface shows it (the word "attempt" is the label's).
+
+    ``1 of 1`` (a job without retries), ``2 of 4`` (its first retry of three). An
+    attempt beyond those allowed was retried by hand (``errands retry``, the
+    dashboard): ``2 (manual retry)``, never ``2 of 1``.
+    """
+    number, allowed = attempt_number(row), attempts_allowed(row)
+    if number > allowed:
+        return f"{number} ({MANUAL_RETRY})"
+    return f"{number} of {allowed}"
 
 
 # -- states --------------------------------------------------------------------------------

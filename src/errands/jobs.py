@@ -158,6 +158,12 @@ class EnqueueOptions:
     retry_attempt: int = 0
     concurrency_key: str | None = None
     timeout: float | None = None
+    #: Where the jobs came from, stored as their ``source`` (shown by ``errands get``
+    #: and the dashboard). None: the ``file:line`` that called errands. errands names
+    #: its own enqueues: ``schedule:<entry key>``, ``cli:errands run``,
+    #: ``cli:errands retry``, ``dashboard:retry``, ``dashboard:run schedule:<entry key>``,
+    #: ``demo``.
+    source: str | None = None
 
 
 def enqueue_many(
@@ -175,7 +181,7 @@ def enqueue_many(
     if not jobs:
         return []
     with _without_cyclic_gc(len(jobs) >= LARGE_BATCH):
-        return _enqueue_many(jobs, options, connection, _caller_location())
+        return _enqueue_many(jobs, options, connection, _source(options))
 
 
 def _enqueue_many(
@@ -208,7 +214,7 @@ def enqueue_in(
     are counted when the transaction commits if the caller opened the transaction
     inside ``telemetry.counting_sends``, and right away otherwise.
     """
-    requests = _new_requests(jobs, options or EnqueueOptions(), _caller_location())
+    requests = _new_requests(jobs, options or EnqueueOptions(), _source(options))
     return _enqueue_prepared(tx, jobs, requests)
 
 
@@ -368,16 +374,29 @@ def _class_names(jobs: Sequence[Job]) -> str:
     return ", ".join(sorted({_class_facts(type(job))[0] for job in jobs}))
 
 
+def _source(options: EnqueueOptions | None) -> str:
+    """The ``source`` to store: the options' own, else where errands was called from."""
+    given = options.source if options is not None else None
+    if given is None:
+        return _storable(_caller_location())
+    if not isinstance(given, str):
+        raise TypeError(f"EnqueueOptions.source must be a str or None, not {type(given).__name__}")
+    return _storable(given)
+
+
 def _caller_location() -> str:
     """``file:line`` of the first frame outside errands: where the job was enqueued from."""
     frame = sys._getframe(1)
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame = frame.f_back
-    location = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-    if location.isascii():
-        return location
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _storable(text: str) -> str:
+    if text.isascii():
+        return text
     # A file name that is not UTF-8 holds lone surrogates, which no database stores.
-    return location.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from errands import api, formatting
 from errands.cli import configuration
 from errands.cli.errors import CliError
 from errands.cli.options import filter_options, json_option, parse_uuid
-from errands.cli.output import print_json, show_row, table
+from errands.cli.output import job_json, print_json, show_row, table
 from errands.models import JobProcess, JobRequest, JobResult, Stats
 
 
@@ -28,6 +28,11 @@ def requests_command(
 ) -> None:
     """List pending jobs, in the order workers will claim them.
 
+    ATTEMPT counts runs from 1: "2 of 4" is the first of three retries, "2
+    (manual retry)" a retry beyond those allowed. --json prints the stored
+    fields (retry_attempt counts from 0, retries is how many are allowed) and
+    attempt, the same count from 1.
+
     \b
     Examples:
       errands requests
@@ -39,7 +44,7 @@ def requests_command(
         queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
     )
     if as_json:
-        print_json([r.as_json() for r in rows])
+        print_json([job_json(r) for r in rows])
     elif rows:
         click.echo(_request_table(rows))
     else:
@@ -57,6 +62,11 @@ def processes_command(
 ) -> None:
     """List jobs claimed by workers (running, or about to run).
 
+    ATTEMPT counts runs from 1: "2 of 4" is the first of three retries, "2
+    (manual retry)" a retry beyond those allowed. --json prints the stored
+    fields (retry_attempt counts from 0, retries is how many are allowed) and
+    attempt, the same count from 1.
+
     \b
     Examples:
       errands processes
@@ -67,7 +77,7 @@ def processes_command(
         queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
     )
     if as_json:
-        print_json([p.as_json() for p in rows])
+        print_json([job_json(p) for p in rows])
     elif rows:
         click.echo(_process_table(rows))
     else:
@@ -86,7 +96,12 @@ def results_command(
 ) -> None:
     """List finished jobs, newest first.
 
-    Shows each result's status, attempt (of 1 + retries), duration and error type.
+    Shows each result's status, attempt, duration and error type.
+
+    ATTEMPT counts runs from 1: "2 of 4" is the first of three retries, "2
+    (manual retry)" a retry beyond those allowed. --json prints the stored
+    fields (retry_attempt counts from 0, retries is how many are allowed) and
+    attempt, the same count from 1.
 
     \b
     Examples:
@@ -103,7 +118,7 @@ def results_command(
         limit=limit,
     )
     if as_json:
-        print_json([r.as_json() for r in rows])
+        print_json([job_json(r) for r in rows])
     elif rows:
         click.echo(_result_table(rows))
     else:
@@ -119,6 +134,11 @@ def get_command(uuid: str, as_json: bool) -> None:
     UUID may be a pending request's, a claimed process's or a result's; a
     request's uuid finds its latest result.
 
+    ATTEMPT counts runs from 1: "2 of 4" is the first of three retries, "2
+    (manual retry)" a retry beyond those allowed. --json prints the stored
+    fields (retry_attempt counts from 0, retries is how many are allowed) and
+    attempt, the same count from 1.
+
     \b
     Examples:
       errands get 3f1c2a4e-5b6d-4c8e-9f00-0123456789ab
@@ -129,7 +149,7 @@ def get_command(uuid: str, as_json: bool) -> None:
     if row is None:
         raise CliError(f"no job has uuid {uuid}")
     if as_json:
-        print_json(row.as_json())
+        print_json(job_json(row))
     else:
         show_row(row)
 
@@ -223,7 +243,7 @@ def _request_table(rows: Sequence[JobRequest]) -> str:
                 r.job_class,
                 r.queue,
                 r.priority,
-                formatting.attempt_of(r),
+                formatting.attempt_text(r),
                 formatting.local_time(r.created_at),
                 formatting.local_time(r.start_at),
                 r.concurrency_key or "-",
@@ -242,7 +262,7 @@ def _process_table(rows: Sequence[JobProcess]) -> str:
                 p.job_class,
                 p.queue,
                 p.priority,
-                formatting.attempt_of(p),
+                formatting.attempt_text(p),
                 formatting.local_time(p.created_at),
                 formatting.local_time(p.started_at),
                 formatting.process_state(p),
@@ -261,7 +281,7 @@ def _result_table(rows: Sequence[JobResult]) -> str:
                 r.job_class,
                 r.queue,
                 r.status.value,
-                formatting.attempt_of(r),
+                formatting.attempt_text(r),
                 formatting.local_time(r.ended_at),
                 formatting.compact_duration(formatting.run_seconds(r)),
                 r.error_type or "-",

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import click
 
-from errands import api
+from errands import api, formatting
 from errands.cli import configuration
 from errands.cli.errors import CliError, ErrandsGroup
 from errands.cli.options import parse_uuid
 from errands.models import JobProcess, JobResult
+
+#: The ``source`` of a job ``errands retry`` enqueues.
+RETRY_SOURCE = "cli:errands retry"
 
 
 @click.command("retry")
@@ -44,11 +47,11 @@ def retry_command(uuid: str, delay: float | None) -> None:
         raise CliError(
             f"job {uuid} has not finished (it is still a {found.kind}); nothing to retry"
         )
-    request = api.retry(found.uuid, delay=delay)
+    request = api.retry(found.uuid, delay=delay, source=RETRY_SOURCE)
     if request is None:
         click.echo(f"Not retried: {found.job_class}.should_enqueue() declined (concurrency key?).")
         return
-    attempt = request.retry_attempt + 1
+    attempt = formatting.attempt_text(request)
     click.echo(f"Enqueued {request.job_class} again as attempt {attempt}: request {request.uuid}")
 
 

@@ -6,6 +6,8 @@ the dashboard.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -40,10 +42,33 @@ def field_text(value: Any) -> str:
     return str(value)
 
 
+def job_json(row: JobRequest | JobProcess | JobResult) -> dict[str, Any]:
+    """A job as ``--json`` prints it: its stored fields, and ``attempt`` after ``retry_attempt``.
+
+    ``attempt`` is the human count, from 1 (:func:`errands.formatting.attempt_number`);
+    ``retry_attempt`` (from 0) and ``retries`` (retries allowed) are as stored.
+    """
+    data: dict[str, Any] = {}
+    for key, value in row.as_json().items():
+        data[key] = value
+        if key == "retry_attempt":
+            data["attempt"] = formatting.attempt_number(row)
+    return data
+
+
 def show_row(row: JobRequest | JobProcess | JobResult) -> None:
-    """Every field of one job, one per line, then its traceback indented."""
-    data = row.as_json()
+    """Every field of one job, one per line, then its traceback indented.
+
+    Times are shown as the tables show them (with their zone), the attempt as
+    ``2 of 4`` (:func:`errands.formatting.attempt_text`).
+    """
+    data = job_json(row)
     traceback = data.pop("traceback", "")
+    data["attempt"] = formatting.attempt_text(row)
+    for field in dataclasses.fields(row):
+        value = getattr(row, field.name)
+        if isinstance(value, datetime.datetime) or formatting.is_undecodable(value):
+            data[field.name] = formatting.local_time(value)
     if isinstance(row, JobResult):
         data["duration"] = formatting.compact_duration(formatting.run_seconds(row))
     width = max(len(k) for k in data)

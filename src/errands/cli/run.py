@@ -13,6 +13,10 @@ from errands import settings
 from errands.cli import configuration
 from errands.cli.errors import CliError, one_line
 from errands.errors import DeferJob
+from errands.jobs import EnqueueOptions, enqueue_many
+
+#: The ``source`` of the jobs ``errands run`` enqueues.
+RUN_SOURCE = "cli:errands run"
 
 
 @click.command("run")
@@ -67,13 +71,15 @@ def run_command(
     if now:
         _run_now(job, config)
         return
-    request = job.run_in_worker(
+    options = EnqueueOptions(
         queue=queue,
         delay=delay,
         priority=priority,
         retries=retries,
         concurrency_key=concurrency_key,
+        source=RUN_SOURCE,
     )
+    [request] = enqueue_many([job], options=options)
     if request is None:
         click.echo(
             f"Not enqueued: {job_class}.should_enqueue() declined "

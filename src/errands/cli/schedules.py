@@ -11,7 +11,6 @@ from errands import api, formatting, scheduler
 from errands.cli import configuration
 from errands.cli.options import json_option
 from errands.cli.output import print_json, table
-from errands.models import JobProcess, JobResult
 
 
 @click.group("schedule", invoke_without_command=True)
@@ -26,8 +25,13 @@ from errands.models import JobProcess, JobResult
 @json_option
 @click.pass_context
 def schedule_command(ctx: click.Context, count: int, as_json: bool) -> None:
-    """Show the schedule setting's entries: next runs and the last occurrence's outcome.
+    """Show the schedule setting's entries: next runs, the one queued, the last run.
 
+    Workers enqueue each entry's next occurrence ahead of time: QUEUED FOR is
+    when the occurrence already enqueued (and not started) is due; LAST RUN is
+    when the latest occurrence that ran started, LAST OUTCOME how it ended
+    (RUNNING while it runs). With --json: "queued" {request_uuid, due_at},
+    "last_run" {uuid, started_at, outcome}, each null when there is none.
     Workers enqueue scheduled jobs themselves; this only reports.
     `errands schedule check` validates the entries without a database.
 
@@ -43,7 +47,7 @@ def schedule_command(ctx: click.Context, count: int, as_json: bool) -> None:
     configuration.import_job_modules(config)
     entries = api.schedule_status(count=count)
     if as_json:
-        print_json([{**e.as_json(), "last_outcome": _last_outcome(e)} for e in entries])
+        print_json([e.as_json() for e in entries])
     elif entries:
         click.echo(_entry_table(entries))
     else:
@@ -70,27 +74,16 @@ def schedule_check_command() -> None:
 
 def _entry_table(entries: list[scheduler.EntryStatus]) -> str:
     return table(
-        ["JOB", "SCHEDULE", "NEXT RUNS", "LAST RUN AT", "LAST OUTCOME"],
+        ["JOB", "SCHEDULE", "NEXT RUNS", "QUEUED FOR", "LAST RUN", "LAST OUTCOME"],
         [
             [
                 e.entry.job,
                 e.description,
                 ", ".join(formatting.local_time(moment) for moment in e.next_runs) or "-",
+                formatting.local_time(e.queued.start_at if e.queued else None),
                 formatting.local_time(e.last_run_at),
-                _last_outcome(e),
+                e.last_outcome or "-",
             ]
             for e in entries
         ],
     )
-
-
-def _last_outcome(entry: scheduler.EntryStatus) -> str:
-    """PENDING, RUNNING, a result's status, or "-" when nothing was enqueued yet."""
-    if entry.last_request_uuid is None:
-        return "-"
-    found = api.get(entry.last_request_uuid)
-    if isinstance(found, JobResult):
-        return str(found.status)
-    if isinstance(found, JobProcess):
-        return "RUNNING"
-    return "PENDING" if found is not None else "-"

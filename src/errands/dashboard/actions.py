@@ -23,9 +23,12 @@ from errands import api, scheduler, settings
 from errands.dashboard import queries, security, sessions
 from errands.dashboard.pages import BULK_ACTIONS
 from errands.errors import ErrandsError
+from errands.jobs import EnqueueOptions, enqueue_many
 from errands.models import JobProcess, JobResult, Kind
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+#: The ``source`` of the jobs the dashboard's Retry buttons (one job, or a selection) enqueue.
+RETRY_SOURCE = "dashboard:retry"
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Actions:
     # -- one job -----------------------------------------------------------------------
     @staticmethod
     def retry(request: Request, form: FormData) -> Done:
-        request_made = api.retry(request.path_params["uuid"], delay=0)
+        request_made = api.retry(request.path_params["uuid"], delay=0, source=RETRY_SOURCE)
         if request_made is None:
             return Done("the job declined the retry (should_enqueue returned False)", ok=False)
         return Done("retry enqueued", to="job", job=request_made.uuid)
@@ -94,7 +97,7 @@ class Actions:
         now = api.backend().now()
         selection = queries.bounded(queries.selection_of(filters, now), _text(form, "until"))
         if action == "retry":
-            outcome = api.retry_selected(selection, limit=api.BULK_BATCH)
+            outcome = api.retry_selected(selection, limit=api.BULK_BATCH, source=RETRY_SOURCE)
         elif action == "cancel":
             outcome = api.cancel_selected(kind, selection)
         else:
@@ -127,7 +130,8 @@ class Actions:
         entry = next((e for e in entries if e.key == key), None)
         if entry is None:
             return Done("that schedule entry no longer exists", ok=False)
-        made = entry.build_job().run_in_worker()
+        options = EnqueueOptions(source=f"dashboard:run schedule:{entry.key}")
+        [made] = enqueue_many([entry.build_job()], options=options)
         if made is None:
             return Done(f"{entry.job} declined to be enqueued (should_enqueue)", ok=False)
         return Done(f"{entry.job} enqueued to run now", to="job", job=made.uuid)

@@ -193,14 +193,11 @@ class Pages:
             entries, error = api.schedule_status(count=3), ""
         except ErrandsError as exc:
             entries, error = [], str(exc)
-        # What became of each entry's latest occurrence: pending, running or its result.
-        latest = {e.entry.key: api.get(e.last_request_uuid) for e in entries if e.last_request_uuid}
         return self.render(
             request,
             "schedules.html",
             nav="schedules",
             entries=entries,
-            latest=latest,
             error=error,
             now=api.backend().now(),
         )
@@ -229,6 +226,7 @@ class Pages:
             count=api.count(kind, selection),
             filters=query.filters,
             until=now.isoformat(),
+            until_at=now,
             back=query.link(),
         )
 

@@ -74,10 +74,10 @@ def environment() -> jinja2.Environment:
         # Times, durations, attempts and states: errands.formatting, shared with the CLI.
         seconds=formatting.duration_in_words,
         iso=formatting.iso_utc,
+        utc_time=formatting.utc_time,
         run_seconds=formatting.run_seconds,
         waited_seconds=formatting.waited_seconds,
-        attempt_number=formatting.attempt_number,
-        retry_of=formatting.retry_of,
+        attempt=formatting.attempt_text,
         process_state=formatting.process_state,
         request_state=formatting.request_state,
     )

@@ -27,9 +27,27 @@
     return ms >= 0 ? text + " ago" : "in " + text;
   }
 
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function zoneName(date) {
+    // The viewer's zone as their browser names it ("CET", "GMT+1"), else the offset.
+    try {
+      var parts = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(date);
+      for (var i = 0; i < parts.length; i++) {
+        if (parts[i].type === "timeZoneName") return parts[i].value;
+      }
+    } catch (e) { /* no Intl: the offset below */ }
+    var offset = -date.getTimezoneOffset();
+    var sign = offset < 0 ? "-" : "+";
+    offset = Math.abs(offset);
+    return sign + pad(Math.floor(offset / 60)) + ":" + pad(offset % 60);
+  }
+
   function local(date) {
-    var today = new Date().toDateString() === date.toDateString();
-    return today ? date.toLocaleTimeString() : date.toLocaleString();
+    // As errands.formatting.display_time writes times: "2026-12-07 12:20:03 CET".
+    return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) +
+      " " + pad(date.getHours()) + ":" + pad(date.getMinutes()) + ":" + pad(date.getSeconds()) +
+      " " + zoneName(date);
   }
 
   function localizeTimes(root) {
