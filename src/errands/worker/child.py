@@ -5,7 +5,8 @@ jobs its parent hands it on ``worker_threads`` runners (its main thread, plus
 threads when there are more); ``async def run()`` jobs run on one event loop
 shared by the child's runners. It never touches the database: it reports each
 job's ``Outcome`` to the parent, which writes them (see ``protocol`` for the
-messages, ``pool`` for the parent's side).
+messages, ``pool`` for the parent's side). What its jobs print or log is
+written in whole lines (``output``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from errands import registry, settings
 from errands.containment import is_own_interrupt
 from errands.jobs import Job
 from errands.models import Outcome
+from errands.worker import output
 from errands.worker.execution import Handler, execute, import_string
 from errands.worker.protocol import (
     LARGE_MESSAGE,
@@ -53,11 +55,13 @@ def child_main(
     max_jobs: int | None,
     started: Any,
     ended: Any,
+    label_output: bool = False,
 ) -> None:
     """Entry point of a child process."""
     # The parent decides about shutdown: a Ctrl-C on the terminal reaches the whole
     # process group, and the child must finish its jobs unless the parent kills them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    output.install(label=label_output)  # before job modules keep a reference to the streams
     os.environ.update(environ)
     settings.reset()
     current = settings.current()
@@ -115,13 +119,19 @@ class ChildRunner:
         self._run_jobs()  # the main thread is a runner too: jobs may rely on it
         for thread in runners:
             thread.join()
+        output.end_all()
         ring(self.pipes.bell)
 
     # -- runners --------------------------------------------------------------------
     def _run_jobs(self) -> None:
         while (job := self._next()) is not None:
             slot, wire = job
-            outcome = execute(assignment_from_wire(wire), self.handler)
+            assignment = assignment_from_wire(wire)
+            token = output.begin_job(assignment.job_class, assignment.process_uuid)
+            try:
+                outcome = execute(assignment, self.handler)
+            finally:
+                output.end_job(token)
             self._report(slot, outcome)
 
     def _next(self) -> tuple[int, Wire] | None:

@@ -151,9 +151,11 @@ class Pool:
         environ: Mapping[str, str],
         max_jobs_per_child: int | None,
         threads: int = 1,
+        label_output: bool = False,
     ) -> None:
         self.size = size
         self.threads = threads
+        self.label_output = label_output  # jobs' output lines start with the job (``output``)
         self.environ = dict(environ)
         self.max_jobs_per_child = max_jobs_per_child
         self.children: list[Child] = []
@@ -185,6 +187,7 @@ class Pool:
                 self.max_jobs_per_child,
                 started,
                 ended,
+                self.label_output,
             ),
             name="errands-job",
             daemon=True,
