@@ -67,7 +67,7 @@ def assert_demo_summary(stdout: str) -> None:
     assert "Results:" in stdout
     assert "SUCCESSFUL" in stdout
     flaky = [line for line in stdout.splitlines() if "CallFlakyApi" in line or "\u21b3" in line]
-    assert any("succeeded on retry 2" in line for line in stdout.splitlines()), stdout
+    assert any("succeeded on attempt 3" in line for line in stdout.splitlines()), stdout
     assert any("ERRORED" in line and "ConnectionError" in line for line in flaky)
     assert "DEFERRED" in stdout
     assert "skipped" in stdout and "returned None" in stdout

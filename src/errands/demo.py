@@ -332,7 +332,7 @@ def _what_happened(chain: Chain, index: int) -> str:
     if index and chain.results[index - 1].status == Status.DEFERRED:
         return "succeeded after the deferral"
     if index:
-        return f"succeeded on retry {result.retry_attempt}"
+        return f"succeeded on attempt {formatting.attempt_number(result)}"
     if chain.delayed and result.started_at is not None:
         waited = (result.started_at - result.requested_at).total_seconds()
         return f"succeeded; started {waited:.1f}s after enqueueing"
