@@ -214,7 +214,7 @@ def test_results_written_before_version_5_keep_no_due_time(fresh_pg_url: str) ->
             )
         assert backend.schema_version() == 4
 
-        assert backend.migrate() == [5, 6]
+        assert backend.migrate() == [5, 6, 7]
 
         (old,) = backend.page_results(selection=Selection(), page=PageSpec(limit=100))
         assert (old.status, old.start_at) == (Status.SUCCESSFUL, None)
@@ -1000,3 +1000,99 @@ def test_listener_reconnects_and_wakes_after_losing_its_connection(backend: Back
         assert woken.wait(10)
     finally:
         listener.close()
+
+
+# -- what LOST results are owed: follow-ups ---------------------------------------------
+
+
+def lost_result(backend: Backend, **fields: Any) -> JobResult:
+    """A LOST result, written as every rescue writes one (here: an orphan lost)."""
+    worker_id = register(backend)
+    enqueue(backend, new(**fields))
+    (process,) = claim_all(backend, worker_id)
+    (lost,) = backend.lose_processes(worker_id=worker_id, process_uuids=[process.uuid])
+    return lost
+
+
+def test_a_lost_result_is_owed_its_followup_in_the_rescues_transaction(backend: Backend) -> None:
+    lost = lost_result(backend, retries=2)
+    assert [r.uuid for r in backend.followups(limit=10)] == [lost.uuid]
+    assert backend.followups(limit=10)[0] == lost
+
+
+def test_a_followup_is_settled_once_with_the_retry_in_the_same_transaction(
+    backend: Backend,
+) -> None:
+    lost = lost_result(backend, retries=1)
+    with backend.enqueue_transaction() as tx:
+        assert tx.settle_followup(result_uuid=lost.uuid)
+        (retry,) = tx.insert_requests([new(retry_attempt=1, retries=1)])
+        tx.link_retry(result_uuid=lost.uuid, request_uuid=retry.uuid)
+    assert backend.followups(limit=10) == []
+    with backend.enqueue_transaction() as tx:
+        assert not tx.settle_followup(result_uuid=lost.uuid)  # already settled
+    (linked,) = backend.page_results(selection=Selection(), page=PageSpec(limit=10))
+    assert linked.retry_request_uuid == retry.uuid
+
+
+def test_a_settlement_that_fails_leaves_the_followup_owed(backend: Backend) -> None:
+    lost = lost_result(backend, retries=1)
+    with pytest.raises(RuntimeError), backend.enqueue_transaction() as tx:
+        assert tx.settle_followup(result_uuid=lost.uuid)
+        tx.insert_requests([new(retry_attempt=1, retries=1)])
+        raise RuntimeError("the worker failed before committing")
+    assert [r.uuid for r in backend.followups(limit=10)] == [lost.uuid]
+    assert backend.next_requests(selection=Selection(), limit=10) == []
+
+
+@pytest.mark.sql_only
+def test_concurrent_settlers_take_a_followup_exactly_once(backend: Backend) -> None:
+    lost = lost_result(backend, retries=1)
+    settlers = [open_backend(backend.url) for _ in range(4)]
+
+    def settle(i: int) -> bool:
+        with settlers[i].enqueue_transaction() as tx:
+            if not tx.settle_followup(result_uuid=lost.uuid):
+                return False
+            tx.insert_requests([new(retry_attempt=1, retries=1)])
+            return True
+
+    try:
+        taken = in_threads(4, settle)
+    finally:
+        for settler in settlers:
+            settler.close()
+    assert sorted(taken) == [False, False, False, True]
+    assert len(backend.next_requests(selection=Selection(), limit=10)) == 1
+    assert backend.followups(limit=10) == []
+
+
+def test_pruning_a_result_forgets_what_it_was_owed(backend: Backend) -> None:
+    lost_result(backend)
+    time.sleep(0.01)
+    assert backend.prune_results(older_than_seconds=0) == 1
+    assert backend.followups(limit=10) == []
+
+
+@pytest.mark.sql_only
+def test_a_rescuer_never_rescues_itself(backend: Backend) -> None:
+    rescuer = register(backend)
+    enqueue(backend, new(), new())
+    mine = claim_all(backend, rescuer)
+    backdate_heartbeat(backend.url, rescuer, 120)  # its own beat is late (cut off, or back)
+    assert backend.rescue_stale_workers(timeout_seconds=60, rescuer=rescuer) == []
+    assert len(backend.page_processes(selection=Selection(), page=PageSpec(limit=10))) == 2
+    lost = backend.rescue_stale_workers(timeout_seconds=60, rescuer=register(backend))
+    assert sorted(r.process_uuid for r in lost) == sorted(p.uuid for p in mine)
+
+
+@pytest.mark.sql_only
+def test_a_rescuer_never_rescues_its_own_processes_without_a_heartbeat_row(
+    backend: Backend,
+) -> None:
+    enqueue(backend, new())
+    rescuer = uuid.uuid4()  # its heartbeat row is gone (a peer took it)
+    claim_all(backend, rescuer)
+    backdate_claims(backend.url, rescuer, 120)
+    assert backend.rescue_stale_workers(timeout_seconds=60, rescuer=rescuer) == []
+    assert len(backend.rescue_stale_workers(timeout_seconds=60)) == 1

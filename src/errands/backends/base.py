@@ -58,6 +58,7 @@ TABLES = (
     "errands_paused_queue",
     "errands_secret",
     "errands_dashboard_session",
+    "errands_followup",
 )
 
 

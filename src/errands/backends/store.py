@@ -64,6 +64,12 @@ class EnqueueTransaction(abc.ABC):
         """Record on a result which request retries it."""
 
     @abc.abstractmethod
+    def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
+        """Take what a LOST result is owed (its hooks, its retry): True for the one
+        transaction that takes it, False when another took it first. A retry enqueued
+        in this transaction commits with the taking, so it is enqueued exactly once."""
+
+    @abc.abstractmethod
     def reserve_occurrences(
         self, occurrences: Sequence[tuple[str, datetime.datetime]]
     ) -> set[tuple[str, datetime.datetime]]:
@@ -170,11 +176,14 @@ class JobStore(abc.ABC):
     def deregister_worker(self, *, worker_id: uuid.UUID) -> None: ...
 
     @abc.abstractmethod
-    def rescue_stale_workers(self, *, timeout_seconds: float) -> list[JobResult]:
+    def rescue_stale_workers(
+        self, *, timeout_seconds: float, rescuer: uuid.UUID | None = None
+    ) -> list[JobResult]:
         """Convert the processes of workers silent for ``timeout_seconds`` to LOST results.
 
         Atomic per dead worker and exactly once among concurrent rescuers:
         the rescuer that deletes the heartbeat row converts that worker's processes.
+        A worker passes its own id as ``rescuer``: it is never rescued by itself.
         """
 
     @abc.abstractmethod
@@ -184,6 +193,13 @@ class JobStore(abc.ABC):
         """Convert a live worker's orphaned processes (no job tracks them) to LOST results."""
 
     # -- prune and delete ------------------------------------------------------
+    @abc.abstractmethod
+    def followups(self, *, limit: int) -> list[JobResult]:
+        """LOST results still owed their ``on_aborted`` hooks and, with attempts left,
+        a retry, oldest first. The rescue records what is owed in the transaction that
+        writes the result; any worker that can load the job's class settles it
+        (:meth:`EnqueueTransaction.settle_followup`)."""
+
     @abc.abstractmethod
     def prune_results(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
         """Delete up to ``batch_size`` results older than the cutoff; return how many."""

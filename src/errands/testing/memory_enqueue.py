@@ -22,6 +22,7 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
         self.staged: list[JobRequest] = []
         self.retry_links: dict[uuid.UUID, uuid.UUID] = {}  # result -> its retry's request
         self.occurrences: dict[OccurrenceKey, uuid.UUID | None] = {}
+        self.settled: set[uuid.UUID] = set()
 
     def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
         """Nothing to do: the backend's lock is held for the whole transaction."""
@@ -52,6 +53,12 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
         self.retry_links[result_uuid] = request_uuid
 
+    def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
+        if result_uuid not in self.tables.owed or result_uuid in self.settled:
+            return False
+        self.settled.add(result_uuid)
+        return True
+
     def reserve_occurrences(
         self, occurrences: Sequence[tuple[str, datetime.datetime]]
     ) -> set[tuple[str, datetime.datetime]]:
@@ -71,6 +78,8 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
             tables.requests[request.uuid] = request
         tables.history.extend(self.staged)
         tables.occurrences.update(self.occurrences)
+        for result_uuid in self.settled:
+            tables.owed.pop(result_uuid, None)
         if self.retry_links:
             tables.results = [self._linked(result) for result in tables.results]
         tables._notify()

@@ -211,18 +211,22 @@ class MemoryStore(MemoryTables, JobStore):
         with self.lock:
             self.heartbeats.remove(worker_id)
 
-    def rescue_stale_workers(self, *, timeout_seconds: float) -> list[JobResult]:
+    def rescue_stale_workers(
+        self, *, timeout_seconds: float, rescuer: uuid.UUID | None = None
+    ) -> list[JobResult]:
         """LOST results for the processes of silent workers (their rows are taken
         first, under the lock: exactly once), then for processes claimed over the
         timeout ago by workers that have no row at all."""
         with self.lock:
             now = utcnow()
             lost: list[JobResult] = []
-            for worker_id in self.heartbeats.take_stale(now, timeout_seconds):
+            for worker_id in self.heartbeats.take_stale(now, timeout_seconds, spare=rescuer):
                 ending = lifecycle.lost_with_worker(worker_id, timeout_seconds)
                 lost += self._lose(self._processes_of(worker_id), ending, now)
             claimed_before = _ago(now, timeout_seconds)
             for worker_id in self._workers_without_row(claimed_before):
+                if worker_id == rescuer:
+                    continue
                 ending = lifecycle.lost_without_heartbeat_row(worker_id)
                 old = [p for p in self._processes_of(worker_id) if p.created_at < claimed_before]
                 lost += self._lose(old, ending, now)
@@ -253,6 +257,8 @@ class MemoryStore(MemoryTables, JobStore):
         for process in processes:
             del self.processes[process.uuid]
         results = [self._write_result(ended_result(p, ending, now)) for p in processes]
+        for result in results:  # owed its hooks and retry, as in the same transaction
+            self.owed[result.uuid] = now
         if results:
             self._notify()
         return results
@@ -275,7 +281,15 @@ class MemoryStore(MemoryTables, JobStore):
     def _drop_results(self, doomed: Sequence[JobResult]) -> int:
         gone = {r.uuid for r in doomed}
         self.results = [r for r in self.results if r.uuid not in gone]
+        for result_uuid in gone:  # nothing is owed on a result that is gone
+            self.owed.pop(result_uuid, None)
         return len(gone)
+
+    def followups(self, *, limit: int) -> list[JobResult]:
+        with self.lock:
+            by_uuid = {r.uuid: r for r in self.results}
+            owed = [by_uuid[u] for u in self.owed if u in by_uuid]
+        return owed[: max(limit, 0)]
 
     def delete(self, *, kind: Kind, selection: Selection, limit: int) -> int:
         """Requests soonest due first, results oldest first (SQL leaves the order open)."""

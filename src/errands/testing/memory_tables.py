@@ -35,6 +35,8 @@ class MemoryTables:
         self.heartbeats = WorkerRows()
         self.occurrences: dict[OccurrenceKey, uuid.UUID | None] = {}
         self.paused: set[str] = set()
+        #: LOST results still owed their hooks and retry (uuid -> when owed), in order.
+        self.owed: dict[uuid.UUID, datetime.datetime] = {}
         self.secrets: dict[str, str] = {}
         self.dashboard_sessions: dict[str, datetime.datetime] = {}  # id -> expires at
         self._listeners: list[MemoryListener] = []

@@ -59,10 +59,17 @@ class WorkerRows:
         stale = sum(1 for w in self.rows.values() if self.is_stale(w, now, timeout))
         return len(self.rows) - stale, stale
 
-    def take_stale(self, now: datetime.datetime, timeout: float) -> list[uuid.UUID]:
-        """Delete the rows of silent workers and return their ids: whoever takes a
-        row rescues that worker's processes (exactly once, under the lock)."""
-        stale = [w.worker_id for w in self.rows.values() if self.is_stale(w, now, timeout)]
+    def take_stale(
+        self, now: datetime.datetime, timeout: float, *, spare: uuid.UUID | None = None
+    ) -> list[uuid.UUID]:
+        """Delete the rows of silent workers but ``spare`` (the rescuer) and return their
+        ids: whoever takes a row rescues that worker's processes (exactly once, under
+        the lock)."""
+        stale = [
+            w.worker_id
+            for w in self.rows.values()
+            if w.worker_id != spare and self.is_stale(w, now, timeout)
+        ]
         for worker_id in stale:
             del self.rows[worker_id]
         return stale

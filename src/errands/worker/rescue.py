@@ -8,9 +8,10 @@ Two kinds of lost jobs:
 * this worker's own orphans: processes the database says it holds but it does
   not track (a claim whose answer was lost with the connection).
 
-Each lost job is retried when its retries allow (``api.retry_lost``) and its
-``on_aborted`` hooks run; a failure of one job's retry or hook is logged and
-leaves the others' alone (``containment.each_result``).
+The rescue records, with each LOST result, what the job is still owed: its
+``on_aborted`` hooks and, when its retries allow, a retry. The follow-up service
+(``followups.py``) settles that right after, here if this worker can load the
+job's class, else on a worker that can.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from errands import api, containment, telemetry
+from errands import telemetry
 from errands.backends import Backend
 from errands.models import JobResult
+from errands.worker.followups import FollowUps
 
 logger = logging.getLogger("errands")
 
@@ -48,17 +50,19 @@ class Rescue:
         self.worker_id = worker_id
         self.heartbeat_timeout = heartbeat_timeout
         self.tracked = tracked
-        self.on_aborted = on_aborted
+        self.followups = FollowUps(backend, on_aborted=on_aborted)
 
     def run_once(self) -> list[JobResult]:
-        """Turn lost jobs into LOST results, retry them and run their hooks; returns them."""
-        lost = self.backend.rescue_stale_workers(timeout_seconds=self.heartbeat_timeout)
+        """Turn lost jobs into LOST results, then settle what lost jobs are owed (this
+        tick's and any a worker before could not); returns this tick's LOST results."""
+        lost = self.backend.rescue_stale_workers(
+            timeout_seconds=self.heartbeat_timeout, rescuer=self.worker_id
+        )
         lost += self._lose_orphans()
         telemetry.record_results(lost)
         if lost:
             logger.warning("rescued lost jobs", extra={"count": len(lost)})
-            containment.each_result("retrying a lost job", api.retry_lost, lost)
-            self.on_aborted(lost)
+        self.followups.run_once()
         return lost
 
     def _lose_orphans(self) -> list[JobResult]:

@@ -21,6 +21,7 @@ from errands.backends.postgres.connection import (
     Connection,
     Row,
     database_errors,
+    execute,
     fetch,
     queries,
 )
@@ -188,6 +189,10 @@ class PostgresEnqueueTransaction(EnqueueTransaction):
 
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
         self._fetch("link_retry", {"result_uuid": result_uuid, "request_uuid": request_uuid})
+
+    def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
+        with database_errors(self._url):
+            return execute(self._conn, "settle_followup", {"result_uuid": result_uuid}) > 0
 
     def reserve_occurrences(
         self, occurrences: Sequence[tuple[str, datetime.datetime]]

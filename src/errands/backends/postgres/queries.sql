@@ -421,9 +421,12 @@ SELECT
 -- Rescuing lost jobs -----------------------------------------------------------
 
 -- name: stale_workers
+-- Never the rescuer itself: a worker whose own beat is late (cut off, or back from
+-- an outage) still runs its jobs, and must not turn them into LOST results.
 SELECT worker_id
 FROM errands_worker
 WHERE last_heartbeat_at < now() - %(timeout_seconds)s::float8 * interval '1 second'
+    AND worker_id IS DISTINCT FROM %(rescuer)s::uuid
 ORDER BY last_heartbeat_at
 
 -- name: delete_stale_worker
@@ -445,6 +448,7 @@ RETURNING worker_id
 SELECT DISTINCT p.worker_id
 FROM errands_process AS p
 WHERE p.created_at < now() - %(timeout_seconds)s::float8 * interval '1 second'
+    AND p.worker_id IS DISTINCT FROM %(rescuer)s::uuid
     AND NOT EXISTS (SELECT 1 FROM errands_worker AS w WHERE w.worker_id = p.worker_id)
 
 -- name: lock_orphaned_processes
@@ -477,20 +481,46 @@ lost AS (
     USING locked
     WHERE p.uuid = locked.uuid
     RETURNING p.*
+),
+written AS (
+    INSERT INTO errands_result (
+        uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
+        worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
+        concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
+    )
+    SELECT
+        gen_random_uuid(), l.uuid, l.request_uuid, l.requested_at, l.started_at, now(), %(status)s,
+        l.worker_id, l.job_class, l.parameters, l.queue, l.priority, l.retries, l.retry_attempt,
+        l.concurrency_key, l.timeout, l.source, l.trace_id, l.span_id, %(error_type)s, %(error)s,
+        l.start_at
+    FROM lost AS l
+    ON CONFLICT (process_uuid) DO NOTHING
+    RETURNING *
+),
+owed AS (
+    -- What the LOST job is still owed (hooks, a retry), in the same transaction.
+    INSERT INTO errands_followup (result_uuid, job_class)
+    SELECT uuid, job_class FROM written
 )
-INSERT INTO errands_result (
-    uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
-    worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
-    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
-)
-SELECT
-    gen_random_uuid(), l.uuid, l.request_uuid, l.requested_at, l.started_at, now(), %(status)s,
-    l.worker_id, l.job_class, l.parameters, l.queue, l.priority, l.retries, l.retry_attempt,
-    l.concurrency_key, l.timeout, l.source, l.trace_id, l.span_id, %(error_type)s, %(error)s,
-    l.start_at
-FROM lost AS l
-ON CONFLICT (process_uuid) DO NOTHING
-RETURNING *
+SELECT * FROM written
+
+-- name: followups
+-- LOST results whose hooks and retry no worker has settled yet, oldest first.
+SELECT r.*
+FROM errands_followup AS f
+JOIN errands_result AS r ON r.uuid = f.result_uuid
+ORDER BY f.created_at
+LIMIT %(limit)s
+
+-- name: settle_followup
+-- The exactly-once gate: of the workers settling one follow-up at once, the one
+-- whose DELETE takes the row enqueues the retry, in the same transaction.
+DELETE FROM errands_followup WHERE result_uuid = %(result_uuid)s
+
+-- name: forget_orphaned_followups
+-- Follow-ups whose result is gone (pruned, deleted by an operator): nothing is owed.
+DELETE FROM errands_followup AS f
+WHERE NOT EXISTS (SELECT 1 FROM errands_result AS r WHERE r.uuid = f.result_uuid)
 
 -- name: processes_of_worker
 SELECT * FROM errands_process WHERE worker_id = %(worker_id)s ORDER BY created_at

@@ -95,8 +95,13 @@ class SqlBackend(Backend):
     def deregister_worker(self, *, worker_id: uuid.UUID) -> None:
         self._run("deregister_worker", {"worker_id": self.codec.uuid(worker_id)})
 
-    def rescue_stale_workers(self, *, timeout_seconds: float) -> list[JobResult]:
-        timeout = {"timeout_seconds": float(timeout_seconds)}
+    def rescue_stale_workers(
+        self, *, timeout_seconds: float, rescuer: uuid.UUID | None = None
+    ) -> list[JobResult]:
+        timeout = {
+            "timeout_seconds": float(timeout_seconds),
+            "rescuer": self.codec.optional_uuid(rescuer),
+        }
         with self._reading() as session:
             stale = [row["worker_id"] for row in session.rows("stale_workers", timeout)]
             vanished = [row["worker_id"] for row in session.rows("orphaned_workers", timeout)]
@@ -139,7 +144,13 @@ class SqlBackend(Backend):
     # -- prune and delete ---------------------------------------------------------------
     def prune_results(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
         params = {"older_than_seconds": float(older_than_seconds), "batch_size": batch_size}
-        return self._run("prune_results", params)
+        pruned = self._run("prune_results", params)
+        if pruned:  # nothing is owed on a result that is gone
+            self._run("forget_orphaned_followups")
+        return pruned
+
+    def followups(self, *, limit: int) -> list[JobResult]:
+        return [self.codec.result(row) for row in self._rows("followups", {"limit": limit})]
 
     def purge(self, *, older_than_seconds: float | None = None) -> int:
         if older_than_seconds is None:

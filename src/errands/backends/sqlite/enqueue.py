@@ -72,6 +72,9 @@ class SqliteEnqueueTransaction(EnqueueTransaction):
             "link_retry", result_uuid=str(result_uuid), request_uuid=str(request_uuid)
         )
 
+    def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
+        return self._session.run("settle_followup", result_uuid=str(result_uuid)) > 0
+
     def reserve_occurrences(
         self, occurrences: Sequence[tuple[str, datetime.datetime]]
     ) -> set[tuple[str, datetime.datetime]]:

@@ -361,7 +361,10 @@ UPDATE errands_worker SET last_heartbeat_at = :now WHERE worker_id = :worker_id
 DELETE FROM errands_worker WHERE worker_id = :worker_id
 
 -- name: stale_workers
-SELECT worker_id FROM errands_worker WHERE last_heartbeat_at < :now - :timeout_seconds
+-- Never the rescuer itself: a worker whose own beat is late (cut off, or back from
+-- an outage) still runs its jobs, and must not turn them into LOST results.
+SELECT worker_id FROM errands_worker
+WHERE last_heartbeat_at < :now - :timeout_seconds AND worker_id IS NOT :rescuer
 
 -- name: delete_stale_worker
 -- The rescuer whose delete removes the row (rowcount 1) owns the rescue of
@@ -376,6 +379,7 @@ DELETE FROM errands_worker WHERE worker_id = :worker_id AND last_heartbeat_at < 
 SELECT DISTINCT p.worker_id
 FROM errands_process AS p
 WHERE p.created_at < :now - :timeout_seconds
+    AND p.worker_id IS NOT :rescuer
     AND NOT EXISTS (SELECT 1 FROM errands_worker AS w WHERE w.worker_id = p.worker_id)
 
 -- name: delete_orphaned_processes_of_worker
@@ -385,6 +389,29 @@ WHERE worker_id = :worker_id
     AND created_at < :now - :timeout_seconds
     AND NOT EXISTS (SELECT 1 FROM errands_worker AS w WHERE w.worker_id = :worker_id)
 RETURNING *
+
+-- name: insert_followup
+-- What a LOST job is still owed (hooks, a retry), written with its result.
+INSERT INTO errands_followup (result_uuid, job_class, created_at)
+VALUES (:result_uuid, :job_class, :now)
+
+-- name: followups
+-- LOST results whose hooks and retry no worker has settled yet, oldest first.
+SELECT r.*
+FROM errands_followup AS f
+JOIN errands_result AS r ON r.uuid = f.result_uuid
+ORDER BY f.created_at
+LIMIT :limit
+
+-- name: settle_followup
+-- The exactly-once gate: the write lock serialises settlers; the one whose
+-- DELETE takes the row enqueues the retry, in the same transaction.
+DELETE FROM errands_followup WHERE result_uuid = :result_uuid
+
+-- name: forget_orphaned_followups
+-- Follow-ups whose result is gone (pruned, deleted by an operator): nothing is owed.
+DELETE FROM errands_followup
+WHERE NOT EXISTS (SELECT 1 FROM errands_result AS r WHERE r.uuid = errands_followup.result_uuid)
 
 -- name: processes_of_worker
 SELECT * FROM errands_process WHERE worker_id = :worker_id ORDER BY created_at

@@ -144,6 +144,8 @@ def lose(
             error=ending.error,
         )
         if result is not None:
+            # What the LOST job is still owed (hooks, a retry), in the same transaction.
+            session.run("insert_followup", result_uuid=str(result.uuid), job_class=result.job_class)
             results.append(result)
     return results
 
