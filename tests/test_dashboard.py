@@ -555,6 +555,19 @@ def test_retrying_a_failed_job_enqueues_its_next_attempt(
     assert "retry enqueued" in client.get(response.headers["location"]).text
 
 
+def test_retrying_a_job_twice_makes_one_attempt_and_says_so(
+    client: TestClient, backend: Backend
+) -> None:
+    result = failed(backend)
+    post(client, f"/jobs/{result.uuid}/retry", next="/results")
+    first = api.get(result.uuid)
+    assert isinstance(first, JobResult) and first.retry_request_uuid is not None
+    response = post(client, f"/jobs/{result.uuid}/retry", next="/results")
+    page = client.get(response.headers["location"]).text
+    assert f"already retried: request {first.retry_request_uuid}" in page
+    assert len(api.requests()) == 1
+
+
 def test_cancelling_a_pending_and_a_running_job(client: TestClient, backend: Backend) -> None:
     (pending,) = enqueue(backend, 1, queue="a")
     enqueue(backend, 1, queue="b")

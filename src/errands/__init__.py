@@ -25,6 +25,7 @@ from errands.api import (
     workers,
 )
 from errands.errors import (
+    AlreadyRetried,
     BackendError,
     ConfigurationError,
     DeferJob,
@@ -39,6 +40,7 @@ from errands.scheduler import Schedule
 from errands.serialization import register_type
 
 __all__ = [
+    "AlreadyRetried",
     "BackendError",
     "ConfigurationError",
     "DeferJob",

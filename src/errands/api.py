@@ -11,13 +11,14 @@ import uuid as uuid_module
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from errands import lifecycle, settings
+from errands import settings
 
 # The process's backend lives below the jobs API (which enqueues through it); this
 # module has been its public home.
 from errands.backends.current import backend as backend
 from errands.backends.current import set_backend_opener as set_backend_opener
 from errands.backends.current import use_backend as use_backend
+from errands.errors import AlreadyRetried
 from errands.models import (
     Cursor,
     JobProcess,
@@ -117,7 +118,8 @@ def retry(
     ``delay`` defaults to the job's ``calculate_retry_delay``. ``source`` is the new
     request's (see ``EnqueueOptions.source``; default: the caller's ``file:line``).
     Returns None when ``should_enqueue`` declined. Raises LookupError if no result
-    has this uuid.
+    has this uuid, and AlreadyRetried (naming the attempt) if it was retried already:
+    a result gets one next attempt, however often or from wherever it is retried.
     """
     found = get(uuid)
     if not isinstance(found, JobResult):
@@ -128,44 +130,24 @@ def retry(
 def retry_result(
     result: JobResult, *, delay: float | None = None, source: str | None = None
 ) -> JobRequest | None:
-    from errands.jobs import EnqueueOptions, enqueue_in
-    from errands.registry import build_job
-
-    attempt = lifecycle.next_attempt(result.retry_attempt)
-    job = build_job(result.job_class, result.parameters)
-    delay = job.calculate_retry_delay(attempt) if delay is None else delay
-    options = EnqueueOptions(
-        queue=result.queue,
-        delay=delay,
-        priority=result.priority,
-        retries=result.retries,
-        retry_attempt=attempt,
-        concurrency_key=result.concurrency_key,
-        timeout=result.timeout,
-        source=source,
-    )
-    b = backend()
+    """Enqueue ``result``'s next attempt, linked from it (see :func:`retry`); raises
+    AlreadyRetried, naming that attempt's request, when it has one already."""
     from errands import telemetry
+    from errands.registry import build_job
+    from errands.retrying import enqueue_retry
 
-    with telemetry.counting_sends(b), b.enqueue_transaction() as tx:
-        request = enqueue_in(tx, [job], options=options)[0]
-        if request is not None:
-            tx.link_retry(result_uuid=result.uuid, request_uuid=request.uuid)
-    return request
-
-
-def retry_lost(lost: list[JobResult]) -> None:
-    """Retry LOST results that have attempts left (rescue cannot: the delay is user code)."""
-    for result in lost:
-        if not lifecycle.attempts_left(retries=result.retries, retry_attempt=result.retry_attempt):
-            continue
-        try:
-            retry_result(result, source=result.source)  # automatic: as the worker's retries
-        except Exception:
-            logger.exception(
-                "could not retry lost job",
-                extra={"job_class": result.job_class, "job_uuid": str(result.uuid)},
-            )
+    if result.retry_request_uuid is not None:
+        raise AlreadyRetried(result.uuid, result.retry_request_uuid)
+    job = build_job(result.job_class, result.parameters)
+    b = backend()
+    try:
+        with telemetry.counting_sends(b), b.enqueue_transaction() as tx:
+            return enqueue_retry(tx, result, job, delay=delay, source=source)
+    except AlreadyRetried:
+        # Another retry linked first, while this one ran: name the attempt it made.
+        found = b.get(uuid=result.uuid)
+        linked = found.retry_request_uuid if isinstance(found, JobResult) else None
+        raise AlreadyRetried(result.uuid, linked) from None
 
 
 def dispatch_aborted_hooks(results: list[JobResult]) -> None:
@@ -280,6 +262,8 @@ def retry_selected(
 def _retry_counted(result: JobResult, outcome: BulkOutcome, source: str | None) -> BulkOutcome:
     try:
         retried = retry_result(result, delay=0, source=source) is not None
+    except AlreadyRetried:
+        retried = False  # retried meanwhile (another operator, another tab)
     except Exception:
         logger.exception(
             "could not retry job",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 
 class ErrandsError(Exception):
     """Base class for errands' own errors."""
@@ -9,6 +11,18 @@ class ErrandsError(Exception):
 
 class ConfigurationError(ErrandsError):
     """A setting has a bad value; the message names the setting, value and source."""
+
+
+class AlreadyRetried(ErrandsError):
+    """A result was retried already: each result gets one next attempt, however many
+    times (or from however many places at once) it is retried. ``request_uuid`` is
+    that attempt's request (None if it could not be read back)."""
+
+    def __init__(self, result_uuid: UUID, request_uuid: UUID | None) -> None:
+        attempt = f": its retry is request {request_uuid}" if request_uuid else ""
+        super().__init__(f"job {result_uuid} was already retried{attempt}")
+        self.result_uuid = result_uuid
+        self.request_uuid = request_uuid
 
 
 class JobNotRegistered(ErrandsError):

@@ -60,8 +60,9 @@ class EnqueueTransaction(abc.ABC):
         """Insert all requests in one round trip; return them in the same order."""
 
     @abc.abstractmethod
-    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
-        """Record on a result which request retries it."""
+    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
+        """Record on a result which request retries it; False (nothing recorded) when
+        the result has a retry already: of two retries at once, one links."""
 
     @abc.abstractmethod
     def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:

@@ -12,6 +12,7 @@ from errands import api, formatting
 from errands.cli import configuration
 from errands.cli.errors import CliError, ErrandsGroup
 from errands.cli.options import parse_uuid
+from errands.errors import AlreadyRetried
 from errands.models import JobProcess, JobResult
 
 #: The ``source`` of a job ``errands retry`` enqueues.
@@ -47,7 +48,10 @@ def retry_command(uuid: str, delay: float | None) -> None:
         raise CliError(
             f"job {uuid} has not finished (it is still a {found.kind}); nothing to retry"
         )
-    request = api.retry(found.uuid, delay=delay, source=RETRY_SOURCE)
+    try:
+        request = api.retry(found.uuid, delay=delay, source=RETRY_SOURCE)
+    except AlreadyRetried as exc:
+        raise CliError(_already_retried(exc)) from None
     if request is None:
         click.echo(f"Not retried: {found.job_class}.should_enqueue() declined (concurrency key?).")
         return
@@ -214,3 +218,14 @@ COMMANDS = [
     resume_command,
     queue_group,
 ]
+
+
+def _already_retried(exc: AlreadyRetried) -> str:
+    """Which attempt the earlier retry made: retrying a result twice makes one."""
+    retry = api.get(exc.request_uuid) if exc.request_uuid else None
+    if retry is None:
+        return f"{exc}; nothing enqueued"
+    return (
+        f"job {exc.result_uuid} was already retried, as attempt "
+        f"{formatting.attempt_text(retry)}: {retry.kind} {retry.uuid}; nothing enqueued"
+    )

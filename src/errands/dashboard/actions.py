@@ -22,7 +22,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from errands import api, scheduler, settings
 from errands.dashboard import queries, security, sessions
 from errands.dashboard.pages import BULK_ACTIONS
-from errands.errors import ErrandsError
+from errands.errors import AlreadyRetried, ErrandsError
 from errands.jobs import EnqueueOptions, enqueue_many
 from errands.models import JobProcess, JobResult, Kind
 
@@ -64,7 +64,10 @@ class Actions:
     # -- one job -----------------------------------------------------------------------
     @staticmethod
     def retry(request: Request, form: FormData) -> Done:
-        request_made = api.retry(request.path_params["uuid"], delay=0, source=RETRY_SOURCE)
+        try:
+            request_made = api.retry(request.path_params["uuid"], delay=0, source=RETRY_SOURCE)
+        except AlreadyRetried as exc:
+            return Done(f"already retried: request {exc.request_uuid}", ok=False)
         if request_made is None:
             return Done("the job declined the retry (should_enqueue returned False)", ok=False)
         return Done("retry enqueued", to="job", job=request_made.uuid)

@@ -50,8 +50,14 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
         self.staged.extend(inserted)
         return inserted
 
-    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
+    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
+        found = [r for r in self.tables.results if r.uuid == result_uuid]
+        if not found or found[0].retry_request_uuid is not None:
+            return False
+        if result_uuid in self.retry_links:
+            return False
         self.retry_links[result_uuid] = request_uuid
+        return True
 
     def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
         if result_uuid not in self.tables.owed or result_uuid in self.settled:

@@ -77,7 +77,7 @@ class FollowUps:
             if not tx.settle_followup(result_uuid=result.uuid):
                 return False  # another worker settled it first
             if job is not None and delay is not None:
-                request = enqueue_retry(tx, result, job, delay=delay)
+                request = enqueue_retry(tx, result, job, delay=delay, source=result.source)
                 retry_uuid = str(request.uuid) if request else None
                 logger.info("retrying a lost job", extra={**_fields(result), "retry": retry_uuid})
         return job is not None

@@ -187,8 +187,10 @@ class PostgresEnqueueTransaction(EnqueueTransaction):
         with database_errors(self._url):
             return insert_requests(self._conn, requests)
 
-    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
-        self._fetch("link_retry", {"result_uuid": result_uuid, "request_uuid": request_uuid})
+    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
+        params = {"result_uuid": result_uuid, "request_uuid": request_uuid}
+        with database_errors(self._url):
+            return execute(self._conn, "link_retry", params) > 0
 
     def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
         with database_errors(self._url):

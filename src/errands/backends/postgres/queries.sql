@@ -178,9 +178,10 @@ SET request_uuid = %(request_uuid)s
 WHERE entry_key = %(entry_key)s AND run_at = %(run_at)s
 
 -- name: link_retry
+-- Once per result: a second retry (or one racing this) links nothing.
 UPDATE errands_result
 SET retry_request_uuid = %(request_uuid)s
-WHERE uuid = %(result_uuid)s
+WHERE uuid = %(result_uuid)s AND retry_request_uuid IS NULL
 
 
 -- Workers ------------------------------------------------------------------------

@@ -67,10 +67,11 @@ class SqliteEnqueueTransaction(EnqueueTransaction):
         # RETURNING gives rows in no guaranteed order: put them back in input order.
         return [to_request(inserted[str(request.uuid)]) for request in requests]
 
-    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> None:
-        self._session.execute(
+    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
+        linked = self._session.run(
             "link_retry", result_uuid=str(result_uuid), request_uuid=str(request_uuid)
         )
+        return linked > 0
 
     def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
         return self._session.run("settle_followup", result_uuid=str(result_uuid)) > 0

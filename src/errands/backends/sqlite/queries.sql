@@ -229,7 +229,9 @@ SELECT count(*) AS active FROM errands_dashboard_session WHERE id = :id AND expi
 DELETE FROM errands_dashboard_session WHERE id = :id
 
 -- name: link_retry
-UPDATE errands_result SET retry_request_uuid = :request_uuid WHERE uuid = :result_uuid
+-- Once per result: a second retry (or one racing this) links nothing.
+UPDATE errands_result SET retry_request_uuid = :request_uuid
+WHERE uuid = :result_uuid AND retry_request_uuid IS NULL
 
 
 -- ---------------------------------------------------------------------------
