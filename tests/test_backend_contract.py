@@ -1096,3 +1096,61 @@ def test_a_rescuer_never_rescues_its_own_processes_without_a_heartbeat_row(
     backdate_claims(backend.url, rescuer, 120)
     assert backend.rescue_stale_workers(timeout_seconds=60, rescuer=rescuer) == []
     assert len(backend.rescue_stale_workers(timeout_seconds=60)) == 1
+
+
+# -- short ids: uuids by prefix (issue 19, item 7) ---------------------------------------
+
+
+def keyed(hex_start: str) -> uuid.UUID:
+    """A uuid starting with ``hex_start``, the rest random."""
+    return uuid.UUID(hex_start + uuid.uuid4().hex[len(hex_start) :])
+
+
+def test_find_prefix_finds_a_request_by_the_start_of_its_uuid(backend: Backend) -> None:
+    (request,) = enqueue(backend, new(uuid=keyed("abcdef12")))
+    enqueue(backend, new(uuid=keyed("abcdef34")), new(uuid=keyed("12345678")))
+    assert backend.find_prefix(prefix="abcdef12", limit=10) == [request]
+    assert backend.find_prefix(prefix="ABCDEF1", limit=10) == [request]  # case ignored
+    assert [r.uuid.hex[:8] for r in backend.find_prefix(prefix="abcdef", limit=10)] == [
+        "abcdef12",
+        "abcdef34",
+    ]
+    assert backend.find_prefix(prefix="fedcba", limit=10) == []
+
+
+def test_find_prefix_takes_hyphens_and_a_whole_uuid(backend: Backend) -> None:
+    (request,) = enqueue(backend, new(uuid=keyed("0123456789ab")))
+    text = str(request.uuid)
+    assert backend.find_prefix(prefix=text[:13], limit=10) == [request]  # "01234567-89ab"
+    assert backend.find_prefix(prefix=text, limit=10) == [request]
+    assert backend.find_prefix(prefix=request.uuid.hex, limit=10) == [request]
+
+
+def test_find_prefix_finds_processes_by_theirs_or_their_requests_uuid(backend: Backend) -> None:
+    enqueue(backend, new(uuid=keyed("aaaaaa")))
+    (process,) = claim_all(backend)
+    assert backend.find_prefix(prefix="aaaaaa", limit=10) == [process]
+    assert backend.find_prefix(prefix=process.uuid.hex[:12], limit=10) == [process]
+
+
+def test_find_prefix_finds_results_by_their_request_process_or_own_uuid(
+    backend: Backend,
+) -> None:
+    enqueue(backend, new(uuid=keyed("bbbbbb")))
+    (process,) = claim_all(backend)
+    (result,) = backend.complete_many(outcomes=[outcome(process)])
+    for key in (result.uuid, result.process_uuid, result.request_uuid):
+        assert backend.find_prefix(prefix=key.hex[:12], limit=10) == [result]
+
+
+def test_find_prefix_returns_at_most_limit_rows_of_each_table(backend: Backend) -> None:
+    enqueue(backend, *(new(uuid=keyed("cccccc")) for _ in range(5)))
+    found = backend.find_prefix(prefix="cccccc", limit=3)
+    assert len(found) == 3
+    assert [r.uuid for r in found] == sorted(r.uuid for r in found)
+
+
+def test_find_prefix_refuses_what_is_not_hex(backend: Backend) -> None:
+    for prefix in ("xyz123", "", "0" * 33, "abc%"):
+        with pytest.raises(ValueError, match="not the start of a uuid"):
+            backend.find_prefix(prefix=prefix, limit=10)

@@ -20,6 +20,18 @@ from errands.models import (
 )
 
 
+def prefix_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The lowest and highest uuid starting with ``prefix`` (hex digits; hyphens and
+    case ignored). Uuids order as their hex text does (PostgreSQL compares their
+    bytes, SQLite their lowercase text), so "starts with" is this range: a range
+    scan of each uuid column's index. ValueError if ``prefix`` is not hex or too long.
+    """
+    digits = prefix.replace("-", "").lower()
+    if not digits or len(digits) > 32 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"{prefix!r} is not the start of a uuid (hex digits, e.g. 3f1c2a4e)")
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
 class JobReader(abc.ABC):
     """Look jobs up, page through them, count them and summarise them.
 
@@ -30,6 +42,13 @@ class JobReader(abc.ABC):
     @abc.abstractmethod
     def get(self, *, uuid: uuid.UUID) -> JobRequest | JobProcess | JobResult | None:
         """Look a uuid up among requests, processes and results (request uuids of results too)."""
+
+    @abc.abstractmethod
+    def find_prefix(self, *, prefix: str, limit: int) -> list[JobRequest | JobProcess | JobResult]:
+        """Rows with a uuid starting with ``prefix`` (see :func:`prefix_range`): requests
+        by their uuid, processes by theirs or their request's, results by theirs, their
+        process's or their request's. At most ``limit`` of each table, in uuid order;
+        requests first, then processes, then results."""
 
     @abc.abstractmethod
     def next_requests(self, *, selection: Selection, limit: int) -> list[JobRequest]:

@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 
 from errands.backends.base import JobReader
+from errands.backends.reader import prefix_range
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -57,6 +58,23 @@ class MemoryReader(MemoryTables, JobReader):
         of_request = [r for r in self.results if r.request_uuid == key]
         found = own or of_request
         return max(found, key=lambda r: r.ended_at) if found else None
+
+    def find_prefix(self, *, prefix: str, limit: int) -> list[JobRequest | JobProcess | JobResult]:
+        low, high = prefix_range(prefix)
+
+        def starts(*keys: uuid.UUID) -> bool:
+            return any(low <= key <= high for key in keys)
+
+        with self.lock:
+            requests = [r for r in self.requests.values() if starts(r.uuid)]
+            processes = [p for p in self.processes.values() if starts(p.uuid, p.request_uuid)]
+            results = [r for r in self.results if starts(r.uuid, r.process_uuid, r.request_uuid)]
+        first = max(limit, 0)
+        return [
+            *sorted(requests, key=lambda row: row.uuid)[:first],
+            *sorted(processes, key=lambda row: row.uuid)[:first],
+            *sorted(results, key=lambda row: row.uuid)[:first],
+        ]
 
     def next_requests(self, *, selection: Selection, limit: int) -> list[JobRequest]:
         now = utcnow()

@@ -563,6 +563,25 @@ WHERE {{requests_selection}}
 ORDER BY priority DESC, start_at, created_at
 LIMIT %(limit)s
 
+-- name: prefix_requests
+-- Short ids: uuids starting with a prefix are the range [%(low)s, %(high)s] (the
+-- prefix padded with 0s, then with fs), a range scan of each uuid column's index.
+SELECT * FROM errands_request WHERE uuid BETWEEN %(low)s AND %(high)s ORDER BY uuid LIMIT %(limit)s
+
+-- name: prefix_processes
+SELECT * FROM errands_process
+WHERE uuid BETWEEN %(low)s AND %(high)s OR request_uuid BETWEEN %(low)s AND %(high)s
+ORDER BY uuid
+LIMIT %(limit)s
+
+-- name: prefix_results
+SELECT * FROM errands_result
+WHERE uuid BETWEEN %(low)s AND %(high)s
+    OR process_uuid BETWEEN %(low)s AND %(high)s
+    OR request_uuid BETWEEN %(low)s AND %(high)s
+ORDER BY uuid
+LIMIT %(limit)s
+
 -- name: get_request
 SELECT * FROM errands_request WHERE uuid = %(uuid)s
 

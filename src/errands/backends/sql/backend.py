@@ -25,6 +25,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from errands.backends.base import Backend
+from errands.backends.reader import prefix_range
 from errands.backends.sql.codec import Codec, Row, Session
 from errands.models import (
     JobProcess,
@@ -204,6 +205,16 @@ class SqlBackend(Backend):
             if rows := session.rows("get_result", params):
                 return self.codec.result(rows[0])
         return None
+
+    def find_prefix(self, *, prefix: str, limit: int) -> list[JobRequest | JobProcess | JobResult]:
+        low, high = prefix_range(prefix)
+        params = {"low": self.codec.uuid(low), "high": self.codec.uuid(high), "limit": limit}
+        found: list[JobRequest | JobProcess | JobResult] = []
+        with self._reading() as session:
+            found += [self.codec.request(row) for row in session.rows("prefix_requests", params)]
+            found += [self.codec.process(row) for row in session.rows("prefix_processes", params)]
+            found += [self.codec.result(row) for row in session.rows("prefix_results", params)]
+        return found
 
     def next_requests(self, *, selection: Selection, limit: int) -> list[JobRequest]:
         params = {**self.codec.selection(selection), "limit": limit}

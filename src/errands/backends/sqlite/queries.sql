@@ -438,6 +438,25 @@ WHERE {{requests_selection}}
 ORDER BY priority DESC, start_at, created_at
 LIMIT :limit
 
+-- name: prefix_requests
+-- Short ids: uuids starting with a prefix are the range [:low, :high] (the
+-- prefix padded with 0s, then with fs), a range scan of each uuid column's index.
+SELECT * FROM errands_request WHERE uuid BETWEEN :low AND :high ORDER BY uuid LIMIT :limit
+
+-- name: prefix_processes
+SELECT * FROM errands_process
+WHERE uuid BETWEEN :low AND :high OR request_uuid BETWEEN :low AND :high
+ORDER BY uuid
+LIMIT :limit
+
+-- name: prefix_results
+SELECT * FROM errands_result
+WHERE uuid BETWEEN :low AND :high
+    OR process_uuid BETWEEN :low AND :high
+    OR request_uuid BETWEEN :low AND :high
+ORDER BY uuid
+LIMIT :limit
+
 -- name: get_request
 SELECT * FROM errands_request WHERE uuid = :uuid
 
