@@ -25,7 +25,6 @@ from worker_process import WorkerProcess
 
 import errands
 from conftest import WorkerRunner, wait_for
-from errands import settings
 
 pytestmark = pytest.mark.slow  # real workers
 
@@ -216,15 +215,13 @@ def test_lines_of_async_jobs_sharing_an_event_loop_never_merge(
 def test_lines_can_start_with_their_job_class_and_short_id(
     run_worker: WorkerRunner,
     jobs_module: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    # As a ``worker_label_output`` setting would (the worker reads it when Settings has it).
-    monkeypatch.setattr(settings.Settings, "worker_label_output", True, raising=False)
     enqueue("Chatty", count=4, lines=5)
 
     run_worker(
         lambda: len(errands.results()) == 4,
+        worker_label_output=True,
         import_modules=("output_jobs",),
         worker_max_processes=2,
         worker_threads=2,

@@ -305,7 +305,7 @@ def _stop_on_signals(worker: Any) -> Iterator[None]:
     """SIGINT/SIGTERM ask the worker to stop (a second one cancels running jobs)."""
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for signum in previous:
-        signal.signal(signum, lambda *_: worker.stop())
+        signal.signal(signum, lambda received, _frame: worker.stop(received))
     try:
         yield
     finally:

@@ -37,8 +37,10 @@ error type and message; the backends and the worker write exactly those):
 
 Retries (:class:`Retry`): an ERRORED or LOST attempt is retried as its next
 attempt while :func:`attempts_left`; an interrupted one is enqueued again at
-the same attempt; a CANCELLED one never. LOST results written by a backend are
-retried by the rescuing worker (``api.retry_lost``), as the delay is user code.
+the same attempt; a CANCELLED one never. A LOST result written by a backend is
+owed its retry (and ``on_aborted`` hooks) in the same transaction; any worker
+that can load the job's class settles it (``worker.followups``), as the delay is
+user code.
 
 This module imports only :mod:`errands.models` and :mod:`errands.errors`.
 """

@@ -56,6 +56,8 @@ class Settings:
     worker_stats_every: float = 60.0
     worker_threads: int = 1
     worker_drain_timeout: float | None = None
+    #: each line a job prints or logs starts with ``[job.Class 1a2b3c4d] `` (worker.output)
+    worker_label_output: bool = False
     poll_interval: float = 1.0
     notifications: bool = True
     log_level: str = "INFO"
@@ -269,6 +271,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "worker_stats_every": _positive(float, allow_zero=True),
     "worker_threads": _positive(int),
     "worker_drain_timeout": _optional(_positive(float, allow_zero=True)),
+    "worker_label_output": _to_bool,
     "poll_interval": _positive(float),
     "notifications": _to_bool,
     "log_level": _choice(LOG_LEVELS, upper=True),

@@ -114,6 +114,12 @@ def _pending_limit(ctx: click.Context, param: click.Parameter, value: str | None
 )
 @click.option("--log-jobs", is_flag=True, help="Log a line per finished job [log_jobs].")
 @click.option(
+    "--label-output",
+    is_flag=True,
+    help="Start each line a job prints or logs with its class and short id, "
+    "e.g. [myapp.jobs.Send 1a2b3c4d] [worker_label_output].",
+)
+@click.option(
     "--reload",
     is_flag=True,
     help="Restart the worker when a .py file below the working directory changes "
@@ -134,6 +140,7 @@ def worker_command(
     log_level: str | None,
     log_format: str | None,
     log_jobs: bool,
+    label_output: bool,
     reload: bool,
 ) -> None:
     """Run a worker: claim due jobs and run each in a child process.
@@ -163,6 +170,7 @@ def worker_command(
         "log_level": log_level,
         "log_format": log_format,
         "log_jobs": True if log_jobs else None,
+        "worker_label_output": True if label_output else None,
     }
     config = configuration.apply(values)
     if reload:

@@ -54,6 +54,9 @@ def _process_attributes(assignment: Assignment) -> dict[str, Any]:
     attributes = conventions.attributes("process", assignment.queue)
     attributes[JOB_CLASS] = assignment.job_class
     attributes[JOB_UUID] = str(assignment.process_uuid)
+    # errands.job.attempt keeps its documented meaning (docs/opentelemetry.md): the
+    # stored retry_attempt, 0 for the first run, 1 for the first retry. Logs, the CLI
+    # and the dashboard count attempts from 1 (formatting.attempt_number) instead.
     attributes[JOB_ATTEMPT] = assignment.retry_attempt
     attributes[CODE_FUNCTION] = f"{assignment.job_class}.run"
     if assignment.request_uuid is not None:

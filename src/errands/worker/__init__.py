@@ -10,9 +10,12 @@ plain outcomes. The modules, from the loop down:
 * ``heartbeat``, ``schedules``, ``rescue``, ``prune``, ``stats``: background services,
   each with a ``run_once()`` that does one bounded pass and returns what it did,
   driven by the loop on its tick (``timing``: when each is due, and backing off
-  while the database fails); ``results``: metrics and hooks after results are written;
+  while the database fails); ``followups``: every LOST job's ``on_aborted`` hooks and
+  retry, settled by whichever worker can load its class (run by ``rescue``);
+  ``results``: metrics and hooks after results are written;
 * ``pool``: the children as the parent sees them; ``protocol``: the messages
-  between parent and child; ``child``: what runs in a child;
+  between parent and child; ``child``: what runs in a child; ``output``: what jobs
+  print or log, written in whole lines (labelled with the job if asked);
 * ``execution``: running one job into an ``Outcome`` (retries included), with
   ``errands.containment`` (user code never stops the worker; the enqueueing side
   uses it too, so it lives below both).

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from errands import api, containment, telemetry
+from errands.formatting import attempt_number
 from errands.models import ABORTED_STATUSES, JobResult
 from errands.worker.timing import Every
 
@@ -63,6 +64,6 @@ def result_fields(result: JobResult) -> dict[str, Any]:
         "job_uuid": str(result.uuid),
         "queue": result.queue,
         "status": str(result.status),
-        "attempt": result.retry_attempt,
+        "attempt": attempt_number(result),  # from 1, as every other surface
         "duration": duration,
     }

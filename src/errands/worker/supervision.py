@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from errands import lifecycle
 from errands.backends import Backend
+from errands.formatting import attempt_number
 from errands.models import JobProcess, Outcome
 from errands.worker.batches import Recorder
 from errands.worker.execution import Assignment, ended
@@ -377,7 +378,7 @@ def job_fields(job: JobProcess | None, **more: Any) -> dict[str, Any]:
         "job_uuid": str(job.uuid),
         "queue": job.queue,
         "priority": job.priority,
-        "attempt": job.retry_attempt,
+        "attempt": attempt_number(job),  # from 1, as every other surface
         "worker_id": str(job.worker_id),
         **more,
     }

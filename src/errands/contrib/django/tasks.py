@@ -32,7 +32,7 @@ from errands import api, registry, serialization
 from errands.contrib.django import _compat
 from errands.contrib.django.backends import DjangoPostgresBackend, DjangoSqliteBackend
 from errands.errors import ErrandsError, JobNotRegistered
-from errands.jobs import Job
+from errands.jobs import EnqueueOptions, Job, enqueue_many
 from errands.models import JobProcess, JobRequest, JobResult, Status
 from errands.registry import job_class_path, register_job
 
@@ -40,6 +40,8 @@ Attempt = JobRequest | JobProcess | JobResult
 
 #: A chain longer than this is surely a task deferring itself for ever.
 LONGEST_CHAIN = 10_000
+#: The ``source`` of the jobs Django's tasks framework enqueues (``errands get``, the dashboard).
+SOURCE = "django:tasks"
 _FAILED = frozenset({Status.ERRORED, Status.LOST, Status.CANCELLED})
 
 
@@ -164,14 +166,17 @@ class ErrandsBackend(_compat.BaseTaskBackend):  # type: ignore[misc]
     def _enqueue_now(self, task: Any, job: RunTask, result: Any) -> None:
         retries = getattr(task, "retries", None)
         timeout = getattr(task, "timeout", None)
-        request = job.run_in_worker(
+        options = EnqueueOptions(
             queue=task.queue_name,
             priority=task.priority,
             delay=task.run_after,
             retries=self.default_retries if retries is None else retries,
             concurrency_key=getattr(task, "concurrency_key", None),
             timeout=self.default_timeout if timeout is None else timeout,
+            # Not the line inside Django that called errands: where the job came from.
+            source=SOURCE,
         )
+        request = enqueue_many([job], options=options)[0]
         if request is None:
             raise TaskNotEnqueued(
                 f"{task.module_path}: a task with concurrency key "
