@@ -7,6 +7,7 @@ Every function here uses the backend named by the current settings
 from __future__ import annotations
 
 import logging
+import string
 import uuid as uuid_module
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from errands import settings
 from errands.backends.current import backend as backend
 from errands.backends.current import set_backend_opener as set_backend_opener
 from errands.backends.current import use_backend as use_backend
+from errands.backends.reader import prefix_range
 from errands.errors import AlreadyRetried
 from errands.models import (
     Cursor,
@@ -91,8 +93,103 @@ def results(
 
 
 def get(uuid: uuid_module.UUID | str) -> JobRequest | JobProcess | JobResult | None:
-    """A request, process or result by its uuid (a request's uuid finds its latest result)."""
-    return backend().get(uuid=_uuid(uuid))
+    """A request, process or result by its uuid (a request's uuid finds its latest result).
+
+    ``uuid`` may also be a unique prefix of one, at least :data:`SHORT_ID_LENGTH` hex
+    characters (``"01a24f63"``, as the dashboard shows uuids): see :func:`resolve_uuid`,
+    which raises ValueError for a prefix too short and AmbiguousUuid for one that
+    several jobs' uuids start with. None when no job has the uuid (or the prefix).
+    """
+    key = resolve_uuid(uuid)
+    return None if key is None else backend().get(uuid=key)
+
+
+# -- short ids ---------------------------------------------------------------------------
+
+#: The fewest characters of a uuid that :func:`resolve_uuid` takes as a prefix.
+SHORT_ID_LENGTH = 6
+#: How many matches an ambiguous prefix lists.
+SHOWN_MATCHES = 10
+
+
+@dataclass(frozen=True)
+class UuidMatch:
+    """A uuid that a prefix matched: the row it finds, and which of its uuids it is."""
+
+    uuid: uuid_module.UUID
+    kind: str  # request, process or result: what errands.get(uuid) returns
+    job_class: str
+    role: str = ""  # "" for the row's own uuid, else "its request" or "its process"
+    row_uuid: uuid_module.UUID | None = None  # the row's own uuid (None: ``uuid``)
+
+    def describe(self) -> str:
+        what = f"{self.kind} ({self.role})" if self.role else self.kind
+        return f"{self.uuid}  {what:<22} {self.job_class}"
+
+
+class AmbiguousUuid(LookupError):
+    """Several jobs' uuids start with ``prefix``; ``matches`` lists (some of) them."""
+
+    def __init__(self, prefix: str, matches: list[UuidMatch]) -> None:
+        listed = "\n".join(f"  {m.describe()}" for m in matches)
+        more = " (or more)" if len(matches) >= SHOWN_MATCHES else ""
+        super().__init__(
+            f"{prefix!r} is the start of {len(matches)}{more} uuids; "
+            f"give more characters:\n{listed}"
+        )
+        self.prefix = prefix
+        self.matches = matches
+
+
+def find_uuids(prefix: str, *, limit: int = SHOWN_MATCHES) -> list[UuidMatch]:
+    """The distinct uuids of jobs (requests, processes, results, and the request and
+    process uuids results keep) starting with ``prefix``: at most ``limit``."""
+    low, high = prefix_range(prefix)
+    matches: dict[uuid_module.UUID, UuidMatch] = {}
+    for row in backend().find_prefix(prefix=prefix, limit=limit):
+        keys = [(row.uuid, "")]
+        if not isinstance(row, JobRequest):
+            keys.append((row.request_uuid, "its request"))
+        if isinstance(row, JobResult):
+            keys.append((row.process_uuid, "its process"))
+        for key, role in keys:
+            if low <= key <= high and key not in matches:
+                matches[key] = UuidMatch(key, row.kind, row.job_class, role, row.uuid)
+    return sorted(matches.values(), key=lambda m: m.uuid)[:limit]
+
+
+def resolve_uuid(value: uuid_module.UUID | str) -> uuid_module.UUID | None:
+    """The uuid ``value`` names: a whole uuid as it is, or the one job uuid that a
+    prefix of at least :data:`SHORT_ID_LENGTH` hex characters starts (hyphens and case
+    ignored; None if no job's does). Uuids are time-ordered (version 7): those made
+    in the same minute share their first 8 characters, so a short id may need more.
+
+    Raises ValueError for text that is not hex or a prefix too short, and
+    :class:`AmbiguousUuid`, listing the matches, when several uuids start with it.
+    """
+    if isinstance(value, uuid_module.UUID):
+        return value
+    text = str(value).strip()
+    try:
+        return uuid_module.UUID(text)
+    except ValueError:
+        pass
+    digits = text.replace("-", "")
+    if not digits or len(digits) > 32 or not all(c in string.hexdigits for c in digits):
+        raise ValueError(
+            f"{text!r} is not a uuid, nor the start of one (give at least "
+            f"{SHORT_ID_LENGTH} of its hex characters, e.g. 3f1c2a4e)"
+        )
+    if len(digits) < SHORT_ID_LENGTH:
+        raise ValueError(
+            f"{text!r} is too short for a uuid prefix: give at least "
+            f"{SHORT_ID_LENGTH} of its characters (e.g. 3f1c2a4e)"
+        )
+    matches = find_uuids(text)
+    rows = {match.row_uuid or match.uuid for match in matches}
+    if len(rows) > 1:  # not when a result's own uuid and its process's both start so
+        raise AmbiguousUuid(text, matches)
+    return rows.pop() if rows else None
 
 
 def cancel(uuid: uuid_module.UUID | str) -> JobResult | JobProcess | None:

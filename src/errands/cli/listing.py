@@ -132,7 +132,8 @@ def get_command(uuid: str, as_json: bool) -> None:
     """Show one job in full, with its traceback.
 
     UUID may be a pending request's, a claimed process's or a result's; a
-    request's uuid finds its latest result.
+    request's uuid finds its latest result. Its first 6 or more characters do
+    (as the dashboard shows them) when no other job's uuid starts with them.
 
     ATTEMPT counts runs from 1: "2 of 4" is the first of three retries, "2
     (manual retry)" a retry beyond those allowed. --json prints the stored
@@ -143,6 +144,7 @@ def get_command(uuid: str, as_json: bool) -> None:
     Examples:
       errands get 3f1c2a4e-5b6d-4c8e-9f00-0123456789ab
       errands get 3f1c2a4e-5b6d-4c8e-9f00-0123456789ab --json
+      errands get 3f1c2a4e5b6d
     """
     configuration.current()
     row = api.get(parse_uuid(uuid))

@@ -32,7 +32,7 @@ def retry_command(uuid: str, delay: float | None) -> None:
 
     The new request copies the job's class, parameters and options and is linked
     from the old result (retry_request_uuid). The job's module must be importable
-    (--import / setting 'import').
+    (--import / setting 'import'). UUID may be a unique prefix (6+ characters).
 
     \b
     Examples:
@@ -66,7 +66,7 @@ def cancel_command(uuid: str) -> None:
 
     A pending request becomes a CANCELLED result at once. A running job's worker
     notices the request within about a second, kills the job's process and
-    records it CANCELLED.
+    records it CANCELLED. UUID may be a unique prefix (6+ characters).
 
     \b
     Example:

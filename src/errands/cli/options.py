@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
-from errands import settings
+from errands import api, settings
+from errands.cli.errors import CliError
 from errands.models import Status
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,10 +59,15 @@ def filter_options(*, status: bool) -> Callable[[F], F]:
 
 
 def parse_uuid(value: str) -> uuid_module.UUID:
+    """A whole uuid, or the one job uuid that a prefix of 6 or more hex characters
+    starts (as the dashboard shows them); call after ``configuration.current()``."""
     try:
-        return uuid_module.UUID(value.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a uuid (e.g. 3f1c2a4e-...)") from None
+        key = api.resolve_uuid(value)
+    except (api.AmbiguousUuid, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    if key is None:
+        raise CliError(f"no job has a uuid starting with {value.strip()}")
+    return key
 
 
 # -- global options, also accepted after the command ------------------------------------
