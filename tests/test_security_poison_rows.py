@@ -207,7 +207,7 @@ class DatabaseFailures(logging.Handler):
         self.failures: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("database operation failed"):
+        if record.getMessage().startswith(("database unavailable", "database operation failed")):
             self.failures.append(getattr(record, "operation", "?"))
 
 

@@ -19,7 +19,7 @@ from errands import settings
 from errands.backends.current import backend as backend
 from errands.backends.current import set_backend_opener as set_backend_opener
 from errands.backends.current import use_backend as use_backend
-from errands.backends.reader import prefix_range
+from errands.backends.reader import JobReader, prefix_range
 from errands.errors import AlreadyRetried
 from errands.models import (
     Cursor,
@@ -394,27 +394,39 @@ def delete(uuid: uuid_module.UUID | str) -> bool:
 Attempt = JobRequest | JobProcess | JobResult
 
 
-def retry_chain(uuid: uuid_module.UUID | str, *, longest: int = 50) -> list[Attempt]:
+def retry_chain(
+    uuid: uuid_module.UUID | str, *, longest: int = 50, reader: JobReader | None = None
+) -> list[Attempt]:
     """Every attempt of the job that ``uuid`` belongs to, first to last.
 
     Attempts are linked by retries and deferrals: a result's ``retry_request_uuid``
     is the next attempt's request, found again by :meth:`Backend.retried_by`.
-    Chains longer than ``longest`` are cut at both ends around ``uuid``.
+    Chains longer than ``longest`` are cut at both ends around ``uuid``. ``reader``
+    defaults to the current backend.
     """
-    found = get(uuid)
+    found = get(uuid) if reader is None else reader.get(uuid=_uuid(uuid))
     if found is None:
         return []
-    return [*reversed(_earlier_attempts(found, longest)), found, *_later_attempts(found, longest)]
+    return attempt_chain(reader or backend(), found, longest=longest)
+
+
+def attempt_chain(reader: JobReader, attempt: Attempt, *, longest: int = 50) -> list[Attempt]:
+    """The attempts of ``attempt``'s job, first to last (see :func:`retry_chain`)."""
+    return [
+        *reversed(_earlier_attempts(reader, attempt, longest)),
+        attempt,
+        *_later_attempts(reader, attempt, longest),
+    ]
 
 
 def _request_uuid_of(attempt: Attempt) -> uuid_module.UUID:
     return attempt.uuid if isinstance(attempt, JobRequest) else attempt.request_uuid
 
 
-def _earlier_attempts(attempt: Attempt, longest: int) -> list[Attempt]:
+def _earlier_attempts(reader: JobReader, attempt: Attempt, longest: int) -> list[Attempt]:
     earlier: list[Attempt] = []
     while len(earlier) < longest:
-        previous = backend().retried_by(request_uuid=_request_uuid_of(attempt))
+        previous = reader.retried_by(request_uuid=_request_uuid_of(attempt))
         if previous is None:
             break
         earlier.append(previous)
@@ -422,10 +434,10 @@ def _earlier_attempts(attempt: Attempt, longest: int) -> list[Attempt]:
     return earlier
 
 
-def _later_attempts(attempt: Attempt, longest: int) -> list[Attempt]:
+def _later_attempts(reader: JobReader, attempt: Attempt, longest: int) -> list[Attempt]:
     later: list[Attempt] = []
     while len(later) < longest and isinstance(attempt, JobResult) and attempt.retry_request_uuid:
-        following = get(attempt.retry_request_uuid)
+        following = reader.get(uuid=attempt.retry_request_uuid)
         if following is None:
             break  # the next attempt's rows were pruned or deleted
         later.append(following)

@@ -42,6 +42,10 @@ class Settings:
     """errands' configuration: build one with :func:`load`, or use :func:`current`."""
 
     database_url: str = ""
+    #: seconds without an answer after which a PostgreSQL connection counts as dead:
+    #: connect timeout, TCP keepalives and tcp_user_timeout, and a worker's deadline
+    #: on its own statements (see errands.backends.postgres.connection)
+    database_timeout: float = 10.0
     import_modules: tuple[str, ...] = ()
     results_retention: float = 7 * 24 * 3600
     heartbeat_interval: float = 60.0
@@ -258,6 +262,7 @@ def _to_timezone(value: Any) -> str:
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "database_url": _to_str,
+    "database_timeout": _positive(float),
     "import_modules": _to_names,
     "results_retention": _positive(float),
     "heartbeat_interval": _positive(float),

@@ -90,6 +90,12 @@ class EnqueueTransaction(abc.ABC):
 class JobStore(abc.ABC):
     """Enqueue, claim, start, complete, release, cancel, stop, rescue and prune jobs."""
 
+    def bound_calls(self, *, seconds: float) -> None:
+        """From now on, fail any call not answered within ``seconds`` instead of waiting
+        on (a worker's: a connection cut off without a word must not hang it). A backend
+        whose calls cannot hang that way (SQLite, memory) does nothing."""
+        return None
+
     # -- enqueue ---------------------------------------------------------------
     @abc.abstractmethod
     def enqueue_transaction(
@@ -136,6 +142,17 @@ class JobStore(abc.ABC):
         ``on_aborted`` hooks must run): a worker that neither logs nor measures
         every result spares itself reading back the rest.
         """
+
+    def completing(
+        self, *, outcome: Outcome
+    ) -> AbstractContextManager[tuple[JobResult | None, EnqueueTransaction]]:
+        """Complete one process as :meth:`complete_many` does, but without its requeue,
+        in a transaction left open for enqueueing: the process is gone, so its
+        concurrency slot is free, when the block's enqueues ask ``should_enqueue`` (a
+        deferral's re-enqueue). Everything commits when the block exits cleanly, nothing
+        when it raises. The result is None when the process no longer exists. Backends
+        without it (the in-memory one) raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} has no completing()")
 
     @abc.abstractmethod
     def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:

@@ -9,8 +9,8 @@ The group and its global options live here; each command group has its module:
   ``resume``, ``queue``
 - :mod:`~errands.cli.deployment`: ``migrate``, ``health``, ``settings``
 - :mod:`~errands.cli.schedules`: ``schedule``, ``schedule check``
-- :mod:`~errands.cli.run`, :mod:`~errands.cli.demo`, :mod:`~errands.cli.dashboard`:
-  one command each
+- :mod:`~errands.cli.run`, :mod:`~errands.cli.demo`, :mod:`~errands.cli.dashboard`,
+  :mod:`~errands.cli.why`: one command each
 
 Shared by them: :mod:`~errands.cli.errors` (how a command fails),
 :mod:`~errands.cli.configuration` (settings, job modules, schema check),
@@ -41,6 +41,7 @@ from errands.cli import (
     options,
     run,
     schedules,
+    why,
     worker,
 )
 from errands.cli.errors import EXIT_CODES, ErrandsGroup
@@ -78,6 +79,7 @@ def cli(database_url: str | None, import_modules: tuple[str, ...]) -> None:
       errands worker --import myapp.jobs    run jobs enqueued with Job.run_in_worker()
       errands results                       see what happened, newest first
       errands get UUID                      one job in full, with its traceback
+      errands why UUID                      why a job is waiting, running or done
       errands stats                         queue counts and workers at a glance
 
     Settings come from flags, ERRANDS_* environment variables, [tool.errands]
@@ -111,6 +113,7 @@ COMMANDS: list[click.Command] = [
     run.run_command,
     demo.demo_command,
     dashboard.dashboard_command,
+    why.why_command,
 ]
 for _command in COMMANDS:
     options.accept_global_options(_command)

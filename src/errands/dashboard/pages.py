@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from errands import api
+from errands import api, formatting, settings, why
 from errands.dashboard import chart, queries
 from errands.dashboard.render import Renderer
 from errands.errors import ErrandsError
@@ -180,6 +180,12 @@ class Pages:
             chain=chain,
             now=api.backend().now(),
             paused=found.queue in api.paused_queues(),
+            why=why.explain(
+                why.gather(
+                    api.backend(), found, heartbeat_timeout=settings.current().heartbeat_timeout
+                ),
+                time_text=formatting.utc_time,
+            ),
         )
 
     # -- workers and schedules -------------------------------------------------------------

@@ -2,10 +2,15 @@
 
 A worker silent for ``heartbeat_timeout`` is declared dead by the first peer
 whose rescue notices it (see ``rescue``): its jobs turn LOST and its row goes.
-If that happens to a worker that is in fact alive (a long pause), its next beat
-finds no row and it registers again; the jobs the peer turned LOST stay LOST:
-their late outcomes find no process row and are dropped by ``complete_many``,
-so one process still has one result.
+If that happens to a worker that is in fact alive (a long pause, a partition),
+its next beat finds no row and it registers again; the jobs the peer turned LOST
+stay LOST (one process, one result): the worker drops those it had not started
+(``Worker.beat``), and the late outcomes of those it ran are kept on their LOST
+results (``complete_many``).
+
+``beat_at`` is when the last beat that was written began: a worker that could not
+beat for nearly ``heartbeat_timeout`` may have been declared dead already, and
+starts nothing it holds until a beat tells it (``Worker._cut_off``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -29,9 +35,11 @@ class Heartbeat:
         self.backend = backend
         self.worker_id = worker_id
         self.queues = list(queues)
+        self.beat_at = time.monotonic()  # when the last beat written began
 
     def register(self) -> None:
         """Insert this worker's row (host, pid, queues), beating now."""
+        began = time.monotonic()
         self.backend.register_worker(
             worker=WorkerInfo(
                 worker_id=self.worker_id,
@@ -40,10 +48,13 @@ class Heartbeat:
                 queues=self.queues,
             )
         )
+        self.beat_at = began
 
     def run_once(self) -> bool:
         """One beat; False if a peer had declared this worker dead (it registered again)."""
+        began = time.monotonic()
         if self.backend.heartbeat(worker_id=self.worker_id):
+            self.beat_at = began
             return True
         logger.warning("this worker was declared dead by a peer; registering again")
         self.register()

@@ -17,7 +17,11 @@ time, so the children keep getting jobs while the database works, and a claim
 never waits for a write. Every other database call waits for both first
 (``_guarded``): every step sees the effects of the steps before it, as if all
 ran in turn. A failing database call is logged and retried later (``timing.Backoff``);
-nothing is lost meanwhile.
+nothing is lost meanwhile. Every call has a deadline (``database_timeout``): a worker
+cut off from its database learns it within that time instead of hanging. One that
+could not beat for nearly ``heartbeat_timeout`` may have been declared dead: it
+starts none of the jobs it holds and claims nothing until a beat is written, and if
+its row was gone it drops the jobs it held that a peer rescued (``_cut_off``, ``beat``).
 
 Shutdown: the first SIGTERM/SIGINT stops claiming, puts back jobs not yet started,
 and lets running jobs finish; a second one kills them and records them CANCELLED.
@@ -74,6 +78,7 @@ class Worker:
         entries = scheduler.parse_entries(config.schedule, config.timezone)
         self.queues = list(queues)
         self.backend = backend or api.backend()
+        self.backend.bound_calls(seconds=config.database_timeout)
         self.worker_id = uuid.uuid4()
         self.waiting: deque[JobProcess] = deque()  # claimed, not yet handed to a child
         self.pool = Pool(
@@ -107,6 +112,11 @@ class Worker:
         backend = self.backend
         self.heartbeat = Heartbeat(backend, self.worker_id, self.queues)
         self.beat_every = Every(config.heartbeat_interval)
+        # Without a beat for this long a peer may declare this worker dead any moment.
+        self.hold_after = max(
+            config.heartbeat_timeout - config.heartbeat_interval, config.heartbeat_interval
+        )
+        self.holding_back = False
         self.after_results = AfterResults(
             log_jobs=config.log_jobs, beat=self.beat, beat_every=self.beat_every
         )
@@ -282,12 +292,34 @@ class Worker:
 
     def _start_database_work(self) -> None:
         now = time.monotonic()
-        if not self.stopping:
+        if not self.stopping and not self._cut_off(now):
             self.intake.start(now)  # first: the claim's round trip overlaps the dispatch
             if self.waiting:
                 self.pool.dispatch(self.waiting)
         if not self.backoff.waiting(now):
             self.recorder.start(now, holding=self._holding, stopping=self.stopping)
+
+    def _cut_off(self, now: float) -> bool:
+        """Whether this worker went without a beat for so long that a peer may have
+        declared it dead and rescued its jobs: then it starts none of the jobs it holds
+        (they may be running elsewhere already) and claims nothing, until a beat is
+        written (``beat``). Said once in the log each way."""
+        silent = now - self.heartbeat.beat_at
+        cut_off = silent >= self.hold_after
+        if cut_off and not self.holding_back:
+            for child in self.pool.children:  # jobs queued in a child come back to wait
+                if child.queued():
+                    self.pool.recall(child)
+            logger.error(
+                f"no heartbeat written for {silent:.1f} s: a peer may declare this worker "
+                f"dead; starting none of the {len(self.waiting)} jobs it holds and claiming "
+                "nothing until the database answers",
+                extra={"silent_seconds": round(silent, 1), "held": len(self.waiting)},
+            )
+        elif not cut_off and self.holding_back:
+            logger.warning("heartbeat written again; starting and claiming jobs again")
+        self.holding_back = cut_off
+        return cut_off
 
     def _holding(self) -> bool:
         return bool(self.pool.busy() or self.waiting)
@@ -420,8 +452,28 @@ class Worker:
             self.log_stats()
 
     def beat(self) -> None:
-        """Refresh the heartbeat (see ``heartbeat``)."""
-        self.heartbeat.run_once()
+        """Refresh the heartbeat (see ``heartbeat``); if a peer had declared this worker
+        dead, drop the jobs it holds that the peer rescued."""
+        if not self.heartbeat.run_once():
+            self._drop_rescued()
+
+    def _drop_rescued(self) -> None:
+        """Forget the waiting jobs whose process is gone: a peer recorded them LOST (and
+        may have retried them, or they ran elsewhere); starting them would run them again.
+        Jobs claimed since keep their process and stay."""
+        if not self.waiting:
+            return
+        held = {p.uuid for p in self.backend.processes_of_worker(worker_id=self.worker_id)}
+        kept = [job for job in self.waiting if job.uuid in held]
+        dropped = [job for job in self.waiting if job.uuid not in held]
+        self.waiting.clear()
+        self.waiting.extend(kept)
+        if dropped:
+            logger.warning(
+                f"dropped {len(dropped)} jobs this worker held and had not started: a peer "
+                "recorded them LOST while this worker was cut off",
+                extra={"dropped": len(dropped), "jobs": ",".join(str(j.uuid) for j in dropped)},
+            )
 
     def run_maintenance(self) -> None:
         """One maintenance tick: enqueue schedules, rescue lost jobs, prune results."""

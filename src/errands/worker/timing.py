@@ -43,11 +43,17 @@ class Every:
 
 class Backoff:
     """The database's state as the loop sees it: answering, or failing since
-    ``failures`` calls in a row, and left alone until ``retry_at``."""
+    ``failures`` calls in a row, and left alone until ``retry_at``.
+
+    The log says each change of state once, with the reason: "database unavailable:
+    <reason>" at the first failure (ERROR), "database available again after N s"
+    at the first answer after (WARNING). The failures in between, with their
+    tracebacks, are logged at DEBUG only: an outage is not a page of tracebacks."""
 
     def __init__(self) -> None:
         self.failures = 0
         self.retry_at = 0.0  # monotonic
+        self.failing_since: float | None = None  # monotonic, while failing
 
     def waiting(self, now: float) -> bool:
         """Whether the database is being left alone at ``now``."""
@@ -57,15 +63,26 @@ class Backoff:
         """Log the failure and leave the database alone for a while."""
         self.failures += 1
         delay = min(0.1 * 2**self.failures, MAX_BACKOFF)
-        self.retry_at = time.monotonic() + delay
-        logger.error(
-            "database operation failed; retrying",
-            extra={"operation": operation, "retry_in": round(delay, 2)},
-            exc_info=exc,
-        )
+        now = time.monotonic()
+        self.retry_at = now + delay
+        fields = {"operation": operation, "retry_in": round(delay, 2)}
+        if self.failing_since is None:
+            self.failing_since = now
+            logger.error(f"database unavailable: {reason(exc)}", extra=fields)
+        logger.debug("database operation failed; retrying", extra=fields, exc_info=exc)
 
     def answered(self, operation: str) -> None:
         """The database answered: the next failure starts from the shortest delay."""
-        if self.failures:
-            logger.warning("database reachable again", extra={"operation": operation})
+        if self.failing_since is not None:
+            down = time.monotonic() - self.failing_since
+            logger.warning(
+                f"database available again after {down:.1f} s",
+                extra={"operation": operation, "down_seconds": round(down, 1)},
+            )
         self.failures = 0
+        self.failing_since = None
+
+
+def reason(exc: BaseException) -> str:
+    """An error's message on one line (errands' database errors carry the server's reason)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -12,6 +12,7 @@ gate) is explained next to the SQL.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
 import math
@@ -22,9 +23,9 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
-from psycopg_pool import ConnectionPool
 
 from errands import lifecycle
+from errands import settings as settings_module
 from errands.backends.base import EnqueueTransaction
 from errands.backends.postgres.arrays import (
     timestamptz_array,
@@ -45,13 +46,18 @@ from errands.backends.postgres.connection import (
     VACUUM_AFTER_CLAIMS,
     WORKER_CONNECTIONS,
     Connection,
+    Deadlines,
+    Pool,
     PostgresSession,
-    configure_worker_connection,
+    check_idle,
+    connection_parameters,
     database_errors,
     execute,
     fetch,
     fetch_tuples,
+    probe,
     queries,
+    worker_configuration,
 )
 from errands.backends.postgres.enqueue import (
     PostgresEnqueueTransaction,
@@ -81,19 +87,38 @@ class PostgresBackend(SqlBackend):
 
     name = "postgresql"
 
-    def __init__(self, url: str, *, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        database_timeout: float | None = None,
+    ) -> None:
         self.url = url
         self.max_connections = max_connections
-        self._pool: ConnectionPool[Connection] | None = None
+        #: seconds without an answer after which a connection counts as dead
+        self.database_timeout = (
+            settings_module.current().database_timeout
+            if database_timeout is None
+            else database_timeout
+        )
+        #: a deadline on every call, once ``bound_calls`` set one (a worker's)
+        self.call_seconds: float | None = None
+        self._deadlines = Deadlines()
+        self._pool: Pool | None = None
         self._pool_lock = threading.Lock()
-        self._worker_pool: ConnectionPool[Connection] | None = None
+        self._worker_pool: Pool | None = None
         self._vacuum_lock = threading.Lock()
         self._claimed_since_vacuum = 0
         self._listeners: list[PostgresListener] = []
         self.codec = PostgresCodec()
 
     # -- connections ------------------------------------------------------------------
-    def _open_pool(self) -> ConnectionPool[Connection]:
+    def bound_calls(self, *, seconds: float) -> None:
+        """Give every call a deadline of ``seconds`` from now on (see JobStore)."""
+        self.call_seconds = seconds
+
+    def _open_pool(self) -> Pool:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = self._new_pool(
@@ -101,12 +126,13 @@ class PostgresBackend(SqlBackend):
                 )
             return self._pool
 
-    def _open_worker_pool(self) -> ConnectionPool[Connection]:
+    def _open_worker_pool(self) -> Pool:
         with self._pool_lock:
             if self._worker_pool is None:
-                self._worker_pool = self._new_pool(
-                    "errands-worker", WORKER_CONNECTIONS, configure=configure_worker_connection
-                )
+                # The worker's own statements: a statement that runs longer than the
+                # database timeout is ended by the server (its connection stays usable).
+                configure = worker_configuration(self.database_timeout)
+                self._worker_pool = self._new_pool("errands-worker", WORKER_CONNECTIONS, configure)
             return self._worker_pool
 
     def _new_pool(
@@ -114,17 +140,23 @@ class PostgresBackend(SqlBackend):
         name: str,
         size: int,
         configure: Callable[[Connection], None] | None = None,
-    ) -> ConnectionPool[Connection]:
+    ) -> Pool:
+        parameters = connection_parameters(self.url, self.database_timeout)
+        # The first connection, made directly: a server that refuses, a host that does
+        # not resolve, a missing database or a wrong password fail here at once, with
+        # the server's reason, instead of after the pool's wait for a connection.
+        probe(self.url, parameters)
         # Autocommit: most operations are one statement, which is then its own
         # transaction without a BEGIN/COMMIT round trip. Operations of several
         # statements open a transaction explicitly.
-        pool: ConnectionPool[Connection] = ConnectionPool(
+        pool = Pool(
             self.url,
             min_size=1,
             max_size=size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **parameters},
             configure=configure,
-            timeout=CONNECTION_WAIT_SECONDS,
+            check=check_idle,
+            timeout=min(CONNECTION_WAIT_SECONDS, max(self.database_timeout, 1.0)),
             name=name,
             open=False,
         )
@@ -132,14 +164,30 @@ class PostgresBackend(SqlBackend):
         return pool
 
     @contextlib.contextmanager
+    def _pooled(self, open_pool: Callable[[], Pool]) -> Iterator[Connection]:
+        pool: Pool | None = None
+
+        def last_error() -> BaseException | None:
+            return pool.last_error if pool is not None else None
+
+        with database_errors(self.url, last_error):
+            pool = open_pool()
+            with pool.connection() as conn:
+                if self.call_seconds is None:
+                    yield conn
+                else:
+                    with self._deadlines.bound(conn, self.call_seconds):
+                        yield conn
+
+    @contextlib.contextmanager
     def _connection(self) -> Iterator[Connection]:
-        with database_errors(self.url), self._open_pool().connection() as conn:
+        with self._pooled(self._open_pool) as conn:
             yield conn
 
     @contextlib.contextmanager
     def _worker_connection(self) -> Iterator[Connection]:
         """A connection for the worker's claims and writes (see configure_worker_connection)."""
-        with database_errors(self.url), self._open_worker_pool().connection() as conn:
+        with self._pooled(self._open_worker_pool) as conn:
             yield conn
 
     @contextlib.contextmanager
@@ -259,9 +307,17 @@ class PostgresBackend(SqlBackend):
                 return
             self._claimed_since_vacuum = 0
         try:
-            execute(conn, "vacuum_queue")
+            # VACUUM reads the whole table: longer than a statement of the worker's may run.
+            execute(conn, "no_statement_timeout")
+            try:
+                execute(conn, "vacuum_queue")
+            finally:
+                execute(conn, "worker_statement_timeout", {"ms": self._statement_ms()})
         except psycopg.Error:
             logger.warning("could not vacuum errands_request", exc_info=True)
+
+    def _statement_ms(self) -> int:
+        return int(self.database_timeout * 1000)
 
     def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
         if started:
@@ -284,6 +340,19 @@ class PostgresBackend(SqlBackend):
             rows = fetch_tuples(conn, "complete_many", params)
         by_process = {row[1]: result_from_tuple(row) for row in rows}
         return [by_process[o.process_uuid] for o in unique if o.process_uuid in by_process]
+
+    @contextlib.contextmanager
+    def completing(
+        self, *, outcome: Outcome
+    ) -> Iterator[tuple[JobResult | None, EnqueueTransaction]]:
+        params = {
+            **outcome_columns([dataclasses.replace(outcome, requeue=None)]),
+            "returned_statuses": None,
+        }
+        with self._worker_connection() as conn, conn.transaction():
+            rows = fetch_tuples(conn, "complete_many", params)
+            result = result_from_tuple(rows[0]) if rows else None
+            yield result, PostgresEnqueueTransaction(conn, self.url)
 
     def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
         if not process_uuids:

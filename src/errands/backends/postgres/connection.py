@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+import math
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from errands.backends.postgres import arrays as postgres_arrays
 from errands.backends.sql import rows as poison
@@ -33,6 +40,15 @@ LISTEN_MAX_BACKOFF_SECONDS = 5.0
 # Enqueue batches of at least this many jobs go through COPY (see copy_requests):
 # below it, one INSERT statement is fewer round trips.
 COPY_THRESHOLD = 100
+PROBE_CONNECT_SECONDS = 2  # libpq's connect_timeout of the first connection (its minimum)
+WATCH_SECONDS = 0.25  # how often the deadline watchdog looks at the calls in flight
+
+# The pool logs every failed connection attempt at WARNING, and without a handler of
+# the application's, Python prints each on stderr: an outage would print one every
+# few seconds. errands reports the reason itself (the error of the call that failed,
+# and the worker's "database unavailable" line), so these need no printing of their
+# own; an application that configures logging still gets them.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 
 def queries() -> dict[str, str]:
@@ -52,6 +68,18 @@ def fetch(conn: Connection, name: str, params: Mapping[str, Any] | None = None) 
             return cursor.fetchall()
         except Exception:  # a poison row (see rows.py): its statement has run
             return poison.salvage_dicts(cursor)
+
+
+def worker_configuration(statement_timeout: float | None) -> Callable[[Connection], None]:
+    """``configure_worker_connection``, and a ``statement_timeout`` (seconds) on each of
+    the worker's statements when given."""
+
+    def configure(conn: Connection) -> None:
+        configure_worker_connection(conn)
+        if statement_timeout:
+            execute(conn, "worker_statement_timeout", {"ms": int(statement_timeout * 1000)})
+
+    return configure
 
 
 def configure_worker_connection(conn: Connection) -> None:
@@ -98,9 +126,19 @@ def execute(conn: Connection, name: str, params: Mapping[str, Any] | None = None
         return cursor.rowcount
 
 
+def reason(exc: BaseException, url: str) -> str:
+    """What a driver's error says, on one line, passwords masked."""
+    return " ".join(redact_text(str(exc), url).split()) or type(exc).__name__
+
+
 @contextlib.contextmanager
-def database_errors(url: str) -> Iterator[None]:
-    """Turn psycopg's errors about a missing schema or server into errands' own."""
+def database_errors(
+    url: str, last_error: Callable[[], BaseException | None] | None = None
+) -> Iterator[None]:
+    """Turn psycopg's errors about a missing schema or server into errands' own.
+
+    ``last_error``: the pool's last failed connection attempt, the reason a wait
+    for a pooled connection timed out."""
     try:
         yield
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
@@ -109,14 +147,149 @@ def database_errors(url: str) -> Iterator[None]:
             f"run `errands migrate` ({exc.diag.message_primary})"
         ) from exc
     except PoolTimeout as exc:
-        raise BackendError(
-            f"cannot connect to the database {redact_url(url)} "
-            f"(the connection pool's log warnings give the reason): {redact_text(str(exc), url)}"
-        ) from exc
+        cause = last_error() if last_error is not None else None
+        why = reason(cause, url) if cause is not None else f"{reason(exc, url)} (all in use)"
+        raise BackendError(f"cannot connect to the database {redact_url(url)}: {why}") from exc
     except psycopg.OperationalError as exc:
         raise BackendError(
-            f"cannot use the database {redact_url(url)}: {redact_text(str(exc), url)}"
+            f"cannot use the database {redact_url(url)}: {reason(exc, url)}"
         ) from exc
+
+
+# -- connecting: bounded times -----------------------------------------------------------
+
+
+def connection_parameters(url: str, timeout: float) -> dict[str, Any]:
+    """libpq parameters that bound how long a dead server or connection goes unnoticed,
+    ``timeout`` seconds (the ``database_timeout`` setting) or about that:
+
+    * ``connect_timeout``: a connection attempt gives up after ``timeout``;
+    * ``tcp_user_timeout``: data sent and not acknowledged for ``timeout`` (packets
+      dropped by a partition, a host that vanished) closes the connection;
+    * TCP keepalives: an idle connection is probed after ``timeout / 2`` of silence,
+      then every ``timeout / 6``, and closed after 3 probes without an answer.
+
+    Parameters the URL gives itself are left as it gives them."""
+    given = conninfo_to_dict(url)
+    seconds = max(timeout, 1.0)
+    wanted: dict[str, Any] = {
+        "connect_timeout": max(PROBE_CONNECT_SECONDS, math.ceil(seconds)),
+        "tcp_user_timeout": int(seconds * 1000),
+        "keepalives": 1,
+        "keepalives_idle": max(1, round(seconds / 2)),
+        "keepalives_interval": max(1, round(seconds / 6)),
+        "keepalives_count": 3,
+    }
+    return {key: value for key, value in wanted.items() if key not in given}
+
+
+def probe(url: str, parameters: Mapping[str, Any]) -> None:
+    """Connect once, directly, and raise a BackendError with the server's reason if that
+    fails: an unreachable server, an unknown host, a missing database, a wrong user or
+    password are said at once (within ``PROBE_CONNECT_SECONDS`` for a server that does not
+    answer), instead of after the pool's wait for a connection."""
+    options = dict(parameters)
+    if "connect_timeout" not in conninfo_to_dict(url):
+        options["connect_timeout"] = PROBE_CONNECT_SECONDS
+    try:
+        psycopg.connect(url, **options).close()
+    except psycopg.Error as exc:
+        raise BackendError(
+            f"cannot connect to the database {redact_url(url)}: {reason(exc, url)}"
+        ) from exc
+
+
+class Pool(ConnectionPool[Connection]):
+    """A psycopg pool that remembers why its last connection attempt failed (its
+    waits time out without saying it)."""
+
+    last_error: BaseException | None = None
+
+    def _connect(self, timeout: float | None = None) -> Connection:
+        try:
+            conn = super()._connect(timeout)
+        except Exception as exc:
+            self.last_error = exc
+            raise
+        self.last_error = None
+        return conn
+
+
+def check_idle(conn: Connection) -> None:
+    """The pool's check of a connection it hands out: one the server closed while it
+    was idle (a restart, an administrator's terminate) is replaced instead of failing
+    the caller's statement. Costs a poll of its socket; a round trip only when the
+    server said something while the connection was idle (it is closing it)."""
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        Pool.check_connection(conn)
+
+
+class CallTimeout(BackendError):
+    """A call got no answer within its deadline (its connection was closed)."""
+
+
+class Deadlines:
+    """A deadline on calls to the database, kept by the client: a call not answered
+    within its time has its connection shut down, so that it fails instead of hanging.
+
+    TCP cannot tell a server that does not answer from one that is slow when something
+    on the way still acknowledges the packets (a proxy, a load balancer, a half-dead
+    peer); only a deadline of the client's own ends such a call. One daemon thread
+    watches every armed call (arming is a dictionary entry: no thread per call)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[int, tuple[float, Connection]] = {}
+        self._cut: set[int] = set()
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def bound(self, conn: Connection, seconds: float) -> Iterator[None]:
+        with self._lock:
+            self._next += 1
+            key = self._next
+            self._armed[key] = (time.monotonic() + seconds, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="errands-deadlines", daemon=True
+                )
+                self._thread.start()
+        try:
+            yield
+        except psycopg.Error as exc:
+            if key in self._cut:
+                raise CallTimeout(
+                    f"no answer from the database within {seconds:g} s (database_timeout); "
+                    "its connection was closed"
+                ) from exc
+            raise
+        finally:
+            with self._lock:
+                self._armed.pop(key, None)
+                self._cut.discard(key)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(WATCH_SECONDS)
+            now = time.monotonic()
+            with self._lock:
+                due = [(key, conn) for key, (at, conn) in self._armed.items() if at <= now]
+                for key, _ in due:
+                    del self._armed[key]
+                    self._cut.add(key)
+            for _, conn in due:
+                shut_down(conn)
+
+
+def shut_down(conn: Connection) -> None:
+    """Shut the connection's socket down under the thread waiting on it (it then fails
+    at once, as if the server had closed it)."""
+    with contextlib.suppress(Exception):
+        duplicate = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        with duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
 
 
 class PostgresSession:

@@ -49,6 +49,7 @@ class PostgresListener(Listener):
     def _run(self) -> None:
         backoff = 0.1
         connected_before = False
+        failing = False  # since the last connection: its retries are logged at DEBUG only
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
@@ -57,15 +58,20 @@ class PostgresListener(Listener):
                     if connected_before:
                         self._wake()  # notifications sent while disconnected are lost
                     connected_before = True
+                    failing = False
                     backoff = 0.1
                     self._relay(conn)
-            except psycopg.Error:
+            except psycopg.Error as exc:
                 self.ready.clear()
-                logger.warning(
-                    "notification listener lost its connection; reconnecting",
+                # Once per outage, with the reason; each retry (with its traceback) at DEBUG.
+                logger.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "notification listener lost its connection; reconnecting: %s",
+                    " ".join(str(exc).split()),
                     extra={"retry_in": backoff},
-                    exc_info=True,
+                    exc_info=failing,
                 )
+                failing = True
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, LISTEN_MAX_BACKOFF_SECONDS)
 

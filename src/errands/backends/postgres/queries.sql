@@ -293,6 +293,14 @@ WHERE oid = 'errands_request'::regclass
 -- index is what claims read. Takes no lock that blocks enqueues or claims.
 VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) errands_request
 
+-- name: no_statement_timeout
+-- Around the vacuum: the worker's statement_timeout (database_timeout) is for its
+-- own short statements.
+SET statement_timeout = 0
+
+-- name: worker_statement_timeout
+SELECT set_config('statement_timeout', %(ms)s::text, false)
+
 -- name: mark_started
 UPDATE errands_process AS p
 SET started_at = s.started_at
