@@ -57,8 +57,17 @@ class SchemaOutOfDate(BackendError):
 class DeferJob(Exception):
     """Raise from ``Job.run()`` to end this attempt as DEFERRED and run it again later.
 
-    ``delay`` is in seconds. With ``increment_retries`` the deferral counts as an
-    attempt, so a job that keeps deferring eventually runs out of retries.
+    ``delay`` is in seconds. The job is enqueued again as any enqueue is, through its
+    ``should_enqueue``, once this attempt's process is gone (its own concurrency slot
+    is free); when ``should_enqueue`` declines, the result is still DEFERRED but no
+    new request is made, and its error says the re-enqueue was skipped.
+
+    With ``increment_retries`` the deferral counts as an attempt, so a job that keeps
+    deferring runs out of retries: raised in its last attempt (``retries`` used up),
+    it ends ERRORED instead, error type ``errands.errors.DeferJob`` and error
+    "deferred after its last attempt (attempt N of N)", never retried
+    (``errands.lifecycle.deferred_after_last_attempt``). Without it, a job may
+    defer for ever.
     """
 
     def __init__(self, *, delay: float, increment_retries: bool = False) -> None:

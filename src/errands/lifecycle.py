@@ -24,7 +24,13 @@ Who writes each ending (the functions and constants below give its status,
 error type and message; the backends and the worker write exactly those):
 
 * the job's child process: SUCCESSFUL, DEFERRED, or ERRORED when ``run()`` (or
-  loading the job) raised (:func:`error_type_of` names the exception);
+  loading the job) raised (:func:`error_type_of` names the exception), or when
+  it deferred counting the attempt after its last one
+  (:func:`deferred_after_last_attempt`);
+* the worker's parent process, for a DEFERRED attempt: the re-enqueue, through
+  the job's ``should_enqueue``, in the transaction that writes the result
+  (:func:`deferred`, or :func:`deferral_skipped` and :func:`deferral_failed`
+  when no new request is made);
 * the worker's parent process (``worker.supervision``): :func:`timed_out`,
   :func:`process_died`, :func:`interrupted`, :data:`CANCELLED_RUNNING` (an
   operator's cancel of a running job, and a second shutdown signal; its error
@@ -40,7 +46,10 @@ attempt while :func:`attempts_left`; an interrupted one is enqueued again at
 the same attempt; a CANCELLED one never. A LOST result written by a backend is
 owed its retry (and ``on_aborted`` hooks) in the same transaction; any worker
 that can load the job's class settles it (``worker.followups``), as the delay is
-user code.
+user code. A DEFERRED attempt is enqueued again after its delay (unless its
+``should_enqueue`` declines): at the same attempt, or, with ``increment_retries``,
+as the next one; deferring so in an attempt with none left
+(not :func:`attempts_left`) ends the job ERRORED instead.
 
 This module imports only :mod:`errands.models` and :mod:`errands.errors`.
 """
@@ -51,7 +60,7 @@ import enum
 import uuid
 from typing import NamedTuple
 
-from errands.errors import JobTimeout
+from errands.errors import DeferJob, JobTimeout
 from errands.models import Status
 
 
@@ -94,6 +103,40 @@ def attempts_left(*, retries: int, retry_attempt: int) -> bool:
 def next_attempt(retry_attempt: int) -> int:
     """The ``retry_attempt`` of the retry of an attempt."""
     return retry_attempt + 1
+
+
+# -- deferrals (DeferJob) ------------------------------------------------------------------
+
+#: The error type of a job that deferred after its last attempt: what it raised.
+DEFERRED_TOO_OFTEN = qualified_name(DeferJob)
+
+
+def deferred(delay: float) -> str:
+    """The message of a DEFERRED result whose job was enqueued again."""
+    return f"Deferred for {float(delay):g} seconds"
+
+
+def deferral_skipped(delay: float, concurrency_key: str) -> str:
+    """A DEFERRED result whose re-enqueue ``should_enqueue`` declined: no new request
+    (as the reference implementation, and as ``run_in_worker`` returning None)."""
+    return (
+        f"{deferred(delay)} (re-enqueue skipped: should_enqueue() returned False "
+        f"for concurrency_key {concurrency_key!r})"
+    )
+
+
+def deferral_failed(delay: float, why: str) -> str:
+    """A DEFERRED result whose re-enqueue raised (the job cannot be rebuilt, its
+    ``should_enqueue`` raised): no new request."""
+    return f"{deferred(delay)} (not enqueued again: {why})"
+
+
+def deferred_after_last_attempt(*, retries: int, retry_attempt: int) -> Ending:
+    """A job that raised ``DeferJob(increment_retries=True)`` in its last attempt:
+    the deferral would be one attempt more than it has, so it ends here, never retried."""
+    attempt = retry_attempt + 1
+    error = f"deferred after its last attempt (attempt {attempt} of {retries + 1})"
+    return Ending(Status.ERRORED, DEFERRED_TOO_OFTEN, error, Retry.NEVER)
 
 
 # -- endings the worker's parent process writes ------------------------------------------

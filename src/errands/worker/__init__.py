@@ -6,6 +6,7 @@ plain outcomes. The modules, from the loop down:
 * ``loop``: the ``Worker`` class, one loop that turns the parts below;
 * ``intake``: how many jobs to hold (pacing) and claiming them, off the loop's thread;
 * ``batches``: outcomes and start stamps buffered, written in batches off the loop's thread;
+  ``deferrals``: a DEFERRED result written with its re-enqueue through ``should_enqueue``;
 * ``supervision``: timeouts, cancellations, kills, dead children, shutdown;
 * ``heartbeat``, ``schedules``, ``rescue``, ``prune``, ``stats``: background services,
   each with a ``run_once()`` that does one bounded pass and returns what it did,

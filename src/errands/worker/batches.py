@@ -15,6 +15,8 @@ write. ``Recorder`` holds what is not written yet and decides when a batch is du
 A batch owns what it writes until it is applied; what a failed batch did not
 write goes back to the front of the buffer, and is written on the next try (a
 repeat writes nothing twice: completing a process that is gone is skipped).
+Deferrals are written after the other outcomes, each in its own transaction
+that enqueues the job again through its ``should_enqueue`` (``deferrals``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from errands.backends import Backend
-from errands.models import JobResult, Outcome
+from errands.models import ABORTED_STATUSES, JobResult, Outcome
+from errands.worker.deferrals import is_deferral, write_deferral
 
 FLUSH_INTERVAL = 0.02  # seconds an outcome may wait to be batched with others
 FLUSH_SIZE = 500  # flush at once when this many outcomes wait
@@ -49,17 +52,31 @@ class Batch:
     results: list[JobResult] | None = None
     cancel_flagged: set[uuid.UUID] | None = None
     error: Exception | None = None
+    # Outcomes not written yet once ``results`` is set (deferrals after a failed one).
+    unwritten: list[Outcome] | None = None
 
     def run(self, backend: Backend, worker_id: uuid.UUID) -> None:
         try:
             if self.started:
                 backend.mark_started(started=self.started)
             self.marked = True
+            routine, deferrals = self.outcomes, []
+            if any(map(is_deferral, routine)):
+                deferrals = [o for o in routine if is_deferral(o)]
+                routine = [o for o in routine if not is_deferral(o)]
             self.results = (
-                backend.complete_many(outcomes=self.outcomes, aborted_only=self.aborted_only)
-                if self.outcomes
+                backend.complete_many(outcomes=routine, aborted_only=self.aborted_only)
+                if routine
                 else []
             )
+            self.unwritten = deferrals
+            while self.unwritten:
+                result = write_deferral(backend, self.unwritten[0])
+                del self.unwritten[0]
+                if result is not None and not (
+                    self.aborted_only and result.status not in ABORTED_STATUSES
+                ):
+                    self.results.append(result)
             if self.check_cancel:
                 self.cancel_flagged = set(backend.flagged_to_stop(worker_id=worker_id))
         except Exception as exc:
@@ -231,7 +248,9 @@ class Recorder:
         if batch.results is None:
             self._requeue_unwritten(batch.outcomes)
         else:
-            self.completed += len(batch.outcomes)
+            unwritten = batch.unwritten or []
+            self._requeue_unwritten(unwritten)
+            self.completed += len(batch.outcomes) - len(unwritten)
 
     def _requeue_unwritten(self, outcomes: list[Outcome]) -> None:
         if outcomes:

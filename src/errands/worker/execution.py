@@ -150,8 +150,10 @@ def _execute(assignment: Assignment, handler: Handler) -> Outcome:
 def _deferred(
     assignment: Assignment, deferral: DeferJob, started_at: datetime.datetime, job: Job
 ) -> Outcome:
-    """DEFERRED until the job's delay passed, or ERRORED if no database can store the delay
-    (stored as given, it would fail the whole batch's write)."""
+    """DEFERRED until the job's delay passed (the parent enqueues it again, through its
+    ``should_enqueue``: ``worker.deferrals``); ERRORED if no database can store the delay
+    (stored as given, it would fail the whole batch's write), or if the deferral counts
+    as an attempt and this was the last one (``lifecycle.deferred_after_last_attempt``)."""
     problem = delay_problem(deferral.delay)
     if problem is not None:
         bad = ValueError(
@@ -159,13 +161,29 @@ def _deferred(
         )
         bad.__cause__ = deferral
         return failure(assignment, bad, started_at=started_at, job=job)
-    attempt = assignment.retry_attempt + (1 if deferral.increment_retries else 0)
+    attempt = assignment.retry_attempt
+    if deferral.increment_retries:
+        if not lifecycle.attempts_left(retries=assignment.retries, retry_attempt=attempt):
+            ending = lifecycle.deferred_after_last_attempt(
+                retries=assignment.retries, retry_attempt=attempt
+            )
+            return Outcome(
+                process_uuid=assignment.process_uuid,
+                status=ending.status,
+                started_at=started_at,
+                ended_at=utcnow(),
+                error_type=ending.error_type,
+                error=ending.error,
+                traceback="".join(traceback.format_exception(deferral)),
+                requeue=None,
+            )
+        attempt = lifecycle.next_attempt(attempt)
     return Outcome(
         process_uuid=assignment.process_uuid,
         status=Status.DEFERRED,
         started_at=started_at,
         ended_at=utcnow(),
-        error=f"Deferred for {deferral.delay} seconds",
+        error=lifecycle.deferred(deferral.delay),
         requeue=Requeue(delay_seconds=float(deferral.delay), retry_attempt=attempt),
     )
 

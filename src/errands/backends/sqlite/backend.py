@@ -15,6 +15,7 @@ transactions and converts rows to ``errands.models``:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -350,6 +351,16 @@ class SqliteBackend(SqlBackend):
                 if result is not None:
                     results.append(result)
         return kept_results(results, aborted_only=aborted_only)
+
+    @contextlib.contextmanager
+    def completing(
+        self, *, outcome: Outcome
+    ) -> Iterator[tuple[JobResult | None, EnqueueTransaction]]:
+        with self._write() as session:
+            deleted = session.rows("delete_processes", uuids=json_list([outcome.process_uuid]))
+            written = dataclasses.replace(outcome, requeue=None)
+            result = complete(session, deleted[0], written) if deleted else None
+            yield result, SqliteEnqueueTransaction(session)
 
     def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
         if not process_uuids:
