@@ -64,7 +64,7 @@ def parse_uuid(value: str) -> uuid_module.UUID:
     try:
         key = api.resolve_uuid(value)
     except (api.AmbiguousUuid, ValueError) as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint="UUID") from None
     if key is None:
         raise CliError(f"no job has a uuid starting with {value.strip()}")
     return key
