@@ -131,6 +131,15 @@ ONLY_MARKERS_EXCLUDING = {
 }
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-minutes",
+        type=float,
+        default=2.0,
+        help="minutes of random faults in tests/test_soak.py (default 2, as in CI)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres_only: the capability exists only on PostgreSQL")
     config.addinivalue_line("markers", "sqlite_only: the case can only arise on SQLite")

@@ -213,9 +213,12 @@ def test_two_restarts_during_a_drain_lose_and_repeat_nothing(rig: Rig) -> None:
     " dropped (bare LOST, and its retry runs the job again)",
 )
 def test_an_outage_longer_than_the_heartbeat_timeout_keeps_late_outcomes(rig: Rig) -> None:
-    # 3 s jobs: those running when the server stops end during the outage.
-    jobs = rig.enqueue(6, retries=0, seconds=3)
-    jobs |= rig.enqueue(6, retries=1, seconds=3, delay=8)
+    # 3 s jobs: those running when the server stops end during the outage. Half
+    # have a retry, due 8 s after the rescue: later than the late outcomes arrive.
+    jobs: dict[str, int] = {}
+    for _ in range(6):
+        jobs |= rig.enqueue(1, retries=0, seconds=3)
+        jobs |= rig.enqueue(1, retries=1, seconds=3, delay=8)
     workers = [rig.spawn(worker_max_pending_per_process=1) for _ in range(2)]
     ids = [rig.worker_id(w) for w in workers]
     wait_for(lambda: len(executions(rig.trail)) >= 4, timeout=30)
@@ -232,7 +235,9 @@ def test_an_outage_longer_than_the_heartbeat_timeout_keeps_late_outcomes(rig: Ri
     finally:
         peer.close()
     assert {r.worker_id for r in rescued} <= set(ids) and rescued
+    back = time.time()
     wait_for(rig.drained, timeout=60, step=lambda: time.sleep(0.2))
+    recovered = time.time() - back
     stop_all(workers)
 
     acc = account(rig.url, rig.trail, jobs)
@@ -242,7 +247,9 @@ def test_an_outage_longer_than_the_heartbeat_timeout_keeps_late_outcomes(rig: Ri
         jobs=len(jobs),
         outage_s=f"{outage:.1f}",
         rescued=len(rescued),
+        rescued_with_a_retry=sum(jobs[fault_jobs.token_of(r.parameters) or ""] for r in rescued),
         late_successes=len(late_successes),
+        drained_after_s=f"{recovered:.1f}",
         summary=acc.summary(),
     )
     assert late_successes, "no job ran to its end during the outage: nothing was tested"
@@ -278,6 +285,7 @@ def test_a_partitioned_worker_is_rescued_and_runs_nothing_it_held_once_healed(ri
     rig.worker_id(peer)
     proxy.black_hole()
     partitioned = time.time()
+    log_before = len(cut_off.log())
     time.sleep(0.5)  # a write in flight lands or never does
     held_before = {str(p["uuid"]) for p in held()}
 
@@ -291,6 +299,7 @@ def test_a_partitioned_worker_is_rescued_and_runs_nothing_it_held_once_healed(ri
     wait_for(lambda: bool(rescued()), timeout=30, step=lambda: time.sleep(0.1))
     detected = min(float(r["t"]) for r in rescued()) - partitioned
     time.sleep(max(0.0, partitioned + 2 * HEARTBEAT_TIMEOUT - time.time()))
+    said = cut_off.log()[log_before:]  # what the worker logged while cut off
     proxy.heal()
     healed = time.time()
     wait_for(rig.drained, timeout=60, step=lambda: time.sleep(0.2))
@@ -313,6 +322,8 @@ def test_a_partitioned_worker_is_rescued_and_runs_nothing_it_held_once_healed(ri
     assert lost == held_before, "the peer rescued other jobs than those the worker held"
     assert detected < HEARTBEAT_TIMEOUT + 3
     assert acc.problems == [], acc.problems
+    # Cut off, it notices (its calls have deadlines) and says so before the partition ends.
+    assert said.strip(), "the worker logged nothing while it was cut off"
     # Healed, the worker learns it was declared dead: what it held and had not
     # started was rescued, and it must not run it now.
     assert [e for e in acc.after_rescue if e.started >= healed] == [], cut_off.log()

@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import datetime
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -134,7 +135,7 @@ def results_by_token(url: str) -> dict[str, list[dict[str, Any]]]:
     by_token: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for row in rows(url, "SELECT to_jsonb(r) AS r FROM errands_result r"):
         result = row["r"]
-        token = _token_of(result["parameters"])
+        token = token_of(result["parameters"])
         if token is not None:
             by_token[token].append(result)
     for chain in by_token.values():
@@ -142,7 +143,7 @@ def results_by_token(url: str) -> dict[str, list[dict[str, Any]]]:
     return by_token
 
 
-def _token_of(parameters: Any) -> str | None:
+def token_of(parameters: Any) -> str | None:
     """A Step's token from its stored arguments (``{"args": [trail, token, ...], ...}``)."""
     if not isinstance(parameters, dict):
         return None
@@ -290,8 +291,10 @@ def late_success_noted(result: dict[str, Any]) -> bool:
     names the success. A LOST whose retry was withdrawn for it ends the job."""
     if result["status"] != "LOST":
         return False
+    if result.get("return_value") is not None:
+        return True  # the late run's return value, kept
     notes = [str(v) for k, v in result.items() if k not in _NOT_NOTES and v not in (None, "")]
-    return any("SUCCESSFUL" in note.upper() or "SUCCEEDED" in note.upper() for note in notes)
+    return any(re.search(r"succe(ss|ed)", note, re.IGNORECASE) for note in notes)
 
 
 def new_token() -> str:
