@@ -18,6 +18,7 @@ from typing import Any
 
 from errands import lifecycle
 from errands.backends.base import EnqueueTransaction, JobStore, kept_results
+from errands.backends.sql.backend import LATE_MARK, late_outcome_note
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -26,6 +27,7 @@ from errands.models import (
     Occurrence,
     Outcome,
     Selection,
+    Status,
     WorkerInfo,
 )
 from errands.testing.memory_enqueue import MemoryEnqueueTransaction
@@ -109,8 +111,34 @@ class MemoryStore(MemoryTables, JobStore):
                 for o in outcomes
                 if o.process_uuid in self.processes  # rescued or cancelled meanwhile: skipped
             ]
+            # Kept on their LOST results, as SqlBackend.record_late_outcomes does.
+            for outcome in outcomes:
+                if not any(r.process_uuid == outcome.process_uuid for r in written):
+                    self._keep_late(outcome)
             self._notify()
         return kept_results(written, aborted_only=aborted_only)
+
+    def _keep_late(self, outcome: Outcome) -> None:
+        found = [
+            r
+            for r in self.results
+            if r.process_uuid == outcome.process_uuid and r.status == Status.LOST
+        ]
+        if not found or LATE_MARK in found[0].error:
+            return
+        result = found[0]
+        succeeded = outcome.status == Status.SUCCESSFUL
+        unowed = succeeded and self.owed.pop(result.uuid, None) is not None
+        retry = result.retry_request_uuid
+        withdrawn = succeeded and retry is not None and self.requests.pop(retry, None) is not None
+        note = late_outcome_note(outcome, retry=retry, withdrawn=withdrawn, unowed=unowed)
+        kept = dataclasses.replace(
+            result,
+            error=f"{result.error}; {note}" if result.error else note,
+            started_at=result.started_at or outcome.started_at,
+            retry_request_uuid=None if withdrawn else retry,
+        )
+        self.results = [kept if r.uuid == result.uuid else r for r in self.results]
 
     def _complete(self, process: JobProcess, outcome: Outcome) -> JobResult:
         """Write the result, and its retry or deferral in the same step."""

@@ -338,7 +338,10 @@ class PostgresBackend(SqlBackend):
         params = {**outcome_columns(unique), "returned_statuses": returned}
         with self._worker_connection() as conn:
             rows = fetch_tuples(conn, "complete_many", params)
-        by_process = {row[1]: result_from_tuple(row) for row in rows}
+        gone = {row[1] for row in rows if row[0] is None}  # their processes were rescued
+        if gone:
+            self.record_late_outcomes([o for o in unique if o.process_uuid in gone])
+        by_process = {row[1]: result_from_tuple(row) for row in rows if row[0] is not None}
         return [by_process[o.process_uuid] for o in unique if o.process_uuid in by_process]
 
     @contextlib.contextmanager

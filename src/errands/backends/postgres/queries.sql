@@ -401,6 +401,15 @@ CROSS JOIN (
 -- Every result, or only those of the asked statuses: reading back the rows
 -- costs the worker more than writing them.
 WHERE %(returned_statuses)s::text[] IS NULL OR w.status = ANY(%(returned_statuses)s::text[])
+UNION ALL
+-- The outcomes whose process is gone (rescued as LOST meanwhile, or written by an
+-- earlier try of this batch): their process uuid alone, without a result uuid, for
+-- PostgresBackend.complete_many to keep them on the LOST results (record_late_outcomes).
+SELECT
+    NULL, o.process_uuid, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM outcome AS o
+WHERE NOT EXISTS (SELECT 1 FROM locked AS l WHERE l.uuid = o.process_uuid)
 
 -- name: release
 -- Only processes that never started go back: the request gets its own uuid,
@@ -530,6 +539,30 @@ DELETE FROM errands_followup WHERE result_uuid = %(result_uuid)s
 -- Follow-ups whose result is gone (pruned, deleted by an operator): nothing is owed.
 DELETE FROM errands_followup AS f
 WHERE NOT EXISTS (SELECT 1 FROM errands_result AS r WHERE r.uuid = f.result_uuid)
+
+-- Late outcomes ------------------------------------------------------------------
+-- An outcome whose process a peer recorded LOST meanwhile (the worker was cut off
+-- or paused past the heartbeat timeout) is kept on that LOST result; a late
+-- SUCCESSFUL withdraws the retry that has not started yet (SqlBackend.record_late).
+
+-- name: lost_result_of_process
+SELECT uuid, error, retry_request_uuid
+FROM errands_result
+WHERE process_uuid = %(process_uuid)s AND status = 'LOST'
+
+-- name: lock_lost_result
+-- After the follow-up's delete (the order settle_followup takes them in: no deadlock).
+SELECT uuid, error, retry_request_uuid FROM errands_result WHERE uuid = %(uuid)s FOR UPDATE
+
+-- name: withdraw_request
+DELETE FROM errands_request WHERE uuid = %(uuid)s
+
+-- name: annotate_late_outcome
+UPDATE errands_result
+SET error = %(error)s,
+    started_at = coalesce(started_at, %(started_at)s::timestamptz),
+    retry_request_uuid = %(retry_request_uuid)s
+WHERE uuid = %(uuid)s
 
 -- name: processes_of_worker
 SELECT * FROM errands_process WHERE worker_id = %(worker_id)s ORDER BY created_at

@@ -33,6 +33,7 @@ from errands.models import (
     JobResult,
     Kind,
     Occurrence,
+    Outcome,
     PageSpec,
     QueueStats,
     Selection,
@@ -49,6 +50,26 @@ COUNT_QUERIES = {
     Kind.RESULT: "count_results",
 }
 DELETE_QUERIES = {Kind.REQUEST: "delete_requests", Kind.RESULT: "delete_results"}
+
+
+#: Starts the note a late outcome adds to a LOST result's error (once per result).
+LATE_MARK = "late outcome:"
+
+
+def late_outcome_note(outcome: Outcome, *, retry: Any, withdrawn: bool, unowed: bool) -> str:
+    """What a LOST result's error says once its job's own outcome arrived after all."""
+    ended = outcome.ended_at.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    note = f"{LATE_MARK} {outcome.status} at {ended}, after this result was written"
+    if outcome.status != Status.SUCCESSFUL:
+        detail = f"{outcome.error_type}: {outcome.error}" if outcome.error_type else outcome.error
+        return f"{note} ({detail})" if detail else note
+    if withdrawn:
+        return f"{note}; its retry {retry} was withdrawn before it started"
+    if retry is not None:
+        return f"{note}; its retry {retry} had been claimed already and runs anyway"
+    if unowed:
+        return f"{note}; nothing more is owed (no retry, no on_aborted)"
+    return note
 
 
 def page_query(table: str, page: PageSpec) -> str:
@@ -77,6 +98,42 @@ class SqlBackend(Backend):
     def _run(self, name: str, params: Mapping[str, Any] | None = None) -> int:
         with self._writing() as session:
             return session.run(name, params)
+
+    # -- late outcomes ------------------------------------------------------------------
+    def record_late_outcomes(self, outcomes: Sequence[Outcome]) -> int:
+        """Keep on their LOST results the outcomes whose process a peer rescued (see
+        ``late_outcome_note``); a late SUCCESSFUL withdraws the retry that has not
+        started yet, or the retry still owed. One transaction; how many were kept."""
+        kept = 0
+        with self._transaction() as session:
+            for outcome in outcomes:
+                process = {"process_uuid": self.codec.uuid(outcome.process_uuid)}
+                found = session.rows("lost_result_of_process", process)
+                if not found or LATE_MARK in found[0]["error"]:
+                    continue  # not rescued (written before, or deleted), or kept already
+                result_uuid = found[0]["uuid"]
+                succeeded = outcome.status == Status.SUCCESSFUL
+                # The follow-up first, then the result: settle_followup's order.
+                unowed = succeeded and session.run("settle_followup", {"result_uuid": result_uuid})
+                (row,) = session.rows("lock_lost_result", {"uuid": result_uuid})
+                retry = row["retry_request_uuid"]
+                withdrawn = (
+                    succeeded
+                    and retry is not None
+                    and session.run("withdraw_request", {"uuid": retry}) > 0
+                )
+                note = late_outcome_note(
+                    outcome, retry=retry, withdrawn=withdrawn, unowed=bool(unowed)
+                )
+                params = {
+                    "uuid": result_uuid,
+                    "error": f"{row['error']}; {note}" if row["error"] else note,
+                    "started_at": self.codec.optional_time(outcome.started_at),
+                    "retry_request_uuid": None if withdrawn else retry,
+                }
+                session.run("annotate_late_outcome", params)
+                kept += 1
+        return kept
 
     # -- workers: heartbeat and rescue --------------------------------------------------
     def register_worker(self, *, worker: WorkerInfo) -> None:

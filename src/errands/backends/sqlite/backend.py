@@ -343,13 +343,17 @@ class SqliteBackend(SqlBackend):
             )
             processes = {row["uuid"]: row for row in deleted}
             results = []
+            gone = []
             for outcome in outcomes:
                 process = processes.pop(str(outcome.process_uuid), None)
                 if process is None:
-                    continue  # rescued or cancelled meanwhile: it already has its result
+                    gone.append(outcome)  # rescued or cancelled meanwhile: it has its result
+                    continue
                 result = complete(session, process, outcome)
                 if result is not None:
                     results.append(result)
+        if gone:  # kept on their LOST results (see SqlBackend.record_late_outcomes)
+            self.record_late_outcomes(gone)
         return kept_results(results, aborted_only=aborted_only)
 
     @contextlib.contextmanager

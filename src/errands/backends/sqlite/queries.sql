@@ -482,6 +482,30 @@ DELETE FROM errands_result
 -- name: purge_results_before
 DELETE FROM errands_result WHERE ended_at < :now - :older_than_seconds
 
+-- Late outcomes ------------------------------------------------------------------
+-- An outcome whose process a peer recorded LOST meanwhile (the worker was cut off
+-- or paused past the heartbeat timeout) is kept on that LOST result; a late
+-- SUCCESSFUL withdraws the retry that has not started yet (SqlBackend.record_late).
+
+-- name: lost_result_of_process
+SELECT uuid, error, retry_request_uuid
+FROM errands_result
+WHERE process_uuid = :process_uuid AND status = 'LOST'
+
+-- name: lock_lost_result
+-- Under the write lock already: the same read again (as PostgreSQL's takes a row lock).
+SELECT uuid, error, retry_request_uuid FROM errands_result WHERE uuid = :uuid
+
+-- name: withdraw_request
+DELETE FROM errands_request WHERE uuid = :uuid
+
+-- name: annotate_late_outcome
+UPDATE errands_result
+SET error = :error,
+    started_at = coalesce(started_at, :started_at),
+    retry_request_uuid = :retry_request_uuid
+WHERE uuid = :uuid
+
 -- name: prune_results
 -- Oldest first, in bounded batches, so one prune never holds the write lock long.
 -- By rowid, which no row lacks (a result's uuid may be NULL if raw SQL wrote it).
