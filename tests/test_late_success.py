@@ -289,3 +289,45 @@ def test_a_job_that_succeeded_while_its_worker_was_cut_off_is_recorded_so(
 def _lost_with_retry() -> bool:
     results = errands.results()
     return bool(results) and results[0].retry_request_uuid is not None
+
+
+@pytest.mark.slow
+def test_a_job_that_succeeded_while_postgresql_was_down_is_recorded_so(
+    cluster: Cluster, cluster_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL stopped for longer than the heartbeat timeout while a 4 s job with
+    retries=1 runs; when it is back a peer (this test) finds the worker silent and
+    records the job LOST before the worker writes again; the job's late SUCCESSFUL is
+    kept on that result, and no retry runs it again."""
+    marks = tmp_path / "marks"
+    request = sample_jobs.SlowRetry(str(marks), seconds=4).run_in_worker(retries=1)
+    assert request is not None
+    with worker(cluster_url, tmp_path / "late.log") as late_worker:
+        wait_for(marks.exists, timeout=30)
+        late_worker_id = late_worker.wait_registered().worker_id
+        cluster.stop()
+        time.sleep(7)  # past the 4 s heartbeat timeout; the job ends meanwhile
+        assert "finished" in marks.read_text()
+        cluster.start()
+        peer = open_backend(cluster_url)
+        try:
+            rescued = peer.rescue_stale_workers(timeout_seconds=4, rescuer=uuid.uuid4())
+        finally:
+            peer.close()
+        assert [r.worker_id for r in rescued] == [late_worker_id]
+        back = time.monotonic()
+        wait_for(lambda: "late outcome" in errands.results()[0].error, timeout=30)
+        kept_after = time.monotonic() - back
+        time.sleep(2)  # a retry, if one were left, would be claimed by now
+        late_worker.stop()
+        log = late_worker.log()
+    (result,) = errands.results()
+    print(f"late success kept {kept_after:.1f} s after PostgreSQL was back")
+    assert result.status == Status.LOST
+    assert "late outcome: SUCCESSFUL" in result.error
+    assert (
+        "was withdrawn before it started" in result.error or "nothing more is owed" in result.error
+    ), result.error
+    assert result.started_at is not None
+    assert errands.requests() == []
+    assert marks.read_text().split("\n").count("started") == 1, log  # ran once

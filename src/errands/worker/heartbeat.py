@@ -20,10 +20,11 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 
 from errands.backends import Backend
-from errands.models import WorkerInfo
+from errands.models import JobProcess, WorkerInfo
 
 logger = logging.getLogger("errands")
 
@@ -59,6 +60,25 @@ class Heartbeat:
         logger.warning("this worker was declared dead by a peer; registering again")
         self.register()
         return False
+
+    def drop_rescued(self, waiting: deque[JobProcess]) -> None:
+        """After this worker was declared dead: forget the ``waiting`` jobs whose process
+        is gone. A peer recorded them LOST (and may have retried them, or they ran
+        elsewhere); starting them would run them again. Jobs claimed since keep their
+        process and stay."""
+        if not waiting:
+            return
+        held = {p.uuid for p in self.backend.processes_of_worker(worker_id=self.worker_id)}
+        kept = [job for job in waiting if job.uuid in held]
+        dropped = [job for job in waiting if job.uuid not in held]
+        waiting.clear()
+        waiting.extend(kept)
+        if dropped:
+            logger.warning(
+                f"dropped {len(dropped)} jobs this worker held and had not started: a peer "
+                "recorded them LOST while this worker was cut off",
+                extra={"dropped": len(dropped), "jobs": ",".join(str(j.uuid) for j in dropped)},
+            )
 
     def deregister(self) -> None:
         """Remove the row, as the worker's last act."""

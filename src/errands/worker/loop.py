@@ -455,25 +455,7 @@ class Worker:
         """Refresh the heartbeat (see ``heartbeat``); if a peer had declared this worker
         dead, drop the jobs it holds that the peer rescued."""
         if not self.heartbeat.run_once():
-            self._drop_rescued()
-
-    def _drop_rescued(self) -> None:
-        """Forget the waiting jobs whose process is gone: a peer recorded them LOST (and
-        may have retried them, or they ran elsewhere); starting them would run them again.
-        Jobs claimed since keep their process and stay."""
-        if not self.waiting:
-            return
-        held = {p.uuid for p in self.backend.processes_of_worker(worker_id=self.worker_id)}
-        kept = [job for job in self.waiting if job.uuid in held]
-        dropped = [job for job in self.waiting if job.uuid not in held]
-        self.waiting.clear()
-        self.waiting.extend(kept)
-        if dropped:
-            logger.warning(
-                f"dropped {len(dropped)} jobs this worker held and had not started: a peer "
-                "recorded them LOST while this worker was cut off",
-                extra={"dropped": len(dropped), "jobs": ",".join(str(j.uuid) for j in dropped)},
-            )
+            self.heartbeat.drop_rescued(self.waiting)
 
     def run_maintenance(self) -> None:
         """One maintenance tick: enqueue schedules, rescue lost jobs, prune results."""

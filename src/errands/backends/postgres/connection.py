@@ -268,19 +268,23 @@ class Deadlines:
         finally:
             with self._lock:
                 self._armed.pop(key, None)
-                self._cut.discard(key)
+                if key in self._cut:
+                    # Cut as the call ended: never hand the connection to another caller.
+                    self._cut.discard(key)
+                    conn.close()
 
     def _watch(self) -> None:
         while True:
             time.sleep(WATCH_SECONDS)
             now = time.monotonic()
+            # Under the lock: a call that ends meanwhile closes its connection only
+            # after its socket was shut down, never while (its descriptor not reused).
             with self._lock:
                 due = [(key, conn) for key, (at, conn) in self._armed.items() if at <= now]
-                for key, _ in due:
+                for key, conn in due:
                     del self._armed[key]
                     self._cut.add(key)
-            for _, conn in due:
-                shut_down(conn)
+                    shut_down(conn)
 
 
 def shut_down(conn: Connection) -> None:
