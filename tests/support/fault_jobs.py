@@ -176,6 +176,8 @@ class Accounting:
     retries: int = 0
     duplicates_explained: int = 0  # executions beyond a job's first, each its own attempt
     by_status: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    #: Why attempts were LOST: their error texts, uuids and figures masked.
+    lost_why: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     problems: list[str] = dataclasses.field(default_factory=list)
     #: Executions that started after their attempt had been recorded LOST (a worker
     #: running a job it held although a peer had rescued it: issue 18, item 2).
@@ -191,6 +193,7 @@ class Accounting:
             f" {self.duplicates_explained}, unexplained {len(self.problems)},"
             f" started after their rescue {len(self.after_rescue)},"
             f" late outcomes of LOST attempts {len(self.late)}"
+            + (f"; LOST because {dict(self.lost_why)}" if self.lost_why else "")
         )
 
 
@@ -228,6 +231,8 @@ def _account_job(
         problem(f"{token}: {len(finals)} final results: {[r['status'] for r in chain]}")
     for result in chain:
         acc.by_status[result["status"]] += 1
+        if result["status"] == "LOST":
+            acc.lost_why[_masked(result.get("error") or "")] += 1
         if result["retries"] != allowed:
             problem(f"{token}: retries {result['retries']}, enqueued with {allowed}")
     requests = {r["request_uuid"] for r in chain}
@@ -295,6 +300,12 @@ def late_success_noted(result: dict[str, Any]) -> bool:
         return True  # the late run's return value, kept
     notes = [str(v) for k, v in result.items() if k not in _NOT_NOTES and v not in (None, "")]
     return any(re.search(r"succe(ss|ed)", note, re.IGNORECASE) for note in notes)
+
+
+def _masked(text: str) -> str:
+    text = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<uuid>", text)
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?( UTC)?", "<time>", text)
+    return re.sub(r"\d+(\.\d+)?", "N", text)[:160]
 
 
 def new_token() -> str:
