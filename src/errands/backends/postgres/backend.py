@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg_pool import PoolTimeout
 
 from errands import lifecycle
 from errands import settings as settings_module
@@ -80,6 +81,10 @@ from errands.models import (
 )
 
 logger = logging.getLogger("errands")
+
+#: How long a call waits for a pooled connection before it checks, with a direct
+#: connection, that the server can be reached at all (and says why not).
+QUICK_WAIT_SECONDS = 1.0
 
 
 class PostgresBackend(SqlBackend):
@@ -170,14 +175,18 @@ class PostgresBackend(SqlBackend):
         def last_error() -> BaseException | None:
             return pool.last_error if pool is not None else None
 
-        with database_errors(self.url, last_error):
+        with database_errors(self.url, last_error), contextlib.ExitStack() as stack:
             pool = open_pool()
-            with pool.connection() as conn:
-                if self.call_seconds is None:
-                    yield conn
-                else:
-                    with self._deadlines.bound(conn, self.call_seconds):
-                        yield conn
+            try:
+                conn = stack.enter_context(pool.connection(timeout=QUICK_WAIT_SECONDS))
+            except PoolTimeout:
+                # No connection soon: a server gone says why at once (the pool would
+                # only time out); one that answers means a busy pool: wait on.
+                probe(self.url, connection_parameters(self.url, self.database_timeout))
+                conn = stack.enter_context(pool.connection())
+            if self.call_seconds is not None:
+                stack.enter_context(self._deadlines.bound(conn, self.call_seconds))
+            yield conn
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Connection]:
