@@ -234,6 +234,7 @@ def test_dashboard_retry_refuses_a_shell_command_result(
 def test_a_configured_command_can_still_be_retried(db_url: str, backend: Backend) -> None:
     """A retry names the entry again: allowed where the settings hold that command."""
     result = errored_result(backend, SHELL_COMMAND, {"args": [command_key("echo hi")]})
+    other = errored_result(backend, SHELL_COMMAND, {"args": [command_key("echo hi")]})
     errands.configure(schedule=[["cmd:echo hi", "@daily"]])
     try:
         retried = errands.api.retry(result.uuid)
@@ -241,8 +242,9 @@ def test_a_configured_command_can_still_be_retried(db_url: str, backend: Backend
         errands.configure(schedule=None)
     assert retried is not None
     assert retried.parameters == {"args": [command_key("echo hi")], "kwargs": {}}
-    with pytest.raises(CommandNotConfigured):  # and refused where they do not
-        errands.api.retry(result.uuid)
+    # ... and refused where they do not (another result: this one has its retry now).
+    with pytest.raises(CommandNotConfigured):
+        errands.api.retry(other.uuid)
 
 
 # -- item 2: no import by name from the database -----------------------------------------
