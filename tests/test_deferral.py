@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -24,8 +25,9 @@ from conftest import WorkerRunner
 from errands import Status, lifecycle
 from errands.backends import Backend
 from errands.jobs import EnqueueOptions, _new_requests
-
-pytestmark = pytest.mark.slow  # real workers
+from errands.models import Outcome, Requeue
+from errands.testing.memory import MemoryBackend
+from errands.worker.deferrals import write_deferral
 
 JOBS_MODULE = textwrap.dedent(
     '''
@@ -49,6 +51,28 @@ JOBS_MODULE = textwrap.dedent(
         def run(self):
             note(self.path, "run")
             raise DeferJob(delay=0, increment_retries=True)
+
+
+    @register_job
+    class DeferBroken(Job):
+        """Defers once; its should_enqueue raises once it ran (a marker file)."""
+
+        def __init__(self, path):
+            self.path = path
+
+        def should_enqueue(self, concurrency_key):
+            try:
+                with open(self.path) as f:
+                    ran = bool(f.read())
+            except FileNotFoundError:
+                ran = False
+            if ran:
+                raise RuntimeError("no way")
+            return True
+
+        def run(self):
+            note(self.path, "run")
+            raise DeferJob(delay=0)
 
 
     @register_job
@@ -95,6 +119,7 @@ def idle() -> bool:
     )
 
 
+@pytest.mark.slow
 def test_deferring_with_increment_retries_ends_when_the_attempts_are_spent(
     run_worker: WorkerRunner, deferral_jobs: ModuleType, tmp_path: Path
 ) -> None:
@@ -119,6 +144,7 @@ def test_deferring_with_increment_retries_ends_when_the_attempts_are_spent(
     assert not errands.requests(limit=10)
 
 
+@pytest.mark.slow
 def test_a_deferral_is_enqueued_again_with_its_own_concurrency_slot_free(
     run_worker: WorkerRunner, tmp_path: Path
 ) -> None:
@@ -137,6 +163,7 @@ def test_a_deferral_is_enqueued_again_with_its_own_concurrency_slot_free(
     assert runs.read_text().count("run") == 2
 
 
+@pytest.mark.slow
 def test_a_deferral_whose_key_another_pending_job_holds_is_not_enqueued_again(
     run_worker: WorkerRunner, backend: Backend, tmp_path: Path
 ) -> None:
@@ -167,6 +194,7 @@ def test_a_deferral_whose_key_another_pending_job_holds_is_not_enqueued_again(
     assert runs.read_text().count("run") == 1
 
 
+@pytest.mark.slow
 def test_a_deferral_declined_by_its_own_should_enqueue(
     run_worker: WorkerRunner, deferral_jobs: ModuleType, tmp_path: Path
 ) -> None:
@@ -181,3 +209,43 @@ def test_a_deferral_declined_by_its_own_should_enqueue(
     assert "re-enqueue skipped: should_enqueue() returned False" in result.error
     assert not errands.requests(limit=10)
     assert runs.read_text().count("run") == 1
+
+
+@pytest.mark.slow
+def test_a_deferral_whose_should_enqueue_raises_is_not_enqueued_again(
+    run_worker: WorkerRunner, deferral_jobs: ModuleType, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    deferral_jobs.DeferBroken(str(runs)).run_in_worker()
+
+    run_worker(lambda: len(errands.results(limit=100)) >= 1 and idle(), import_modules=IMPORTS)
+
+    (result,) = errands.results(limit=100)
+    assert result.status == Status.DEFERRED
+    assert result.retry_request_uuid is None
+    assert result.error == "Deferred for 0 seconds (not enqueued again: RuntimeError: no way)"
+    assert not errands.requests(limit=10)
+
+
+def test_a_backend_without_completing_requeues_the_deferral_plainly() -> None:
+    """The in-memory backend has no ``completing``: its own requeue, as before."""
+    backend = MemoryBackend(mode="capture")
+    job = sample_jobs.DeferOnce("unused")
+    backend.insert_requests(requests=_new_requests([job], EnqueueOptions(), "test"))
+    (process,) = backend.claim(worker_id=uuid.uuid4(), queues=[], limit=1)
+    ended = datetime.datetime.now(datetime.UTC)
+    outcome = Outcome(
+        process_uuid=process.uuid,
+        status=Status.DEFERRED,
+        started_at=ended,
+        ended_at=ended,
+        error=lifecycle.deferred(5),
+        requeue=Requeue(delay_seconds=5.0, retry_attempt=0),
+    )
+
+    result = write_deferral(backend, outcome)
+
+    assert result is not None and result.status == Status.DEFERRED
+    (again,) = backend.requests.values()
+    assert result.retry_request_uuid == again.uuid
+    assert write_deferral(backend, outcome) is None  # written once: the process is gone

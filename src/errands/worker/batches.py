@@ -15,8 +15,8 @@ write. ``Recorder`` holds what is not written yet and decides when a batch is du
 A batch owns what it writes until it is applied; what a failed batch did not
 write goes back to the front of the buffer, and is written on the next try (a
 repeat writes nothing twice: completing a process that is gone is skipped).
-Deferrals are written after the other outcomes, each in its own transaction
-that enqueues the job again through its ``should_enqueue`` (``deferrals``).
+Deferrals whose re-enqueue must ask the job's ``should_enqueue`` are written
+after the other outcomes, each in its own transaction (``deferrals``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from errands.backends import Backend
 from errands.models import ABORTED_STATUSES, JobResult, Outcome
-from errands.worker.deferrals import is_deferral, write_deferral
+from errands.worker.deferrals import is_deferral, split, write_deferral
 
 FLUSH_INTERVAL = 0.02  # seconds an outcome may wait to be batched with others
 FLUSH_SIZE = 500  # flush at once when this many outcomes wait
@@ -60,10 +60,10 @@ class Batch:
             if self.started:
                 backend.mark_started(started=self.started)
             self.marked = True
-            routine, deferrals = self.outcomes, []
+            routine: list[Outcome] = self.outcomes
+            deferrals: list[Outcome] = []
             if any(map(is_deferral, routine)):
-                deferrals = [o for o in routine if is_deferral(o)]
-                routine = [o for o in routine if not is_deferral(o)]
+                routine, deferrals = split(backend, worker_id, routine)
             self.results = (
                 backend.complete_many(outcomes=routine, aborted_only=self.aborted_only)
                 if routine

@@ -19,21 +19,28 @@ whose ``should_enqueue`` raises, is written the same way with the reason
 (``lifecycle.deferral_failed``) and logged. Each step is all or nothing: a worker
 that dies in between leaves the process for the rescue, as any job it held.
 
-The parent writes deferrals one by one after the batch's other outcomes
-(``batches.Batch``): a job that does not defer costs nothing more.
+A deferral that needs no decision, as for any enqueue (no concurrency key, the
+default ``should_enqueue``: ``jobs.enqueue_many`` inserts such jobs unasked), is
+written with the batch's other outcomes, its new request in the same statement
+(``Backend.complete_many``), as before. The others are written one by one after
+them, each in its own transaction (``batches.Batch``): a batch without deferrals
+costs nothing more, one with any reads this worker's processes once to tell them
+apart (``split``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
+from collections.abc import Sequence
 
 from errands import lifecycle, telemetry
 from errands.backends import Backend
 from errands.errors import BackendError
-from errands.jobs import EnqueueOptions, enqueue_in
-from errands.models import JobResult, Outcome, Requeue, Status
-from errands.registry import build_job
+from errands.jobs import EnqueueOptions, Job, enqueue_in
+from errands.models import JobProcess, JobResult, Outcome, Requeue, Status
+from errands.registry import build_job, load_job_class
 
 logger = logging.getLogger("errands")
 
@@ -42,6 +49,36 @@ def is_deferral(outcome: Outcome) -> bool:
     """Whether ``outcome`` is written by :func:`write_deferral` (a DEFERRED attempt
     to enqueue again)."""
     return outcome.requeue is not None and outcome.status is Status.DEFERRED
+
+
+def split(
+    backend: Backend, worker_id: uuid.UUID, outcomes: Sequence[Outcome]
+) -> tuple[list[Outcome], list[Outcome]]:
+    """``outcomes`` as (those ``complete_many`` writes, requeue included; the deferrals
+    :func:`write_deferral` writes, whose re-enqueue asks ``should_enqueue``)."""
+    held = {p.uuid: p for p in backend.processes_of_worker(worker_id=worker_id)}
+    plain: list[Outcome] = []
+    decided: list[Outcome] = []
+    for outcome in outcomes:
+        process = held.get(outcome.process_uuid)
+        if is_deferral(outcome) and process is not None and _needs_decision(process):
+            decided.append(outcome)
+        else:  # not a deferral, one needing no decision, or a process gone (skipped)
+            plain.append(outcome)
+    return plain, decided
+
+
+def _needs_decision(process: JobProcess) -> bool:
+    """Whether enqueueing the job again must ask its ``should_enqueue`` (as
+    ``jobs.enqueue_many`` would); True when its class cannot be loaded here
+    (``write_deferral`` then says why it is not enqueued again)."""
+    if process.concurrency_key:
+        return True
+    try:
+        job_class = load_job_class(process.job_class)
+    except Exception:
+        return True
+    return job_class.should_enqueue is not Job.should_enqueue
 
 
 class _NotEnqueued(Exception):
