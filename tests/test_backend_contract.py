@@ -1154,3 +1154,41 @@ def test_find_prefix_refuses_what_is_not_hex(backend: Backend) -> None:
     for prefix in ("xyz123", "", "0" * 33, "abc%"):
         with pytest.raises(ValueError, match="not the start of a uuid"):
             backend.find_prefix(prefix=prefix, limit=10)
+
+
+# -- completing one process with enqueues in the same transaction (deferrals) -----------
+
+
+def test_completing_writes_the_result_and_the_blocks_enqueues_together(backend: Backend) -> None:
+    enqueue(backend, new(concurrency_key="k"))
+    (process,) = claim_all(backend)
+    deferred = outcome(process, Status.DEFERRED, requeue=Requeue(delay_seconds=0, retry_attempt=0))
+    with backend.completing(outcome=deferred) as (result, tx):
+        assert result is not None and result.status == Status.DEFERRED
+        assert result.retry_request_uuid is None  # the requeue is the block's to decide
+        assert tx.slots_in_use([("tests.Job", "k")]) == set()  # the process is gone
+        (again,) = tx.insert_requests([new(concurrency_key="k")])
+        assert tx.link_retry(result_uuid=result.uuid, request_uuid=again.uuid)
+    assert backend.page_processes(selection=Selection(), page=PageSpec(limit=10)) == []
+    (linked,) = backend.page_results(selection=Selection(), page=PageSpec(limit=10))
+    assert linked.retry_request_uuid == again.uuid
+    assert [r.uuid for r in backend.next_requests(selection=Selection(), limit=10)] == [again.uuid]
+
+
+def test_completing_writes_nothing_when_the_block_raises(backend: Backend) -> None:
+    enqueue(backend, new())
+    (process,) = claim_all(backend)
+    with pytest.raises(RuntimeError), backend.completing(outcome=outcome(process)) as (_, tx):
+        tx.insert_requests([new()])
+        raise RuntimeError("should_enqueue failed")
+    assert backend.page_processes(selection=Selection(), page=PageSpec(limit=10)) == [process]
+    assert backend.page_results(selection=Selection(), page=PageSpec(limit=10)) == []
+    assert backend.next_requests(selection=Selection(), limit=10) == []
+
+
+def test_completing_a_process_that_is_gone_yields_no_result(backend: Backend) -> None:
+    enqueue(backend, new())
+    (process,) = claim_all(backend)
+    backend.complete_many(outcomes=[outcome(process)])
+    with backend.completing(outcome=outcome(process)) as (result, _):
+        assert result is None

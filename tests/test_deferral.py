@@ -227,8 +227,8 @@ def test_a_deferral_whose_should_enqueue_raises_is_not_enqueued_again(
     assert not errands.requests(limit=10)
 
 
-def test_a_backend_without_completing_requeues_the_deferral_plainly() -> None:
-    """The in-memory backend has no ``completing``: its own requeue, as before."""
+def test_the_in_memory_backend_writes_a_deferral_the_same_way() -> None:
+    """The in-memory backend implements ``completing`` too: result, re-enqueue, link."""
     backend = MemoryBackend(mode="capture")
     job = sample_jobs.DeferOnce("unused")
     backend.insert_requests(requests=_new_requests([job], EnqueueOptions(), "test"))

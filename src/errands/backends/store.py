@@ -143,6 +143,7 @@ class JobStore(abc.ABC):
         every result spares itself reading back the rest.
         """
 
+    @abc.abstractmethod
     def completing(
         self, *, outcome: Outcome
     ) -> AbstractContextManager[tuple[JobResult | None, EnqueueTransaction]]:
@@ -150,9 +151,7 @@ class JobStore(abc.ABC):
         in a transaction left open for enqueueing: the process is gone, so its
         concurrency slot is free, when the block's enqueues ask ``should_enqueue`` (a
         deferral's re-enqueue). Everything commits when the block exits cleanly, nothing
-        when it raises. The result is None when the process no longer exists. Backends
-        without it (the in-memory one) raise NotImplementedError."""
-        raise NotImplementedError(f"{type(self).__name__} has no completing()")
+        when it raises. The result is None when the process no longer exists."""
 
     @abc.abstractmethod
     def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:

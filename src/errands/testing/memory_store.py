@@ -118,6 +118,32 @@ class MemoryStore(MemoryTables, JobStore):
             self._notify()
         return kept_results(written, aborted_only=aborted_only)
 
+    @contextlib.contextmanager
+    def completing(
+        self, *, outcome: Outcome
+    ) -> Iterator[tuple[JobResult | None, EnqueueTransaction]]:
+        """The lock held for the whole block is the transaction: the process goes and
+        its result (without the requeue) is written first; a block that raises puts
+        both back and commits none of its enqueues."""
+        with self.lock:
+            process = self.processes.pop(outcome.process_uuid, None)
+            written = (
+                None
+                if process is None
+                else self._complete(process, dataclasses.replace(outcome, requeue=None))
+            )
+            tx = MemoryEnqueueTransaction(self)
+            try:
+                yield written, tx
+            except BaseException:
+                if process is not None:
+                    self.results = [r for r in self.results if r is not written]
+                    self.processes[process.uuid] = process
+                raise
+            tx.commit()
+        if tx.staged:
+            self._enqueued(list(tx.staged))
+
     def _keep_late(self, outcome: Outcome) -> None:
         found = [
             r

@@ -115,9 +115,6 @@ def write_deferral(backend: Backend, outcome: Outcome) -> JobResult | None:
                 raise _NotEnqueued(skipped)
             tx.link_retry(result_uuid=result.uuid, request_uuid=request.uuid)
             return dataclasses.replace(result, retry_request_uuid=request.uuid)
-    except NotImplementedError:
-        # A backend without completing() (the in-memory one): its plain requeue.
-        written = backend.complete_many(outcomes=[outcome])
     except _NotEnqueued as declined:
         ended = dataclasses.replace(outcome, requeue=None, error=declined.error)
         written = backend.complete_many(outcomes=[ended])

@@ -363,7 +363,9 @@ class PostgresBackend(SqlBackend):
         }
         with self._worker_connection() as conn, conn.transaction():
             rows = fetch_tuples(conn, "complete_many", params)
-            result = result_from_tuple(rows[0]) if rows else None
+            # A gone process comes back as its uuid alone (see complete_many's SQL).
+            written = [row for row in rows if row[0] is not None]
+            result = result_from_tuple(written[0]) if written else None
             yield result, PostgresEnqueueTransaction(conn, self.url)
 
     def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
