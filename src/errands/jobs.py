@@ -162,7 +162,7 @@ class EnqueueOptions:
     #: and the dashboard). None: the ``file:line`` that called errands. errands names
     #: its own enqueues: ``schedule:<entry key>``, ``cli:errands run``,
     #: ``cli:errands retry``, ``dashboard:retry``, ``dashboard:run schedule:<entry key>``,
-    #: ``demo``.
+    #: ``demo``, ``django:tasks``.
     source: str | None = None
 
 

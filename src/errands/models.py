@@ -22,7 +22,7 @@ class Status(enum.StrEnum):
     SUCCESSFUL = "SUCCESSFUL"
     ERRORED = "ERRORED"  # run() raised, the class or parameters could not be loaded, or timed out
     CANCELLED = "CANCELLED"  # cancelled by an operator, or terminated by a second shutdown signal
-    DEFERRED = "DEFERRED"  # run() raised DeferJob; a new request was enqueued
+    DEFERRED = "DEFERRED"  # run() raised DeferJob; enqueued again unless should_enqueue declined
     LOST = "LOST"  # the process died, or its worker stopped heartbeating
 
 

@@ -1,8 +1,10 @@
 """Waiting for a job's final result (``errands.wait_for_result``).
 
 A job's result is *final* when it is SUCCESSFUL, or ERRORED, LOST or CANCELLED
-with no retry enqueued. A result that was retried, or DEFERRED, is not final: the
-wait follows it to the request that continues the job, and so on along the chain.
+with no retry enqueued. A result that was retried, or DEFERRED and enqueued again,
+is not final: the wait follows it to the request that continues the job, and so on
+along the chain. A DEFERRED result whose re-enqueue ``should_enqueue`` declined is
+final.
 
 Waiting threads of one process share one listener per backend, opened by the
 first wait and kept until the backend closes: on PostgreSQL it LISTENs on the

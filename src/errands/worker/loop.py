@@ -86,9 +86,8 @@ class Worker:
             environ=settings_module.to_environ(config),
             max_jobs_per_child=config.worker_max_jobs_per_process,
             threads=config.worker_threads,
-            # Lines jobs print start with the job's class and short id: off unless a
-            # ``worker_label_output`` setting says so (not in ``Settings`` yet).
-            label_output=bool(getattr(config, "worker_label_output", False)),
+            # Lines jobs print start with the job's class and short id when asked.
+            label_output=config.worker_label_output,
         )
         self.backoff = Backoff()
         self._services(config, entries)
