@@ -131,7 +131,7 @@ class Soak:
         with psycopg.connect(self.url) as conn:
             for table in ("errands_request", "errands_process", "errands_result"):
                 query = f"SELECT 1 FROM {table} WHERE parameters->'args'->>1 = %s"
-                if conn.execute(query, (token,)).fetchone():  # type: ignore[arg-type]
+                if conn.execute(query, (token,)).fetchone():
                     return True
         return False
 

@@ -135,7 +135,7 @@ class Cluster:
             query += f" AND ({where})"
             args.extend(params)
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            row = conn.execute(query, args).fetchone()  # type: ignore[arg-type]  # built here
+            row = conn.execute(query, args).fetchone()
         return int(row[0]) if row else 0
 
     def wait_accepting(self, timeout: float = 30) -> None:

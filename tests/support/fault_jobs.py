@@ -126,7 +126,7 @@ def executions(trail: Path) -> list[Execution]:
 
 def rows(url: str, query: str) -> list[dict[str, Any]]:
     with psycopg.connect(url, row_factory=dict_row) as conn:
-        return conn.execute(query).fetchall()  # type: ignore[arg-type]  # built here
+        return conn.execute(query).fetchall()
 
 
 def results_by_token(url: str) -> dict[str, list[dict[str, Any]]]:
@@ -262,22 +262,22 @@ def _account_job(
     by_process = {r["process_uuid"]: r for r in chain}
     seen: set[str] = set()
     for execution in ran:
-        result = by_process.get(execution.process_uuid)
+        attempt = by_process.get(execution.process_uuid)
         if execution.process_uuid in seen:
             problem(f"{token}: attempt {execution.process_uuid} executed twice")
-        elif result is None:
+        elif attempt is None:
             problem(f"{token}: an execution ({execution.process_uuid}) no result accounts for")
         seen.add(execution.process_uuid)
-        if result is None:
+        if attempt is None:
             continue
-        if result["status"] in ("SUCCESSFUL", "ERRORED") and result["started_at"] is None:
-            problem(f"{token}: {result['status']} without a start")
-        if result["status"] == "LOST":
-            lost_at = timestamp(result["created_at"]) or 0.0
+        if attempt["status"] in ("SUCCESSFUL", "ERRORED") and attempt["started_at"] is None:
+            problem(f"{token}: {attempt['status']} without a start")
+        if attempt["status"] == "LOST":
+            lost_at = timestamp(attempt["created_at"]) or 0.0
             if execution.started > lost_at:
                 acc.after_rescue.append(execution)
             if execution.ended is not None:
-                acc.late.append((result, execution))
+                acc.late.append((attempt, execution))
     acc.duplicates_explained += max(len(seen & set(by_process)) - 1, 0)
     for result in chain:
         executed = result["process_uuid"] in seen
