@@ -9,6 +9,7 @@ serves another application's jobs), one that can.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -22,6 +23,17 @@ from conftest import SpawnWorker, WorkerRunner, wait_for
 from errands import Status
 
 pytestmark = pytest.mark.slow  # real workers killed (not in scripts/test --fast)
+
+
+OTHER_APP_JOBS = """
+from errands import Job, register_job
+
+
+@register_job
+class OtherAppJob(Job):
+    def run(self) -> None:
+        pass
+"""
 
 
 def lines(path: Path) -> list[str]:
@@ -47,12 +59,17 @@ def test_a_job_rescued_by_a_worker_that_cannot_load_it_is_retried_by_one_that_ca
     kill_while_running(spawn_worker, db_url, pid_file)
 
     # Another application's worker: it rescues every dead worker's jobs, but cannot
-    # load this job's class (its import setting names only its own modules).
+    # load this job's class (its import setting names only its own module, and the
+    # tests' job modules are not on its path).
+    other_app = tmp_path / "other_app"
+    other_app.mkdir()
+    (other_app / "other_jobs.py").write_text(OTHER_APP_JOBS)
     other = WorkerProcess.errands(
         db_url,
         tmp_path / "other.log",
-        *("--import", "thread_jobs", "worker"),
+        *("--import", "other_jobs", "worker"),
         *("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2"),
+        env={**os.environ, "PYTHONPATH": str(other_app)},
     )
     wait_for(lambda: len(errands.results()) == 1, timeout=30)
     (lost,) = errands.results()

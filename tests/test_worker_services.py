@@ -13,7 +13,7 @@ import sample_jobs  # noqa: F401  (registers the job class the rows name)
 
 import errands
 from errands.backends import Backend
-from errands.models import NewRequest, Outcome, Status
+from errands.models import NewRequest, Outcome, PageSpec, Selection, Status
 from errands.worker.heartbeat import Heartbeat
 from errands.worker.prune import Prune
 from errands.worker.rescue import Rescue
@@ -38,11 +38,13 @@ def test_heartbeat_pass_reregisters_a_worker_declared_dead(backend: Backend) -> 
     assert (row.worker_id, row.queues) == (heartbeat.worker_id, ["mail"])
 
 
-def test_rescue_pass_loses_the_orphans_of_its_own_worker_only(backend: Backend) -> None:
+def test_rescue_pass_loses_the_started_orphans_of_its_own_worker_only(backend: Backend) -> None:
     worker_id = uuid.uuid4()
     Heartbeat(backend, worker_id, []).register()
     enqueue_noops(backend, 3)
     kept, *orphans = backend.claim(worker_id=worker_id, queues=[], limit=3)
+    now = backend.now()
+    backend.mark_started(started=[(p.uuid, now) for p in (kept, *orphans)])
     aborted: list[list[errands.JobResult]] = []
     rescue = Rescue(
         backend,
@@ -59,6 +61,25 @@ def test_rescue_pass_loses_the_orphans_of_its_own_worker_only(backend: Backend) 
     assert aborted == [lost]
     assert [p.uuid for p in backend.processes_of_worker(worker_id=worker_id)] == [kept.uuid]
     assert rescue.run_once() == []  # nothing left to rescue
+
+
+def test_rescue_pass_returns_orphans_that_never_started_to_the_queue(backend: Backend) -> None:
+    """A claim whose answer was lost with the connection: the worker never had those
+    jobs, so they are not LOST (with retries=0 they would never run) but pending again."""
+    worker_id = uuid.uuid4()
+    Heartbeat(backend, worker_id, []).register()
+    enqueue_noops(backend, 3)
+    kept, *unreceived = backend.claim(worker_id=worker_id, queues=[], limit=3)
+    rescue = Rescue(
+        backend, worker_id, heartbeat_timeout=60, tracked=lambda: {kept.uuid}, on_aborted=list
+    )
+
+    assert rescue.run_once() == []
+
+    assert [p.uuid for p in backend.processes_of_worker(worker_id=worker_id)] == [kept.uuid]
+    pending = backend.next_requests(selection=Selection(), limit=10)
+    assert sorted(r.uuid for r in pending) == sorted(p.request_uuid for p in unreceived)
+    assert backend.page_results(selection=Selection(), page=PageSpec()) == []
 
 
 def test_prune_pass_deletes_results_older_than_the_retention(backend: Backend) -> None:

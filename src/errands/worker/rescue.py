@@ -6,7 +6,8 @@ Two kinds of lost jobs:
   worker may rescue them, and exactly one does (``rescue_stale_workers`` is
   atomic per dead worker);
 * this worker's own orphans: processes the database says it holds but it does
-  not track (a claim whose answer was lost with the connection).
+  not track. One that never started (a claim whose answer was lost with the
+  connection) goes back to the queue instead: it was never this worker's to lose.
 
 The rescue records, with each LOST result, what the job is still owed: its
 ``on_aborted`` hooks and, when its retries allow, a retry. The follow-up service
@@ -66,9 +67,17 @@ class Rescue:
         return lost
 
     def _lose_orphans(self) -> list[JobResult]:
+        """This worker's processes it does not track: those never started go back to
+        the queue (a claim whose answer was lost with the connection: the worker never
+        had them), those that started end LOST (their run was lost with its child)."""
         tracked = self.tracked()
         mine = self.backend.processes_of_worker(worker_id=self.worker_id)
-        orphans = [p.uuid for p in mine if p.uuid not in tracked]
-        if not orphans:
+        orphans = [p for p in mine if p.uuid not in tracked]
+        unstarted = [p.uuid for p in orphans if p.started_at is None]
+        if unstarted:
+            returned = self.backend.release(process_uuids=unstarted)
+            logger.warning("returned jobs this worker never received", extra={"count": returned})
+        started = [p.uuid for p in orphans if p.started_at is not None]
+        if not started:
             return []
-        return self.backend.lose_processes(worker_id=self.worker_id, process_uuids=orphans)
+        return self.backend.lose_processes(worker_id=self.worker_id, process_uuids=started)
