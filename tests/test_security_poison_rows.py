@@ -467,7 +467,9 @@ def test_an_attempt_count_at_the_largest_integer(
     database_failures: DatabaseFailures,
 ) -> None:
     """A deferral counting one more attempt than the column holds used to fail the
-    write of its whole batch, again and again: now the count stops at the largest."""
+    write of its whole batch, again and again. Deferrals are bounded now: at the
+    largest count the deferral comes after the job's last attempt and ends it
+    (``lifecycle.deferred_after_last_attempt``), written with the batch at once."""
     import poison_jobs
     import sample_jobs
 
@@ -486,11 +488,13 @@ def test_an_attempt_count_at_the_largest_integer(
 
     def done() -> bool:
         finished = db.count("errands_result", "status = 'SUCCESSFUL'")
-        return finished == GOOD_JOBS and db.count("errands_result", "status = 'DEFERRED'") == 1
+        return finished == GOOD_JOBS and db.count("errands_result", "status = 'ERRORED'") == 1
 
     run_worker(done, timeout=30, import_modules=("sample_jobs", "poison_jobs"))
     assert database_failures.failures == []  # the batch was written at the first try
-    assert db.run("SELECT retry_attempt FROM errands_request") == [(largest,)]
+    assert db.run("SELECT count(*) FROM errands_request") == [(0,)]
+    ((error,),) = db.run("SELECT error FROM errands_result WHERE status = 'ERRORED'")
+    assert error.startswith("deferred after its last attempt")
 
 
 def test_a_poisoned_worker_row(

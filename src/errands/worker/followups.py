@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from errands import lifecycle, telemetry
 from errands.backends import Backend
+from errands.containment import is_own_interrupt
 from errands.errors import JobNotRegistered
 from errands.jobs import Job
 from errands.models import JobResult
@@ -60,15 +61,19 @@ class FollowUps:
             job: Job | None = build_job(result.job_class, result.parameters)
         except JobNotRegistered:
             return False  # not this worker's job: a worker that can load it settles it
-        except Exception:
+        except BaseException as exc:  # user code (__init__): SystemExit too
+            if is_own_interrupt(exc):
+                raise
             # A job that cannot be rebuilt would fail the same way again: settle it
             # without a retry (its hooks cannot run either).
-            logger.exception("cannot rebuild a lost job", extra=_fields(result))
+            logger.error("cannot rebuild a lost job", exc_info=exc, extra=_fields(result))
             job = None
         try:
             return self._take(result, job)
-        except Exception:
-            logger.exception("could not settle a lost job", extra=_fields(result))
+        except BaseException as exc:  # should_enqueue is user code too
+            if is_own_interrupt(exc):
+                raise
+            logger.error("could not settle a lost job", exc_info=exc, extra=_fields(result))
             return False
 
     def _take(self, result: JobResult, job: Job | None) -> bool:
@@ -93,8 +98,14 @@ class FollowUps:
             return None
         try:
             return retry_delay(job, lifecycle.next_attempt(result.retry_attempt))
-        except Exception:
-            logger.exception("not retrying a lost job: its retry delay", extra=_fields(result))
+        except BaseException as exc:  # user code: SystemExit, KeyboardInterrupt too
+            if is_own_interrupt(exc):
+                raise
+            logger.error(
+                "not retrying a lost job: computing its retry delay failed",
+                exc_info=exc,
+                extra=_fields(result),
+            )
             return None
 
 
