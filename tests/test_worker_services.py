@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import uuid
 
+import pytest
 import sample_jobs  # noqa: F401  (registers the job class the rows name)
 
 import errands
@@ -110,3 +111,20 @@ def test_schedules_pass_enqueues_each_occurrence_once(backend: Backend) -> None:
     assert len(errands.requests()) == created
     assert schedules.wakeups == sorted(schedules.wakeups) != []  # the loop wakes for each
     assert Schedules(backend, [], horizon_seconds=150, history_seconds=3600).run_once() == 0
+
+
+def test_backoff_says_database_unavailable_only_for_database_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from errands.errors import BackendError
+    from errands.worker.timing import Backoff
+
+    backoff = Backoff()
+    with caplog.at_level("INFO", logger="errands"):
+        backoff.failed("schedules", RuntimeError("a bug in a schedule's job"))
+        backoff.failed("claim", BackendError("cannot use the database: server closed"))
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "schedules failed",
+        "database unavailable: cannot use the database: server closed",
+    ]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
+
+from errands.errors import BackendError
 
 logger = logging.getLogger("errands")
 
@@ -66,6 +69,10 @@ class Backoff:
         now = time.monotonic()
         self.retry_at = now + delay
         fields = {"operation": operation, "retry_in": round(delay, 2)}
+        if not is_database_error(exc):
+            # A bug, or user code a service runs: not an outage, so say what it was.
+            logger.error(f"{operation} failed", extra=fields, exc_info=exc)
+            return
         if self.failing_since is None:
             self.failing_since = now
             logger.error(f"database unavailable: {reason(exc)}", extra=fields)
@@ -81,6 +88,14 @@ class Backoff:
             )
         self.failures = 0
         self.failing_since = None
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the database or the way to it (errands' own
+    BackendError, or a driver's error), rather than from code."""
+    if isinstance(exc, BackendError | sqlite3.Error | OSError):
+        return True
+    return type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool")
 
 
 def reason(exc: BaseException) -> str:
