@@ -182,3 +182,19 @@ def test_demo_keep_runs_until_interrupted(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert_no_processes_left(marker)
+
+
+def test_where_next_commands_run_as_printed_without_an_activated_venv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from errands.demo_report import command_prefix
+
+    installed = tmp_path / "venv" / "bin" / "errands"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("#!/bin/sh\n")
+    installed.chmod(0o755)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv is not activated
+    assert command_prefix(str(installed)) == str(installed)
+    monkeypatch.setenv("PATH", f"{installed.parent}:/usr/bin:/bin")  # it is
+    assert command_prefix(str(installed)) == "errands"
+    assert command_prefix("/x/errands/__main__.py").endswith(" -m errands")

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from errands import api, formatting, settings
+from errands import api, demo_report, settings
 from errands.errors import DeferJob
 from errands.jobs import EnqueueOptions, Job, enqueue_many
-from errands.models import JobResult, Status
+from errands.models import JobResult
 from errands.registry import register_job
 
 DEMO_QUEUE = "errands-demo"
@@ -313,99 +313,6 @@ def _stop_on_signals(worker: Any) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _duration(result: JobResult) -> str:
-    if result.started_at is None:
-        return "-"
-    return f"{(result.ended_at - result.started_at).total_seconds():.2f}s"
-
-
-def _what_happened(chain: Chain, index: int) -> str:
-    result = chain.results[index]
-    if result.status == Status.DEFERRED:
-        return "raised DeferJob: enqueued again" if result.retry_request_uuid else "deferred"
-    if result.status in (Status.ERRORED, Status.LOST):
-        if result.retry_request_uuid is not None:
-            return "failed: retry enqueued"
-        return "failed: no retries left" if result.retries else "failed: no retries"
-    if result.status != Status.SUCCESSFUL:
-        return result.status.value.lower()
-    if index and chain.results[index - 1].status == Status.DEFERRED:
-        return "succeeded after the deferral"
-    if index:
-        return f"succeeded on attempt {formatting.attempt_number(result)}"
-    if chain.delayed and result.started_at is not None:
-        waited = (result.started_at - result.requested_at).total_seconds()
-        return f"succeeded; started {waited:.1f}s after enqueueing"
-    return "succeeded"
-
-
-def _summary(tracker: Tracker, out: TextIO) -> None:
-    headers = ["JOB", "STATUS", "ATTEMPT", "DURATION", "ERROR", "WHAT HAPPENED"]
-    rows: list[list[str]] = []
-    for chain in tracker.chains:
-        for index, result in enumerate(chain.results):
-            rows.append(
-                [
-                    chain.label if index == 0 else "  \u21b3 next attempt",
-                    result.status.value,
-                    formatting.attempt_text(result),
-                    _duration(result),
-                    result.error_type or "-",
-                    _what_happened(chain, index),
-                ]
-            )
-    for label in tracker.skipped:
-        rows.append([label, "skipped", "-", "-", "-", "never enqueued: same concurrency key"])
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    out.write("\nResults:\n")
-    for row in [headers, *rows]:
-        out.write("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        out.write("\n")
-
-
-def _hints(tracker: Tracker, out: TextIO, config: settings.Settings) -> None:
-    failed = next(
-        (
-            r
-            for chain in tracker.chains
-            for r in chain.results
-            if r.status == Status.ERRORED and chain.label.startswith("CallFlakyApi")
-        ),
-        None,
-    )
-    prefix = "errands"
-    lines = ["", "Where to look next:"]
-    if config.sources.get("database_url") == "the command line":
-        lines.append("  (give each command the same --database-url as this demo)")
-    lines += [
-        f"  {prefix} results                 every result, newest first (--json for JSON)",
-    ]
-    if failed is not None:
-        lines.append(f"  {prefix} get {failed.uuid}")
-        lines.append(
-            "      one result in full: CallFlakyApi's first failed attempt, with traceback"
-        )
-    lines += [
-        f"  {prefix} stats                   counts per queue, results by status, workers",
-        "  README.md: 'Tutorial' to write your own jobs, 'A job's life' for the statuses above",
-        "",
-    ]
-    out.write("\n".join(lines))
-    out.flush()
-
-
-def _describe(config: settings.Settings) -> str:
-    from errands.backends import DEFAULT_URL
-
-    url = config.database_url or DEFAULT_URL
-    if url.startswith("sqlite:"):
-        path = url.split(":", 1)[1]
-        path = path[3:] if path.startswith("///") else path.lstrip("/")
-        return f"SQLite file {os.path.abspath(path)}"
-    host = url.split("@")[-1]
-    return f"PostgreSQL at {host}"
-
-
 def run_demo(
     *,
     keep_running: bool = False,
@@ -429,7 +336,7 @@ def run_demo(
 
     backend = api.backend()
     applied = backend.migrate()
-    where = _describe(base)
+    where = demo_report.describe(base)
     if applied:
         out.write(f"Database: {where} (created errands' tables)\n")
     else:
@@ -471,8 +378,8 @@ def run_demo(
                         break
                 progress.end()
                 if finished_in_time:
-                    _summary(tracker, out)
-                    _hints(tracker, out, base)
+                    demo_report.summary(tracker, out)
+                    demo_report.hints(tracker, out, base)
                     if keep_running:
                         _keep_running(worker, out)
                 elif worker.stopping:
