@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 
 import errands
 from conftest import WorkerRunner, wait_for, worker_config
-from errands import Status, scheduler
+from errands import Status, schedule_report, scheduler
 from errands.backends import Backend
 from errands.dashboard import create_app
 from errands.errors import CommandNotConfigured
@@ -178,7 +178,9 @@ def test_a_configured_cmd_schedule_still_runs_and_records_its_output(
     assert result.return_value == {"exit_code": 0, "output": "from the schedule\n"}
     assert result.parameters == {"args": [command_key(command)], "kwargs": {}}
     assert ticks.read_text().startswith("tick")
-    (listed,) = scheduler.status(errands.api.backend(), scheduler.parse_entries([entry]), count=1)
+    (listed,) = schedule_report.status(
+        errands.api.backend(), scheduler.parse_entries([entry]), count=1
+    )
     assert listed.last_request_uuid is not None  # `errands schedule` shows its last run
 
 

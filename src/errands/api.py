@@ -36,7 +36,7 @@ from errands.models import (
 
 if TYPE_CHECKING:
     from errands.jobs import Job
-    from errands.scheduler import EntryStatus
+    from errands.schedule_report import EntryStatus
 
 logger = logging.getLogger("errands")
 
@@ -292,10 +292,11 @@ def paused_queues() -> list[str]:
 def schedule_status(*, count: int = 3) -> list[EntryStatus]:
     """The configured schedule entries with their next runs and latest occurrence."""
     from errands import scheduler
+    from errands.schedule_report import status
 
     current = settings.current()
     entries = scheduler.parse_entries(current.schedule, current.timezone)
-    return scheduler.status(backend(), entries, count=count)
+    return status(backend(), entries, count=count)
 
 
 # -- operating on a selection (the dashboard; the CLI may use these too) ------------------

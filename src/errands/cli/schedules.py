@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from errands import api, formatting, scheduler
+from errands import api, formatting, schedule_report, scheduler
 from errands.cli import configuration
 from errands.cli.options import json_option
 from errands.cli.output import print_json, table
@@ -72,7 +72,7 @@ def schedule_check_command() -> None:
     click.echo(f"{len(entries)} schedule entries are valid.")
 
 
-def _entry_table(entries: list[scheduler.EntryStatus]) -> str:
+def _entry_table(entries: list[schedule_report.EntryStatus]) -> str:
     return table(
         ["JOB", "SCHEDULE", "NEXT RUNS", "QUEUED FOR", "LAST RUN", "LAST OUTCOME"],
         [
