@@ -34,6 +34,7 @@ from errands.errors import (
     ParameterError,
 )
 from errands.jobs import EnqueueOptions, Job, enqueue_many
+from errands.limiting import Limit
 from errands.models import JobProcess, JobRequest, JobResult, Status
 from errands.registry import register_job
 from errands.scheduler import Schedule
@@ -45,6 +46,7 @@ __all__ = [
     "ConfigurationError",
     "DeferJob",
     "EnqueueOptions",
+    "Limit",
     "ErrandsError",
     "Job",
     "JobNotRegistered",

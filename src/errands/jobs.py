@@ -23,6 +23,8 @@ from errands import serialization, telemetry, validation
 from errands.backends import current
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
 from errands.containment import ask_hook
+from errands.errors import OptionError
+from errands.limiting import Limit, check_limits
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -80,6 +82,13 @@ class Job:
         """Seconds the job may run before it is killed; None for no limit."""
         return None
 
+    #: Flow control: the job runs only when every one of these allows it (see Limit).
+    limits: Sequence[Limit] = ()
+
+    def get_limits(self) -> Sequence[Limit]:
+        """This job's limits (default: the class's ``limits``); keys may depend on it."""
+        return self.limits
+
     # -- hooks ------------------------------------------------------------
     def calculate_retry_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
@@ -125,6 +134,7 @@ class Job:
         retry_attempt: int = 0,
         concurrency_key: str | None = None,
         timeout: float | None = None,
+        limits: Sequence[Limit] | None = None,
         connection: Any | None = None,
     ) -> JobRequest | None:
         """Enqueue this job; return the created request, or None if ``should_enqueue`` declined.
@@ -143,6 +153,7 @@ class Job:
             retry_attempt=retry_attempt,
             concurrency_key=concurrency_key,
             timeout=timeout,
+            limits=limits,
         )
         return enqueue_many([self], options=options, connection=connection)[0]
 
@@ -158,6 +169,8 @@ class EnqueueOptions:
     retry_attempt: int = 0
     concurrency_key: str | None = None
     timeout: float | None = None
+    #: Flow control: replaces the jobs' own limits (``[]``: none); None keeps them.
+    limits: Sequence[Limit] | None = None
     #: Where the jobs came from, stored as their ``source`` (shown by ``errands get``
     #: and the dashboard). None: the ``file:line`` that called errands. errands names
     #: its own enqueues: ``schedule:<entry key>``, ``cli:errands run``,
@@ -327,6 +340,7 @@ def _new_request(
         queue, concurrency_key, timeout = validation.checked_options(
             path, priority, retries, retry_attempt, queue, concurrency_key, timeout
         )
+    limits = _resolved_limits(job, path, options.limits)
     # Every field, by name: the fast builder fills in no default (see models).
     return build_new_request(
         job_class=path,
@@ -343,7 +357,22 @@ def _new_request(
         trace_id=None,  # set by telemetry.sending when tracing
         span_id=None,
         uuid=key,
+        limits=limits,
     )
+
+
+def _resolved_limits(job: Job, path: str, given: Sequence[Limit] | None) -> tuple[Limit, ...]:
+    """The limits to store for ``job``: the call's, else the job's, keys resolved.
+
+    A job without limits costs one attribute lookup. Errors name the job class."""
+    if given is None:
+        if type(job).get_limits is Job.get_limits and not job.limits:
+            return ()
+        given = job.get_limits()
+    try:
+        return tuple(limit.resolved(job) for limit in check_limits(given, what="limits"))
+    except ValueError as exc:
+        raise OptionError(f"{path}: {exc}") from None
 
 
 _class_facts_cache: dict[type[Job], tuple[str, tuple[str, ...]]] = {}

@@ -1,7 +1,8 @@
 """Plain data for a job's life: request (pending) -> process (claimed/running) -> result.
 
 These classes hold rows as the backends return them. They carry no behaviour
-and import nothing from errands, so every other module may depend on them.
+and import nothing from errands but ``limiting`` (the limits a job carries), so
+every other module may depend on them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 from uuid import UUID, SafeUUID
+
+from errands.limiting import Limit
 
 
 class Status(enum.StrEnum):
@@ -196,6 +199,7 @@ class NewRequest:
     trace_id: str | None = None
     span_id: str | None = None
     uuid: UUID = field(default_factory=uuid7)
+    limits: tuple[Limit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +220,8 @@ class JobRequest:
     source: str
     trace_id: str | None
     span_id: str | None
+    #: flow control: the limits the job waits on (errands.Limit), from its enqueue
+    limits: tuple[Limit, ...] = ()
 
     kind = "request"
 
@@ -248,6 +254,7 @@ class JobProcess:
     # When the request was due (its run_in_worker delay, a retry's backoff); None
     # where a backend's listing does not carry it.
     start_at: datetime.datetime | None = None
+    limits: tuple[Limit, ...] = ()
 
     kind = "process"
 
@@ -287,6 +294,7 @@ class JobResult:
     # When the request was due, so that a delayed job's wait is told apart from
     # its delay; None for results written before schema version 5 recorded it.
     start_at: datetime.datetime | None = None
+    limits: tuple[Limit, ...] = ()
 
     kind = "result"
 

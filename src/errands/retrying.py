@@ -51,6 +51,7 @@ def enqueue_retry(
         retry_attempt=attempt,
         concurrency_key=result.concurrency_key,
         timeout=result.timeout,
+        limits=result.limits,
         source=source,
     )
     request = enqueue_in(tx, [job], options=options)[0]

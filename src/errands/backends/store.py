@@ -12,8 +12,9 @@ from __future__ import annotations
 import abc
 import datetime
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 from errands.models import (
@@ -30,6 +31,28 @@ from errands.models import (
 )
 
 ConcurrencySlot = tuple[str, str]  # (job_class, concurrency_key)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRoom:
+    """What bounds a claim besides its ``limit`` (flow control; see errands.Limit)."""
+
+    #: per queue, how many more of its jobs this worker may hold (``--queue NAME:N``)
+    rooms: Mapping[str, int] = field(default_factory=dict)
+    #: how many jobs with a rate limit it may take: those it can start at once
+    #: (None: ``limit``); a job claimed ahead would start later than it was counted
+    idle: int | None = None
+    #: ``queue_limits``: at most N jobs of a queue claimed or running across all workers
+    queue_limits: Mapping[str, int] = field(default_factory=dict)
+
+
+class Claimed(list[JobProcess]):
+    """The processes a claim took, in claim order, and when to look again for jobs
+    that a rate limit held back."""
+
+    #: seconds until a job held by a rate limit may be claimed (None: none is held
+    #: by a rate; jobs held by a concurrency limit are woken by completions)
+    retry_in: float | None = None
 
 
 class EnqueueTransaction(abc.ABC):
@@ -119,11 +142,21 @@ class JobStore(abc.ABC):
 
     # -- claim, start, complete, release ---------------------------------------
     @abc.abstractmethod
-    def claim(self, *, worker_id: uuid.UUID, queues: Sequence[str], limit: int) -> list[JobProcess]:
+    def claim(
+        self,
+        *,
+        worker_id: uuid.UUID,
+        queues: Sequence[str],
+        limit: int,
+        room: ClaimRoom | None = None,
+    ) -> Claimed:
         """Move up to ``limit`` due requests of ``queues`` to processes owned by the worker.
 
-        One statement. Order: priority descending, then due time, then oldest first.
-        An empty ``queues`` means every queue. Paused queues are never claimed from.
+        Order: priority descending, then due time, then oldest first. An empty
+        ``queues`` means every queue. Paused queues are never claimed from. Jobs with
+        limits, and jobs of queues ``room.queue_limits`` caps, are taken only as far
+        as ``errands.backends.admission`` admits them; ``room.rooms`` caps the jobs
+        taken per queue.
         """
 
     @abc.abstractmethod

@@ -131,6 +131,7 @@ def _options(result: JobResult, requeue: Requeue) -> EnqueueOptions:
         retry_attempt=requeue.retry_attempt,
         concurrency_key=result.concurrency_key,
         timeout=result.timeout,
+        limits=result.limits,
         source=result.source,
     )
 

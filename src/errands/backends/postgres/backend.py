@@ -65,10 +65,12 @@ from errands.backends.postgres.enqueue import (
     insert_requests,
     joined_transaction,
 )
+from errands.backends.postgres.limited import claim_limited
 from errands.backends.postgres.listener import PostgresListener, PostgresResultListener
 from errands.backends.sql import rows as poison
 from errands.backends.sql.backend import SqlBackend
 from errands.backends.sql.files import load_migrations
+from errands.backends.store import Claimed, ClaimRoom
 from errands.models import (
     ABORTED_STATUSES,
     JobProcess,
@@ -277,20 +279,56 @@ class PostgresBackend(SqlBackend):
                 return insert_requests(conn, requests)
 
     # -- claim, start, complete, release ----------------------------------------------
-    def claim(self, *, worker_id: uuid.UUID, queues: Sequence[str], limit: int) -> list[JobProcess]:
+    def claim(
+        self,
+        *,
+        worker_id: uuid.UUID,
+        queues: Sequence[str],
+        limit: int,
+        room: ClaimRoom | None = None,
+    ) -> Claimed:
         if limit <= 0:
-            return []
-        params = {"worker_id": worker_id, "queues": list(queues), "limit": limit}
+            return Claimed()
+        room = room or ClaimRoom()
+        queue_rooms = {queue: room.rooms.get(queue) for queue in queues}
+        params = {
+            "worker_id": worker_id,
+            "queues": list(queues),
+            "rooms": list(queue_rooms.values()),
+            "capped": sorted(room.queue_limits),
+            "limit": limit,
+        }
         salvaged = poison.salvage_mark()
         with self._worker_connection() as conn:
             claimed = fetch_tuples(conn, "claim", params)
+            # A row of NULLs marks that limited requests exist (see the query).
+            limited_exist = any(row[0] is None for row in claimed)
+            if limited_exist:
+                claimed = [row for row in claimed if row[0] is not None]
             self._vacuum_queue_if_due(conn, claimed=len(claimed), limit=limit)
-        # RETURNING keeps no order: sort by priority, then due time, then age.
-        claimed.sort(key=lambda row: (-row[9], row[18], row[2]))
-        # The worker connection's times are in UTC already (configure_worker_connection).
-        processes = [build_job_process(*row) for row in claimed]
+            # RETURNING keeps no order: sort by priority, then due time, then age.
+            claimed.sort(key=lambda row: (-row[9], row[18], row[2]))
+            # The worker connection's times are in UTC already (configure_worker_connection).
+            processes = Claimed(build_job_process(*row[:19], ()) for row in claimed)
+            if (limited_exist or room.queue_limits) and len(processes) < limit:
+                for process in processes:
+                    left = queue_rooms.get(process.queue)
+                    if left is not None:
+                        queue_rooms[process.queue] = left - 1
+                limited, processes.retry_in = claim_limited(
+                    conn,
+                    worker_id=worker_id,
+                    queues=queues,
+                    limit=limit - len(processes),
+                    room=room,
+                    queue_rooms=queue_rooms,
+                )
+                # Limited jobs first: each holds a slot of its keys until it ends.
+                processes[:0] = limited
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
-            return poison.fail_invalid(self, processes)
+            failed = Claimed(poison.fail_invalid(self, processes))
+            failed.retry_in = processes.retry_in
+            return failed
         return processes
 
     def _vacuum_queue_if_due(self, conn: Connection, *, claimed: int, limit: int) -> None:

@@ -23,6 +23,7 @@ from errands.backends.postgres.arrays import (
 )
 from errands.backends.sql import rows as poison
 from errands.backends.sql.codec import Codec, Row
+from errands.limiting import decode_limits
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -53,7 +54,10 @@ def _field_names(model: type) -> tuple[str, ...]:
 
 def _fields_of(model: Any, row: Row) -> dict[str, Any]:
     columns = row.keys()  # a dict's view: membership is a hash lookup
-    return {name: utc(row[name]) for name in _field_names(model) if name in columns}
+    values = {name: utc(row[name]) for name in _field_names(model) if name in columns}
+    if "limits" in values:
+        values["limits"] = decode_limits(values["limits"])
+    return values
 
 
 def to_request(row: Row) -> JobRequest:
@@ -75,6 +79,7 @@ def result_from_tuple(row: tuple[Any, ...]) -> JobResult:
     read on a worker connection (its times are in UTC already)."""
     values = list(row)
     values[7] = Status(values[7])
+    values[-1] = decode_limits(values[-1])
     return build_job_result(*values)
 
 

@@ -24,6 +24,7 @@ from psycopg import Connection
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq import Format
 
+from errands.limiting import Limit, encode_limits, first_key
 from errands.models import NewRequest
 
 # The column order of the copy_requests query: key and parameters first, then the
@@ -41,8 +42,9 @@ REPEATED_TYPES = (
     "text",  # source
     "text",  # trace_id
     "text",  # span_id
+    "text",  # limit_key
 )
-COLUMN_COUNT = 2 + len(REPEATED_TYPES)
+COLUMN_COUNT = 3 + len(REPEATED_TYPES)  # and limits last, jsonb
 CHUNK_ROWS = 500
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # no flags, no extension
@@ -65,6 +67,7 @@ class RequestRows:
         self._transformer.set_dumper_types(oids, Format.BINARY)
         self._formats = [PyFormat.BINARY] * len(REPEATED_TYPES)
         self._encoded: dict[Repeated, bytes] = {}
+        self._encoded_limits: dict[tuple[Limit, ...], bytes] = {}
 
     def stream(
         self,
@@ -99,11 +102,23 @@ class RequestRows:
                         created_at, start_at, request.job_class, request.queue,
                         request.priority, request.retries, request.retry_attempt,
                         request.concurrency_key, request.timeout, request.source,
-                        request.trace_id, request.span_id,
+                        request.trace_id, request.span_id, first_key(request.limits),
                     )
                 ),
+                self._limits(request.limits),
             )  # fmt: skip
         return b"".join(parts)
+
+    def _limits(self, limits: tuple[Limit, ...]) -> bytes:
+        if not limits:
+            return _NULL
+        encoded = self._encoded_limits.get(limits)
+        if encoded is None:
+            text = (encode_limits(limits) or "").encode()
+            encoded = self._encoded_limits[limits] = (
+                _JSONB_START.pack(len(text) + 1, _JSONB_VERSION) + text
+            )
+        return encoded
 
     def _repeated(self, values: Repeated) -> bytes:
         encoded = self._encoded.get(values)

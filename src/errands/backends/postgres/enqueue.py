@@ -26,6 +26,7 @@ from errands.backends.postgres.connection import (
     queries,
 )
 from errands.backends.postgres.copy_rows import RequestRows
+from errands.limiting import encode_limits, first_key
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -67,6 +68,8 @@ def request_values(request: NewRequest) -> dict[str, Any]:
         "source": request.source,
         "trace_id": request.trace_id,
         "span_id": request.span_id,
+        "limits": encode_limits(request.limits),
+        "limit_key": first_key(request.limits),
     }
 
 
@@ -148,6 +151,7 @@ def _as_request(
         request.source,
         request.trace_id,
         request.span_id,
+        request.limits,
     )
 
 

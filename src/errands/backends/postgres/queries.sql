@@ -91,14 +91,14 @@ ORDER BY created_at
 WITH inserted AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries,
-        retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
     )
     VALUES (
         %(uuid)s,
         coalesce(%(start_at)s::timestamptz, now() + %(delay_seconds)s::float8 * interval '1 second'),
         %(job_class)s, %(parameters)s::jsonb, %(queue)s, %(priority)s, %(retries)s,
         %(retry_attempt)s, %(concurrency_key)s, %(timeout)s::float8, %(source)s,
-        %(trace_id)s, %(span_id)s
+        %(trace_id)s, %(span_id)s, %(limits)s::jsonb, %(limit_key)s::text
     )
     RETURNING uuid, created_at, start_at, queue
 )
@@ -118,22 +118,23 @@ CROSS JOIN (
 WITH inserted AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries,
-        retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
     )
     SELECT
         r.uuid,
         coalesce(r.start_at, now() + r.delay_seconds * interval '1 second'),
         r.job_class, r.parameters::jsonb, r.queue, r.priority, r.retries,
-        r.retry_attempt, r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id
+        r.retry_attempt, r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id,
+        r.limits::jsonb, r.limit_key
     FROM unnest(
         %(uuid)s::uuid[], %(start_at)s::timestamptz[], %(delay_seconds)s::float8[],
         %(job_class)s::text[], %(parameters)s::text[], %(queue)s::text[],
         %(priority)s::int[], %(retries)s::int[], %(retry_attempt)s::int[],
         %(concurrency_key)s::text[], %(timeout)s::float8[], %(source)s::text[],
-        %(trace_id)s::text[], %(span_id)s::text[]
+        %(trace_id)s::text[], %(span_id)s::text[], %(limits)s::text[], %(limit_key)s::text[]
     ) AS r(
         uuid, start_at, delay_seconds, job_class, parameters, queue, priority, retries,
-        retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
     )
     RETURNING uuid, created_at, start_at, queue
 )
@@ -155,7 +156,7 @@ SELECT now() AS now
 -- that usually repeat across a batch in the order of its REPEATED_TYPES.
 COPY errands_request (
     uuid, parameters, created_at, start_at, job_class, queue, priority, retries,
-    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limit_key, limits
 ) FROM STDIN (FORMAT BINARY)
 
 -- name: notify_queues
@@ -202,6 +203,7 @@ UPDATE errands_worker SET last_heartbeat_at = now() WHERE worker_id = %(worker_i
 DELETE FROM errands_worker WHERE worker_id = %(worker_id)s
 
 -- name: claim
+-- The jobs without limits (limited jobs: see claim_limited below).
 -- FOR UPDATE SKIP LOCKED: concurrent claimers skip the rows another claimer has
 -- locked instead of queueing behind it, so N workers take N disjoint batches
 -- at once. A row that another claimer deleted after this statement's snapshot
@@ -210,20 +212,26 @@ DELETE FROM errands_worker WHERE worker_id = %(worker_id)s
 -- in the same statement: there is no moment when a job is in neither table.
 -- SKIP LOCKED never waits for a lock, so a claim cannot take part in a deadlock.
 --
--- Cost: every read walks errands_request_claim_idx in order and stops early, so
--- a claim costs the same with ten due requests or a million, and delayed
--- requests (due later, so after the due ones of their priority) are not read:
+-- Cost: every read walks errands_request_claim_idx (the requests without limits)
+-- in order and stops early, so a claim costs the same with ten due requests or a
+-- million, and delayed requests (due later, so after the due ones of their
+-- priority) are not read:
 -- * present: the distinct queues that have requests, one index probe per queue
 --   (a "loose index scan"), for a worker of every queue;
+-- * wanted: those queues, or the worker's, each with the room the worker has for
+--   it (NULL: no cap of its own), less the queues that queue_limits caps (their
+--   jobs are counted under the cap, so they are claimed as limited jobs);
 -- * due: the first LIMIT due requests of each wanted queue, then the first LIMIT
 --   of those. Rows an inner LIMIT locked but the outer one drops stay requests;
 --   their locks end with this statement's transaction.
+-- A last row of NULLs says that limited requests exist (the worker then runs
+-- claim_limited): one probe of the limited index, which is empty without them.
 WITH RECURSIVE present(queue) AS (
-    (SELECT queue FROM errands_request ORDER BY queue LIMIT 1)
+    (SELECT queue FROM errands_request WHERE limit_key IS NULL ORDER BY queue LIMIT 1)
     UNION ALL
     SELECT (
         SELECT r.queue FROM errands_request AS r
-        WHERE r.queue > present.queue
+        WHERE r.limit_key IS NULL AND r.queue > present.queue
         ORDER BY r.queue
         LIMIT 1
     )
@@ -231,10 +239,13 @@ WITH RECURSIVE present(queue) AS (
     WHERE present.queue IS NOT NULL
 ),
 wanted AS (
-    SELECT queue FROM present
-    WHERE cardinality(%(queues)s::text[]) = 0 AND queue IS NOT NULL
-    UNION
-    SELECT queue FROM unnest(%(queues)s::text[]) AS named(queue)
+    SELECT queue, room FROM (
+        SELECT queue, NULL::int AS room FROM present
+        WHERE cardinality(%(queues)s::text[]) = 0 AND queue IS NOT NULL
+        UNION ALL
+        SELECT queue, room FROM unnest(%(queues)s::text[], %(rooms)s::int[]) AS named(queue, room)
+    ) AS w
+    WHERE queue <> ALL(%(capped)s::text[]) AND coalesce(room, 1) > 0
 ),
 due AS (
     SELECT r.uuid
@@ -242,9 +253,9 @@ due AS (
     CROSS JOIN LATERAL (
         SELECT uuid, priority, start_at, created_at
         FROM errands_request
-        WHERE queue = w.queue AND start_at <= now()
+        WHERE queue = w.queue AND limit_key IS NULL AND start_at <= now()
         ORDER BY priority DESC, start_at, created_at
-        LIMIT %(limit)s
+        LIMIT least(%(limit)s, coalesce(w.room, %(limit)s))
         FOR UPDATE SKIP LOCKED
     ) AS r
     WHERE NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = w.queue)
@@ -257,28 +268,164 @@ claimed AS (
     DELETE FROM errands_request AS r
     WHERE r.uuid = ANY(ARRAY(SELECT uuid FROM due))
     RETURNING r.*
+),
+inserted AS (
+    INSERT INTO errands_process (
+        uuid, request_uuid, requested_at, worker_id, start_at, job_class, parameters, queue,
+        priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    )
+    SELECT
+        -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
+        -- right edge of the indexes instead of on random pages (see the conventions).
+        encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+            PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+            FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
+        c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
+        c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
+        c.timeout, c.source, c.trace_id, c.span_id
+    FROM claimed AS c
+    -- The fields of JobProcess in their order, the last of which, limits, is NULL
+    -- here (claim() in postgres/backend.py builds the models from these positions).
+    RETURNING
+        uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
+        parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
+        source, trace_id, span_id, cancel_requested, start_at, limits
+)
+SELECT * FROM inserted
+UNION ALL
+SELECT
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL, NULL
+WHERE EXISTS (SELECT 1 FROM errands_request WHERE limit_key IS NOT NULL)
+
+-- name: limited_keys
+-- Flow control, step 1 of a claim of limited jobs (one transaction; the rule that
+-- picks the jobs is errands.backends.admission): the keys that have due requests
+-- in the wanted queues, and the queues that queue_limits caps, each locked for
+-- this transaction when no other claim holds it. A key another worker is claiming
+-- right now is skipped, never waited for (pg_try_advisory_xact_lock). The locks
+-- serialise the claims of one key: the next statement, which counts the key's
+-- running jobs, sees every claim of it that committed before.
+-- * keys: the distinct limit keys, one probe of errands_request_limited_idx each;
+-- * due_keys: those with a due request in a wanted, unpaused queue.
+WITH RECURSIVE keys(key) AS (
+    (SELECT limit_key FROM errands_request WHERE limit_key IS NOT NULL ORDER BY limit_key LIMIT 1)
+    UNION ALL
+    SELECT (
+        SELECT r.limit_key FROM errands_request AS r
+        WHERE r.limit_key > keys.key
+        ORDER BY r.limit_key
+        LIMIT 1
+    )
+    FROM keys
+    WHERE keys.key IS NOT NULL
+),
+due_keys AS MATERIALIZED (
+    SELECT k.key
+    FROM keys AS k
+    WHERE k.key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM errands_request AS r
+        WHERE r.limit_key = k.key AND r.start_at <= now()
+            AND (cardinality(%(queues)s::text[]) = 0 OR r.queue = ANY(%(queues)s::text[]))
+            AND NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = r.queue)
+    )
+    ORDER BY k.key
+    LIMIT %(max_keys)s
+),
+wanted AS MATERIALIZED (
+    SELECT key FROM due_keys
+    UNION
+    SELECT key FROM unnest(%(keys)s::text[]) AS extra(key)
+)
+SELECT key FROM wanted
+WHERE pg_try_advisory_xact_lock(hashtext('errands.limit:' || key))
+
+-- name: limited_usage
+-- Step 2: for the keys locked in step 1, how many of each key's jobs are claimed or
+-- running, how long ago its recent starts were, and its due requests in claim
+-- order (at most limit per key); for each capped queue, how many of its jobs are
+-- claimed or running, and its due requests without limits.
+SELECT 'running' AS kind, l.key, count(*)::float8 AS amount,
+    NULL::uuid AS uuid, NULL::jsonb AS limits, NULL::text AS queue, NULL::int AS priority,
+    NULL::timestamptz AS start_at, NULL::timestamptz AS created_at
+FROM errands_process AS p
+CROSS JOIN LATERAL (SELECT e ->> 'key' AS key FROM jsonb_array_elements(p.limits) AS e) AS l
+WHERE p.limits IS NOT NULL AND jsonb_typeof(p.limits) = 'array' AND l.key = ANY(%(keys)s::text[])
+GROUP BY l.key
+UNION ALL
+SELECT 'running', %(queue_prefix)s || queue, count(*)::float8, NULL, NULL, NULL, NULL, NULL, NULL
+FROM errands_process
+WHERE queue = ANY(%(capped)s::text[])
+GROUP BY queue
+UNION ALL
+SELECT 'start', key, extract(epoch FROM clock_timestamp() - started_at)::float8,
+    NULL, NULL, NULL, NULL, NULL, NULL
+FROM errands_limit_start
+WHERE key = ANY(%(keys)s::text[])
+    AND started_at > clock_timestamp() - %(window)s::float8 * interval '1 second'
+UNION ALL
+SELECT 'candidate', NULL, NULL, r.uuid, r.limits, r.queue, r.priority, r.start_at, r.created_at
+FROM unnest(%(keys)s::text[]) AS k(key)
+CROSS JOIN LATERAL (
+    SELECT uuid, limits, queue, priority, start_at, created_at
+    FROM errands_request
+    WHERE limit_key = k.key AND start_at <= now()
+        AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+        AND NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = errands_request.queue)
+    ORDER BY priority DESC, start_at, created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS r
+UNION ALL
+SELECT 'candidate', NULL, NULL, r.uuid, r.limits, r.queue, r.priority, r.start_at, r.created_at
+FROM unnest(%(capped)s::text[]) AS c(queue)
+CROSS JOIN LATERAL (
+    SELECT uuid, limits, queue, priority, start_at, created_at
+    FROM errands_request
+    WHERE queue = c.queue AND limit_key IS NULL AND start_at <= now()
+        AND NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = c.queue)
+    ORDER BY priority DESC, start_at, created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS r
+
+-- name: claim_limited
+-- Step 3: claim the requests errands.backends.admission chose, record the starts
+-- of rate-limited keys (one row per start) and forget starts older than any
+-- window. Then the transaction commits and the key locks end.
+WITH claimed AS (
+    DELETE FROM errands_request AS r
+    WHERE r.uuid = ANY(%(uuids)s::uuid[])
+    RETURNING r.*
+),
+logged AS (
+    INSERT INTO errands_limit_start (key, started_at)
+    SELECT s.key, clock_timestamp()
+    FROM unnest(%(started_keys)s::text[], %(started_counts)s::int[]) AS s(key, n)
+    CROSS JOIN LATERAL generate_series(1, s.n)
+),
+trimmed AS (
+    DELETE FROM errands_limit_start
+    WHERE key = ANY(%(keys)s::text[])
+        AND started_at < clock_timestamp() - %(window)s::float8 * interval '1 second'
 )
 INSERT INTO errands_process (
     uuid, request_uuid, requested_at, worker_id, start_at, job_class, parameters, queue,
-    priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id,
+    limits
 )
 SELECT
-    -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
-    -- right edge of the indexes instead of on random pages (see the conventions).
     encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
         PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
         FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
     c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
     c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
-    c.timeout, c.source, c.trace_id, c.span_id
+    c.timeout, c.source, c.trace_id, c.span_id, c.limits
 FROM claimed AS c
--- The fields of JobProcess in their order, the last of which, start_at, also
--- gives the claim order (claim() in postgres.py builds the models from these
--- positions).
 RETURNING
     uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
     parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
-    source, trace_id, span_id, cancel_requested, start_at
+    source, trace_id, span_id, cancel_requested, start_at, limits
 
 -- name: queue_size_estimate
 -- The planner's row count of the requests table (as of its last analyze): no scan.
@@ -353,7 +500,7 @@ written AS (
         uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
         worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
         concurrency_key, timeout, source, trace_id, span_id, error_type, error,
-        traceback, return_value, retry_request_uuid, start_at
+        traceback, return_value, retry_request_uuid, start_at, limits
     )
     SELECT
         -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
@@ -365,7 +512,7 @@ written AS (
         coalesce(o.started_at, f.started_at), o.ended_at, o.status, f.worker_id,
         f.job_class, f.parameters, f.queue, f.priority, f.retries, f.retry_attempt,
         f.concurrency_key, f.timeout, f.source, f.trace_id, f.span_id, o.error_type,
-        o.error, o.traceback, o.return_value, o.retry_request_uuid, f.start_at
+        o.error, o.traceback, o.return_value, o.retry_request_uuid, f.start_at, f.limits
     FROM finished AS f
     JOIN outcome AS o ON o.process_uuid = f.uuid
     ON CONFLICT (process_uuid) DO NOTHING
@@ -374,12 +521,13 @@ written AS (
 requeued AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries, retry_attempt,
-        concurrency_key, timeout, source, trace_id, span_id
+        concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
     )
     SELECT
         w.retry_request_uuid, now() + o.requeue_delay_seconds * interval '1 second',
         w.job_class, w.parameters, w.queue, w.priority, w.retries, o.requeue_attempt,
-        w.concurrency_key, w.timeout, w.source, w.trace_id, w.span_id
+        w.concurrency_key, w.timeout, w.source, w.trace_id, w.span_id,
+        w.limits, w.limits -> 0 ->> 'key'
     FROM written AS w
     JOIN outcome AS o ON o.process_uuid = w.process_uuid
     WHERE w.retry_request_uuid IS NOT NULL
@@ -392,11 +540,17 @@ SELECT
     w.created_at, w.status, w.worker_id, w.job_class, w.parameters, w.queue, w.priority,
     w.retries, w.retry_attempt, w.concurrency_key, w.timeout, w.source, w.trace_id,
     w.span_id, w.error_type, w.error, w.traceback, w.return_value, w.retry_request_uuid,
-    w.start_at
+    w.start_at, w.limits
 FROM written AS w
 CROSS JOIN (
+    -- Due requeues, and the queues of limited jobs that ended: a slot of their
+    -- keys is free, so held jobs may be claimed now.
     SELECT count(pg_notify('errands_jobs', due.queue))
-    FROM (SELECT DISTINCT queue FROM requeued WHERE start_at <= now()) AS due
+    FROM (
+        SELECT queue FROM requeued WHERE start_at <= now()
+        UNION
+        SELECT queue FROM finished WHERE limits IS NOT NULL
+    ) AS due
 ) AS notified
 -- Every result, or only those of the asked statuses: reading back the rows
 -- costs the worker more than writing them.
@@ -407,7 +561,7 @@ UNION ALL
 -- PostgresBackend.complete_many to keep them on the LOST results (record_late_outcomes).
 SELECT
     NULL, o.process_uuid, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM outcome AS o
 WHERE NOT EXISTS (SELECT 1 FROM locked AS l WHERE l.uuid = o.process_uuid)
 
@@ -422,11 +576,12 @@ WITH released AS (
 restored AS (
     INSERT INTO errands_request (
         uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
-        retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
     )
     SELECT
         request_uuid, requested_at, start_at, job_class, parameters, queue, priority,
-        retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+        retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id,
+        limits, limits -> 0 ->> 'key'
     FROM released
     RETURNING queue
 )
@@ -504,13 +659,14 @@ written AS (
     INSERT INTO errands_result (
         uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
         worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
-        concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
+        concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at,
+        limits
     )
     SELECT
         gen_random_uuid(), l.uuid, l.request_uuid, l.requested_at, l.started_at, now(), %(status)s,
         l.worker_id, l.job_class, l.parameters, l.queue, l.priority, l.retries, l.retry_attempt,
         l.concurrency_key, l.timeout, l.source, l.trace_id, l.span_id, %(error_type)s, %(error)s,
-        l.start_at
+        l.start_at, l.limits
     FROM lost AS l
     ON CONFLICT (process_uuid) DO NOTHING
     RETURNING *
@@ -519,8 +675,13 @@ owed AS (
     -- What the LOST job is still owed (hooks, a retry), in the same transaction.
     INSERT INTO errands_followup (result_uuid, job_class)
     SELECT uuid, job_class FROM written
+),
+woken AS (
+    -- Slots of the lost jobs' keys are free: held jobs may be claimed now.
+    SELECT count(pg_notify('errands_jobs', q.queue)) AS notified
+    FROM (SELECT DISTINCT queue FROM written WHERE limits IS NOT NULL) AS q
 )
-SELECT * FROM written
+SELECT written.* FROM written, woken
 
 -- name: followups
 -- LOST results whose hooks and retry no worker has settled yet, oldest first.
@@ -597,10 +758,22 @@ LISTEN errands_results
 -- Selections are fixed SQL (the *_selection fragments): a NULL parameter means "any".
 
 -- name: next_requests
--- Selected requests in the order workers claim them (highest priority, then due soonest).
-SELECT *
-FROM errands_request
-WHERE {{requests_selection}}
+-- Selected requests in the order workers claim them (highest priority, then due
+-- soonest): those without limits and the limited ones each read from their own
+-- claim index, then merged.
+(
+    SELECT * FROM errands_request
+    WHERE {{requests_selection}} AND limit_key IS NULL
+    ORDER BY priority DESC, start_at, created_at
+    LIMIT %(limit)s
+)
+UNION ALL
+(
+    SELECT * FROM errands_request
+    WHERE {{requests_selection}} AND limit_key IS NOT NULL
+    ORDER BY priority DESC, start_at, created_at
+    LIMIT %(limit)s
+)
 ORDER BY priority DESC, start_at, created_at
 LIMIT %(limit)s
 
@@ -647,13 +820,13 @@ WITH cancelled AS (
 INSERT INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
     worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
-    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at, limits
 )
 SELECT
     gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), %(status)s,
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
     c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
-    c.start_at
+    c.start_at, c.limits
 FROM cancelled AS c
 RETURNING *
 
@@ -948,13 +1121,13 @@ cancelled AS (
 INSERT INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
     worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
-    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at, limits
 )
 SELECT
     gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), %(status)s,
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
     c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
-    c.start_at
+    c.start_at, c.limits
 FROM cancelled AS c
 RETURNING *
 

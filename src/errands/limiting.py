@@ -1,0 +1,175 @@
+"""Flow control: ``Limit``, how many of a key's jobs may run at once and how often they
+may start.
+
+A job carries its limits from enqueue to its result. A worker claims it only when
+every one of its limits allows it (``errands.backends.admission`` decides, under a
+lock per key, so that workers claiming at once never overshoot). Limits are stored
+with the job as JSON; a stored limit that does not load is left out (a row is data:
+an odd value harms at most its own job's limiting, never a claim).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAX_KEY_LENGTH = 200
+RATE_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+QUEUE_KEY_PREFIX = "queue:"  # the key a queue_limits entry is counted under
+
+
+def parse_rate(rate: str) -> tuple[int, float]:
+    """``"20/s"`` as (20, 1.0): at most that many starts in any window of that length."""
+    match = _RATE.match(rate.lower()) if isinstance(rate, str) else None
+    if match is None or match.group(2) not in RATE_UNITS or int(match.group(1)) < 1:
+        raise ValueError(
+            f"rate={rate!r}: expected a count of at least 1 per unit, "
+            'such as "20/s", "100/min" or "1000/h"'
+        )
+    return int(match.group(1)), RATE_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``concurrency`` jobs of ``key`` claimed or running at once, across every
+    worker; at most ``rate`` (``"N/s"``, ``"N/min"``, ``"N/h"``) of them started in any
+    window of that length. ``key`` is a string, or a callable taking the job and
+    returning one (called at enqueue; the string is stored).
+    """
+
+    key: str | Callable[[Any], str]
+    concurrency: int | None = None
+    rate: str | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.key):
+            check_key(self.key, what="Limit(key=...)")
+        if self.concurrency is not None and (
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or self.concurrency < 1
+        ):
+            raise ValueError(
+                f"Limit({self.key!r}, concurrency={self.concurrency!r}): "
+                "expected a whole number of at least 1"
+            )
+        if self.rate is not None:
+            try:
+                parse_rate(self.rate)
+            except ValueError as exc:
+                raise ValueError(f"Limit({self.key!r}, {exc}") from None
+        if self.concurrency is None and self.rate is None:
+            raise ValueError(f"Limit({self.key!r}): give concurrency=, rate= or both")
+
+    @property
+    def rate_window(self) -> tuple[int, float] | None:
+        """The rate as (starts, seconds), or None."""
+        return None if self.rate is None else parse_rate(self.rate)
+
+    def resolved(self, job: Any) -> Limit:
+        """This limit with its key as stored for ``job`` (a callable key is called)."""
+        if not callable(self.key):
+            return self
+        key = self.key(job)
+        check_key(key, what=f"the key of a Limit of {type(job).__qualname__}")
+        return Limit(key, concurrency=self.concurrency, rate=self.rate)
+
+    def describe(self) -> str:
+        parts = [] if self.concurrency is None else [f"{self.concurrency} at once"]
+        if self.rate is not None:
+            parts.append(self.rate)
+        return f"{self.key}: {', '.join(parts)}"
+
+
+def check_key(key: Any, *, what: str) -> None:
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"{what}: expected a non-empty string, got {key!r}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"{what}: longer than {MAX_KEY_LENGTH} characters")
+
+
+def check_limits(limits: Any, *, what: str) -> tuple[Limit, ...]:
+    """``limits`` as a tuple, or a ValueError naming ``what`` when it is not a list of Limit."""
+    if isinstance(limits, Limit):
+        limits = [limits]
+    if not isinstance(limits, list | tuple):
+        raise ValueError(f"{what}: expected a list of errands.Limit, got {limits!r}")
+    for limit in limits:
+        if not isinstance(limit, Limit):
+            raise ValueError(f"{what}: expected errands.Limit items, got {limit!r}")
+    return tuple(limits)
+
+
+# -- stored form -------------------------------------------------------------------
+
+
+def encode_limits(limits: Sequence[Limit]) -> str | None:
+    """The stored JSON of resolved limits; None (SQL NULL) for a job without limits."""
+    if not limits:
+        return None
+    return json.dumps(
+        [{"key": lim.key, "concurrency": lim.concurrency, "rate": lim.rate} for lim in limits]
+    )
+
+
+def decode_limits(value: Any) -> tuple[Limit, ...]:
+    """Stored limits (JSON text, or the list a driver decoded) as Limits; entries that
+    do not load are left out."""
+    if value is None or value == ():
+        return ()
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return ()
+    if not isinstance(value, list):
+        return ()
+    return tuple(limit for limit in map(_decode_one, value) if limit is not None)
+
+
+def _decode_one(item: Any) -> Limit | None:
+    if not isinstance(item, dict):
+        return None
+    try:
+        limit = Limit(item.get("key"), concurrency=item.get("concurrency"), rate=item.get("rate"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return None if callable(limit.key) else limit
+
+
+def limit_keys(limits: Iterable[Limit]) -> list[str]:
+    return [str(limit.key) for limit in limits]
+
+
+def first_key(limits: Sequence[Limit]) -> str | None:
+    """The key a job waits under in the claim index (its first limit's), None if none."""
+    return str(limits[0].key) if limits else None
+
+
+def queue_limit(queue: str, concurrency: int) -> Limit:
+    """The limit a ``queue_limits`` entry puts on every job of ``queue``."""
+    return Limit(QUEUE_KEY_PREFIX + queue, concurrency=concurrency)
+
+
+def window_seconds(limits: Iterable[Limit]) -> float:
+    """The longest rate window among ``limits`` (0 when none has a rate)."""
+    windows = [w[1] for w in (lim.rate_window for lim in limits) if w is not None]
+    return max(windows, default=0.0)
+
+
+def finite(seconds: float) -> bool:
+    return math.isfinite(seconds)
