@@ -11,7 +11,6 @@ an odd value harms at most its own job's limiting, never a claim).
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -144,8 +143,11 @@ def decode_limits(value: Any) -> tuple[Limit, ...]:
 def _decode_one(item: Any) -> Limit | None:
     if not isinstance(item, dict):
         return None
+    key = item.get("key")
+    if not isinstance(key, str):
+        return None
     try:
-        limit = Limit(item.get("key"), concurrency=item.get("concurrency"), rate=item.get("rate"))
+        limit = Limit(key, concurrency=item.get("concurrency"), rate=item.get("rate"))
     except (ValueError, TypeError, AttributeError):
         return None
     return None if callable(limit.key) else limit
@@ -169,7 +171,3 @@ def window_seconds(limits: Iterable[Limit]) -> float:
     """The longest rate window among ``limits`` (0 when none has a rate)."""
     windows = [w[1] for w in (lim.rate_window for lim in limits) if w is not None]
     return max(windows, default=0.0)
-
-
-def finite(seconds: float) -> bool:
-    return math.isfinite(seconds)

@@ -63,6 +63,9 @@ class Settings:
     #: each line a job prints or logs starts with ``[job.Class 1a2b3c4d] `` (worker.output)
     worker_label_output: bool = False
     poll_interval: float = 1.0
+    #: flow control per queue: at most N of its jobs claimed or running across all
+    #: workers, as (queue, N) pairs (``{"mail": 10}`` in pyproject, ``mail=10`` in env)
+    queue_limits: tuple[tuple[str, int], ...] = ()
     notifications: bool = True
     log_level: str = "INFO"
     log_format: str = "text"
@@ -159,6 +162,19 @@ def _to_names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise _Invalid("expected a list of dotted names")
     return tuple(value)
+
+
+def _to_queue_limits(value: Any) -> tuple[tuple[str, int], ...]:
+    """``{"mail": 10}``; from the environment ``mail=10,default=4``."""
+    if isinstance(value, str):
+        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+        value = {name.strip(): number for name, _, number in pairs}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k for k in value):
+        raise _Invalid("expected a table of queue names to numbers, such as {mail = 10}")
+    try:
+        return tuple(sorted((queue, _positive(int)(n)) for queue, n in value.items()))
+    except _Invalid as exc:
+        raise _Invalid(f"each queue's number: {exc}") from None
 
 
 def _to_schedule(value: Any) -> tuple[Any, ...]:
@@ -278,6 +294,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "worker_drain_timeout": _optional(_positive(float, allow_zero=True)),
     "worker_label_output": _to_bool,
     "poll_interval": _positive(float),
+    "queue_limits": _to_queue_limits,
     "notifications": _to_bool,
     "log_level": _choice(LOG_LEVELS, upper=True),
     "log_format": _choice(LOG_FORMATS),
@@ -477,6 +494,8 @@ def to_environ(settings: Settings) -> dict[str, str]:
 def _environ_value(name: str, value: Any) -> str:
     if name == "schedule":
         return json.dumps([list(e) if isinstance(e, tuple) else e for e in value], default=str)
+    if name == "queue_limits":
+        return ",".join(f"{queue}={number}" for queue, number in value)
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, bool):

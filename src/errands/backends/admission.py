@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-
 from typing import Any
 
 from errands.limiting import RATE_UNITS, Limit, decode_limits, queue_limit
@@ -88,8 +87,8 @@ def admit(
                 added[str(limit.key)] = added.get(str(limit.key), 0) + 1
         elif wait is not None:
             retry_in = wait if retry_in is None else min(retry_in, wait)
-    rated = {str(lim.key) for c in candidates for lim in c.limits if lim.rate is not None}
-    started = {key: count for key, count in added.items() if key in rated}
+    rated_keys = {str(lim.key) for c in candidates for lim in c.limits if lim.rate is not None}
+    started = {key: count for key, count in added.items() if key in rated_keys}
     return Admission(taken=taken, retry_in=retry_in, started=started)
 
 

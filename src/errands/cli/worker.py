@@ -19,6 +19,7 @@ from errands.cli import configuration
 from errands.cli.errors import CliError, friendly_errors
 from errands.cli.options import CLI_VALUES
 from errands.logs import configure_logging
+from errands.worker.intake import split_queue_caps
 
 
 def _pending_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -34,14 +35,26 @@ def _pending_limit(ctx: click.Context, param: click.Parameter, value: str | None
     return number
 
 
+def _queue_entries(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    try:
+        split_queue_caps(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.command("worker")
 @click.option(
     "--queue",
     "-q",
     "queues",
-    metavar="NAME",
+    metavar="NAME[:N]",
     multiple=True,
-    help="Run only jobs of this queue (repeatable; default: every queue).",
+    callback=_queue_entries,
+    help="Run only jobs of this queue (repeatable; default: every queue). NAME:N: at most "
+    "N of its jobs at once in this worker (e.g. --queue mail:4 --queue default).",
 )
 @click.option(
     "--max-processes",

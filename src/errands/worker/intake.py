@@ -20,11 +20,13 @@ round trip, not that plus a write's.
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from errands.backends.store import ClaimRoom
 from errands.models import JobProcess
 from errands.worker.pool import Pool
 from errands.worker.schedules import Schedules
@@ -72,6 +74,27 @@ class ClaimAhead:
         return f"auto, {self.floor} to {self.ceiling} by how long jobs run"
 
 
+# -- per-queue caps ----------------------------------------------------------------------
+
+
+def split_queue_caps(queues: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """``["mail:4", "default"]`` as the queue names and this worker's caps ({"mail": 4}:
+    at most 4 jobs of mail in its hands at once)."""
+    names: list[str] = []
+    caps: dict[str, int] = {}
+    for entry in queues:
+        name, colon, number = entry.rpartition(":") if ":" in entry else (entry, "", "")
+        if colon:
+            if not number.strip().isdigit() or int(number) < 1 or not name:
+                raise ValueError(
+                    f"queue {entry!r}: expected NAME or NAME:N, N a whole number of at least 1"
+                )
+            caps[name] = int(number)
+        if name not in names:
+            names.append(name)
+    return names, caps
+
+
 # -- claiming ---------------------------------------------------------------------------
 
 
@@ -80,6 +103,7 @@ class Claim:
     """One claim of up to ``limit`` jobs: ``claimed`` once done, else ``error``."""
 
     limit: int
+    room: ClaimRoom | None = None
     claimed: list[JobProcess] | None = None
     error: Exception | None = None
 
@@ -89,7 +113,7 @@ class Claimer:
 
     def __init__(
         self,
-        claim: Callable[[int], list[JobProcess]],
+        claim: Callable[[int, ClaimRoom | None], list[JobProcess]],
         on_done: Callable[[], None],
     ) -> None:
         self._claim = claim
@@ -101,10 +125,10 @@ class Claimer:
     def busy(self) -> bool:
         return self._in_flight is not None
 
-    def submit(self, limit: int) -> None:
+    def submit(self, limit: int, room: ClaimRoom | None = None) -> None:
         if self._in_flight is not None:
             raise RuntimeError("a claim is already in flight")
-        claim = Claim(limit=limit)
+        claim = Claim(limit=limit, room=room)
         future = self._executor.submit(self._run, claim)
         # Called once the future is done, so that the woken loop finds it done.
         future.add_done_callback(lambda _: self._on_done())
@@ -126,7 +150,7 @@ class Claimer:
 
     def _run(self, claim: Claim) -> None:
         try:
-            claim.claimed = self._claim(claim.limit)
+            claim.claimed = self._claim(claim.limit, claim.room)
         except Exception as exc:
             claim.error = exc
 
@@ -144,7 +168,7 @@ class Intake:
     def __init__(
         self,
         *,
-        claim: Callable[[int], list[JobProcess]],
+        claim: Callable[[int, ClaimRoom | None], list[JobProcess]],
         on_done: Callable[[], None],
         waiting: deque[JobProcess],
         pool: Pool,
@@ -152,8 +176,13 @@ class Intake:
         poll_interval: float,
         schedules: Schedules,
         backoff: Backoff,
+        queue_caps: Mapping[str, int] | None = None,
+        queue_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.claimer = Claimer(claim, on_done=on_done)
+        self.queue_caps = dict(queue_caps or {})
+        self.queue_limits = dict(queue_limits or {})
+        self.rate_retry_at: float | None = None  # monotonic: a rate lets held jobs in
         self.waiting = waiting
         self.pool = pool
         self.pacing = pacing
@@ -186,6 +215,9 @@ class Intake:
         """How many jobs to claim now (0: not now)."""
         if now >= self.poll_at:
             self.work_maybe_due = True
+        if self.rate_retry_at is not None and now >= self.rate_retry_at:
+            self.rate_retry_at = None
+            self.work_maybe_due = True
         if self.schedules.due(now):
             self.work_maybe_due = True
         return self.room() if self.work_maybe_due else 0
@@ -197,7 +229,19 @@ class Intake:
         limit = self.limit(now)
         if limit:
             self.poll_at = now + self.poll_interval
-            self.claimer.submit(limit)
+            self.claimer.submit(limit, self.claim_room())
+
+    def claim_room(self) -> ClaimRoom:
+        """What bounds the next claim besides its limit: the idle slots (jobs with a
+        rate limit go only where they start at once), this worker's per-queue caps and
+        the queue_limits setting."""
+        in_hand = [slot.job for slot in self.pool.busy()] + list(self.waiting)
+        idle = max(self.pool.size * self.pool.threads - len(in_hand), 0)
+        rooms = {}
+        for queue, cap in self.queue_caps.items():
+            held = sum(1 for job in in_hand if job.queue == queue)
+            rooms[queue] = max(cap - held, 0)
+        return ClaimRoom(rooms=rooms, idle=idle, queue_limits=self.queue_limits)
 
     def collect(self, *, wait: bool = False) -> None:
         """Take in the claim in flight once it is done (waiting for it if asked)."""
@@ -213,6 +257,9 @@ class Intake:
         self.waiting.extend(claim.claimed)
         # A full claim means more may be waiting; a short one means the queue is empty.
         self.work_maybe_due = len(claim.claimed) == claim.limit
+        retry_in = getattr(claim.claimed, "retry_in", None)
+        if retry_in is not None:  # jobs a rate limit held: look again when it lets them in
+            self.rate_retry_at = time.monotonic() + retry_in
         self.backoff.answered("claim")
 
     def next_look(self) -> list[float]:
@@ -223,7 +270,8 @@ class Intake:
         """
         if self.claimer.busy or self.room() <= 0:
             return []
-        return [max(self.poll_at, self.backoff.retry_at), *self.schedules.wakeups[:1]]
+        rate = [] if self.rate_retry_at is None else [self.rate_retry_at]
+        return [max(self.poll_at, self.backoff.retry_at), *rate, *self.schedules.wakeups[:1]]
 
     def close(self) -> None:
         self.claimer.close()

@@ -43,12 +43,13 @@ from typing import Any
 from errands import api, registry, scheduler, telemetry
 from errands import settings as settings_module
 from errands.backends import Backend
+from errands.backends.store import ClaimRoom
 from errands.containment import is_own_interrupt
 from errands.models import JobProcess, JobResult, Outcome
 from errands.settings import Settings
 from errands.worker.batches import Batch, Recorder
 from errands.worker.heartbeat import Heartbeat
-from errands.worker.intake import Claim, ClaimAhead, Intake
+from errands.worker.intake import Claim, ClaimAhead, Intake, split_queue_caps
 from errands.worker.pool import Pool, Slot
 from errands.worker.prune import Prune
 from errands.worker.rescue import Rescue
@@ -76,7 +77,8 @@ class Worker:
         registry.import_job_modules(config.import_modules)
         # Bad schedule entries stop the worker here, before it claims anything.
         entries = scheduler.parse_entries(config.schedule, config.timezone)
-        self.queues = list(queues)
+        # "mail:4": at most 4 jobs of queue mail in this worker's hands at once.
+        self.queues, self.queue_caps = split_queue_caps(queues)
         self.backend = backend or api.backend()
         self.backend.bound_calls(seconds=config.database_timeout)
         self.worker_id = uuid.uuid4()
@@ -163,6 +165,8 @@ class Worker:
             poll_interval=config.poll_interval,
             schedules=self.schedules,
             backoff=self.backoff,
+            queue_caps=self.queue_caps,
+            queue_limits=dict(config.queue_limits),
         )
 
     @property
@@ -407,15 +411,18 @@ class Worker:
         self.intake.collect(wait=True)
         self._apply_batch(self.recorder.collect(wait=True))
 
-    def _claim_jobs(self, limit: int) -> list[JobProcess]:
-        return self.backend.claim(worker_id=self.worker_id, queues=self.queues, limit=limit)
+    def _claim_jobs(self, limit: int, room: ClaimRoom | None = None) -> list[JobProcess]:
+        return self.backend.claim(
+            worker_id=self.worker_id, queues=self.queues, limit=limit, room=room
+        )
 
     def _claim(self) -> None:
         """Claim now, on this thread (for tests: the loop claims in the background)."""
         self._settle()
         limit = 0 if self.stopping else self.intake.limit(time.monotonic())
         if limit:
-            self.intake.apply(Claim(limit=limit, claimed=self._claim_jobs(limit)))
+            room = self.intake.claim_room()
+            self.intake.apply(Claim(limit=limit, room=room, claimed=self._claim_jobs(limit, room)))
 
     def flush(self) -> None:
         """Write buffered outcomes (and start stamps of jobs still running) now."""

@@ -73,7 +73,6 @@ from errands.backends.sql.files import load_migrations
 from errands.backends.store import Claimed, ClaimRoom
 from errands.models import (
     ABORTED_STATUSES,
-    JobProcess,
     JobRequest,
     JobResult,
     NewRequest,

@@ -52,10 +52,9 @@ def claim_limited(
             locked |= {row["key"] for row in fetch(conn, "limited_keys", params)}
             usage, candidates = _usage(conn, queues, limit, locked, capped, room)
         capped_keys = {QUEUE_KEY_PREFIX + q for q in capped}
-        candidates = [c for c in candidates if all(k in locked or k in capped_keys for k in _keys(c))]
-        admission = admit(
-            candidates, usage, room=limit, idle=room.idle, queue_rooms=queue_rooms
-        )
+        claimable = locked | capped_keys
+        candidates = [c for c in candidates if all(k in claimable for k in _keys(c))]
+        admission = admit(candidates, usage, room=limit, idle=room.idle, queue_rooms=queue_rooms)
         if not admission.taken:
             return [], admission.retry_in
         rows = fetch_tuples(conn, "claim_limited", _claim_params(worker_id, admission, locked))
@@ -107,9 +106,7 @@ def _usage(
     return usage, candidates
 
 
-def _claim_params(
-    worker_id: uuid.UUID, admission: Admission, locked: set[str]
-) -> dict[str, Any]:
+def _claim_params(worker_id: uuid.UUID, admission: Admission, locked: set[str]) -> dict[str, Any]:
     return {
         "worker_id": worker_id,
         "uuids": list(admission.taken),
