@@ -8,7 +8,8 @@ feeding its children meanwhile, and a claim (``intake``) never waits for a
 write. ``Recorder`` holds what is not written yet and decides when a batch is due:
 
 * an outcome waits at most ``FLUSH_INTERVAL`` to be batched with others, or
-  none once ``FLUSH_SIZE`` wait;
+  none once ``FLUSH_SIZE`` wait, or none when its job had limits (its end frees a
+  slot of its keys that jobs held back on any worker are waiting for);
 * cancellation flags are read every ``CANCEL_CHECK_INTERVAL`` while jobs are
   in hand, and buffered writes ride along.
 
@@ -179,8 +180,11 @@ class Recorder:
     def unwritten(self) -> bool:
         return bool(self.outcomes or self.unmarked_starts)
 
-    def record(self, outcome: Outcome) -> None:
-        if self.unwritten_since is None:
+    def record(self, outcome: Outcome, *, urgent: bool = False) -> None:
+        """Buffer an outcome; an ``urgent`` one is due at once."""
+        if urgent:
+            self.unwritten_since = time.monotonic() - FLUSH_INTERVAL
+        elif self.unwritten_since is None:
             self.unwritten_since = time.monotonic()
         self.outcomes.append(outcome)
 

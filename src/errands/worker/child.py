@@ -56,6 +56,7 @@ def child_main(
     started: Any,
     ended: Any,
     label_output: bool = False,
+    ready: Any = None,
 ) -> None:
     """Entry point of a child process."""
     # The parent decides about shutdown: a Ctrl-C on the terminal reaches the whole
@@ -69,6 +70,8 @@ def child_main(
     os.set_blocking(bell.fileno(), False)
     pipes = Pipes(inbox=inbox.fileno(), outbox=outbox.fileno(), bell=bell.fileno())
     runner = ChildRunner(pipes, started, ended, current.middleware, current.worker_threads)
+    if ready is not None:
+        ready.value = 1  # jobs handed over from now on start at once
     runner.serve(max_jobs)
 
 

@@ -232,11 +232,11 @@ class Intake:
             self.claimer.submit(limit, self.claim_room())
 
     def claim_room(self) -> ClaimRoom:
-        """What bounds the next claim besides its limit: the idle slots (jobs with a
-        rate limit go only where they start at once), this worker's per-queue caps and
-        the queue_limits setting."""
+        """What bounds the next claim besides its limit: the idle runners of ready
+        children (jobs with a rate limit go only where they start at once: their start
+        is counted at the claim), this worker's per-queue caps and queue_limits."""
         in_hand = [slot.job for slot in self.pool.busy()] + list(self.waiting)
-        idle = max(self.pool.size * self.pool.threads - len(in_hand), 0)
+        idle = max(self.pool.ready_runners() - len(in_hand), 0)
         rooms = {}
         for queue, cap in self.queue_caps.items():
             held = sum(1 for job in in_hand if job.queue == queue)

@@ -67,6 +67,7 @@ class Child:
     reader: MessageReader
     started: Any  # shared array of doubles, one per slot
     ended: Any  # shared count of the jobs whose outcome the child has written
+    ready: Any  # shared flag: set once the child imported the job modules
     slots: list[Slot | None]
     runners: int
     jobs_left: int | None
@@ -177,6 +178,7 @@ class Pool:
         slots = self.threads + PREFETCH
         started = _spawn.RawArray("d", slots)
         ended = _spawn.RawValue("q", 0)
+        ready = _spawn.RawValue("b", 0)
         process = _spawn.Process(
             target=child_main,
             args=(
@@ -188,6 +190,7 @@ class Pool:
                 started,
                 ended,
                 self.label_output,
+                ready,
             ),
             name="errands-job",
             daemon=True,
@@ -206,6 +209,7 @@ class Pool:
             reader=MessageReader(outbox.fileno()),
             started=started,
             ended=ended,
+            ready=ready,
             slots=[None] * slots,
             runners=self.threads,
             jobs_left=self.max_jobs_per_child,
@@ -218,6 +222,10 @@ class Pool:
     def busy(self) -> list[Slot]:
         """Every job in the children's hands, begun or queued."""
         return [slot for child in self.children for slot in child.jobs()]
+
+    def ready_runners(self) -> int:
+        """Runners of the children that are ready to start a job at once."""
+        return sum(child.runners for child in self.children if child.ready.value)
 
     def ended_unread(self) -> int:
         """Jobs in the children's hands that ended already (their outcomes are on the way)."""
