@@ -101,6 +101,8 @@ RUN = {
         "errands results                 # newest first": "test_tutorial_worker_and_results",
         'errands.results(queue="mail", status="ERRORED")': "test_tutorial_worker_and_results",
         "class Sync(Job):": "test_should_enqueue_limits_to_three",
+        "# myapp/limited.py": "test_flow_control_example",
+        "queue_limits = { mail = 10 }": "test_queue_limits_from_pyproject",
         "errands.register_type(": "test_register_type_round_trips",
         "# 9 AM Berlin time, weekdays": "test_schedule_settings_are_valid",
         "heartbeat_timeout = 120": "test_settings_from_pyproject",
@@ -473,6 +475,31 @@ def test_should_enqueue_limits_to_three(sqlite_url: str) -> None:
     requests = [Sync().run_in_worker() for _ in range(5)]
     assert [r is not None for r in requests] == [True, True, True, False, False]
     assert len(errands.requests(concurrency_key="sync")) == 3
+
+
+def test_flow_control_example(sqlite_url: str) -> None:
+    namespace: dict[str, Any] = {"__name__": "readme_limited"}
+    execute(snippet("# myapp/limited.py"), namespace)
+    stored = {r.job_class.rsplit(".", 1)[1]: r.limits for r in errands.requests()}
+    assert len(errands.requests()) == 3
+    assert stored["CallPartnerApi"] == (errands.Limit("partner-api", concurrency=10, rate="20/s"),)
+    keys = {r.limits[0].key for r in errands.requests(job_class="readme_limited.ImportCustomer")}
+    assert keys == {"import:42", "bulk-import"}
+
+
+def test_queue_limits_from_pyproject(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(snippet("queue_limits = { mail = 10 }"))
+    done = subprocess.run(
+        ["errands", "settings"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    assert "mail" in rows["queue_limits"] and "10" in rows["queue_limits"]
 
 
 class User:

@@ -507,8 +507,10 @@ def _environ_value(name: str, value: Any) -> str:
 
 def as_dict(settings: Settings) -> dict[str, Any]:
     """Every setting by its public name (for display)."""
-    return {
+    shown = {
         public_name(f.name): getattr(settings, f.name)
         for f in dataclasses.fields(Settings)
         if f.name in _PARSERS
     }
+    shown["queue_limits"] = dict(settings.queue_limits)
+    return shown
