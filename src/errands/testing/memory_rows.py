@@ -29,6 +29,7 @@ JOB_FIELDS = (
     "source",
     "trace_id",
     "span_id",
+    "limits",  # flow control (errands.Limit): from enqueue to the result
 )
 
 

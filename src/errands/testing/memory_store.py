@@ -19,6 +19,7 @@ from typing import Any
 from errands import lifecycle
 from errands.backends.base import EnqueueTransaction, JobStore, kept_results
 from errands.backends.sql.backend import LATE_MARK, late_outcome_note
+from errands.backends.store import Claimed, ClaimRoom
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -31,6 +32,7 @@ from errands.models import (
     WorkerInfo,
 )
 from errands.testing.memory_enqueue import MemoryEnqueueTransaction
+from errands.testing.memory_limited import limited_admission, plain_requests
 from errands.testing.memory_rows import (
     cancelled_result,
     claim_order,
@@ -67,7 +69,19 @@ class MemoryStore(MemoryTables, JobStore):
         """Called after each committed enqueue with its requests (a hook)."""
 
     # -- claim, start, complete, release ---------------------------------------------
-    def claim(self, *, worker_id: uuid.UUID, queues: Sequence[str], limit: int) -> list[JobProcess]:
+    def claim(
+        self,
+        *,
+        worker_id: uuid.UUID,
+        queues: Sequence[str],
+        limit: int,
+        room: ClaimRoom | None = None,
+    ) -> Claimed:
+        claimed = Claimed()
+        if limit <= 0:
+            return claimed
+        room = room or ClaimRoom()
+        queue_rooms = {queue: room.rooms.get(queue) for queue in queues}
         with self.lock:
             now = utcnow()
             due = sorted(
@@ -80,7 +94,21 @@ class MemoryStore(MemoryTables, JobStore):
                 ),
                 key=claim_order,
             )
-            return [self._to_process(r, worker_id, now=now) for r in due[: max(limit, 0)]]
+            plain = plain_requests(due, limit, room, queue_rooms)
+            if len(plain) < limit:
+                # Limited jobs first: each holds a slot of its keys until it ends.
+                limited, admission = limited_admission(
+                    self,
+                    due,
+                    limit=limit - len(plain),
+                    room=room,
+                    queue_rooms=queue_rooms,
+                    now=now,
+                )
+                plain[:0] = limited
+                claimed.retry_in = admission.retry_in
+            claimed.extend(self._to_process(r, worker_id, now=now) for r in plain)
+            return claimed
 
     def _to_process(
         self,

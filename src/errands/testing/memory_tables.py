@@ -22,7 +22,8 @@ OccurrenceKey = tuple[str, datetime.datetime]  # (schedule entry key, run time)
 
 
 class MemoryTables:
-    """Requests, processes, results, workers, schedules, pauses and dashboard state."""
+    """Requests, processes, results, workers, schedules, pauses, dashboard state and
+    the start log of rate limits."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -39,6 +40,8 @@ class MemoryTables:
         self.owed: dict[uuid.UUID, datetime.datetime] = {}
         self.secrets: dict[str, str] = {}
         self.dashboard_sessions: dict[str, datetime.datetime] = {}  # id -> expires at
+        #: Flow control's start log: when jobs of each rate-limited key were claimed.
+        self.limit_starts: dict[str, list[datetime.datetime]] = {}
         self._listeners: list[MemoryListener] = []
 
     def _notify(self) -> None:

@@ -35,6 +35,7 @@ from errands.backends.base import (
 )
 from errands.backends.sql import rows as poison
 from errands.backends.sql.backend import SqlBackend
+from errands.backends.sqlite import limited
 from errands.backends.sqlite.codec import SqliteCodec, json_list, to_process, to_unix
 from errands.backends.sqlite.connection import (
     BUSY_TIMEOUT,
@@ -49,8 +50,10 @@ from errands.backends.sqlite.connection import (
     transaction,
 )
 from errands.backends.sqlite.enqueue import SqliteEnqueueTransaction
+from errands.backends.sqlite.limited import ClaimPlan
 from errands.backends.sqlite.listener import DataVersionListener
 from errands.backends.sqlite.rules import cancel, complete, fail_keyless_requests, lose
+from errands.backends.store import Claimed, ClaimRoom
 from errands.errors import BackendError, ConfigurationError, SchemaOutOfDate
 from errands.models import (
     JobProcess,
@@ -60,6 +63,12 @@ from errands.models import (
 )
 
 logger = logging.getLogger("errands")
+
+
+def _claimed(processes: Sequence[JobProcess], *, retry_in: float | None) -> Claimed:
+    claimed = Claimed(processes)
+    claimed.retry_in = retry_in
+    return claimed
 
 
 # -- the backend --------------------------------------------------------------------------------
@@ -280,45 +289,59 @@ class SqliteBackend(SqlBackend):
         return connection
 
     # -- claim, start, complete, release ----------------------------------------------
-    def claim(self, *, worker_id: uuid.UUID, queues: Sequence[str], limit: int) -> list[JobProcess]:
+    def claim(
+        self,
+        *,
+        worker_id: uuid.UUID,
+        queues: Sequence[str],
+        limit: int,
+        room: ClaimRoom | None = None,
+    ) -> Claimed:
         if limit <= 0:
-            return []
+            return Claimed()
+        plan = ClaimPlan.of(queues, room)
         # An idle worker claims every poll_interval: look without the write lock
-        # first, so idle workers never queue behind (or delay) real writers.
+        # first, so idle workers never queue behind (or delay) real writers, nor
+        # do workers whose due jobs all wait on their limits.
         with self._read() as session:
-            if not self._due_requests(session, queues, 1):
-                return []
+            if not limited.due_requests(session, plan, 1):
+                held, _ = limited.admission(session, plan, limit, writing=False)
+                if not held.taken:
+                    return _claimed([], retry_in=held.retry_in)
         with self._write() as session:
-            due = self._due_requests(session, queues, limit)
-            if not due:
-                return []
-            claim_map = {request_uuid: str(uuid.uuid4()) for request_uuid in due}
-            try:
-                claims = json.dumps(claim_map) if None not in claim_map else ""
-            except TypeError:  # a blob key
-                claims = ""
-            if not claims:  # a uuid that is NULL or a blob: see take_keyless_requests
-                claims = json.dumps(fail_keyless_requests(session, claim_map))
-            moved = session.rows("claim_move_to_process", claims=claims, worker_id=str(worker_id))
-            session.execute("claim_delete_requests", claims=claims)
-        claim_order = {request_uuid: position for position, request_uuid in enumerate(due)}
-        moved.sort(key=lambda row: claim_order[row["request_uuid"]])
+            moved = self._move(session, limited.due_requests(session, plan, limit), worker_id)
+            retry_in = None
+            if len(moved) < limit:
+                plan.took([row["queue"] for row in moved])
+                chosen, keys = limited.admission(session, plan, limit - len(moved))
+                retry_in = chosen.retry_in
+                taken = self._move(session, [str(ref) for ref in chosen.taken], worker_id)
+                limited.record_starts(session, chosen, keys)
+                # Limited jobs first: each holds a slot of its keys until it ends.
+                moved[:0] = taken
         salvaged = poison.salvage_mark()
         processes = [to_process(row) for row in moved]
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
-            return poison.fail_invalid(self, processes)
-        return processes
+            return _claimed(poison.fail_invalid(self, processes), retry_in=retry_in)
+        return _claimed(processes, retry_in=retry_in)
 
     @staticmethod
-    def _due_requests(session: SqliteSession, queues: Sequence[str], limit: int) -> list[str]:
-        """Uuids of due requests in claim order."""
-        if queues:
-            rows = session.rows(
-                "due_requests_of_queues", queues=json.dumps(list(queues)), limit=limit
-            )
-        else:
-            rows = session.rows("due_requests_any_queue", limit=limit)
-        return [row["uuid"] for row in rows]
+    def _move(session: SqliteSession, due: list[str], worker_id: uuid.UUID) -> list[sqlite3.Row]:
+        """Move the ``due`` requests to processes of the worker; their rows in that order."""
+        if not due:
+            return []
+        claim_map: dict[Any, str] = limited.process_uuids(due)
+        try:
+            claims = json.dumps(claim_map) if None not in claim_map else ""
+        except TypeError:  # a blob key
+            claims = ""
+        if not claims:  # a uuid that is NULL or a blob: see take_keyless_requests
+            claims = json.dumps(fail_keyless_requests(session, claim_map))
+        moved = session.rows("claim_move_to_process", claims=claims, worker_id=str(worker_id))
+        session.execute("claim_delete_requests", claims=claims)
+        claim_order = {request_uuid: position for position, request_uuid in enumerate(due)}
+        moved.sort(key=lambda row: claim_order[row["request_uuid"]])
+        return moved
 
     def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
         if not started:

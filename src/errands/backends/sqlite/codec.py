@@ -15,6 +15,7 @@ from uuid import UUID
 from errands import serialization
 from errands.backends.sql import rows as poison
 from errands.backends.sql.codec import Codec, Row
+from errands.limiting import decode_limits, encode_limits, first_key
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -60,6 +61,8 @@ def json_or_null(value: Any) -> str | None:
 
 def column_value(name: str, value: Any) -> Any:
     """A stored value as the models hold it."""
+    if name == "limits":  # JSON text, NULL for none; what does not load is left out
+        return decode_limits(value)
     if value is None:
         if name == "uuid":  # a TEXT PRIMARY KEY may hold NULL in SQLite
             raise TypeError("NULL stored as the row's uuid")
@@ -132,6 +135,8 @@ def request_json(request: NewRequest) -> dict[str, Any]:
         "source": request.source,
         "trace_id": request.trace_id,
         "span_id": request.span_id,
+        "limits": encode_limits(request.limits),
+        "limit_key": first_key(request.limits),
     }
 
 

@@ -138,7 +138,7 @@ ORDER BY created_at
 -- objects; a request without start_at is due :now + delay_seconds (database clock).
 INSERT INTO errands_request (
     uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
-    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
 )
 SELECT
     r.value ->> 'uuid',
@@ -154,7 +154,9 @@ SELECT
     r.value ->> 'timeout',
     r.value ->> 'source',
     r.value ->> 'trace_id',
-    r.value ->> 'span_id'
+    r.value ->> 'span_id',
+    r.value ->> 'limits',
+    r.value ->> 'limit_key'
 FROM json_each(:requests) AS r
 RETURNING *
 
@@ -241,16 +243,21 @@ WHERE uuid = :result_uuid AND retry_request_uuid IS NULL
 -- name: due_requests_any_queue
 -- Runs inside BEGIN IMMEDIATE with claim_move_to_process and
 -- claim_delete_requests: no other writer can claim the same rows in between.
-SELECT uuid FROM errands_request
-WHERE start_at <= :now
+-- Only requests without limits (limit_key IS NULL: the partial claim-order
+-- indexes), and none of the queues queue_limits caps (:capped, a JSON array):
+-- those are claimed as limited jobs (limited_keys, limited_usage).
+SELECT uuid, priority, start_at, created_at FROM errands_request
+WHERE limit_key IS NULL AND start_at <= :now
     AND queue NOT IN (SELECT queue FROM errands_paused_queue)
+    AND queue NOT IN (SELECT value FROM json_each(:capped))
 ORDER BY priority DESC, start_at, created_at
 LIMIT :limit
 
 -- name: due_requests_of_queues
--- :queues is a JSON array of queue names.
-SELECT uuid FROM errands_request
-WHERE start_at <= :now AND queue IN (SELECT value FROM json_each(:queues))
+-- :queues is a JSON array of queue names (the capped ones left out by the caller;
+-- a queue with a room of its own is read alone, with that room as its limit).
+SELECT uuid, priority, start_at, created_at FROM errands_request
+WHERE limit_key IS NULL AND start_at <= :now AND queue IN (SELECT value FROM json_each(:queues))
     AND queue NOT IN (SELECT queue FROM errands_paused_queue)
 ORDER BY priority DESC, start_at, created_at
 LIMIT :limit
@@ -260,18 +267,108 @@ LIMIT :limit
 INSERT INTO errands_process (
     uuid, request_uuid, requested_at, start_at, created_at, started_at, worker_id,
     job_class, parameters, queue, priority, retries, retry_attempt, concurrency_key,
-    timeout, source, trace_id, span_id, cancel_requested
+    timeout, source, trace_id, span_id, cancel_requested, limits
 )
 SELECT
     claim.value, r.uuid, r.created_at, r.start_at, :now, NULL, :worker_id,
     r.job_class, r.parameters, r.queue, r.priority, r.retries, r.retry_attempt,
-    r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id, 0
+    r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id, 0, r.limits
 FROM json_each(:claims) AS claim
 JOIN errands_request AS r ON r.uuid = claim.key
 RETURNING *
 
 -- name: claim_delete_requests
 DELETE FROM errands_request WHERE uuid IN (SELECT key FROM json_each(:claims))
+
+-- name: limited_keys
+-- Flow control, step 1 of a claim of limited jobs (inside the claim's BEGIN
+-- IMMEDIATE: the write lock serialises every claim, so no key needs a lock of
+-- its own; the rule that picks the jobs is errands.backends.admission): the
+-- keys that have due requests in the wanted (:queues, a JSON array; empty: every
+-- queue), unpaused queues, at most :max_keys of them.
+-- * keys: the distinct limit keys, one probe of errands_request_limited each (a
+--   "loose index scan", read lazily: it stops once :max_keys keys are found);
+-- * each kept when one of its requests is due in a wanted, unpaused queue.
+WITH RECURSIVE keys(key) AS (
+    SELECT (SELECT min(limit_key) FROM errands_request WHERE limit_key IS NOT NULL)
+    UNION ALL
+    SELECT (SELECT min(r.limit_key) FROM errands_request AS r WHERE r.limit_key > keys.key)
+    FROM keys
+    WHERE keys.key IS NOT NULL
+)
+SELECT k.key
+FROM keys AS k
+WHERE k.key IS NOT NULL AND EXISTS (
+    SELECT 1 FROM errands_request AS r
+    WHERE r.limit_key = k.key AND r.start_at <= :now
+        AND (:queues = '[]' OR r.queue IN (SELECT value FROM json_each(:queues)))
+        AND r.queue NOT IN (SELECT queue FROM errands_paused_queue)
+)
+LIMIT :max_keys
+
+-- name: limited_usage
+-- Step 2: for :keys (a JSON array), how many of each key's jobs are claimed or
+-- running (a process holds a key when any of its limits names it), how long ago
+-- its recent starts were (errands_limit_start, within :window seconds), and its
+-- due requests in claim order (at most :limit per key, one probe of
+-- errands_request_limited each); for each capped queue (:capped), how many of
+-- its jobs are claimed or running (counted under :queue_prefix || queue), and
+-- its first :limit due requests without limits. Limits that are not a JSON array
+-- (raw SQL can store anything) hold no key. Python orders the candidates.
+SELECT 'running' AS kind, l.value ->> 'key' AS key, count(*) AS amount,
+    NULL AS uuid, NULL AS limits, NULL AS queue, NULL AS priority,
+    NULL AS start_at, NULL AS created_at
+FROM errands_process AS p
+CROSS JOIN json_each(
+    CASE WHEN json_valid(p.limits) AND json_type(p.limits) = 'array' THEN p.limits ELSE '[]' END
+) AS l
+WHERE p.limits IS NOT NULL
+    AND l.value ->> 'key' IN (SELECT value FROM json_each(:keys))
+GROUP BY l.value ->> 'key'
+UNION ALL
+SELECT 'running', :queue_prefix || queue, count(*), NULL, NULL, NULL, NULL, NULL, NULL
+FROM errands_process
+WHERE queue IN (SELECT value FROM json_each(:capped))
+GROUP BY queue
+UNION ALL
+SELECT 'start', key, :now - started_at, NULL, NULL, NULL, NULL, NULL, NULL
+FROM errands_limit_start
+WHERE key IN (SELECT value FROM json_each(:keys)) AND started_at > :now - :window
+UNION ALL
+SELECT 'candidate', NULL, NULL, r.uuid, r.limits, r.queue, r.priority, r.start_at, r.created_at
+FROM json_each(:keys) AS k
+CROSS JOIN errands_request AS r
+WHERE r.rowid IN (
+    SELECT c.rowid FROM errands_request AS c
+    WHERE c.limit_key = k.value AND c.start_at <= :now
+        AND (:queues = '[]' OR c.queue IN (SELECT value FROM json_each(:queues)))
+        AND c.queue NOT IN (SELECT queue FROM errands_paused_queue)
+    ORDER BY c.priority DESC, c.start_at, c.created_at
+    LIMIT :limit
+)
+UNION ALL
+SELECT 'candidate', NULL, NULL, r.uuid, r.limits, r.queue, r.priority, r.start_at, r.created_at
+FROM json_each(:capped) AS q
+CROSS JOIN errands_request AS r
+WHERE r.rowid IN (
+    SELECT c.rowid FROM errands_request AS c
+    WHERE c.queue = q.value AND c.limit_key IS NULL AND c.start_at <= :now
+        AND c.queue NOT IN (SELECT queue FROM errands_paused_queue)
+    ORDER BY c.priority DESC, c.start_at, c.created_at
+    LIMIT :limit
+)
+
+-- name: log_limit_starts
+-- Step 3, after the chosen requests moved (claim_move_to_process,
+-- claim_delete_requests): one row per start of a rate-limited key (:starts, a
+-- JSON array holding each key once per start), at the claim's time.
+INSERT INTO errands_limit_start (key, started_at)
+SELECT s.value, :now FROM json_each(:starts) AS s
+
+-- name: trim_limit_starts
+-- And the starts of the keys read (:keys) older than any window are forgotten.
+DELETE FROM errands_limit_start
+WHERE key IN (SELECT value FROM json_each(:keys)) AND started_at < :now - :window
 
 -- name: take_keyless_requests
 -- Requests whose uuid is NULL or a blob (SQLite lets a TEXT PRIMARY KEY hold
@@ -300,13 +397,15 @@ WHERE worker_id = :worker_id AND uuid IN (SELECT value FROM json_each(:uuids))
 RETURNING *
 
 -- name: insert_request
--- One request with an explicit due time (a requeue of a finished process).
+-- One request with an explicit due time (a requeue of a finished process). It
+-- waits under the key of its first limit, as at enqueue.
 INSERT INTO errands_request (
     uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
-    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
 ) VALUES (
     :uuid, :now, :start_at, :job_class, :parameters, :queue, :priority, :retries,
-    :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id
+    :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id, :limits,
+    CASE WHEN json_valid(:limits) THEN :limits ->> '$[0].key' END
 )
 
 -- name: insert_result
@@ -316,25 +415,27 @@ INSERT OR IGNORE INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, created_at,
     status, worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
     concurrency_key, timeout, source, trace_id, span_id, error_type, error, traceback,
-    return_value, retry_request_uuid, start_at
+    return_value, retry_request_uuid, start_at, limits
 ) VALUES (
     :uuid, :process_uuid, :request_uuid, :requested_at, :started_at, :ended_at, :now,
     :status, :worker_id, :job_class, :parameters, :queue, :priority, :retries,
     :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id,
-    :error_type, :error, :traceback, :return_value, :retry_request_uuid, :start_at
+    :error_type, :error, :traceback, :return_value, :retry_request_uuid, :start_at, :limits
 )
 RETURNING *
 
 -- name: release_to_requests
 -- Claimed but never started: back to the request it was (same uuid, created_at
--- and start_at, so it keeps its place in the claim order).
+-- and start_at, so it keeps its place in the claim order; the key of its first
+-- limit again).
 INSERT INTO errands_request (
     uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
-    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
 )
 SELECT
     request_uuid, requested_at, start_at, job_class, parameters, queue, priority, retries,
-    retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits,
+    CASE WHEN json_valid(limits) THEN limits ->> '$[0].key' END
 FROM errands_process
 WHERE uuid IN (SELECT value FROM json_each(:uuids)) AND started_at IS NULL
 
@@ -431,10 +532,22 @@ ORDER BY started_at, worker_id
 -- ---------------------------------------------------------------------------
 
 -- name: next_requests
--- Selected requests in the order workers claim them (highest priority, then due soonest).
-SELECT *
-FROM errands_request
-WHERE {{requests_selection}}
+-- Selected requests in the order workers claim them (highest priority, then due
+-- soonest): those without limits (read in the order of their partial claim-order
+-- index) and the limited ones, each their first :limit, then merged.
+SELECT * FROM (
+    SELECT * FROM errands_request
+    WHERE {{requests_selection}} AND limit_key IS NULL
+    ORDER BY priority DESC, start_at, created_at
+    LIMIT :limit
+)
+UNION ALL
+SELECT * FROM (
+    SELECT * FROM errands_request
+    WHERE {{requests_selection}} AND limit_key IS NOT NULL
+    ORDER BY priority DESC, start_at, created_at
+    LIMIT :limit
+)
 ORDER BY priority DESC, start_at, created_at
 LIMIT :limit
 

@@ -38,6 +38,7 @@ JOB_COLUMNS = (
     "source",
     "trace_id",
     "span_id",
+    "limits",  # flow control: JSON text, NULL for none
 )
 
 # -- writing results -------------------------------------------------------------------
