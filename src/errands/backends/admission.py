@@ -51,6 +51,8 @@ class Admission:
     retry_in: float | None = None
     #: keys whose jobs were taken, with how many (the rate log records these)
     started: dict[str, int] = field(default_factory=dict)
+    #: a job with a rate waits only for an idle runner of this worker
+    wants_idle: bool = False
 
 
 def admit(
@@ -70,12 +72,16 @@ def admit(
     retry_in: float | None = None
     rated_room = room if idle is None else min(idle, room)
     left = dict(queue_rooms or {})
+    wants_idle = False
     for candidate in candidates:
         if len(taken) >= room:
             break
         rated = any(limit.rate is not None for limit in candidate.limits)
         queue_left = left.get(candidate.queue)
-        if (rated and rated_room <= 0) or (queue_left is not None and queue_left <= 0):
+        if rated and rated_room <= 0:
+            wants_idle = True
+            continue
+        if queue_left is not None and queue_left <= 0:
             continue
         wait = _wait(candidate.limits, usage, added)
         if wait == 0.0:
@@ -89,7 +95,7 @@ def admit(
             retry_in = wait if retry_in is None else min(retry_in, wait)
     rated_keys = {str(lim.key) for c in candidates for lim in c.limits if lim.rate is not None}
     started = {key: count for key, count in added.items() if key in rated_keys}
-    return Admission(taken=taken, retry_in=retry_in, started=started)
+    return Admission(taken=taken, retry_in=retry_in, started=started, wants_idle=wants_idle)
 
 
 def _wait(

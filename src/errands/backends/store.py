@@ -53,6 +53,8 @@ class Claimed(list[JobProcess]):
     #: seconds until a job held by a rate limit may be claimed (None: none is held
     #: by a rate; jobs held by a concurrency limit are woken by completions)
     retry_in: float | None = None
+    #: jobs with a rate wait for an idle runner of this worker: claim again when one frees
+    wants_idle: bool = False
 
 
 class EnqueueTransaction(abc.ABC):

@@ -183,6 +183,7 @@ class Intake:
         self.queue_caps = dict(queue_caps or {})
         self.queue_limits = dict(queue_limits or {})
         self.rate_retry_at: float | None = None  # monotonic: a rate lets held jobs in
+        self.idle_wanted = False  # jobs with a rate wait for one of this worker's runners
         self.waiting = waiting
         self.pool = pool
         self.pacing = pacing
@@ -231,6 +232,11 @@ class Intake:
             self.poll_at = now + self.poll_interval
             self.claimer.submit(limit, self.claim_room())
 
+    def runner_freed(self) -> None:
+        """A job of this worker ended: claim again if rate-limited jobs wait for a runner."""
+        if self.idle_wanted:
+            self.work_maybe_due = True
+
     def claim_room(self) -> ClaimRoom:
         """What bounds the next claim besides its limit: the idle runners of ready
         children (jobs with a rate limit go only where they start at once: their start
@@ -257,6 +263,7 @@ class Intake:
         self.waiting.extend(claim.claimed)
         # A full claim means more may be waiting; a short one means the queue is empty.
         self.work_maybe_due = len(claim.claimed) == claim.limit
+        self.idle_wanted = getattr(claim.claimed, "wants_idle", False)
         retry_in = getattr(claim.claimed, "retry_in", None)
         if retry_in is not None:  # jobs a rate limit held: look again when it lets them in
             self.rate_retry_at = time.monotonic() + retry_in

@@ -383,6 +383,7 @@ class Worker:
         if outcome.started_at is not None and self.claim_ahead.adaptive:
             self.claim_ahead.observe((outcome.ended_at - outcome.started_at).total_seconds())
         self.recorder.record(outcome, urgent=bool(slot.job.limits))
+        self.intake.runner_freed()
 
     # -- the database --------------------------------------------------------------
     def _guarded(self, operation: Callable[[], object]) -> None:

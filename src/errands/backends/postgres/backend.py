@@ -314,7 +314,7 @@ class PostgresBackend(SqlBackend):
                     left = queue_rooms.get(process.queue)
                     if left is not None:
                         queue_rooms[process.queue] = left - 1
-                limited, processes.retry_in = claim_limited(
+                limited, admission = claim_limited(
                     conn,
                     worker_id=worker_id,
                     queues=queues,
@@ -324,9 +324,12 @@ class PostgresBackend(SqlBackend):
                 )
                 # Limited jobs first: each holds a slot of its keys until it ends.
                 processes[:0] = limited
+                if admission is not None:
+                    processes.retry_in = admission.retry_in
+                    processes.wants_idle = admission.wants_idle
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
             failed = Claimed(poison.fail_invalid(self, processes))
-            failed.retry_in = processes.retry_in
+            failed.retry_in, failed.wants_idle = processes.retry_in, processes.wants_idle
             return failed
         return processes
 

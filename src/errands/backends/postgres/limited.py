@@ -32,7 +32,7 @@ def claim_limited(
     limit: int,
     room: ClaimRoom,
     queue_rooms: dict[str, int | None],
-) -> tuple[list[JobProcess], float | None]:
+) -> tuple[list[JobProcess], Admission | None]:
     """Claim up to ``limit`` limited jobs (and jobs of capped queues) in one transaction."""
     capped = sorted(room.queue_limits)
     with conn.transaction():
@@ -56,12 +56,12 @@ def claim_limited(
         candidates = [c for c in candidates if all(k in claimable for k in _keys(c))]
         admission = admit(candidates, usage, room=limit, idle=room.idle, queue_rooms=queue_rooms)
         if not admission.taken:
-            return [], admission.retry_in
+            return [], admission
         rows = fetch_tuples(conn, "claim_limited", _claim_params(worker_id, admission, locked))
     processes = [build_job_process(*row[:19], candidate_limits(row[19])) for row in rows]
     order = {ref: position for position, ref in enumerate(admission.taken)}
     processes.sort(key=lambda process: order.get(process.request_uuid, 0))
-    return processes, admission.retry_in
+    return processes, admission
 
 
 def _keys(candidate: Candidate) -> list[str]:
