@@ -17,9 +17,11 @@ from databases import BenchDatabase
 from harness import WorkerProcess, cpu_seconds, process_tree, rss_bytes, wait_until
 
 import errands
+from errands import EnqueueOptions, Limit
 from errands.registry import job_class_path
 
 ENQUEUE_CHUNK = 10_000  # jobs per enqueue_many call (one transaction each)
+LIMITED_CONCURRENCY = 50  # drain_limited: jobs of its one key at once
 DRAIN_TIMEOUT = 900.0  # seconds: a drain slower than this is a failure, not a figure
 
 
@@ -28,10 +30,10 @@ def use_database(db: BenchDatabase) -> None:
     errands.configure(database_url=db.url)
 
 
-def fill_queue(db: BenchDatabase, count: int) -> None:
+def fill_queue(db: BenchDatabase, count: int, options: EnqueueOptions | None = None) -> None:
     jobs = [bench_jobs.Noop() for _ in range(count)]
     for start in range(0, count, ENQUEUE_CHUNK):
-        errands.enqueue_many(jobs[start : start + ENQUEUE_CHUNK])
+        errands.enqueue_many(jobs[start : start + ENQUEUE_CHUNK], options=options)
 
 
 # -- enqueueing ------------------------------------------------------------------------
@@ -66,6 +68,14 @@ def drain(db: BenchDatabase, count: int, settings: Mapping[str, Any]) -> float:
     """No-op jobs per second, from a queue filled before the worker starts."""
     db.empty()
     fill_queue(db, count)
+    return _timed_drain(db, settings)
+
+
+def drain_limited(db: BenchDatabase, count: int, settings: Mapping[str, Any]) -> float:
+    """As ``drain``, every job under one key with ``LIMITED_CONCURRENCY`` at once."""
+    db.empty()
+    limit = Limit("bench", concurrency=LIMITED_CONCURRENCY)
+    fill_queue(db, count, EnqueueOptions(limits=[limit]))
     return _timed_drain(db, settings)
 
 

@@ -76,6 +76,7 @@ MEASUREMENTS = (
     "single_enqueue",
     "drain_default",
     "drain",
+    "drain_limited",
     "drain_history",
     "latency",
     "memory",
@@ -118,7 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "bulk_enqueue: enqueue_many, 10,000 jobs per transaction; single_enqueue: "
             "run_in_worker in a loop; drain_default: a worker with default settings "
             "draining pre-filled no-op jobs; drain: the same with --processes/--threads/"
-            "--pending; drain_history: that drain with 1,000,000 results and 100,000 "
+            "--pending; drain_limited: that drain with every job under one Limit of "
+            "concurrency 50; drain_history: that drain with 1,000,000 results and 100,000 "
             "delayed requests in the tables; latency: enqueue commit to job start on an "
             "idle worker (p50/p95/max); memory: worker tree RSS over a long drain; "
             "idle_cpu: an idle worker's CPU use."
@@ -195,6 +197,7 @@ class Benchmark:
             ("single_enqueue", self.measure_single),
             ("drain_default", self.measure_drain_default),
             ("drain", self.measure_drain),
+            ("drain_limited", self.measure_drain_limited),
             ("latency", self.measure_latency),
             ("idle_cpu", self.measure_idle_cpu),
             ("memory", self.measure_memory),
@@ -233,6 +236,18 @@ class Benchmark:
         )
         self.add(Figure("drain", "jobs/s", runs, note=_describe(self.tuned)))
         self.figures[-1].ratio = self.ratio(self.figures[-1].median)
+
+    def measure_drain_limited(self) -> None:
+        runs = repeat(
+            self.scale.runs,
+            lambda: measures.drain_limited(self.db, self.scale.drain_jobs, self.tuned),
+        )
+        note = f"one key, concurrency={measures.LIMITED_CONCURRENCY}; {_describe(self.tuned)}"
+        figure = Figure("drain under one limit", "jobs/s", runs, note=note)
+        plain = next((f for f in self.figures if f.name == "drain"), None)
+        if plain is not None:
+            figure.ratio = f"{100 * figure.median / plain.median:.0f}% of drain"
+        self.add(figure)
 
     def measure_drain_history(self) -> None:
         measures.history_setup(

@@ -59,6 +59,7 @@ TABLES = (
     "errands_secret",
     "errands_dashboard_session",
     "errands_followup",
+    "errands_limit_start",
 )
 
 
