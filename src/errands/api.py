@@ -21,6 +21,7 @@ from errands.backends.current import set_backend_opener as set_backend_opener
 from errands.backends.current import use_backend as use_backend
 from errands.backends.reader import JobReader, prefix_range
 from errands.errors import AlreadyRetried
+from errands.limiting import LimitUsage
 from errands.models import (
     Cursor,
     JobProcess,
@@ -269,6 +270,11 @@ def purge(*, older_than: float | None = None) -> int:
 
 def stats() -> Stats:
     return backend().stats(heartbeat_timeout_seconds=settings.current().heartbeat_timeout)
+
+
+def limit_usage() -> list[LimitUsage]:
+    """Every limit key of a pending or claimed job: its limits, its jobs, its recent starts."""
+    return backend().limit_usage()
 
 
 def workers() -> list[WorkerInfo]:

@@ -91,7 +91,7 @@ class Limit:
         parts = [] if self.concurrency is None else [f"{self.concurrency} at once"]
         if self.rate is not None:
             parts.append(self.rate)
-        return f"{self.key}: {', '.join(parts)}"
+        return f"{self.key!r} ({', '.join(parts)})"
 
 
 def check_key(key: Any, *, what: str) -> None:
@@ -171,3 +171,84 @@ def window_seconds(limits: Iterable[Limit]) -> float:
     """The longest rate window among ``limits`` (0 when none has a rate)."""
     windows = [w[1] for w in (lim.rate_window for lim in limits) if w is not None]
     return max(windows, default=0.0)
+
+
+# -- what the limits do now (errands limits, errands why, the dashboard) ------------
+
+
+@dataclass(frozen=True, slots=True)
+class LimitUsage:
+    """One limit key now: its limits as its jobs declare them, and its jobs."""
+
+    key: str
+    #: the smallest concurrency its jobs declare (None: none declares one)
+    concurrency: int | None
+    #: the strictest rate its jobs declare, as written (``"20/s"``; None: none)
+    rate: str | None
+    running: int  # claimed or running
+    waiting: int  # due, not claimed: held by the limit or about to be claimed
+    scheduled: int  # due later
+    #: starts within the rate's window (None without a rate: only rates record starts)
+    recent_starts: int | None
+
+    @property
+    def full(self) -> bool:
+        """No job of the key may start now."""
+        at_concurrency = self.concurrency is not None and self.running >= self.concurrency
+        window = None if self.rate is None else parse_rate(self.rate)
+        at_rate = window is not None and (self.recent_starts or 0) >= window[0]
+        return at_concurrency or at_rate
+
+    def describe(self) -> str:
+        parts = [] if self.concurrency is None else [f"{self.concurrency} at once"]
+        if self.rate is not None:
+            parts.append(self.rate)
+        return ", ".join(parts)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "concurrency": self.concurrency,
+            "rate": self.rate,
+            "running": self.running,
+            "waiting": self.waiting,
+            "scheduled": self.scheduled,
+            "recent_starts": self.recent_starts,
+            "full": self.full,
+        }
+
+
+def summarize(
+    jobs: Iterable[tuple[Any, str]], start_ages: Iterable[tuple[str, float]]
+) -> list[LimitUsage]:
+    """The usage of every key, from each limited job's stored limits and its state
+    (``"running"``, ``"waiting"`` or ``"scheduled"``) and the recorded starts' ages."""
+    declared: dict[str, list[Limit]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for stored, state in jobs:
+        for limit in decode_limits(stored):
+            key = str(limit.key)
+            declared.setdefault(key, []).append(limit)
+            per_state = counts.setdefault(key, {})
+            per_state[state] = per_state.get(state, 0) + 1
+    ages: dict[str, list[float]] = {}
+    for key, age in start_ages:
+        ages.setdefault(key, []).append(age)
+    return [_usage(key, declared[key], counts[key], ages.get(key, [])) for key in sorted(declared)]
+
+
+def _usage(key: str, limits: list[Limit], counts: dict[str, int], ages: list[float]) -> LimitUsage:
+    concurrencies = [lim.concurrency for lim in limits if lim.concurrency is not None]
+    rates = [lim.rate for lim in limits if lim.rate is not None]
+    # The strictest rate: the fewest starts per second.
+    rate = min(rates, key=lambda r: parse_rate(r)[0] / parse_rate(r)[1], default=None)
+    window = None if rate is None else parse_rate(rate)[1]
+    return LimitUsage(
+        key=key,
+        concurrency=min(concurrencies, default=None),
+        rate=rate,
+        running=counts.get("running", 0),
+        waiting=counts.get("waiting", 0),
+        scheduled=counts.get("scheduled", 0),
+        recent_starts=None if window is None else sum(1 for age in ages if age <= window),
+    )

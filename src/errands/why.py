@@ -23,6 +23,7 @@ from typing import Any
 
 from errands import api, formatting, settings
 from errands.backends.reader import JobReader
+from errands.limiting import LimitUsage
 from errands.models import JobProcess, JobRequest, JobResult, PageSpec, Selection, WorkerInfo
 
 Attempt = JobRequest | JobProcess | JobResult
@@ -47,6 +48,8 @@ class Facts:
     #: other pending or running jobs of its class with its concurrency key
     sharing_key: list[JobRequest | JobProcess] = field(default_factory=list)
     chain: list[Attempt] = field(default_factory=list)
+    #: the usage of the job's limit keys (flow control), for a pending job
+    limits: list[LimitUsage] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -127,9 +130,14 @@ def gather(reader: JobReader, job: Attempt, *, heartbeat_timeout: float) -> Fact
             *reader.page_requests(selection=same, page=page),
         ]
         sharing = [o for o in others if o.uuid != job.uuid]
+    usage: list[LimitUsage] = []
+    if isinstance(job, JobRequest) and job.limits:
+        keys = {str(limit.key) for limit in job.limits}
+        usage = [u for u in reader.limit_usage() if u.key in keys]
     return Facts(
         job=job,
         now=now,
+        limits=usage,
         paused=reader.paused_queues(),
         workers=reader.workers(timeout_seconds=heartbeat_timeout),
         ahead=ahead,
@@ -174,6 +182,7 @@ def _waiting(job: JobRequest, facts: Facts, time_text: TimeText) -> tuple[str, l
         )
     reasons += _workers_of_queue(job, facts.workers)
     reasons += _sharing_key(job, facts.sharing_key)
+    reasons += _limits(job, facts.limits)
     if facts.ahead:
         more = "at least " if facts.ahead > AHEAD_COUNTED else ""
         count = min(facts.ahead, AHEAD_COUNTED)
@@ -190,7 +199,34 @@ def _waiting(job: JobRequest, facts: Facts, time_text: TimeText) -> tuple[str, l
 
 
 #: Reasons that keep a due job from being claimed at all.
-_BLOCKING = frozenset({"queue_paused", "no_worker"})
+_BLOCKING = frozenset({"queue_paused", "no_worker", "limit_full"})
+
+
+def _limits(job: JobRequest, usage: list[LimitUsage]) -> list[Reason]:
+    """Each of the job's limits: whether it holds the job back now, and why."""
+    by_key = {u.key: u for u in usage}
+    reasons = []
+    for limit in job.limits:
+        key = str(limit.key)
+        found = by_key.get(key)
+        running = found.running if found else 0
+        starts = found.recent_starts if found and found.recent_starts is not None else 0
+        held = []
+        if limit.concurrency is not None and running >= limit.concurrency:
+            held.append(f"{running} of its jobs claimed or running, {limit.concurrency} allowed")
+        window = limit.rate_window
+        if window is not None and starts >= window[0]:
+            held.append(
+                f"{starts} started within the last {formatting.duration_in_words(window[1])}"
+            )
+        if held:
+            text = f"held back by its limit {limit.describe()}: {'; '.join(held)}"
+            reasons.append(Reason("limit_full", text + "; a worker claims it once that frees"))
+        else:
+            reasons.append(
+                Reason("limit", f"its limit {limit.describe()} allows it ({running} running)")
+            )
+    return reasons
 
 
 def _workers_of_queue(job: JobRequest, workers: list[WorkerInfo]) -> list[Reason]:

@@ -6,6 +6,7 @@ import abc
 import datetime
 import uuid
 
+from errands.limiting import LimitUsage
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -49,6 +50,10 @@ class JobReader(abc.ABC):
         by their uuid, processes by theirs or their request's, results by theirs, their
         process's or their request's. At most ``limit`` of each table, in uuid order;
         requests first, then processes, then results."""
+
+    @abc.abstractmethod
+    def limit_usage(self) -> list[LimitUsage]:
+        """Every limit key of a pending or claimed job, with its jobs and recent starts."""
 
     @abc.abstractmethod
     def next_requests(self, *, selection: Selection, limit: int) -> list[JobRequest]:

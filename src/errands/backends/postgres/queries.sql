@@ -757,6 +757,21 @@ LISTEN errands_results
 -- Inspecting and operating ---------------------------------------------------------
 -- Selections are fixed SQL (the *_selection fragments): a NULL parameter means "any".
 
+-- name: limited_jobs
+-- errands limits: the stored limits of every pending or claimed job that has any,
+-- with its state.
+SELECT limits,
+    CASE WHEN start_at <= now() THEN 'waiting' ELSE 'scheduled' END AS state
+FROM errands_request
+WHERE limit_key IS NOT NULL
+UNION ALL
+SELECT limits, 'running' FROM errands_process WHERE limits IS NOT NULL
+
+-- name: limit_start_ages
+-- errands limits: how long ago each recorded start of a rate-limited key was.
+SELECT key, extract(epoch FROM clock_timestamp() - started_at)::float8 AS age
+FROM errands_limit_start
+
 -- name: next_requests
 -- Selected requests in the order workers claim them (highest priority, then due
 -- soonest): those without limits and the limited ones each read from their own

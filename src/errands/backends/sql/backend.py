@@ -27,6 +27,7 @@ from typing import Any
 from errands.backends.base import Backend
 from errands.backends.reader import prefix_range
 from errands.backends.sql.codec import Codec, Row, Session
+from errands.limiting import LimitUsage, summarize
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -324,6 +325,12 @@ class SqlBackend(Backend):
             )
             for row in self._rows("throughput", params)
         ]
+
+    def limit_usage(self) -> list[LimitUsage]:
+        with self._reading() as session:
+            jobs = [(row["limits"], row["state"]) for row in session.rows("limited_jobs")]
+            starts = [(row["key"], float(row["age"])) for row in session.rows("limit_start_ages")]
+        return summarize(jobs, starts)
 
     def now(self) -> datetime.datetime:
         return self.codec.moment(self._rows("now")[0]["now"])
