@@ -100,6 +100,7 @@ class Pages:
             else chart.build_chart(rows, since=since, now=now, bucket_seconds=bucket),
             queues=queue_rows(),
             workers=api.workers(),
+            limits=api.limit_usage(),
         )
 
     # -- listings ------------------------------------------------------------------------
