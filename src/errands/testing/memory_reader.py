@@ -13,6 +13,7 @@ from collections import Counter
 
 from errands.backends.base import JobReader
 from errands.backends.reader import prefix_range
+from errands.limiting import LimitUsage, encode_limits, summarize
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -175,6 +176,25 @@ class MemoryReader(MemoryTables, JobReader):
     def paused_queues(self) -> list[str]:
         with self.lock:
             return sorted(self.paused)
+
+    def limit_usage(self) -> list[LimitUsage]:
+        """As the ``limited_jobs`` and ``limit_start_ages`` queries read them."""
+        with self.lock:
+            now = utcnow()
+            jobs = [
+                (encode_limits(r.limits), "waiting" if r.start_at <= now else "scheduled")
+                for r in self.requests.values()
+                if r.limits
+            ]
+            jobs += [
+                (encode_limits(p.limits), "running") for p in self.processes.values() if p.limits
+            ]
+            starts = [
+                (key, (now - at).total_seconds())
+                for key, moments in self.limit_starts.items()
+                for at in moments
+            ]
+        return summarize(jobs, starts)
 
     def now(self) -> datetime.datetime:
         return utcnow()

@@ -107,6 +107,7 @@ class MemoryStore(MemoryTables, JobStore):
                 )
                 plain[:0] = limited
                 claimed.retry_in = admission.retry_in
+                claimed.wants_idle = admission.wants_idle
             claimed.extend(self._to_process(r, worker_id, now=now) for r in plain)
             return claimed
 

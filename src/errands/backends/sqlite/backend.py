@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from errands import lifecycle
+from errands.backends.admission import Admission
 from errands.backends.base import (
     EnqueueTransaction,
     Listener,
@@ -65,9 +66,11 @@ from errands.models import (
 logger = logging.getLogger("errands")
 
 
-def _claimed(processes: Sequence[JobProcess], *, retry_in: float | None) -> Claimed:
+def _claimed(processes: Sequence[JobProcess], chosen: Admission | None) -> Claimed:
+    """The processes, and what held back the limited jobs the claim did not take."""
     claimed = Claimed(processes)
-    claimed.retry_in = retry_in
+    if chosen is not None:
+        claimed.retry_in, claimed.wants_idle = chosen.retry_in, chosen.wants_idle
     return claimed
 
 
@@ -307,14 +310,13 @@ class SqliteBackend(SqlBackend):
             if not limited.due_requests(session, plan, 1):
                 held, _ = limited.admission(session, plan, limit, writing=False)
                 if not held.taken:
-                    return _claimed([], retry_in=held.retry_in)
+                    return _claimed([], held)
         with self._write() as session:
             moved = self._move(session, limited.due_requests(session, plan, limit), worker_id)
-            retry_in = None
+            chosen = None
             if len(moved) < limit:
                 plan.took([row["queue"] for row in moved])
                 chosen, keys = limited.admission(session, plan, limit - len(moved))
-                retry_in = chosen.retry_in
                 taken = self._move(session, [str(ref) for ref in chosen.taken], worker_id)
                 limited.record_starts(session, chosen, keys)
                 # Limited jobs first: each holds a slot of its keys until it ends.
@@ -322,8 +324,8 @@ class SqliteBackend(SqlBackend):
         salvaged = poison.salvage_mark()
         processes = [to_process(row) for row in moved]
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
-            return _claimed(poison.fail_invalid(self, processes), retry_in=retry_in)
-        return _claimed(processes, retry_in=retry_in)
+            return _claimed(poison.fail_invalid(self, processes), chosen)
+        return _claimed(processes, chosen)
 
     @staticmethod
     def _move(session: SqliteSession, due: list[str], worker_id: uuid.UUID) -> list[sqlite3.Row]:

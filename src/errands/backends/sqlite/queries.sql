@@ -531,6 +531,19 @@ ORDER BY started_at, worker_id
 -- Inspecting and operating
 -- ---------------------------------------------------------------------------
 
+-- name: limited_jobs
+-- errands limits: the stored limits of every pending or claimed job that has any,
+-- with its state.
+SELECT limits, CASE WHEN start_at <= :now THEN 'waiting' ELSE 'scheduled' END AS state
+FROM errands_request
+WHERE limit_key IS NOT NULL
+UNION ALL
+SELECT limits, 'running' FROM errands_process WHERE limits IS NOT NULL
+
+-- name: limit_start_ages
+-- errands limits: how long ago each recorded start of a rate-limited key was.
+SELECT key, :now - started_at AS age FROM errands_limit_start
+
 -- name: next_requests
 -- Selected requests in the order workers claim them (highest priority, then due
 -- soonest): those without limits (read in the order of their partial claim-order
