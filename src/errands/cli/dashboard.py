@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 
 import click
@@ -105,16 +106,22 @@ def dashboard_command(
         )
     with friendly_errors():
         asgi_app = app.standalone_app(host, insecure_no_auth=insecure_no_auth)
+    import uvicorn
+
+    server = uvicorn.Server(app.server_config(asgi_app, host, port, "info"))
+    # From here on Ctrl-C (or SIGTERM) asks the server to stop, even before uvicorn
+    # installs its own handlers: a signal in between would otherwise be lost, and
+    # the dashboard would serve on.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, server.handle_exit)
     listening = listen(host, port)
     click.echo(
         f"errands dashboard on http://{_url_host(host)}:{port}/ "
         f"({configuration.describe_database(config)}); Ctrl-C stops it",
         err=True,
     )
-    import uvicorn
-
     try:
-        uvicorn.Server(app.server_config(asgi_app, host, port, "info")).run(sockets=[listening])
+        server.run(sockets=[listening])
     finally:
         listening.close()
 
