@@ -203,3 +203,9 @@ def test_the_worker_command_refuses_a_bad_queue_cap() -> None:
     result = CliRunner().invoke(cli, ["worker", "--queue", "mail:none"])
     assert result.exit_code == 2
     assert "NAME or NAME:N" in result.output
+
+
+def test_two_limits_on_one_key_count_each_job_once() -> None:
+    both = (Limit("api", concurrency=3), Limit("api", rate="100/s"))
+    taken = admit(_candidates(5, *both), {}, room=10).taken
+    assert taken == [0, 1, 2]

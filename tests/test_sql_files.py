@@ -15,7 +15,7 @@ DIALECTS = ("postgres", "sqlite")
 #: The schema version each dialect's migrations end at. Databases in use record
 #: these numbers (errands_schema); renumbering a migration would make errands
 #: re-apply it, or skip one, on an existing database.
-LATEST_VERSIONS = {"postgres": 7, "sqlite": 6}
+LATEST_VERSIONS = {"postgres": 8, "sqlite": 7}
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -76,6 +76,10 @@ DIALECT_ONLY = {
         # A worker's statement_timeout (database_timeout), lifted around the vacuum.
         "no_statement_timeout",
         "worker_statement_timeout",
+        # Claiming the requests flow control admitted, logging their starts, in one
+        # statement (SQLite: claim_move_to_process and claim_delete_requests, then
+        # log_limit_starts and trim_limit_starts).
+        "claim_limited",
     },
     "sqlite": {
         # Transactions are explicit statements (psycopg manages PostgreSQL's).
@@ -115,6 +119,9 @@ DIALECT_ONLY = {
         "delete_orphaned_processes_of_worker",
         "release_to_requests",
         "release_delete_processes",
+        # The SQLite halves of claim_limited: the starts of rate-limited keys.
+        "log_limit_starts",
+        "trim_limit_starts",
     },
 }
 
@@ -123,8 +130,22 @@ DIALECT_ONLY = {
 BACKEND_MODULES = {
     dialect: ("sql/backend.py", *(f"{dialect}/{m}" for m in modules))
     for dialect, modules in {
-        "postgres": ("backend.py", "connection.py", "enqueue.py", "listener.py", "codec.py"),
-        "sqlite": ("backend.py", "connection.py", "enqueue.py", "listener.py", "rules.py"),
+        "postgres": (
+            "backend.py",
+            "connection.py",
+            "enqueue.py",
+            "listener.py",
+            "codec.py",
+            "limited.py",
+        ),
+        "sqlite": (
+            "backend.py",
+            "connection.py",
+            "enqueue.py",
+            "listener.py",
+            "rules.py",
+            "limited.py",
+        ),
     }.items()
 }
 

@@ -89,8 +89,8 @@ def admit(
             if queue_left is not None:
                 left[candidate.queue] = queue_left - 1
             taken.append(candidate.ref)
-            for limit in candidate.limits:
-                added[str(limit.key)] = added.get(str(limit.key), 0) + 1
+            for key in {str(limit.key) for limit in candidate.limits}:  # once per job and key
+                added[key] = added.get(key, 0) + 1
         elif wait is not None:
             retry_in = wait if retry_in is None else min(retry_in, wait)
     rated_keys = {str(lim.key) for c in candidates for lim in c.limits if lim.rate is not None}

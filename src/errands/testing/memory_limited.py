@@ -115,9 +115,9 @@ def _usage(
     keys = {str(limit.key) for _, c in candidates for limit in c.limits}
     usage = {key: KeyUsage() for key in keys}
     for process in tables.processes.values():
-        for limit in process.limits:  # one per limit, as the SQL backends count them
-            if str(limit.key) in usage:
-                usage[str(limit.key)].running += 1
+        for key in {str(limit.key) for limit in process.limits}:  # once per job and key
+            if key in usage:
+                usage[key].running += 1
         capped = QUEUE_KEY_PREFIX + process.queue
         if process.queue in room.queue_limits and capped in usage:
             usage[capped].running += 1

@@ -345,7 +345,7 @@ WHERE pg_try_advisory_xact_lock(hashtext('errands.limit:' || key))
 -- running, how long ago its recent starts were, and its due requests in claim
 -- order (at most limit per key); for each capped queue, how many of its jobs are
 -- claimed or running, and its due requests without limits.
-SELECT 'running' AS kind, l.key, count(*)::float8 AS amount,
+SELECT 'running' AS kind, l.key, count(DISTINCT p.uuid)::float8 AS amount,
     NULL::uuid AS uuid, NULL::jsonb AS limits, NULL::text AS queue, NULL::int AS priority,
     NULL::timestamptz AS start_at, NULL::timestamptz AS created_at
 FROM errands_process AS p

@@ -315,7 +315,7 @@ LIMIT :max_keys
 -- its jobs are claimed or running (counted under :queue_prefix || queue), and
 -- its first :limit due requests without limits. Limits that are not a JSON array
 -- (raw SQL can store anything) hold no key. Python orders the candidates.
-SELECT 'running' AS kind, l.value ->> 'key' AS key, count(*) AS amount,
+SELECT 'running' AS kind, l.value ->> 'key' AS key, count(DISTINCT p.uuid) AS amount,
     NULL AS uuid, NULL AS limits, NULL AS queue, NULL AS priority,
     NULL AS start_at, NULL AS created_at
 FROM errands_process AS p
