@@ -112,18 +112,21 @@ def dashboard_command(
     # From here on Ctrl-C (or SIGTERM) asks the server to stop, even before uvicorn
     # installs its own handlers: a signal in between would otherwise be lost, and
     # the dashboard would serve on.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, server.handle_exit)
-    listening = listen(host, port)
-    click.echo(
-        f"errands dashboard on http://{_url_host(host)}:{port}/ "
-        f"({configuration.describe_database(config)}); Ctrl-C stops it",
-        err=True,
-    )
+    previous = {s: signal.signal(s, server.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[listening])
+        listening = listen(host, port)
+        click.echo(
+            f"errands dashboard on http://{_url_host(host)}:{port}/ "
+            f"({configuration.describe_database(config)}); Ctrl-C stops it",
+            err=True,
+        )
+        try:
+            server.run(sockets=[listening])
+        finally:
+            listening.close()
     finally:
-        listening.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def listen(host: str, port: int) -> socket.socket:
