@@ -132,8 +132,8 @@ def gather(reader: JobReader, job: Attempt, *, heartbeat_timeout: float) -> Fact
         sharing = [o for o in others if o.uuid != job.uuid]
     usage: list[LimitUsage] = []
     if isinstance(job, JobRequest) and job.limits:
-        keys = {str(limit.key) for limit in job.limits}
-        usage = [u for u in reader.limit_usage() if u.key in keys]
+        limit_keys = {str(limit.key) for limit in job.limits}
+        usage = [u for u in reader.limit_usage() if u.key in limit_keys]
     return Facts(
         job=job,
         now=now,
