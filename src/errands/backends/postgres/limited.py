@@ -34,26 +34,26 @@ def claim_limited(
     queue_rooms: dict[str, int | None],
 ) -> tuple[list[JobProcess], Admission | None]:
     """Claim up to ``limit`` limited jobs (and jobs of capped queues) in one transaction."""
-    capped = sorted(room.queue_limits)
+    queue_keys = {QUEUE_KEY_PREFIX + queue: queue for queue in room.queue_limits}
     with conn.transaction():
+        # Capped queues are locked like keys: their jobs count under one.
         params: dict[str, Any] = {
             "queues": list(queues),
-            "keys": [],
+            "keys": sorted(queue_keys),
             "max_keys": MAX_KEYS,
         }
         locked = {row["key"] for row in fetch(conn, "limited_keys", params)}
+        capped = sorted(queue_keys[key] for key in locked & queue_keys.keys())
         usage, candidates = _usage(conn, queues, limit, locked, capped, room)
         # A job's other limit keys must be locked too before its usage is read.
         extra = {key for c in candidates for key in _keys(c) if key not in locked}
-        extra -= {QUEUE_KEY_PREFIX + q for q in capped}
         if extra:
             params["keys"] = sorted(extra)
             params["max_keys"] = 0
             locked |= {row["key"] for row in fetch(conn, "limited_keys", params)}
             usage, candidates = _usage(conn, queues, limit, locked, capped, room)
-        capped_keys = {QUEUE_KEY_PREFIX + q for q in capped}
-        claimable = locked | capped_keys
-        candidates = [c for c in candidates if all(k in claimable for k in _keys(c))]
+        # Candidates with a key another claim holds now wait for the next claim.
+        candidates = [c for c in candidates if all(k in locked for k in _keys(c))]
         admission = admit(candidates, usage, room=limit, idle=room.idle, queue_rooms=queue_rooms)
         if not admission.taken:
             return [], admission

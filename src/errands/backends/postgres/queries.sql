@@ -307,7 +307,9 @@ WHERE EXISTS (SELECT 1 FROM errands_request WHERE limit_key IS NOT NULL)
 -- serialise the claims of one key: the next statement, which counts the key's
 -- running jobs, sees every claim of it that committed before.
 -- * keys: the distinct limit keys, one probe of errands_request_limited_idx each;
--- * due_keys: those with a due request in a wanted, unpaused queue.
+-- * due_keys: those with a due request in a wanted, unpaused queue;
+-- * wanted: those and the keys given: the capped queues' (queue:<name>), or the
+--   other keys of the jobs found (a second call, with max_keys 0).
 WITH RECURSIVE keys(key) AS (
     (SELECT limit_key FROM errands_request WHERE limit_key IS NOT NULL ORDER BY limit_key LIMIT 1)
     UNION ALL
