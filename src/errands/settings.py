@@ -18,19 +18,31 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import json
 import os
-import re
 import threading
 import tomllib
-import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from errands.errors import ConfigurationError
+from errands.setting_values import (
+    Invalid,
+    choice,
+    optional,
+    positive,
+    to_bool,
+    to_hosts,
+    to_names,
+    to_networks,
+    to_queue_limits,
+    to_schedule,
+    to_secret_key,
+    to_str,
+    to_timezone,
+)
 
 ENV_PREFIX = "ERRANDS_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -91,220 +103,35 @@ class Settings:
         return self.worker_max_processes or os.cpu_count() or 1
 
 
-# -- parsing one value -------------------------------------------------------------
-
-
-class _Invalid(ValueError):
-    """A value that does not fit its setting; the message says what is expected."""
-
-
-def _to_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Invalid("expected a string")
-    return value
-
-
-def _to_number(value: Any, kind: type) -> float:
-    if isinstance(value, bool):
-        raise _Invalid(f"expected {'an integer' if kind is int else 'a number'}")
-    try:
-        number = kind(value.strip()) if isinstance(value, str) else kind(value)
-    except (TypeError, ValueError):
-        raise _Invalid(f"expected {'an integer' if kind is int else 'a number'}") from None
-    if kind is int and isinstance(value, float) and value != number:
-        raise _Invalid("expected an integer")
-    return number  # type: ignore[no-any-return]
-
-
-def _positive(kind: type, *, allow_zero: bool = False) -> Callable[[Any], Any]:
-    def parse(value: Any) -> Any:
-        number = _to_number(value, kind)
-        if number < 0 or (number == 0 and not allow_zero):
-            raise _Invalid("must be zero or more" if allow_zero else "must be more than zero")
-        return number
-
-    return parse
-
-
-def _optional(parse: Callable[[Any], Any], *, also: tuple[str, ...] = ()) -> Callable[[Any], Any]:
-    """``parse``, or None for a missing value ("", "none", or a word in ``also``)."""
-    unset = ("", "none", *also)
-
-    def parse_optional(value: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() in unset):
-            return None
-        try:
-            return parse(value)
-        except _Invalid as exc:
-            if not also:
-                raise
-            raise _Invalid(f"{exc} (or {' or '.join(repr(word) for word in also)})") from None
-
-    return parse_optional
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-    raise _Invalid("expected true or false")
-
-
-def _to_names(value: Any) -> tuple[str, ...]:
-    """A list of dotted names; from the environment, comma-separated."""
-    if isinstance(value, str):
-        value = [part for part in (p.strip() for p in value.split(",")) if part]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise _Invalid("expected a list of dotted names")
-    return tuple(value)
-
-
-def _to_queue_limits(value: Any) -> tuple[tuple[str, int], ...]:
-    """``{"mail": 10}``; from the environment ``mail=10,default=4``."""
-    if isinstance(value, str):
-        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
-        value = {name.strip(): number for name, _, number in pairs}
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k for k in value):
-        raise _Invalid("expected a table of queue names to numbers, such as {mail = 10}")
-    try:
-        return tuple(sorted((queue, _positive(int)(n)) for queue, n in value.items()))
-    except _Invalid as exc:
-        raise _Invalid(f"each queue's number: {exc}") from None
-
-
-def _to_schedule(value: Any) -> tuple[Any, ...]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise _Invalid(f"expected a JSON list of [job, schedule] pairs ({exc})") from None
-    if not isinstance(value, list | tuple):
-        raise _Invalid("expected a list of [job, schedule] pairs")
-    return tuple(tuple(entry) if isinstance(entry, list) else entry for entry in value)
-
-
-MIN_SECRET_KEY_LENGTH = 32
-_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
-_HOST_NAME = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*\.?")
-
-
-def _to_secret_key(value: Any) -> str:
-    key = _to_str(value)
-    if key and len(key) < MIN_SECRET_KEY_LENGTH:
-        raise _Invalid(
-            f"too short: use at least {MIN_SECRET_KEY_LENGTH} random characters, e.g. the "
-            "output of python -c 'import secrets; print(secrets.token_urlsafe(32))', or "
-            "leave it unset for a random key kept in the database"
-        )
-    return key
-
-
-def _to_list(value: Any, what: str) -> list[str]:
-    """A list of strings; from the environment, comma-separated."""
-    if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise _Invalid(f"expected a list of {what}")
-    return list(value)
-
-
-def _to_hosts(value: Any) -> tuple[str, ...]:
-    """Host names as a Host header carries them, without port: IPv6 in brackets."""
-    hosts = []
-    for given in _to_list(value, "host names"):
-        host = given.strip().lower()
-        if _is_bracketed_ipv6(f"[{host}]"):
-            host = f"[{host}]"  # a bare IPv6 address: the Host header brackets it
-        if not (host == "*" or _HOST_NAME.fullmatch(host) or _is_bracketed_ipv6(host)):
-            raise _Invalid(
-                f"{given!r} is not a host name: expected names such as 'ops.example.com', "
-                "'*.example.com', '10.0.0.5' or '[::1]', without scheme, port or path "
-                "('*' alone allows any host)"
-            )
-        hosts.append(host)
-    return tuple(hosts)
-
-
-def _is_bracketed_ipv6(host: str) -> bool:
-    if not (host.startswith("[") and host.endswith("]")):
-        return False
-    try:
-        ipaddress.IPv6Address(host[1:-1])
-    except ValueError:
-        return False
-    return True
-
-
-def _to_networks(value: Any) -> tuple[str, ...]:
-    networks = []
-    for given in _to_list(value, "IP addresses or networks"):
-        try:
-            network = ipaddress.ip_network(given.strip(), strict=False)
-        except ValueError:
-            raise _Invalid(
-                f"{given!r} is not an IP address or network: expected e.g. '10.0.0.7', "
-                "'10.0.0.0/8' or '::1'"
-            ) from None
-        # A single address reads as one; a network keeps its prefix.
-        single = network.num_addresses == 1 and "/" not in given
-        networks.append(str(network.network_address if single else network))
-    return tuple(networks)
-
-
-def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = _to_str(value).strip()
-        text = text.upper() if upper else text.lower()
-        if text not in options:
-            raise _Invalid(f"expected one of {', '.join(options)}")
-        return text
-
-    return parse
-
-
-def _to_timezone(value: Any) -> str:
-    name = _to_str(value)
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise _Invalid("expected an IANA time zone name such as 'UTC' or 'Europe/Berlin'") from None
-    return name
-
-
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "database_url": _to_str,
-    "database_timeout": _positive(float),
-    "import_modules": _to_names,
-    "results_retention": _positive(float),
-    "heartbeat_interval": _positive(float),
-    "heartbeat_timeout": _positive(float),
-    "middleware": _to_names,
-    "schedule": _to_schedule,
-    "timezone": _to_timezone,
-    "worker_max_processes": _optional(_positive(int)),
-    "worker_max_jobs_per_process": _optional(_positive(int)),
-    "worker_max_pending_per_process": _optional(_positive(int), also=("auto",)),
-    "worker_stats_every": _positive(float, allow_zero=True),
-    "worker_threads": _positive(int),
-    "worker_drain_timeout": _optional(_positive(float, allow_zero=True)),
-    "worker_label_output": _to_bool,
-    "poll_interval": _positive(float),
-    "queue_limits": _to_queue_limits,
-    "notifications": _to_bool,
-    "log_level": _choice(LOG_LEVELS, upper=True),
-    "log_format": _choice(LOG_FORMATS),
-    "log_jobs": _to_bool,
-    "dashboard_password": _to_str,
-    "dashboard_read_only": _to_bool,
-    "dashboard_secret_key": _to_secret_key,
-    "dashboard_session_lifetime": _positive(float),
-    "dashboard_allowed_hosts": _to_hosts,
-    "dashboard_trusted_proxies": _to_networks,
+    "database_url": to_str,
+    "database_timeout": positive(float),
+    "import_modules": to_names,
+    "results_retention": positive(float),
+    "heartbeat_interval": positive(float),
+    "heartbeat_timeout": positive(float),
+    "middleware": to_names,
+    "schedule": to_schedule,
+    "timezone": to_timezone,
+    "worker_max_processes": optional(positive(int)),
+    "worker_max_jobs_per_process": optional(positive(int)),
+    "worker_max_pending_per_process": optional(positive(int), also=("auto",)),
+    "worker_stats_every": positive(float, allow_zero=True),
+    "worker_threads": positive(int),
+    "worker_drain_timeout": optional(positive(float, allow_zero=True)),
+    "worker_label_output": to_bool,
+    "poll_interval": positive(float),
+    "queue_limits": to_queue_limits,
+    "notifications": to_bool,
+    "log_level": choice(LOG_LEVELS, upper=True),
+    "log_format": choice(LOG_FORMATS),
+    "log_jobs": to_bool,
+    "dashboard_password": to_str,
+    "dashboard_read_only": to_bool,
+    "dashboard_secret_key": to_secret_key,
+    "dashboard_session_lifetime": positive(float),
+    "dashboard_allowed_hosts": to_hosts,
+    "dashboard_trusted_proxies": to_networks,
 }
 
 #: The name users write (pyproject key, ``ERRANDS_`` suffix) where it differs from the field.
@@ -370,7 +197,7 @@ def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[
 def _parse(name: str, value: Any, source: str) -> Any:
     try:
         return _PARSERS[name](value)
-    except _Invalid as exc:
+    except Invalid as exc:
         raise ConfigurationError(
             f"invalid value {value!r} for setting '{public_name(name)}' (from {source}): {exc}"
         ) from None
