@@ -39,6 +39,7 @@ from errands.models import JobProcess, JobRequest, JobResult, Status
 from errands.registry import register_job
 from errands.scheduler import Schedule
 from errands.serialization import register_type
+from errands.uniqueness import Unique
 
 __all__ = [
     "AlreadyRetried",
@@ -56,6 +57,7 @@ __all__ = [
     "ParameterError",
     "Schedule",
     "Status",
+    "Unique",
     "backend",
     "cancel",
     "configure",

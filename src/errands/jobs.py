@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from errands import serialization, telemetry, validation
+from errands import serialization, telemetry, uniqueness, validation
 from errands.backends import current
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
 from errands.containment import ask_hook
@@ -34,6 +34,7 @@ from errands.models import (
     uuid7s,
 )
 from errands.registry import job_class_path
+from errands.uniqueness import Unique
 from errands.validation import plain_options
 
 T = TypeVar("T")
@@ -89,6 +90,10 @@ class Job:
         """This job's limits (default: the class's ``limits``); keys may depend on it."""
         return self.limits
 
+    #: Uniqueness: at most one job of this class and key in the given states; a
+    #: duplicate is skipped, or replaces or postpones the pending one (see Unique).
+    unique: Unique | None = None
+
     # -- hooks ------------------------------------------------------------
     def calculate_retry_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
@@ -135,9 +140,12 @@ class Job:
         concurrency_key: str | None = None,
         timeout: float | None = None,
         limits: Sequence[Limit] | None = None,
+        unique: Unique | None = None,
         connection: Any | None = None,
     ) -> JobRequest | None:
-        """Enqueue this job; return the created request, or None if ``should_enqueue`` declined.
+        """Enqueue this job; return the created request, or None if ``should_enqueue``
+        (or, for a unique job, its ``Unique``) declined; a unique job that replaced a
+        pending one returns that request, as it now is.
 
         ``delay`` is seconds, a ``timedelta``, or an aware ``datetime`` to start at.
         ``connection`` is an open database connection of the caller's whose
@@ -145,6 +153,8 @@ class Job:
         the database is touched (see ``errands.validation``): a value that cannot
         be stored as given raises ``ParameterError`` naming the class and option.
         """
+        if concurrency_key:
+            uniqueness.check_own_key(concurrency_key, job_class_path(type(self)), "concurrency_key")
         options = EnqueueOptions(
             queue=queue,
             delay=delay,
@@ -154,6 +164,7 @@ class Job:
             concurrency_key=concurrency_key,
             timeout=timeout,
             limits=limits,
+            unique=unique,
         )
         return enqueue_many([self], options=options, connection=connection)[0]
 
@@ -171,6 +182,8 @@ class EnqueueOptions:
     timeout: float | None = None
     #: Flow control: replaces the jobs' own limits (``[]``: none); None keeps them.
     limits: Sequence[Limit] | None = None
+    #: Uniqueness: replaces the jobs' own ``unique`` (None keeps it).
+    unique: Unique | None = None
     #: Where the jobs came from, stored as their ``source`` (shown by ``errands get``
     #: and the dashboard). None: the ``file:line`` that called errands. errands names
     #: its own enqueues: ``schedule:<entry key>``, ``cli:errands run``,
@@ -200,7 +213,7 @@ def enqueue_many(
 def _enqueue_many(
     jobs: list[Job], options: EnqueueOptions | None, connection: Any | None, source: str
 ) -> list[JobRequest | None]:
-    requests = _new_requests(jobs, options or EnqueueOptions(), source)
+    requests, uniques = _new_requests(jobs, options or EnqueueOptions(), source)
     backend = current.backend()
     if connection is None and not any(map(_needs_decision, jobs, requests)):
         # Nothing to check first: the insert alone, committed by the backend.
@@ -214,7 +227,7 @@ def _enqueue_many(
         telemetry.counting_sends(backend, connection),
         backend.enqueue_transaction(connection=connection) as tx,
     ):
-        return _enqueue_prepared(tx, jobs, requests)
+        return _enqueue_prepared(tx, jobs, requests, uniques)
 
 
 def enqueue_in(
@@ -227,47 +240,61 @@ def enqueue_in(
     are counted when the transaction commits if the caller opened the transaction
     inside ``telemetry.counting_sends``, and right away otherwise.
     """
-    requests = _new_requests(jobs, options or EnqueueOptions(), _source(options))
-    return _enqueue_prepared(tx, jobs, requests)
+    requests, uniques = _new_requests(jobs, options or EnqueueOptions(), _source(options))
+    return _enqueue_prepared(tx, jobs, requests, uniques)
 
 
 def _enqueue_prepared(
-    tx: EnqueueTransaction, jobs: Sequence[Job], requests: list[NewRequest]
+    tx: EnqueueTransaction,
+    jobs: Sequence[Job],
+    requests: list[NewRequest],
+    uniques: list[Unique | None],
 ) -> list[JobRequest | None]:
     with telemetry.sending(requests) as send, _using_transaction(tx):
-        results = _decide_and_insert(tx, list(zip(jobs, send.requests, strict=True)))
+        prepared = list(zip(jobs, send.requests, uniques, strict=True))
+        results = _decide_and_insert(tx, prepared)
         send.sent(results)
     return results
 
 
 def _decide_and_insert(
-    tx: EnqueueTransaction, prepared: Sequence[tuple[Job, NewRequest]]
+    tx: EnqueueTransaction, prepared: Sequence[tuple[Job, NewRequest, Unique | None]]
 ) -> list[JobRequest | None]:
-    slots = sorted({_slot_of(r) for _, r in prepared if r.concurrency_key})
+    slots = sorted({_slot_of(r) for _, r, _ in prepared if r.concurrency_key})
     if slots:
         tx.lock_slots(slots)
     # Slots checked by the default rule are looked up in one query; jobs that
     # override should_enqueue are asked one by one, after flushing earlier inserts
-    # so their own queries see them.
-    taken = tx.slots_in_use([_slot_of(r) for j, r in prepared if _uses_default_rule(j, r)])
-    decided: list[NewRequest | None] = []
-    batch: list[NewRequest] = []
+    # so their own queries see them. Unique jobs are decided by their Unique.
+    taken = tx.slots_in_use(
+        [_slot_of(r) for j, r, u in prepared if u is None and _uses_default_rule(j, r)]
+    )
+    unique_jobs = [(r, u) for _, r, u in prepared if u is not None]
+    arbiter = uniqueness.Arbiter(tx, unique_jobs) if unique_jobs else None
+    decided: list[UUID | None] = []
+    batch: dict[UUID, NewRequest] = {}
     inserted: dict[Any, JobRequest] = {}
-    for job, request in prepared:
+    for job, request, unique in prepared:
+        if unique is not None and arbiter is not None:
+            key, replaced = arbiter.enqueue(request, unique, batch)
+            if replaced is not None:
+                inserted[replaced.uuid] = replaced
+            decided.append(key)
+            continue
         if _uses_default_rule(job, request):
             accept = _slot_of(request) not in taken
             taken.add(_slot_of(request))
         elif not _overrides_should_enqueue(job):
             accept = True
         else:
-            inserted.update((r.uuid, r) for r in tx.insert_requests(batch))
-            batch = []
+            inserted.update((r.uuid, r) for r in tx.insert_requests(list(batch.values())))
+            batch = {}
             accept = ask_hook(job.should_enqueue, request.concurrency_key)  # no SystemExit
-        decided.append(request if accept else None)
+        decided.append(request.uuid if accept else None)
         if accept:
-            batch.append(request)
-    inserted.update((r.uuid, r) for r in tx.insert_requests(batch))
-    return [inserted[r.uuid] if r else None for r in decided]
+            batch[request.uuid] = request
+    inserted.update((r.uuid, r) for r in tx.insert_requests(list(batch.values())))
+    return [inserted[key] if key else None for key in decided]
 
 
 @contextlib.contextmanager
@@ -306,13 +333,33 @@ def _slot_of(request: NewRequest) -> ConcurrencySlot:
     return (request.job_class, request.concurrency_key)
 
 
-def _new_requests(jobs: Sequence[Job], options: EnqueueOptions, source: str) -> list[NewRequest]:
+def _new_requests(
+    jobs: Sequence[Job], options: EnqueueOptions, source: str
+) -> tuple[list[NewRequest], list[Unique | None]]:
+    """The jobs' requests, and the Unique each one is enqueued under (None: none)."""
     # The same for every job of the batch; checked before any other work.
     delay = validation.resolve_delay(options.delay, lambda: _class_names(jobs))
     keys = uuid7s(len(jobs))
-    return [
+    requests = [
         _new_request(job, options, source, key, delay) for job, key in zip(jobs, keys, strict=True)
     ]
+    uniques: list[Unique | None] = [None] * len(jobs)
+    if options.unique is None and not any(type(job).unique for job in jobs):
+        return requests, uniques
+    for index, (job, request) in enumerate(zip(jobs, requests, strict=True)):
+        path = request.job_class
+        unique = uniqueness.resolve(options.unique, job, path)
+        if unique is not None:
+            requests[index] = uniqueness.unique_request(
+                unique,
+                job,
+                request,
+                path=path,
+                own_key=request.concurrency_key,
+                names=_class_facts(type(job))[1],
+            )
+            uniques[index] = unique
+    return requests, uniques
 
 
 def _new_request(
@@ -336,6 +383,8 @@ def _new_request(
     )
     timeout = job.default_timeout() if options.timeout is None else options.timeout
     retry_attempt = options.retry_attempt
+    if concurrency_key and options.concurrency_key is None:
+        uniqueness.check_own_key(concurrency_key, path, "default_concurrency_key()")
     if not plain_options(priority, retries, retry_attempt, queue, concurrency_key, timeout):
         queue, concurrency_key, timeout = validation.checked_options(
             path, priority, retries, retry_attempt, queue, concurrency_key, timeout

@@ -34,6 +34,17 @@ ConcurrencySlot = tuple[str, str]  # (job_class, concurrency_key)
 
 
 @dataclass(frozen=True, slots=True)
+class SlotState:
+    """What holds a uniqueness slot (see errands.Unique): its first pending request in
+    claim order, whether a process (claimed or running) holds it, and how many seconds
+    ago its latest SUCCESSFUL result ended (None: none, or not asked for)."""
+
+    pending: uuid.UUID | None
+    running: bool
+    success_age: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimRoom:
     """What bounds a claim besides its ``limit`` (flow control; see errands.Limit)."""
 
@@ -83,6 +94,22 @@ class EnqueueTransaction(abc.ABC):
     @abc.abstractmethod
     def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
         """Insert all requests in one round trip; return them in the same order."""
+
+    @abc.abstractmethod
+    def unique_slots(
+        self, slots: Sequence[ConcurrencySlot], *, successes: bool
+    ) -> dict[ConcurrencySlot, SlotState]:
+        """The state of each slot that any job holds (one round trip; slots no job
+        holds are left out). Results are looked at only with ``successes``."""
+
+    @abc.abstractmethod
+    def replace_request(
+        self, target: uuid.UUID, new: NewRequest, *, move_due_time: bool
+    ) -> JobRequest | None:
+        """Give the pending request ``target`` the arguments and options of ``new``
+        (same job class and concurrency key; it keeps its uuid and creation time), and,
+        with ``move_due_time``, ``new``'s due time (computed as an insert would). None
+        when ``target`` is no longer pending (claimed meanwhile): nothing changed."""
 
     @abc.abstractmethod
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:

@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Sequence
 
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
-from errands.models import JobProcess, JobRequest, JobResult, NewRequest
-from errands.testing.memory_rows import request_of, utcnow
+from errands.backends.store import SlotState
+from errands.models import JobProcess, JobRequest, JobResult, NewRequest, Status
+from errands.testing.memory_rows import claim_order, request_of, utcnow
 from errands.testing.memory_tables import MemoryTables, OccurrenceKey
 
 
@@ -23,6 +24,7 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
         self.retry_links: dict[uuid.UUID, uuid.UUID] = {}  # result -> its retry's request
         self.occurrences: dict[OccurrenceKey, uuid.UUID | None] = {}
         self.settled: set[uuid.UUID] = set()
+        self.replaced: dict[uuid.UUID, JobRequest] = {}  # committed requests, replaced
 
     def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
         """Nothing to do: the backend's lock is held for the whole transaction."""
@@ -37,7 +39,8 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
         return {slot for slot in slots if slot in used}
 
     def requests_for_slot(self, slot: ConcurrencySlot) -> list[JobRequest]:
-        requests = [*self.tables.requests.values(), *self.staged]
+        committed = (self.replaced.get(r.uuid, r) for r in self.tables.requests.values())
+        requests = [*committed, *self.staged]
         return [r for r in requests if (r.job_class, r.concurrency_key) == slot]
 
     def processes_for_slot(self, slot: ConcurrencySlot) -> list[JobProcess]:
@@ -49,6 +52,45 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
         inserted = [request_of(new, now) for new in requests]
         self.staged.extend(inserted)
         return inserted
+
+    def unique_slots(
+        self, slots: Sequence[ConcurrencySlot], *, successes: bool
+    ) -> dict[ConcurrencySlot, SlotState]:
+        now = utcnow()
+        states: dict[ConcurrencySlot, SlotState] = {}
+        for slot in slots:
+            pending = sorted(self.requests_for_slot(slot), key=claim_order)
+            running = bool(self.processes_for_slot(slot))
+            ended = [
+                r.ended_at
+                for r in self.tables.results
+                if (r.job_class, r.concurrency_key) == slot and r.status == Status.SUCCESSFUL
+            ]
+            age = (now - max(ended)).total_seconds() if successes and ended else None
+            if pending or running or age is not None:
+                states[slot] = SlotState(pending[0].uuid if pending else None, running, age)
+        return states
+
+    def replace_request(
+        self, target: uuid.UUID, new: NewRequest, *, move_due_time: bool
+    ) -> JobRequest | None:
+        staged = [i for i, r in enumerate(self.staged) if r.uuid == target]
+        old = self.staged[staged[0]] if staged else self.tables.requests.get(target)
+        if old is None:
+            return None
+        replaced = dataclasses.replace(
+            request_of(dataclasses.replace(new, uuid=target), utcnow()),
+            created_at=old.created_at,
+            job_class=old.job_class,
+            concurrency_key=old.concurrency_key,
+        )
+        if not move_due_time:
+            replaced = dataclasses.replace(replaced, start_at=old.start_at)
+        if staged:
+            self.staged[staged[0]] = replaced
+        else:
+            self.replaced[target] = replaced
+        return replaced
 
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
         found = [r for r in self.tables.results if r.uuid == result_uuid]
@@ -80,6 +122,9 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
     def commit(self) -> None:
         """Make the staged rows visible (the caller holds the backend's lock)."""
         tables = self.tables
+        for key, request in self.replaced.items():
+            if key in tables.requests:
+                tables.requests[key] = request
         for request in self.staged:
             tables.requests[request.uuid] = request
         tables.history.extend(self.staged)

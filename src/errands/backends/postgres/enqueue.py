@@ -26,6 +26,7 @@ from errands.backends.postgres.connection import (
     queries,
 )
 from errands.backends.postgres.copy_rows import RequestRows
+from errands.backends.store import SlotState
 from errands.limiting import encode_limits, first_key
 from errands.models import (
     JobProcess,
@@ -190,6 +191,26 @@ class PostgresEnqueueTransaction(EnqueueTransaction):
     def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
         with database_errors(self._url):
             return insert_requests(self._conn, requests)
+
+    def unique_slots(
+        self, slots: Sequence[ConcurrencySlot], *, successes: bool
+    ) -> dict[ConcurrencySlot, SlotState]:
+        if not slots:
+            return {}
+        rows = self._fetch("unique_slots", {**slot_columns(slots), "successes": successes})
+        return {
+            (row["job_class"], row["concurrency_key"]): SlotState(
+                pending=row["pending"], running=row["running"], success_age=row["success_age"]
+            )
+            for row in rows
+        }
+
+    def replace_request(
+        self, target: uuid.UUID, new: NewRequest, *, move_due_time: bool
+    ) -> JobRequest | None:
+        params = {**request_values(new), "target": target, "move_due_time": move_due_time}
+        rows = self._fetch("replace_request", params)
+        return to_request(rows[0]) if rows else None
 
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
         params = {"result_uuid": result_uuid, "request_uuid": request_uuid}

@@ -86,6 +86,75 @@ FROM errands_process
 WHERE job_class = %(job_class)s AND concurrency_key = %(concurrency_key)s
 ORDER BY created_at
 
+-- name: unique_slots
+-- Uniqueness (errands.Unique): for each (job class, key) slot any job holds, its
+-- first pending request in claim order, whether a process holds it, and (only when
+-- asked: :successes) how many seconds ago its latest SUCCESSFUL result ended, by
+-- the database clock. Each lookup goes through a slot index (results: the partial
+-- index on (concurrency_key, ended_at), whose predicate the query repeats).
+SELECT *
+FROM (
+    SELECT
+        s.job_class,
+        s.concurrency_key,
+        (
+            SELECT r.uuid FROM errands_request AS r
+            WHERE r.job_class = s.job_class AND r.concurrency_key = s.concurrency_key
+            ORDER BY r.priority DESC, r.start_at, r.created_at
+            LIMIT 1
+        ) AS pending,
+        EXISTS (
+            SELECT 1 FROM errands_process AS p
+            WHERE p.job_class = s.job_class AND p.concurrency_key = s.concurrency_key
+        ) AS running,
+        CASE WHEN %(successes)s THEN (
+            SELECT extract(epoch FROM now() - x.ended_at)::float8
+            FROM errands_result AS x
+            WHERE x.concurrency_key = s.concurrency_key AND x.concurrency_key <> ''
+                AND x.job_class = s.job_class AND x.status = 'SUCCESSFUL'
+            ORDER BY x.ended_at DESC
+            LIMIT 1
+        ) END AS success_age
+    FROM unnest(%(job_class)s::text[], %(concurrency_key)s::text[])
+        AS s(job_class, concurrency_key)
+) AS slot
+WHERE pending IS NOT NULL OR running OR success_age IS NOT NULL
+
+-- name: replace_request
+-- Uniqueness, on_conflict "replace" or "debounce": the pending request takes the new
+-- job's arguments and options (not its uuid, creation time, class or key), and with
+-- :move_due_time its due time, from this statement's time (taken after the slot's
+-- lock, so of a burst of enqueues the last to get the lock moves it last), not the
+-- transaction's. A request claimed meanwhile is gone: nothing returned. Its queue is
+-- notified when it is due, as an insert notifies.
+WITH replaced AS (
+    UPDATE errands_request SET
+        start_at = CASE WHEN %(move_due_time)s
+            THEN coalesce(
+                %(start_at)s::timestamptz,
+                statement_timestamp() + %(delay_seconds)s::float8 * interval '1 second'
+            )
+            ELSE start_at END,
+        parameters = %(parameters)s::jsonb,
+        queue = %(queue)s,
+        priority = %(priority)s,
+        retries = %(retries)s,
+        retry_attempt = %(retry_attempt)s,
+        timeout = %(timeout)s::float8,
+        source = %(source)s,
+        trace_id = %(trace_id)s,
+        span_id = %(span_id)s,
+        limits = %(limits)s::jsonb,
+        limit_key = %(limit_key)s::text
+    WHERE uuid = %(target)s
+    RETURNING *
+)
+SELECT replaced.*
+FROM replaced
+CROSS JOIN (
+    SELECT count(pg_notify('errands_jobs', queue)) FROM replaced WHERE start_at <= now()
+) AS notified
+
 -- name: insert_request
 -- One job (run_in_worker): scalar parameters, otherwise as insert_requests.
 WITH inserted AS (

@@ -15,6 +15,7 @@ from errands.backends.base import (
 )
 from errands.backends.sqlite.codec import request_json, to_process, to_request, to_unix
 from errands.backends.sqlite.connection import SqliteSession
+from errands.backends.store import SlotState
 from errands.models import (
     JobProcess,
     JobRequest,
@@ -66,6 +67,30 @@ class SqliteEnqueueTransaction(EnqueueTransaction):
         }
         # RETURNING gives rows in no guaranteed order: put them back in input order.
         return [to_request(inserted[str(request.uuid)]) for request in requests]
+
+    def unique_slots(
+        self, slots: Sequence[ConcurrencySlot], *, successes: bool
+    ) -> dict[ConcurrencySlot, SlotState]:
+        if not slots:
+            return {}
+        rows = self._session.rows(
+            "unique_slots", slots=json.dumps([list(s) for s in slots]), successes=successes
+        )
+        return {
+            (row["job_class"], row["concurrency_key"]): SlotState(
+                pending=None if row["pending"] is None else uuid.UUID(row["pending"]),
+                running=bool(row["running"]),
+                success_age=row["success_age"],
+            )
+            for row in rows
+        }
+
+    def replace_request(
+        self, target: uuid.UUID, new: NewRequest, *, move_due_time: bool
+    ) -> JobRequest | None:
+        params = {**request_json(new), "target": str(target), "move_due_time": move_due_time}
+        rows = self._session.rows("replace_request", params)
+        return to_request(rows[0]) if rows else None
 
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
         linked = self._session.run(

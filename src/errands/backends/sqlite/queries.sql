@@ -133,6 +133,58 @@ SELECT * FROM errands_process
 WHERE job_class = :job_class AND concurrency_key = :concurrency_key
 ORDER BY created_at
 
+-- name: unique_slots
+-- Uniqueness (errands.Unique): for each [job_class, concurrency_key] of :slots that
+-- any job holds, its first pending request in claim order, whether a process holds
+-- it, and (only when :successes) how many seconds ago its latest SUCCESSFUL result
+-- ended. The write lock (BEGIN IMMEDIATE) keeps other enqueues out meanwhile.
+SELECT *
+FROM (
+    SELECT
+        s.value ->> 0 AS job_class,
+        s.value ->> 1 AS concurrency_key,
+        (
+            SELECT r.uuid FROM errands_request AS r
+            WHERE r.job_class = s.value ->> 0 AND r.concurrency_key = s.value ->> 1
+            ORDER BY r.priority DESC, r.start_at, r.created_at
+            LIMIT 1
+        ) AS pending,
+        EXISTS (
+            SELECT 1 FROM errands_process AS p
+            WHERE p.job_class = s.value ->> 0 AND p.concurrency_key = s.value ->> 1
+        ) AS running,
+        CASE WHEN :successes THEN (
+            SELECT :now - max(x.ended_at)
+            FROM errands_result AS x
+            WHERE x.job_class = s.value ->> 0 AND x.concurrency_key = s.value ->> 1
+                AND x.status = 'SUCCESSFUL'
+        ) END AS success_age
+    FROM json_each(:slots) AS s
+) AS slot
+WHERE pending IS NOT NULL OR running OR success_age IS NOT NULL
+
+-- name: replace_request
+-- Uniqueness, on_conflict "replace" or "debounce": the pending request takes the new
+-- job's arguments and options (not its uuid, creation time, class or key), and with
+-- :move_due_time its due time. A request claimed meanwhile is gone: nothing returned.
+UPDATE errands_request SET
+    start_at = CASE WHEN :move_due_time
+        THEN coalesce(:start_at, :now + :delay_seconds)
+        ELSE start_at END,
+    parameters = :parameters,
+    queue = :queue,
+    priority = :priority,
+    retries = :retries,
+    retry_attempt = :retry_attempt,
+    timeout = :timeout,
+    source = :source,
+    trace_id = :trace_id,
+    span_id = :span_id,
+    limits = :limits,
+    limit_key = :limit_key
+WHERE uuid = :target
+RETURNING *
+
 -- name: insert_requests
 -- All requests of one enqueue in one statement. :requests is a JSON array of
 -- objects; a request without start_at is due :now + delay_seconds (database clock).
