@@ -102,6 +102,7 @@ RUN = {
         'errands.results(queue="mail", status="ERRORED")': "test_tutorial_worker_and_results",
         "class Sync(Job):": "test_should_enqueue_limits_to_three",
         "# myapp/limited.py": "test_flow_control_example",
+        "# myapp/unique.py": "test_uniqueness_example",
         "queue_limits = { mail = 10 }": "test_queue_limits_from_pyproject",
         "errands.register_type(": "test_register_type_round_trips",
         "# 9 AM Berlin time, weekdays": "test_schedule_settings_are_valid",
@@ -485,6 +486,17 @@ def test_flow_control_example(sqlite_url: str) -> None:
     assert stored["CallPartnerApi"] == (errands.Limit("partner-api", concurrency=10, rate="20/s"),)
     keys = {r.limits[0].key for r in errands.requests(job_class="readme_limited.ImportCustomer")}
     assert keys == {"import:42", "bulk-import"}
+
+
+def test_uniqueness_example(sqlite_url: str) -> None:
+    namespace: dict[str, Any] = {"__name__": "readme_unique"}
+    execute(snippet("# myapp/unique.py"), namespace)
+    stored = {(r.job_class.rsplit(".", 1)[1], r.concurrency_key): r for r in errands.requests()}
+    assert len(stored) == 4
+    sync = stored[("SyncAccount", "errands.unique:account:7")]
+    assert sync.parameters["args"][1] == ["name"]
+    assert ("DailyDigest", "errands.unique:digest") in stored
+    assert ("RebuildIndex", "errands.unique:orders") in stored
 
 
 def test_queue_limits_from_pyproject(tmp_path: Path) -> None:
