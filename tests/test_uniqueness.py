@@ -72,6 +72,28 @@ class BadKey(Job):
         pass
 
 
+@register_job
+class Latest(Job):
+    unique = Unique("latest", on_conflict="debounce")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def run(self) -> None:
+        pass
+
+
+@register_job
+class Asks(Job):
+    """Overrides should_enqueue: the batch is flushed before it is asked."""
+
+    def should_enqueue(self, concurrency_key: str) -> bool:
+        return True
+
+    def run(self) -> None:
+        pass
+
+
 def path(cls: type[Job]) -> str:
     return job_class_path(cls)
 
@@ -220,6 +242,14 @@ def test_replace_and_debounce_within_a_batch(anywhere: None) -> None:
     assert all(r is not None and r.parameters["args"] == [3] for r in results)
     [stored] = errands.requests(job_class=path(Plain))
     assert stored.parameters["args"] == [3]
+
+
+def test_a_batch_replaces_its_own_job_once_inserted(anywhere: None) -> None:
+    results = errands.enqueue_many([Latest(1), Asks(), Latest(2)])
+    first, asked, last = results
+    assert asked is not None and first is not None and last is not None
+    assert last.uuid == first.uuid and last.parameters["args"] == [2]
+    assert [r.parameters["args"] for r in pending(Latest)] == [[2]]
 
 
 def test_a_running_job_is_not_replaced(backend: Backend) -> None:

@@ -63,10 +63,10 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
             running = bool(self.processes_for_slot(slot))
             ended = [
                 r.ended_at
-                for r in self.tables.results
+                for r in (self.tables.results if successes else ())
                 if (r.job_class, r.concurrency_key) == slot and r.status == Status.SUCCESSFUL
             ]
-            age = (now - max(ended)).total_seconds() if successes and ended else None
+            age = (now - max(ended)).total_seconds() if ended else None
             if pending or running or age is not None:
                 states[slot] = SlotState(pending[0].uuid if pending else None, running, age)
         return states
