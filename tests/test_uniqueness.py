@@ -329,23 +329,28 @@ PROCESSES = 4
 ENQUEUES = 25
 
 
-def _burst(url: str, mode: str, worker: int, barrier: Any, out: Any) -> None:
+def _burst(url: str, mode: str, rounds: bool, worker: int, barrier: Any, out: Any) -> None:
     errands.configure(database_url=url)
-    unique = Unique("burst", on_conflict=mode)
     seen = []
     barrier.wait()
     for i in range(ENQUEUES):
+        unique = Unique(f"burst:{i}" if rounds else "burst", on_conflict=mode)
         request = Plain(worker * 100 + i).run_in_worker(unique=unique, delay=60)
         seen.append(None if request is None else (request.uuid, request.start_at))
     out.put(seen)
 
 
-def burst(url: str, mode: str) -> list[tuple[uuid.UUID, datetime.datetime] | None]:
+def burst(
+    url: str, mode: str, *, rounds: bool = False
+) -> list[tuple[uuid.UUID, datetime.datetime] | None]:
+    """What each of PROCESSES processes' ENQUEUES enqueues returned (of one key, or
+    with ``rounds`` of one key per round: every round a race for a fresh key)."""
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
     out = context.Queue()
     processes = [
-        context.Process(target=_burst, args=(url, mode, n, barrier, out)) for n in range(PROCESSES)
+        context.Process(target=_burst, args=(url, mode, rounds, n, barrier, out))
+        for n in range(PROCESSES)
     ]
     for process in processes:
         process.start()
@@ -361,6 +366,14 @@ def test_concurrent_skips_leave_one_pending_job(db_url: str) -> None:
     seen = burst(db_url, "skip")
     assert len(pending(Plain)) == 1
     assert len([s for s in seen if s is not None]) == 1
+
+
+@pytest.mark.slow
+def test_concurrent_skips_of_fresh_keys_leave_one_pending_job_each(db_url: str) -> None:
+    seen = burst(db_url, "skip", rounds=True)
+    keys = sorted(r.concurrency_key for r in pending(Plain))
+    assert keys == sorted(f"errands.unique:burst:{i}" for i in range(ENQUEUES))
+    assert len([s for s in seen if s is not None]) == ENQUEUES
 
 
 @pytest.mark.slow
