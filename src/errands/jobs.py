@@ -12,8 +12,6 @@ import contextvars
 import datetime
 import gc
 import inspect
-import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,6 +20,7 @@ from uuid import UUID
 from errands import serialization, telemetry, uniqueness, validation
 from errands.backends import current
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
+from errands.callers import caller_location, storable
 from errands.containment import ask_hook
 from errands.errors import OptionError
 from errands.limiting import Limit, check_limits
@@ -44,7 +43,6 @@ Delay = float | int | datetime.timedelta | datetime.datetime | None
 _current_transaction: contextvars.ContextVar[EnqueueTransaction | None] = contextvars.ContextVar(
     "errands_enqueue_transaction", default=None
 )
-_PACKAGE_DIR = os.path.dirname(__file__)
 LARGE_BATCH = 1_000  # jobs: enqueue_many pauses the cyclic garbage collector from here on
 
 
@@ -456,25 +454,10 @@ def _source(options: EnqueueOptions | None) -> str:
     """The ``source`` to store: the options' own, else where errands was called from."""
     given = options.source if options is not None else None
     if given is None:
-        return _storable(_caller_location())
+        return storable(caller_location())
     if not isinstance(given, str):
         raise TypeError(f"EnqueueOptions.source must be a str or None, not {type(given).__name__}")
-    return _storable(given)
-
-
-def _caller_location() -> str:
-    """``file:line`` of the first frame outside errands: where the job was enqueued from."""
-    frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame = frame.f_back
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
-
-
-def _storable(text: str) -> str:
-    if text.isascii():
-        return text
-    # A file name that is not UTF-8 holds lone surrogates, which no database stores.
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return storable(given)
 
 
 @contextlib.contextmanager
