@@ -304,7 +304,6 @@ class PostgresBackend(SqlBackend):
             limited_exist = any(row[0] is None for row in claimed)
             if limited_exist:
                 claimed = [row for row in claimed if row[0] is not None]
-            self._vacuum_queue_if_due(conn, claimed=len(claimed), limit=limit)
             # RETURNING keeps no order: sort by priority, then due time, then age.
             claimed.sort(key=lambda row: (-row[9], row[18], row[2]))
             # The worker connection's times are in UTC already (configure_worker_connection).
@@ -327,6 +326,7 @@ class PostgresBackend(SqlBackend):
                 if admission is not None:
                     processes.retry_in = admission.retry_in
                     processes.wants_idle = admission.wants_idle
+            self._vacuum_queue_if_due(conn, claimed=len(processes), limit=limit)
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
             failed = Claimed(poison.fail_invalid(self, processes))
             failed.retry_in, failed.wants_idle = processes.retry_in, processes.wants_idle

@@ -58,10 +58,20 @@ def queries() -> dict[str, str]:
 # -- running statements ------------------------------------------------------------
 
 
-def fetch(conn: Connection, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-    """Rows of the named query (none for a statement that returns no rows)."""
+def fetch(
+    conn: Connection,
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    prepare: bool | None = None,
+) -> list[Row]:
+    """Rows of the named query (none for a statement that returns no rows).
+
+    ``prepare=False`` plans the statement for its parameters each time: a prepared
+    statement's generic plan, made without them, can be far worse (see claim_limited).
+    """
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(queries()[name], params)
+        cursor.execute(queries()[name], params, prepare=prepare)
         if not cursor.description:
             return []
         try:
@@ -108,11 +118,13 @@ def configure_worker_connection(conn: Connection) -> None:
     conn.execute("SET TimeZone = 'UTC'")
 
 
-def fetch_tuples(conn: Connection, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+def fetch_tuples(
+    conn: Connection, name: str, params: Mapping[str, Any], *, prepare: bool | None = None
+) -> list[tuple[Any, ...]]:
     """Rows of the named query as tuples, in binary: for the worker's hot queries,
     whose rows become models by position (a third of the cost of ``fetch``)."""
     with conn.cursor(binary=True) as cursor:
-        cursor.execute(queries()[name], params)
+        cursor.execute(queries()[name], params, prepare=prepare)
         try:
             return cursor.fetchall()
         except Exception:  # a poison row (see rows.py): its statement has run

@@ -18,7 +18,7 @@ from errands.backends.admission import (
 )
 from errands.backends.postgres.connection import Connection, fetch, fetch_tuples
 from errands.backends.store import ClaimRoom
-from errands.limiting import QUEUE_KEY_PREFIX
+from errands.limiting import QUEUE_KEY_PREFIX, decode_limits
 from errands.models import JobProcess, build_job_process
 
 MAX_KEYS = 1000  # keys one claim looks at: past these, the next claims see the rest
@@ -33,7 +33,11 @@ def claim_limited(
     room: ClaimRoom,
     queue_rooms: dict[str, int | None],
 ) -> tuple[list[JobProcess], Admission | None]:
-    """Claim up to ``limit`` limited jobs (and jobs of capped queues) in one transaction."""
+    """Claim up to ``limit`` limited jobs (and jobs of capped queues) in one transaction.
+
+    The statements are planned for their parameters each time (``prepare=False``): a
+    generic plan of limited_usage, not knowing its keys, sorts a key's whole backlog.
+    """
     queue_keys = {QUEUE_KEY_PREFIX + queue: queue for queue in room.queue_limits}
     with conn.transaction():
         # Capped queues are locked like keys: their jobs count under one.
@@ -42,16 +46,18 @@ def claim_limited(
             "keys": sorted(queue_keys),
             "max_keys": MAX_KEYS,
         }
-        locked = {row["key"] for row in fetch(conn, "limited_keys", params)}
+        caps = _caps(fetch(conn, "limited_keys", params, prepare=False), limit, room)
+        locked = set(caps)
         capped = sorted(queue_keys[key] for key in locked & queue_keys.keys())
-        usage, candidates = _usage(conn, queues, limit, locked, capped, room)
+        usage, candidates = _usage(conn, queues, limit, caps, capped, room)
         # A job's other limit keys must be locked too before its usage is read.
         extra = {key for c in candidates for key in _keys(c) if key not in locked}
         if extra:
             params["keys"] = sorted(extra)
             params["max_keys"] = 0
-            locked |= {row["key"] for row in fetch(conn, "limited_keys", params)}
-            usage, candidates = _usage(conn, queues, limit, locked, capped, room)
+            caps.update(_caps(fetch(conn, "limited_keys", params, prepare=False), limit, room))
+            locked = set(caps)
+            usage, candidates = _usage(conn, queues, limit, caps, capped, room)
         # Candidates with a key another claim holds now wait for the next claim.
         candidates = [c for c in candidates if all(k in locked for k in _keys(c))]
         admission = admit(candidates, usage, room=limit, idle=room.idle, queue_rooms=queue_rooms)
@@ -64,6 +70,25 @@ def claim_limited(
     return processes, admission
 
 
+def _caps(rows: list[dict[str, Any]], limit: int, room: ClaimRoom) -> dict[str, int]:
+    """Each locked key, with how many of its requests are worth reading: no more than
+    its first request's limits on it could let in (a later request declaring more
+    waits for the next claim)."""
+    caps = {}
+    for row in rows:
+        key = row["key"]
+        bounds = [limit]
+        for lim in decode_limits(row["head_limits"]):
+            if str(lim.key) == key:
+                window = lim.rate_window
+                bounds += [n for n in (lim.concurrency, window and window[0]) if n]
+        queue = key.removeprefix(QUEUE_KEY_PREFIX)
+        if key.startswith(QUEUE_KEY_PREFIX) and queue in room.queue_limits:
+            bounds.append(room.queue_limits[queue])
+        caps[key] = min(bounds)
+    return caps
+
+
 def _keys(candidate: Candidate) -> list[str]:
     return [str(limit.key) for limit in candidate.limits]
 
@@ -72,13 +97,15 @@ def _usage(
     conn: Connection,
     queues: Sequence[str],
     limit: int,
-    locked: set[str],
+    caps: dict[str, int],
     capped: list[str],
     room: ClaimRoom,
 ) -> tuple[dict[str, KeyUsage], list[Candidate]]:
     """The usage of the locked keys and capped queues, and their candidates in claim order."""
+    keys = sorted(caps)
     params = {
-        "keys": sorted(locked),
+        "keys": keys,
+        "caps": [caps[key] for key in keys],
         "capped": capped,
         "queue_prefix": QUEUE_KEY_PREFIX,
         "queues": list(queues),
@@ -87,7 +114,7 @@ def _usage(
     }
     usage: dict[str, KeyUsage] = {}
     rows: list[dict[str, Any]] = []
-    for row in fetch(conn, "limited_usage", params):
+    for row in fetch(conn, "limited_usage", params, prepare=False):
         if row["kind"] == "candidate":
             rows.append(row)
         elif row["kind"] == "running":

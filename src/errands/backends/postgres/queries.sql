@@ -398,7 +398,9 @@ due_keys AS MATERIALIZED (
         SELECT 1 FROM errands_request AS r
         WHERE r.limit_key = k.key AND r.start_at <= now()
             AND (cardinality(%(queues)s::text[]) = 0 OR r.queue = ANY(%(queues)s::text[]))
-            AND NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = r.queue)
+            -- Paused queues as one array, read once: a correlated NOT EXISTS here is
+            -- planned as an anti-join over the whole backlog, then sorted.
+            AND r.queue <> ALL(ARRAY(SELECT queue FROM errands_paused_queue))
     )
     ORDER BY k.key
     LIMIT %(max_keys)s
@@ -408,25 +410,36 @@ wanted AS MATERIALIZED (
     UNION
     SELECT key FROM unnest(%(keys)s::text[]) AS extra(key)
 )
-SELECT key FROM wanted
-WHERE pg_try_advisory_xact_lock(hashtext('errands.limit:' || key))
+-- With each key, the limits of its first request: they bound how many of its
+-- requests the next step needs to read.
+SELECT w.key, (
+    SELECT r.limits FROM errands_request AS r
+    WHERE r.limit_key = w.key
+    ORDER BY r.priority DESC, r.start_at, r.created_at
+    LIMIT 1
+) AS head_limits
+FROM wanted AS w
+WHERE pg_try_advisory_xact_lock(hashtext('errands.limit:' || w.key))
 
 -- name: limited_usage
 -- Step 2: for the keys locked in step 1, how many of each key's jobs are claimed or
--- running, how long ago its recent starts were, and its due requests in claim
--- order (at most limit per key); for each capped queue, how many of its jobs are
--- claimed or running, and its due requests without limits.
-SELECT 'running' AS kind, l.key, count(DISTINCT p.uuid)::float8 AS amount,
+-- running (errands_process_limits_idx finds them), how long ago its recent starts
+-- were, and its due requests in claim order (at most caps[i] for keys[i]: no more
+-- than its first request's limits could let in); for each capped queue, how many
+-- of its jobs are claimed or running, and its due requests without limits. The
+-- requests are not locked: the key locks keep other claims of them away, and the
+-- claim's DELETE takes only those still there (a cancel may have come first).
+SELECT 'running' AS kind, k.key, count(*)::float8 AS amount,
     NULL::uuid AS uuid, NULL::jsonb AS limits, NULL::text AS queue, NULL::int AS priority,
     NULL::timestamptz AS start_at, NULL::timestamptz AS created_at
-FROM errands_process AS p
-CROSS JOIN LATERAL (SELECT e ->> 'key' AS key FROM jsonb_array_elements(p.limits) AS e) AS l
-WHERE p.limits IS NOT NULL AND jsonb_typeof(p.limits) = 'array' AND l.key = ANY(%(keys)s::text[])
-GROUP BY l.key
+FROM unnest(%(keys)s::text[]) AS k(key)
+JOIN errands_process AS p
+    ON p.limits IS NOT NULL AND p.limits @> jsonb_build_array(jsonb_build_object('key', k.key))
+GROUP BY k.key
 UNION ALL
 SELECT 'running', %(queue_prefix)s || queue, count(*)::float8, NULL, NULL, NULL, NULL, NULL, NULL
 FROM errands_process
-WHERE queue = ANY(%(capped)s::text[])
+WHERE cardinality(%(capped)s::text[]) > 0 AND queue = ANY(%(capped)s::text[])
 GROUP BY queue
 UNION ALL
 SELECT 'start', key, extract(epoch FROM clock_timestamp() - started_at)::float8,
@@ -436,17 +449,20 @@ WHERE key = ANY(%(keys)s::text[])
     AND started_at > clock_timestamp() - %(window)s::float8 * interval '1 second'
 UNION ALL
 SELECT 'candidate', NULL, NULL, r.uuid, r.limits, r.queue, r.priority, r.start_at, r.created_at
-FROM unnest(%(keys)s::text[]) AS k(key)
+FROM unnest(%(keys)s::text[], %(caps)s::int[]) AS k(key, cap)
 CROSS JOIN LATERAL (
     SELECT uuid, limits, queue, priority, start_at, created_at
     FROM errands_request
     WHERE limit_key = k.key AND start_at <= now()
         AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
-        AND NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = errands_request.queue)
     ORDER BY priority DESC, start_at, created_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    LIMIT k.cap
 ) AS r
+-- Paused queues are left out after the LIMIT: inside it, the planner takes the
+-- filter for a rare one and sorts the key's whole backlog instead of reading its
+-- index in order. (A key's requests of a paused queue take room from the others
+-- of the key this way, until the queue is resumed.)
+WHERE r.queue <> ALL(ARRAY(SELECT queue FROM errands_paused_queue))
 UNION ALL
 SELECT 'candidate', NULL, NULL, r.uuid, r.limits, r.queue, r.priority, r.start_at, r.created_at
 FROM unnest(%(capped)s::text[]) AS c(queue)
@@ -454,10 +470,9 @@ CROSS JOIN LATERAL (
     SELECT uuid, limits, queue, priority, start_at, created_at
     FROM errands_request
     WHERE queue = c.queue AND limit_key IS NULL AND start_at <= now()
-        AND NOT EXISTS (SELECT 1 FROM errands_paused_queue AS p WHERE p.queue = c.queue)
+        AND c.queue <> ALL(ARRAY(SELECT queue FROM errands_paused_queue))
     ORDER BY priority DESC, start_at, created_at
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ) AS r
 
 -- name: claim_limited
@@ -509,7 +524,9 @@ WHERE oid = 'errands_request'::regclass
 -- step over (see _vacuum_queue_if_due in postgres.py). INDEX_CLEANUP ON: by
 -- default a vacuum leaves the indexes alone when few rows are dead, and the
 -- index is what claims read. Takes no lock that blocks enqueues or claims.
-VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) errands_request
+-- errands_process too: claims of limited jobs count a key's running jobs through
+-- its GIN index, which keeps the entries of ended jobs until a vacuum.
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) errands_request, errands_process
 
 -- name: no_statement_timeout
 -- Around the vacuum: the worker's statement_timeout (database_timeout) is for its

@@ -19,6 +19,11 @@ CREATE INDEX errands_request_limited_idx
     ON errands_request (limit_key, priority DESC, start_at, created_at)
     WHERE limit_key IS NOT NULL;
 
+-- The claimed and running jobs of a key, counted by each claim of the key.
+-- fastupdate off: a pending list would be read whole by every such count.
+CREATE INDEX errands_process_limits_idx ON errands_process USING gin (limits jsonb_path_ops)
+    WITH (fastupdate = off) WHERE limits IS NOT NULL;
+
 -- When the jobs of a rate-limited key were claimed, for the sliding window of its
 -- rate: written by the claim that takes them, trimmed by the next claims of the key.
 CREATE TABLE errands_limit_start (
