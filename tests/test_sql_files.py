@@ -73,6 +73,7 @@ DIALECT_ONLY = {
         # Keeping the request table's dead tuples in check (MVCC; SQLite has none).
         "queue_size_estimate",
         "vacuum_queue",
+        "vacuum_processes",
         # A worker's statement_timeout (database_timeout), lifted around the vacuum.
         "no_statement_timeout",
         "worker_statement_timeout",

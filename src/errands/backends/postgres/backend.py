@@ -116,6 +116,7 @@ class PostgresBackend(SqlBackend):
         self._worker_pool: Pool | None = None
         self._vacuum_lock = threading.Lock()
         self._claimed_since_vacuum = 0
+        self._limited_since_vacuum = False  # limited jobs claimed: vacuum processes too
         self._listeners: list[PostgresListener] = []
         self.codec = PostgresCodec()
 
@@ -326,14 +327,18 @@ class PostgresBackend(SqlBackend):
                 if admission is not None:
                     processes.retry_in = admission.retry_in
                     processes.wants_idle = admission.wants_idle
-            self._vacuum_queue_if_due(conn, claimed=len(processes), limit=limit)
+            self._vacuum_queue_if_due(
+                conn, claimed=len(processes), limit=limit, limited=bool(limited_exist)
+            )
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
             failed = Claimed(poison.fail_invalid(self, processes))
             failed.retry_in, failed.wants_idle = processes.retry_in, processes.wants_idle
             return failed
         return processes
 
-    def _vacuum_queue_if_due(self, conn: Connection, *, claimed: int, limit: int) -> None:
+    def _vacuum_queue_if_due(
+        self, conn: Connection, *, claimed: int, limit: int, limited: bool = False
+    ) -> None:
         """Vacuum the requests table once this process claimed enough of it.
 
         A claim walks the claim index from its start, where the requests claimed
@@ -346,8 +351,14 @@ class PostgresBackend(SqlBackend):
         between two vacuums the claims of size c read on average half of the V
         requests claimed since the last (V/c claims): the cost per job,
         V/2c + S/V, is least for V = sqrt(2cS), with at least ``VACUUM_AFTER_CLAIMS``.
+
+        When limited jobs were claimed since, errands_process is vacuumed as well: their
+        claims count a key's running jobs through its GIN index, which keeps the entries
+        of ended jobs until a vacuum. A plain drain does without (autovacuum keeps the
+        table in check).
         """
         with self._vacuum_lock:
+            self._limited_since_vacuum |= limited
             self._claimed_since_vacuum += claimed
             if self._claimed_since_vacuum < VACUUM_AFTER_CLAIMS:
                 return
@@ -355,11 +366,14 @@ class PostgresBackend(SqlBackend):
             if self._claimed_since_vacuum < math.sqrt(2 * limit * size):
                 return
             self._claimed_since_vacuum = 0
+            processes_too, self._limited_since_vacuum = self._limited_since_vacuum, False
         try:
             # VACUUM reads the whole table: longer than a statement of the worker's may run.
             execute(conn, "no_statement_timeout")
             try:
                 execute(conn, "vacuum_queue")
+                if processes_too:
+                    execute(conn, "vacuum_processes")
             finally:
                 execute(conn, "worker_statement_timeout", {"ms": self._statement_ms()})
         except psycopg.Error:

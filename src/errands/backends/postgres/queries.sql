@@ -524,9 +524,13 @@ WHERE oid = 'errands_request'::regclass
 -- step over (see _vacuum_queue_if_due in postgres.py). INDEX_CLEANUP ON: by
 -- default a vacuum leaves the indexes alone when few rows are dead, and the
 -- index is what claims read. Takes no lock that blocks enqueues or claims.
--- errands_process too: claims of limited jobs count a key's running jobs through
--- its GIN index, which keeps the entries of ended jobs until a vacuum.
-VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) errands_request, errands_process
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) errands_request
+
+-- name: vacuum_processes
+-- After claims of limited jobs (see _vacuum_queue_if_due): they count a key's
+-- running jobs through errands_process_limits_idx, whose entries of ended jobs stay
+-- until a vacuum.
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) errands_process
 
 -- name: no_statement_timeout
 -- Around the vacuum: the worker's statement_timeout (database_timeout) is for its
