@@ -44,6 +44,7 @@ def test_concurrency_limit_holds_across_four_workers(
     assert most_at_once(runs) == 2
     # 200 jobs of 20 ms, two at a time: 2 s at best.
     drain = max(run.end or 0 for run in runs) - runs[0].start
+    print(f"concurrency=2: at most {most_at_once(runs)} at once, drained in {drain:.2f} s")
     assert drain < 2 * 2.0, f"the drain took {drain:.2f} s"
 
 
@@ -60,6 +61,7 @@ def test_rate_limit_holds_in_every_window(
     assert most_starts_in(runs, 1.0) <= 20
     # 20 at once, then 20 more each second: the hundredth starts after about 4 s.
     span = runs[-1].start - runs[0].start
+    print(f"rate=20/s: at most {most_starts_in(runs, 1.0)} starts in 1 s, span {span:.2f} s")
     assert 3.9 < span < 6.0, f"100 starts took {span:.2f} s"
 
 

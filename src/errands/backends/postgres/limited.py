@@ -33,11 +33,7 @@ def claim_limited(
     room: ClaimRoom,
     queue_rooms: dict[str, int | None],
 ) -> tuple[list[JobProcess], Admission | None]:
-    """Claim up to ``limit`` limited jobs (and jobs of capped queues) in one transaction.
-
-    The statements are planned for their parameters each time (``prepare=False``): a
-    generic plan of limited_usage, not knowing its keys, sorts a key's whole backlog.
-    """
+    """Claim up to ``limit`` limited jobs (and jobs of capped queues) in one transaction."""
     queue_keys = {QUEUE_KEY_PREFIX + queue: queue for queue in room.queue_limits}
     with conn.transaction():
         # Capped queues are locked like keys: their jobs count under one.
@@ -46,7 +42,7 @@ def claim_limited(
             "keys": sorted(queue_keys),
             "max_keys": MAX_KEYS,
         }
-        caps = _caps(fetch(conn, "limited_keys", params, prepare=False), limit, room)
+        caps = _caps(fetch(conn, "limited_keys", params), limit, room)
         locked = set(caps)
         capped = sorted(queue_keys[key] for key in locked & queue_keys.keys())
         usage, candidates = _usage(conn, queues, limit, caps, capped, room)
@@ -55,7 +51,7 @@ def claim_limited(
         if extra:
             params["keys"] = sorted(extra)
             params["max_keys"] = 0
-            caps.update(_caps(fetch(conn, "limited_keys", params, prepare=False), limit, room))
+            caps.update(_caps(fetch(conn, "limited_keys", params), limit, room))
             locked = set(caps)
             usage, candidates = _usage(conn, queues, limit, caps, capped, room)
         # Candidates with a key another claim holds now wait for the next claim.
@@ -114,7 +110,7 @@ def _usage(
     }
     usage: dict[str, KeyUsage] = {}
     rows: list[dict[str, Any]] = []
-    for row in fetch(conn, "limited_usage", params, prepare=False):
+    for row in fetch(conn, "limited_usage", params):
         if row["kind"] == "candidate":
             rows.append(row)
         elif row["kind"] == "running":
