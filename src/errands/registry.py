@@ -7,6 +7,10 @@ may import its module only when that module is one of, or inside, the modules
 named by the ``import`` setting (or allowed by an integration, such as each
 Django app's ``jobs`` package). Anything else is ``JobNotRegistered``, and
 nothing is imported.
+
+A renamed class keeps its stored jobs with ``@register_job(aliases=["old.path"])``:
+an alias is registered by the code that defines the class, so it resolves only once
+that code was imported the usual way; it never lets a row import anything more.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import importlib
 import os
 import sysconfig
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from errands import serialization
-from errands.errors import JobNotRegistered
+from errands.errors import ConfigurationError, JobNotRegistered
 
 if TYPE_CHECKING:
     from errands.jobs import Job
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 J = TypeVar("J", bound="type[Job]")
 
 _jobs: dict[str, type[Job]] = {}
+_aliases: dict[str, type[Job]] = {}  # an old path -> the class that took it over
 _allowed: set[str] = set()  # modules (and packages) a stored path may import from
 
 
@@ -36,14 +41,77 @@ def job_class_path(cls: type[Any]) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def register_job(cls: J) -> J:
-    """Class decorator: make a ``Job`` subclass loadable by workers from its dotted path."""
-    _jobs[job_class_path(cls)] = cls
-    return cls
+@overload
+def register_job(cls: J, /) -> J: ...
+
+
+@overload
+def register_job(*, aliases: Iterable[str] = ()) -> Callable[[J], J]: ...
+
+
+def register_job(cls: J | None = None, /, *, aliases: Iterable[str] = ()) -> J | Callable[[J], J]:
+    """Class decorator: make a ``Job`` subclass loadable by workers from its dotted path.
+
+    ``@register_job(aliases=["old.module.OldName"])`` also loads the jobs stored under
+    the class's former paths (requests, retries and schedule entries written before a
+    rename). Two classes claiming one path is a ``ConfigurationError`` naming both.
+    """
+    names = [aliases] if isinstance(aliases, str) else list(aliases)
+
+    def register(job_class: J) -> J:
+        _register(job_class, names)
+        return job_class
+
+    return register if cls is None else register(cls)
+
+
+def _register(cls: type[Job], aliases: list[str]) -> None:
+    path = job_class_path(cls)
+    for alias in aliases:
+        if not isinstance(alias, str) or not _is_dotted(alias) or alias == path:
+            raise ConfigurationError(
+                f"@register_job on {path}: alias {alias!r} is not a former dotted class "
+                "path (module.ClassName) of this class"
+            )
+        _check_claim(alias, path, as_alias=True)
+    _check_claim(path, path, as_alias=False)
+    # A module imported again (a reload, a test) registers its class anew: the same
+    # path may take its own aliases back, so claims are compared by path.
+    for old, owner in list(_aliases.items()):
+        if job_class_path(owner) == path and old not in aliases:
+            del _aliases[old]
+    _jobs[path] = cls
+    _aliases.update(dict.fromkeys(aliases, cls))
+
+
+def _check_claim(name: str, path: str, *, as_alias: bool) -> None:
+    """Refuse ``name`` when another class (not ``path``) holds it, as path or alias."""
+    holder = _jobs.get(name) if as_alias else None
+    if holder is not None:
+        raise ConfigurationError(
+            f"@register_job on {path}: alias {name!r} is the path of the registered "
+            f"class {job_class_path(holder)}; two classes cannot share a stored path"
+        )
+    owner = _aliases.get(name)
+    if owner is not None and job_class_path(owner) != path:
+        what = f"alias {name!r}" if as_alias else "its path"
+        raise ConfigurationError(
+            f"@register_job on {path}: {what} is already an alias of "
+            f"{job_class_path(owner)}; two classes cannot share a stored path"
+        )
+
+
+def _is_dotted(path: str) -> bool:
+    return "." in path and all(part.isidentifier() for part in path.split("."))
 
 
 def registered_jobs() -> dict[str, type[Job]]:
     return dict(sorted(_jobs.items()))
+
+
+def registered_aliases() -> dict[str, str]:
+    """Each alias and the path of the class it loads, for ``errands check`` and listings."""
+    return {alias: job_class_path(cls) for alias, cls in sorted(_aliases.items())}
 
 
 def import_job_modules(modules: Iterable[str]) -> None:
@@ -130,14 +198,15 @@ def may_import(module: str, *, also: Iterable[str] = ()) -> bool:
 
 
 def load_job_class(path: str) -> type[Job]:
-    """The registered class for ``path``; its module is imported first only if
-    :func:`may_import` allows it. Every loading of a stored path comes here."""
-    if path not in _jobs:
+    """The registered class for ``path`` (or the class that has it as an alias); its
+    module is imported first only if :func:`may_import` allows it. Every loading of a
+    stored path comes here."""
+    if path not in _jobs and path not in _aliases:
         module, _, _ = path.rpartition(".")
         if module and may_import(module):
-            _import_if_present(module)
+            _import_if_present(module)  # may register the path, or an alias of it
     try:
-        return _jobs[path]
+        return _jobs.get(path) or _aliases[path]
     except KeyError:
         raise JobNotRegistered(
             f"job class {path!r} is not registered in this worker; register it with "
