@@ -10,7 +10,7 @@ The group and its global options live here; each command group has its module:
 - :mod:`~errands.cli.deployment`: ``migrate``, ``health``, ``settings``
 - :mod:`~errands.cli.schedules`: ``schedule``, ``schedule check``
 - :mod:`~errands.cli.run`, :mod:`~errands.cli.demo`, :mod:`~errands.cli.dashboard`,
-  :mod:`~errands.cli.why`: one command each
+  :mod:`~errands.cli.why`, :mod:`~errands.cli.check`: one command each
 
 Shared by them: :mod:`~errands.cli.errors` (how a command fails),
 :mod:`~errands.cli.configuration` (settings, job modules, schema check),
@@ -32,6 +32,7 @@ import click
 
 from errands import settings
 from errands.cli import (
+    check,
     configuration,
     dashboard,
     demo,
@@ -116,6 +117,7 @@ COMMANDS: list[click.Command] = [
     demo.demo_command,
     dashboard.dashboard_command,
     why.why_command,
+    check.check_command,
 ]
 for _command in COMMANDS:
     options.accept_global_options(_command)
