@@ -76,6 +76,24 @@ class DeferJob(Exception):
         self.increment_retries = increment_retries
 
 
+class FailJob(Exception):
+    """Raise from ``Job.run()`` to end the job ERRORED at once, never retried, whatever
+    attempts remain; the result's error is ``reason`` (its error type
+    ``errands.errors.FailJob``)."""
+
+    def __init__(self, reason: str = "the job failed itself (FailJob)") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JobContextUnavailable(ErrandsError, AttributeError):
+    """``job.context`` was read where the job is not run by a worker: it exists only
+    while a worker (or ``errands.testing``'s helpers) runs the job.
+
+    Also an ``AttributeError``, so ``getattr(job, "context", None)`` gives None there.
+    """
+
+
 class JobTimeout(Exception):
     """Recorded as the error type of a job killed at its deadline."""
 

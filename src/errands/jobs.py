@@ -20,8 +20,10 @@ from uuid import UUID
 from errands import serialization, telemetry, uniqueness, validation
 from errands.backends import current
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
+from errands.backoff import Backoff
 from errands.callers import caller_location, storable
 from errands.containment import ask_hook
+from errands.context import ContextAttribute
 from errands.errors import OptionError
 from errands.limiting import Limit, check_limits
 from errands.models import (
@@ -33,6 +35,7 @@ from errands.models import (
     uuid7s,
 )
 from errands.registry import job_class_path
+from errands.settings import current as current_settings
 from errands.uniqueness import Unique
 from errands.validation import plain_options
 
@@ -92,10 +95,21 @@ class Job:
     #: duplicate is skipped, or replaces or postpones the pending one (see Unique).
     unique: Unique | None = None
 
+    #: Retries: the delay before each (None: the retry_backoff setting's), the
+    #: exceptions retried (empty: all) and those never retried (see lifecycle).
+    retry_backoff: Backoff | None = None
+    retry_on: tuple[type[BaseException], ...] = ()
+    fail_on: tuple[type[BaseException], ...] = ()
+
+    #: This run's JobContext while a worker runs the job (else JobContextUnavailable).
+    context = ContextAttribute()
+
     # -- hooks ------------------------------------------------------------
     def calculate_retry_delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
-        return 0
+        """Seconds to wait before retry number ``attempt`` (1 for the first retry): the
+        class's ``retry_backoff``, else the setting's; 0 (at once) without either."""
+        backoff = self.retry_backoff or current_settings().retry_backoff
+        return 0 if backoff is None else backoff.delay(attempt)
 
     def should_enqueue(self, concurrency_key: str) -> bool:
         """Decide, inside the enqueue transaction, whether to enqueue this job.

@@ -51,6 +51,13 @@ user code. A DEFERRED attempt is enqueued again after its delay (unless its
 as the next one; deferring so in an attempt with none left
 (not :func:`attempts_left`) ends the job ERRORED instead.
 
+Retry policies (:func:`retry_of_failure`): a failure the job raised is retried only
+if the job's ``retry_on`` (when not empty) names its class and its ``fail_on``
+does not; ``FailJob`` is never retried. A timeout counts as raising ``JobTimeout``
+(:func:`counted_as_raised`); a LOST ending is no failure of the job's own and is
+retried while attempts remain, whatever its policies. The delay before a retry is
+the job's ``calculate_retry_delay`` (by default its ``Backoff``: ``errands.backoff``).
+
 This module imports only :mod:`errands.models` and :mod:`errands.errors`.
 """
 
@@ -60,7 +67,7 @@ import enum
 import uuid
 from typing import NamedTuple
 
-from errands.errors import DeferJob, JobTimeout
+from errands.errors import DeferJob, FailJob, JobTimeout
 from errands.models import Status
 
 
@@ -103,6 +110,43 @@ def attempts_left(*, retries: int, retry_attempt: int) -> bool:
 def next_attempt(retry_attempt: int) -> int:
     """The ``retry_attempt`` of the retry of an attempt."""
     return retry_attempt + 1
+
+
+ExceptionClasses = type[BaseException] | tuple[type[BaseException], ...]
+
+
+def retry_of_failure(
+    raised: type[BaseException], *, retry_on: ExceptionClasses, fail_on: ExceptionClasses
+) -> tuple[Retry, str]:
+    """Whether a failure of class ``raised`` may be retried (while attempts remain) under
+    a job's ``retry_on`` and ``fail_on``, and if not, why (for the result's traceback).
+
+    Raises TypeError when a policy is not an exception class or a sequence of them.
+    """
+    name = qualified_name(raised)
+    if issubclass(raised, FailJob):
+        return Retry.NEVER, "the job raised FailJob"
+    fail_on, retry_on = _classes(fail_on), _classes(retry_on)
+    if fail_on and issubclass(raised, fail_on):
+        return Retry.NEVER, f"{name} is one of the job's fail_on"
+    if retry_on and not issubclass(raised, retry_on):
+        return Retry.NEVER, f"{name} is not one of the job's retry_on"
+    return Retry.IF_ATTEMPTS_LEFT, ""
+
+
+def _classes(policy: ExceptionClasses) -> tuple[type[BaseException], ...]:
+    """A policy as a tuple of classes (one class alone, a list and a set are accepted)."""
+    classes = (policy,) if isinstance(policy, type) else tuple(policy)
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(f"retry_on and fail_on take exception classes, got {cls!r}")
+    return classes
+
+
+def counted_as_raised(ending: Ending) -> type[BaseException] | None:
+    """The exception an ending the worker's parent wrote counts as for ``retry_on`` and
+    ``fail_on``: ``JobTimeout`` for a timeout; None for the rest (not the job's failure)."""
+    return JobTimeout if ending.error_type == TIMED_OUT else None
 
 
 # -- deferrals (DeferJob) ------------------------------------------------------------------

@@ -11,6 +11,8 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from errands.backoff import Backoff
+
 
 class Invalid(ValueError):
     """A value that does not fit its setting; the message says what is expected."""
@@ -192,3 +194,36 @@ def to_timezone(value: Any) -> str:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise Invalid("expected an IANA time zone name such as 'UTC' or 'Europe/Berlin'") from None
     return name
+
+
+_BACKOFF_FIELDS = ("base", "factor", "maximum", "jitter")
+_BACKOFF_EXPECTED = (
+    "expected true (1 s doubling up to an hour, ±10 %), false or none (retry at once), "
+    "or a table such as {base = 1, factor = 2, maximum = 3600, jitter = 0.1} "
+    "(env: base=1,factor=2,maximum=3600,jitter=0.1)"
+)
+
+
+def to_backoff(value: Any) -> Backoff | None:
+    """The ``retry_backoff`` setting: None (no delay before retries), ``Backoff()``
+    for true, or a Backoff of the table's fields (the others keep their defaults)."""
+    if isinstance(value, Backoff) or value is None:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none", "off", "false", "no", "0"):
+            return None
+        if text in ("true", "on", "yes", "1"):
+            return Backoff()
+        pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+        if not all(sep for _, sep, _ in pairs):
+            raise Invalid(_BACKOFF_EXPECTED)
+        value = {name.strip(): number.strip() for name, _, number in pairs}
+    if isinstance(value, bool):
+        return Backoff() if value else None
+    if not isinstance(value, Mapping) or not set(value) <= set(_BACKOFF_FIELDS):
+        raise Invalid(_BACKOFF_EXPECTED)
+    try:
+        return Backoff(**{name: _to_number(number, float) for name, number in value.items()})
+    except ValueError as exc:  # Invalid, or Backoff's own check of a value
+        raise Invalid(str(exc)) from None

@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from errands.backoff import Backoff
 from errands.errors import ConfigurationError
 from errands.setting_values import (
     Invalid,
     choice,
     optional,
     positive,
+    to_backoff,
     to_bool,
     to_hosts,
     to_names,
@@ -79,6 +81,9 @@ class Settings:
     #: workers, as (queue, N) pairs (``{"mail": 10}`` in pyproject, ``mail=10`` in env)
     queue_limits: tuple[tuple[str, int], ...] = ()
     notifications: bool = True
+    #: the delay before each retry of a job class that sets no ``retry_backoff`` and
+    #: keeps the default ``calculate_retry_delay``; None: retried at once
+    retry_backoff: Backoff | None = None
     log_level: str = "INFO"
     log_format: str = "text"
     log_jobs: bool = False
@@ -123,6 +128,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "poll_interval": positive(float),
     "queue_limits": to_queue_limits,
     "notifications": to_bool,
+    "retry_backoff": to_backoff,
     "log_level": choice(LOG_LEVELS, upper=True),
     "log_format": choice(LOG_FORMATS),
     "log_jobs": to_bool,
@@ -323,6 +329,8 @@ def _environ_value(name: str, value: Any) -> str:
         return json.dumps([list(e) if isinstance(e, tuple) else e for e in value], default=str)
     if name == "queue_limits":
         return ",".join(f"{queue}={number}" for queue, number in value)
+    if isinstance(value, Backoff):
+        return ",".join(f"{name}={getattr(value, name)!r}" for name in Backoff.__slots__)
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, bool):
@@ -340,4 +348,6 @@ def as_dict(settings: Settings) -> dict[str, Any]:
         if f.name in _PARSERS
     }
     shown["queue_limits"] = dict(settings.queue_limits)
+    backoff = settings.retry_backoff
+    shown["retry_backoff"] = None if backoff is None else dataclasses.asdict(backoff)
     return shown

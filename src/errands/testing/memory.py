@@ -93,13 +93,7 @@ class MemoryBackend(MemoryStore, MemoryReader, Backend):
         process = self._claim_one(include_delayed=include_delayed)
         if process is None:
             return None
-        assignment = execution.Assignment(
-            process_uuid=process.uuid,
-            job_class=process.job_class,
-            parameters=process.parameters,
-            retries=process.retries,
-            retry_attempt=process.retry_attempt,
-        )
+        assignment = execution.Assignment.of(process)  # the context a worker would give
         handler = execution.build_handler(settings.current().middleware)
         outcome = execution.execute(assignment, handler)
         results = self.complete_many(outcomes=[outcome])

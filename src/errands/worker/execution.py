@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import importlib
 import inspect
 import logging
@@ -17,11 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from errands import lifecycle, serialization, telemetry
+from errands import context, lifecycle, serialization, telemetry
 from errands.containment import is_own_interrupt
+from errands.context import JobContext
 from errands.errors import DeferJob
 from errands.jobs import Job
 from errands.lifecycle import qualified_name as qualified_name  # errands.worker's export
+from errands.limiting import Limit
 from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, positional_builder
 from errands.registry import build_job
 from errands.validation import delay_problem
@@ -45,6 +48,13 @@ class Assignment:
     request_uuid: uuid.UUID | None = None
     trace_id: str | None = None
     span_id: str | None = None
+    # For the job's context (errands.context): the rest of what the process row says.
+    priority: int = 0
+    requested_at: datetime.datetime | None = None
+    start_at: datetime.datetime | None = None
+    timeout: float | None = None
+    worker_id: uuid.UUID | None = None
+    limits: tuple[Limit, ...] = ()
 
     @classmethod
     def of(cls, job: JobProcess) -> Assignment:
@@ -58,6 +68,30 @@ class Assignment:
             request_uuid=job.request_uuid,
             trace_id=job.trace_id,
             span_id=job.span_id,
+            priority=job.priority,
+            requested_at=job.requested_at,
+            start_at=job.start_at,
+            timeout=job.timeout,
+            worker_id=job.worker_id,
+            limits=job.limits,
+        )
+
+    def context(self, started_at: datetime.datetime) -> JobContext:
+        """The context of this run of the job, which began at ``started_at``."""
+        return JobContext(
+            process_uuid=self.process_uuid,
+            request_uuid=self.request_uuid,
+            job_class=self.job_class,
+            attempt=self.retry_attempt + 1,  # as formatting.attempt_number counts
+            retries=self.retries,
+            queue=self.queue,
+            priority=self.priority,
+            requested_at=self.requested_at,
+            start_at=self.start_at,
+            started_at=started_at,
+            timeout=self.timeout,
+            worker_id=self.worker_id,
+            limits=self.limits,
         )
 
 
@@ -123,6 +157,7 @@ def _execute(assignment: Assignment, handler: Handler) -> Outcome:
         if is_own_interrupt(exc):
             raise
         return failure(assignment, exc, started_at=started_at, job=None)
+    context.attach(job, functools.partial(assignment.context, started_at))
     try:
         value = handler(job)
         stored = serialization.encode(
@@ -197,7 +232,7 @@ def failure(
 ) -> Outcome:
     """An ERRORED outcome for what the job (or loading it) raised, with a retry when
     attempts remain and the job loads."""
-    requeue, not_retried = retry_for(assignment, job)
+    requeue, not_retried = retry_for(assignment, job, raised=type(exc))
     return Outcome(
         process_uuid=assignment.process_uuid,
         status=Status.ERRORED,
@@ -218,7 +253,8 @@ def ended(
     interruption, a cancel: see ``lifecycle``), retried as ``ending.retry`` says."""
     # The retry delay is asked for every ending, as it always was: a job whose
     # calculate_retry_delay raises gets its "Not retried" note whatever ended it.
-    requeue, not_retried = retry_for(assignment, None)
+    raised = lifecycle.counted_as_raised(ending)
+    requeue, not_retried = retry_for(assignment, None, raised=raised)
     if ending.retry is lifecycle.Retry.SAME_ATTEMPT:
         requeue = Requeue(delay_seconds=0.0, retry_attempt=assignment.retry_attempt)
     elif ending.retry is lifecycle.Retry.NEVER:
@@ -235,9 +271,12 @@ def ended(
     )
 
 
-def retry_for(assignment: Assignment, job: Job | None) -> tuple[Requeue | None, str]:
-    """The next attempt of a failed job (None when retries are used up), and why a
-    job with retries left is not retried ("" when it is)."""
+def retry_for(
+    assignment: Assignment, job: Job | None, *, raised: type[BaseException] | None
+) -> tuple[Requeue | None, str]:
+    """The next attempt of a failed job (None when retries are used up, or the job's
+    policies refuse a failure of class ``raised``), and why a job with retries left is
+    not retried ("" when it is)."""
     if not lifecycle.attempts_left(
         retries=assignment.retries, retry_attempt=assignment.retry_attempt
     ):
@@ -246,6 +285,12 @@ def retry_for(assignment: Assignment, job: Job | None) -> tuple[Requeue | None, 
     try:
         if job is None:
             job = build_job(assignment.job_class, assignment.parameters)
+        if raised is not None:
+            retry, why = lifecycle.retry_of_failure(
+                raised, retry_on=job.retry_on, fail_on=job.fail_on
+            )
+            if retry is lifecycle.Retry.NEVER:
+                return None, f"\nNot retried: {why}\n"
         delay = job.calculate_retry_delay(attempt)
         problem = delay_problem(delay)
         if problem is not None:

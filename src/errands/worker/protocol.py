@@ -72,11 +72,18 @@ def job_to_wire(job: JobProcess) -> Wire:
         None if job.request_uuid is None else job.request_uuid.bytes,
         job.trace_id,
         job.span_id,
+        job.priority,
+        job.requested_at.timestamp(),
+        None if job.start_at is None else job.start_at.timestamp(),
+        job.timeout,
+        job.worker_id.bytes,
+        job.limits,
     )
 
 
 def assignment_from_wire(wire: Wire) -> Assignment:
-    process, job_class, parameters, retries, attempt, queue, request, trace_id, span_id = wire
+    (process, job_class, parameters, retries, attempt, queue, request, trace_id, span_id) = wire[:9]
+    priority, requested_at, start_at, timeout, worker_id, limits = wire[9:]
     return build_assignment(
         uuid_from_bytes(process),
         job_class,
@@ -87,7 +94,17 @@ def assignment_from_wire(wire: Wire) -> Assignment:
         None if request is None else uuid_from_bytes(request),
         trace_id,
         span_id,
+        priority,
+        _time(requested_at),
+        _time(start_at),
+        timeout,
+        uuid_from_bytes(worker_id),
+        limits,
     )
+
+
+def _time(timestamp: float | None) -> datetime.datetime | None:
+    return None if timestamp is None else datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
 
 
 def outcome_to_wire(outcome: Outcome) -> Wire:
