@@ -109,6 +109,29 @@ def jobs_join_transactions() -> None:
         assert shipped.shipped and shipped.shipped_by != f"worker pid {os.getpid()}"
 
 
+def psycopg2_joins_transactions() -> None:
+    """Django on psycopg2: the enqueue runs through Django's own psycopg2 connection."""
+    from django.db import connection
+
+    connection.ensure_connection()
+    assert type(connection.connection).__module__.startswith("psycopg2"), connection.connection
+    order = Order.objects.create(item="quince")
+    with contextlib.suppress(DeliberateRollback), transaction.atomic():
+        ShipOrder(order).run_in_worker()
+        errands.enqueue_many([ShipOrder(order), ShipOrder(order)])
+        raise DeliberateRollback
+    assert errands.requests() == [], "a rolled-back enqueue must leave no job"
+    with transaction.atomic():
+        Order.objects.filter(pk=order.pk).update(item="quince!")
+        committed = ShipOrder(order).run_in_worker(delay=60)
+        batch = errands.enqueue_many([ShipOrder(order), ShipOrder(order)])
+        assert committed is not None and all(batch)
+        assert errands.requests() == [], "not visible outside the transaction before it commits"
+    stored = {r.uuid for r in errands.requests(limit=10)}
+    assert stored == {committed.uuid, *(r.uuid for r in batch if r)}, stored
+    assert Order.objects.get(pk=order.pk).item == "quince!"
+
+
 def separate_database() -> None:
     """errands on its own database: tasks enqueued in a transaction wait for the commit."""
     assert errands.backend().url == os.environ["PROJECT_ERRANDS_URL"]

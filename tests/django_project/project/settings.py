@@ -2,7 +2,8 @@
 
 tests/test_django.py picks the database through environment variables:
 PROJECT_DB_ENGINE ("postgresql" or "sqlite"), PROJECT_DB_NAME (database name or
-SQLite file), PROJECT_DB_HOST/USER; PROJECT_ERRANDS_URL gives errands a database
+SQLite file), PROJECT_DB_HOST/USER, PROJECT_DB_DRIVER ("psycopg2" runs Django's
+PostgreSQL backend on psycopg2 instead of psycopg 3); PROJECT_ERRANDS_URL gives errands a database
 of its own instead of Django's.
 """
 
@@ -32,7 +33,9 @@ MIDDLEWARE = [
 if os.environ.get("PROJECT_DB_ENGINE", "sqlite") == "postgresql":
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": "project.postgresql_psycopg2"
+            if os.environ.get("PROJECT_DB_DRIVER") == "psycopg2"
+            else "django.db.backends.postgresql",
             "NAME": os.environ["PROJECT_DB_NAME"],
             "HOST": os.environ.get("PROJECT_DB_HOST", "127.0.0.1"),
             "USER": os.environ.get("PROJECT_DB_USER", "postgres"),

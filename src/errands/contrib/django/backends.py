@@ -5,6 +5,10 @@ made inside ``transaction.atomic()`` runs on that Django connection, as a
 savepoint of its transaction: the job exists if and only if the block commits.
 Outside an atomic block (autocommit), an enqueue commits at once, like any other
 statement. An explicit ``connection=`` argument still wins.
+
+Django on psycopg 3 shares its connection object with errands; on psycopg2 the
+enqueue statements run through Django's psycopg2 connection instead
+(:mod:`errands.contrib.django.dbapi`), in the same transaction either way.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from errands.backends import Backend, open_backend
 from errands.backends.base import EnqueueTransaction
 from errands.backends.postgres import PostgresBackend
 from errands.backends.sqlite import SqliteBackend
-from errands.contrib.django import conf
+from errands.contrib.django import conf, dbapi
 from errands.models import JobRequest, NewRequest
 
 
@@ -40,6 +44,10 @@ class _JoinsDjangoTransactions(Backend):
     @contextlib.contextmanager
     def enqueue_transaction(self, *, connection: Any | None = None) -> Iterator[EnqueueTransaction]:
         joined = connection if connection is not None else joined_connection(self.alias)
+        if joined is not None and dbapi.is_psycopg2(joined):
+            with dbapi.joined_transaction(joined):
+                yield dbapi.Psycopg2EnqueueTransaction(joined)
+            return
         # Concrete at run time: the mixin always comes before a concrete backend.
         with super().enqueue_transaction(connection=joined) as tx:  # type: ignore[safe-super]
             yield tx

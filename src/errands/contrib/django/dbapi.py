@@ -1,0 +1,195 @@
+"""Enqueueing inside a psycopg2 transaction (Django running on psycopg2).
+
+errands talks to PostgreSQL with psycopg 3, whose objects cannot use a psycopg2
+connection. To join the caller's transaction anyway, the enqueue statements run
+through the psycopg2 connection itself: the same named queries as
+:class:`~errands.backends.postgres.enqueue.PostgresEnqueueTransaction` (both
+drivers use ``%(name)s`` placeholders, and the queries cast every array), with
+values adapted on the way in (uuids as text) and rows read back as psycopg 3
+would give them (Django loads jsonb as text on its psycopg2 connections; uuids are
+text unless ``psycopg2.extras.register_uuid`` was called). Large batches go through
+the same one-statement INSERT as small ones: psycopg2 has no COPY of psycopg 3's kind.
+
+psycopg2 is never imported here: a connection is recognised by its type's module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from errands.backends.base import ConcurrencySlot, EnqueueTransaction
+from errands.backends.postgres.codec import to_process, to_request, utc
+from errands.backends.postgres.connection import queries
+from errands.backends.postgres.enqueue import (
+    _as_request,  # the request as inserted: one place knows JobRequest's fields
+    request_columns,
+    request_values,
+    slot_columns,
+)
+from errands.backends.store import SlotState
+from errands.models import JobProcess, JobRequest, NewRequest
+
+_JSON_COLUMNS = frozenset({"parameters", "limits", "return_value"})
+_UUID_COLUMNS = frozenset({"uuid", "request_uuid", "process_uuid", "worker_id", "pending"})
+
+
+def is_psycopg2(connection: Any) -> bool:
+    """Whether ``connection`` is a psycopg2 connection (or a subclass's, as Django's)."""
+    return any(cls.__module__.split(".")[0] == "psycopg2" for cls in type(connection).__mro__)
+
+
+@contextlib.contextmanager
+def joined_transaction(conn: Any) -> Iterator[None]:
+    """The caller's transaction, never committed: a savepoint in it, so a failed enqueue
+    undoes only itself. A connection in autocommit has no transaction to join: the
+    enqueue is its own, as each of the caller's statements would be."""
+    if conn.autocommit:
+        begin, commit, rollback = "BEGIN", "COMMIT", "ROLLBACK"
+    else:
+        # psycopg2 opens the transaction itself before the first statement.
+        name = f"errands_{uuid.uuid4().hex}"
+        begin, commit = f"SAVEPOINT {name}", f"RELEASE SAVEPOINT {name}"
+        rollback = f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+    _run(conn, begin)
+    try:
+        yield
+    except BaseException:
+        _run(conn, rollback)
+        raise
+    _run(conn, commit)
+
+
+def _run(
+    conn: Any, statement: str, params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    cursor = conn.cursor()
+    try:
+        cursor.execute(statement, None if params is None else _adapted(params))
+        if not cursor.description:
+            return []
+        names = [column[0] for column in cursor.description]
+        return [_loaded(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+def _adapted(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Values psycopg2 adapts whatever the application registered: uuids as text (the
+    queries compare them with uuid columns, or cast them)."""
+
+    def adapt(value: Any) -> Any:
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        if isinstance(value, list):
+            return [adapt(item) for item in value]
+        return value
+
+    return {key: adapt(value) for key, value in params.items()}
+
+
+def _loaded(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as psycopg 3 reads it for errands: jsonb parsed, uuids as UUID."""
+    for column in _JSON_COLUMNS.intersection(row):
+        if isinstance(row[column], str):
+            row[column] = json.loads(row[column])
+    for column in _UUID_COLUMNS.intersection(row):
+        if isinstance(row[column], str):
+            row[column] = uuid.UUID(row[column])
+    return row
+
+
+class Psycopg2EnqueueTransaction(EnqueueTransaction):
+    """Enqueue statements on a psycopg2 connection, inside a transaction someone else ends."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return _run(self._conn, queries()[name], params)
+
+    def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
+        if slots:
+            self._fetch("lock_slots", slot_columns(slots))
+
+    def slots_in_use(self, slots: Sequence[ConcurrencySlot]) -> set[ConcurrencySlot]:
+        if not slots:
+            return set()
+        rows = self._fetch("slots_in_use", slot_columns(slots))
+        return {(row["job_class"], row["concurrency_key"]) for row in rows}
+
+    def requests_for_slot(self, slot: ConcurrencySlot) -> list[JobRequest]:
+        params = {"job_class": slot[0], "concurrency_key": slot[1]}
+        return [to_request(row) for row in self._fetch("requests_for_slot", params)]
+
+    def processes_for_slot(self, slot: ConcurrencySlot) -> list[JobProcess]:
+        params = {"job_class": slot[0], "concurrency_key": slot[1]}
+        return [to_process(row) for row in self._fetch("processes_for_slot", params)]
+
+    def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        if not requests:
+            return []
+        name, params = (
+            ("insert_request", request_values(requests[0]))
+            if len(requests) == 1
+            else ("insert_requests", request_columns(requests))
+        )
+        times = {
+            row["uuid"]: (utc(row["created_at"]), utc(row["start_at"]))
+            for row in self._fetch(name, params)
+        }
+        return [_as_request(request, *times[request.uuid]) for request in requests]
+
+    def unique_slots(
+        self, slots: Sequence[ConcurrencySlot], *, successes: bool
+    ) -> dict[ConcurrencySlot, SlotState]:
+        if not slots:
+            return {}
+        rows = self._fetch("unique_slots", {**slot_columns(slots), "successes": successes})
+        return {
+            (row["job_class"], row["concurrency_key"]): SlotState(
+                pending=row["pending"], running=row["running"], success_age=row["success_age"]
+            )
+            for row in rows
+        }
+
+    def replace_request(
+        self, target: uuid.UUID, new: NewRequest, *, move_due_time: bool
+    ) -> JobRequest | None:
+        params = {**request_values(new), "target": target, "move_due_time": move_due_time}
+        rows = self._fetch("replace_request", params)
+        return to_request(rows[0]) if rows else None
+
+    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
+        params = {"result_uuid": result_uuid, "request_uuid": request_uuid}
+        return self._rowcount("link_retry", params) > 0
+
+    def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
+        return self._rowcount("settle_followup", {"result_uuid": result_uuid}) > 0
+
+    def _rowcount(self, name: str, params: Mapping[str, Any]) -> int:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(queries()[name], _adapted(params))
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def reserve_occurrences(
+        self, occurrences: Sequence[tuple[str, datetime.datetime]]
+    ) -> set[tuple[str, datetime.datetime]]:
+        if not occurrences:
+            return set()
+        params = {"entry_key": [k for k, _ in occurrences], "run_at": [t for _, t in occurrences]}
+        rows = self._fetch("reserve_occurrences", params)
+        return {(row["entry_key"], utc(row["run_at"])) for row in rows}
+
+    def link_occurrence(
+        self, *, key: str, run_at: datetime.datetime, request_uuid: uuid.UUID
+    ) -> None:
+        params = {"entry_key": key, "run_at": run_at, "request_uuid": request_uuid}
+        self._fetch("link_occurrence", params)
