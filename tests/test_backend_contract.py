@@ -29,10 +29,12 @@ from errands.backends.base import TABLES, Listener
 from errands.backends.postgres import PostgresBackend, PostgresListener
 from errands.backends.postgres import queries as postgres_queries
 from errands.errors import SchemaOutOfDate
+from errands.limiting import Limit
 from errands.models import (
     JobProcess,
     JobRequest,
     JobResult,
+    Kind,
     NewRequest,
     Outcome,
     PageSpec,
@@ -214,7 +216,7 @@ def test_results_written_before_version_5_keep_no_due_time(fresh_pg_url: str) ->
             )
         assert backend.schema_version() == 4
 
-        assert backend.migrate() == [5, 6, 7, 8]
+        assert backend.migrate() == [5, 6, 7, 8, 9]
 
         (old,) = backend.page_results(selection=Selection(), page=PageSpec(limit=100))
         assert (old.status, old.start_at) == (Status.SUCCESSFUL, None)
@@ -1192,3 +1194,67 @@ def test_completing_a_process_that_is_gone_yields_no_result(backend: Backend) ->
     backend.complete_many(outcomes=[outcome(process)])
     with backend.completing(outcome=outcome(process)) as (result, _):
         assert result is None
+
+
+# -- expiry (errands.expiry) and final failures ------------------------------------------
+
+
+def test_claim_ends_expired_requests_as_cancelled_expired(backend: Backend) -> None:
+    now = datetime.datetime.now(UTC)
+    past, future = now - datetime.timedelta(seconds=1), now + datetime.timedelta(hours=1)
+    limited = (Limit("expiry-key", concurrency=5),)
+    expired, delayed, held, kept, plain = enqueue(
+        backend,
+        new(expires_at=past),
+        new(expires_at=past, delay_seconds=3600),  # not due yet: it ends all the same
+        new(expires_at=past, limits=limited),  # a limited job too
+        new(expires_at=future, limits=limited),
+        new(),
+    )
+    claimed = claim_all(backend)
+    assert sorted(p.request_uuid for p in claimed) == sorted([kept.uuid, plain.uuid])
+    assert {p.request_uuid: p.expires_at for p in claimed}[kept.uuid] == future
+    results = backend.page_results(selection=Selection(), page=PageSpec(limit=10))
+    assert {r.request_uuid for r in results} == {expired.uuid, delayed.uuid, held.uuid}
+    for result in results:
+        assert (result.status, result.error_type, result.error) == (
+            Status.CANCELLED,
+            "errands.Expired",
+            "expired",
+        )
+        assert (result.started_at, result.worker_id, result.expires_at) == (None, None, past)
+    assert backend.next_requests(selection=Selection(), limit=10) == []
+
+
+def test_expiry_travels_to_the_result_and_to_a_requeue(backend: Backend) -> None:
+    future = datetime.datetime.now(UTC) + datetime.timedelta(hours=1)
+    enqueue(backend, new(expires_at=future, retries=1))
+    (process,) = claim_all(backend)
+    failed = outcome(process, Status.ERRORED, requeue=Requeue(delay_seconds=0, retry_attempt=1))
+    (result,) = backend.complete_many(outcomes=[failed])
+    assert result.expires_at == future
+    (retry,) = backend.next_requests(selection=Selection(), limit=10)
+    assert retry.expires_at == future
+
+
+def test_selection_final_picks_failures_without_attempts_left(backend: Backend) -> None:
+    enqueue(backend, new(retries=0), new(retries=1), new(retries=0), new(retries=0))
+    last, more_left, fine, retried = claim_all(backend)
+    backend.complete_many(
+        outcomes=[
+            outcome(last, Status.ERRORED),
+            outcome(more_left, Status.ERRORED),
+            outcome(fine),
+            outcome(retried, Status.ERRORED),
+        ]
+    )
+    retried_result = backend.get(uuid=retried.uuid)
+    assert isinstance(retried_result, JobResult)
+    with backend.enqueue_transaction() as tx:
+        (again,) = tx.insert_requests([new(retry_attempt=1)])
+        assert tx.link_retry(result_uuid=retried_result.uuid, request_uuid=again.uuid)
+    final = backend.page_results(selection=Selection(final=True), page=PageSpec(limit=10))
+    assert [r.process_uuid for r in final] == [last.uuid]
+    assert backend.count(kind=Kind.RESULT, selection=Selection(final=True)) == 1
+    others = backend.page_results(selection=Selection(final=False), page=PageSpec(limit=10))
+    assert len(others) == 3

@@ -82,13 +82,16 @@ def results(
     job_class: str | None = None,
     concurrency_key: str | None = None,
     limit: int = 100,
+    final: bool | None = None,
 ) -> list[JobResult]:
-    """Finished processes, newest first."""
+    """Finished processes, newest first. ``final=True``: only the final failures
+    ("dead letters": ERRORED or LOST with no attempts left, never retried since)."""
     selection = Selection(
         queue=queue,
         status=Status(status) if status else None,
         job_class=job_class,
         concurrency_key=concurrency_key,
+        final=final,
     )
     return backend().page_results(selection=selection, page=PageSpec(limit=limit))
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from errands import serialization, telemetry, uniqueness, validation
+from errands import expiry, serialization, telemetry, uniqueness, validation
 from errands.backends import current
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
 from errands.backoff import Backoff
@@ -154,6 +154,7 @@ class Job:
         limits: Sequence[Limit] | None = None,
         unique: Unique | None = None,
         connection: Any | None = None,
+        expires: Delay = None,
     ) -> JobRequest | None:
         """Enqueue this job; return the created request, or None if ``should_enqueue``
         (or, for a unique job, its ``Unique``) declined; a unique job that replaced a
@@ -177,6 +178,7 @@ class Job:
             timeout=timeout,
             limits=limits,
             unique=unique,
+            expires=expires,
         )
         return enqueue_many([self], options=options, connection=connection)[0]
 
@@ -202,6 +204,9 @@ class EnqueueOptions:
     #: ``cli:errands retry``, ``dashboard:retry``, ``dashboard:run schedule:<entry key>``,
     #: ``demo``, ``django:tasks``.
     source: str | None = None
+    #: Expiry (errands.expiry): seconds, a timedelta or an aware datetime after which
+    #: a job not yet claimed never runs; None keeps the jobs' own (``expires``).
+    expires: Delay = None
 
 
 def enqueue_many(
@@ -402,6 +407,7 @@ def _new_request(
             path, priority, retries, retry_attempt, queue, concurrency_key, timeout
         )
     limits = _resolved_limits(job, path, options.limits)
+    expires_at = expiry.resolve(job, path, options.expires)
     # Every field, by name: the fast builder fills in no default (see models).
     return build_new_request(
         job_class=path,
@@ -419,6 +425,7 @@ def _new_request(
         span_id=None,
         uuid=key,
         limits=limits,
+        expires_at=expires_at,
     )
 
 

@@ -200,6 +200,8 @@ class NewRequest:
     span_id: str | None = None
     uuid: UUID = field(default_factory=uuid7)
     limits: tuple[Limit, ...] = ()
+    #: expiry: not claimed by then, the job never runs (errands.expiry); None: never expires
+    expires_at: datetime.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +224,8 @@ class JobRequest:
     span_id: str | None
     #: flow control: the limits the job waits on (errands.Limit), from its enqueue
     limits: tuple[Limit, ...] = ()
+    #: expiry: not claimed by then, it ends CANCELLED "expired" (errands.expiry)
+    expires_at: datetime.datetime | None = None
 
     kind = "request"
 
@@ -255,6 +259,7 @@ class JobProcess:
     # where a backend's listing does not carry it.
     start_at: datetime.datetime | None = None
     limits: tuple[Limit, ...] = ()
+    expires_at: datetime.datetime | None = None
 
     kind = "process"
 
@@ -295,6 +300,7 @@ class JobResult:
     # its delay; None for results written before schema version 5 recorded it.
     start_at: datetime.datetime | None = None
     limits: tuple[Limit, ...] = ()
+    expires_at: datetime.datetime | None = None
 
     kind = "result"
 
@@ -375,6 +381,9 @@ class Selection:
     status: Status | None = None
     #: results only: True for results already retried or deferred (a follow-up request exists)
     retried: bool | None = None
+    #: results only: True for final failures ("dead letters": ERRORED or LOST with no
+    #: attempts left and never retried since), False for every other result
+    final: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ JOB_FIELDS = (
     "trace_id",
     "span_id",
     "limits",  # flow control (errands.Limit): from enqueue to the result
+    "expires_at",  # expiry (errands.expiry): from enqueue to the result
 )
 
 
@@ -152,10 +153,13 @@ def ended_result(
     )
 
 
-def cancelled_result(request: JobRequest, now: datetime.datetime) -> JobResult:
-    """The CANCELLED result of a pending request: it never had a process, so its
-    process uuid is new and no worker or start is recorded."""
-    ending = lifecycle.CANCELLED_PENDING
+def cancelled_result(
+    request: JobRequest,
+    now: datetime.datetime,
+    ending: lifecycle.Ending = lifecycle.CANCELLED_PENDING,
+) -> JobResult:
+    """The CANCELLED result of a pending request (cancelled, or expired): it never had
+    a process, so its process uuid is new and no worker or start is recorded."""
     return JobResult(
         uuid=uuid.uuid4(),
         process_uuid=uuid.uuid4(),

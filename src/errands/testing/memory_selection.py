@@ -13,7 +13,14 @@ import datetime
 from collections.abc import Iterable
 from typing import TypeVar
 
-from errands.models import JobProcess, JobRequest, JobResult, PageSpec, Selection
+from errands.models import (
+    FAILED_STATUSES,
+    JobProcess,
+    JobRequest,
+    JobResult,
+    PageSpec,
+    Selection,
+)
 
 Job = TypeVar("Job", JobRequest, JobProcess, JobResult)
 
@@ -64,7 +71,18 @@ def selected(
             return False
         if s.retried is not None and (job.retry_request_uuid is not None) != s.retried:
             return False
+        if s.final is not None and _final_failure(job) != s.final:
+            return False
     return True
+
+
+def _final_failure(result: JobResult) -> bool:
+    """A "dead letter": failed with no attempts left, and never retried since."""
+    return (
+        result.status in FAILED_STATUSES
+        and result.retry_attempt >= result.retries
+        and result.retry_request_uuid is None
+    )
 
 
 def page_of(

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from errands import lifecycle
+from errands import expiry, lifecycle
 from errands.backends.base import EnqueueTransaction, JobStore, kept_results
 from errands.backends.sql.backend import LATE_MARK, late_outcome_note
 from errands.backends.store import Claimed, ClaimRoom
@@ -84,6 +84,7 @@ class MemoryStore(MemoryTables, JobStore):
         queue_rooms = {queue: room.rooms.get(queue) for queue in queues}
         with self.lock:
             now = utcnow()
+            self._expire(now)  # first, as the SQL claims: no expired request runs
             due = sorted(
                 (
                     r
@@ -110,6 +111,12 @@ class MemoryStore(MemoryTables, JobStore):
                 claimed.wants_idle = admission.wants_idle
             claimed.extend(self._to_process(r, worker_id, now=now) for r in plain)
             return claimed
+
+    def _expire(self, now: datetime.datetime) -> None:
+        """Expired requests (errands.expiry) become their CANCELLED "expired" results."""
+        for request in expiry.expired_requests(self.requests.values(), now):
+            del self.requests[request.uuid]
+            self._write_result(cancelled_result(request, now, expiry.EXPIRED))
 
     def _to_process(
         self,

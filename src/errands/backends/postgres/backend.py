@@ -33,6 +33,7 @@ from errands.backends.postgres.arrays import (
     uuid_array,
 )
 from errands.backends.postgres.codec import (
+    EXPIRY_PARAMS,
     PostgresCodec,
     ending_params,
     first_per_process,
@@ -297,6 +298,7 @@ class PostgresBackend(SqlBackend):
             "rooms": list(queue_rooms.values()),
             "capped": sorted(room.queue_limits),
             "limit": limit,
+            **EXPIRY_PARAMS,
         }
         salvaged = poison.salvage_mark()
         with self._worker_connection() as conn:
@@ -308,7 +310,7 @@ class PostgresBackend(SqlBackend):
             # RETURNING keeps no order: sort by priority, then due time, then age.
             claimed.sort(key=lambda row: (-row[9], row[18], row[2]))
             # The worker connection's times are in UTC already (configure_worker_connection).
-            processes = Claimed(build_job_process(*row[:19], ()) for row in claimed)
+            processes = Claimed(build_job_process(*row[:19], (), row[20]) for row in claimed)
             if (limited_exist or room.queue_limits) and len(processes) < limit:
                 for process in processes:
                     left = queue_rooms.get(process.queue)

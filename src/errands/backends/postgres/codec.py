@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from errands import lifecycle
+from errands import expiry, lifecycle
 from errands.backends.postgres.arrays import (
     EncodedArray,
     json_array,
@@ -79,7 +79,7 @@ def result_from_tuple(row: tuple[Any, ...]) -> JobResult:
     read on a worker connection (its times are in UTC already)."""
     values = list(row)
     values[7] = Status(values[7])
-    values[-1] = decode_limits(values[-1])
+    values[-2] = decode_limits(values[-2])  # then expires_at, last
     return build_job_result(*values)
 
 
@@ -91,6 +91,15 @@ def ending_params(ending: lifecycle.Ending) -> dict[str, str]:
     """The status, error type and message of a result the SQL writes (lose_processes,
     cancel_pending, cancel_pending_selected): the rule's text lives in ``lifecycle`` only."""
     return {"status": str(ending.status), "error_type": ending.error_type, "error": ending.error}
+
+
+#: The claim's parameters for the results of expired requests (see the claim's SQL).
+EXPIRY_PARAMS = {
+    "expire_batch": expiry.EXPIRE_BATCH,
+    "expired_status": str(expiry.EXPIRED.status),
+    "expired_type": expiry.EXPIRED.error_type,
+    "expired_error": expiry.EXPIRED.error,
+}
 
 
 def _text(value: str) -> str:

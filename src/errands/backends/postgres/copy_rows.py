@@ -43,6 +43,7 @@ REPEATED_TYPES = (
     "text",  # trace_id
     "text",  # span_id
     "text",  # limit_key
+    "timestamptz",  # expires_at
 )
 COLUMN_COUNT = 3 + len(REPEATED_TYPES)  # and limits last, jsonb
 CHUNK_ROWS = 500
@@ -103,6 +104,7 @@ class RequestRows:
                         request.priority, request.retries, request.retry_attempt,
                         request.concurrency_key, request.timeout, request.source,
                         request.trace_id, request.span_id, first_key(request.limits),
+                        request.expires_at,
                     )
                 ),
                 self._limits(request.limits),

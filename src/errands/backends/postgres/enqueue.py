@@ -71,6 +71,7 @@ def request_values(request: NewRequest) -> dict[str, Any]:
         "span_id": request.span_id,
         "limits": encode_limits(request.limits),
         "limit_key": first_key(request.limits),
+        "expires_at": request.expires_at,
     }
 
 
@@ -153,6 +154,7 @@ def _as_request(
         request.trace_id,
         request.span_id,
         request.limits,
+        request.expires_at,
     )
 
 

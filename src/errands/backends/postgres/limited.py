@@ -60,7 +60,7 @@ def claim_limited(
         if not admission.taken:
             return [], admission
         rows = fetch_tuples(conn, "claim_limited", _claim_params(worker_id, admission, locked))
-    processes = [build_job_process(*row[:19], candidate_limits(row[19])) for row in rows]
+    processes = [build_job_process(*row[:19], candidate_limits(row[19]), row[20]) for row in rows]
     order = {ref: position for position, ref in enumerate(admission.taken)}
     processes.sort(key=lambda process: order.get(process.request_uuid, 0))
     return processes, admission

@@ -145,7 +145,8 @@ WITH replaced AS (
         trace_id = %(trace_id)s,
         span_id = %(span_id)s,
         limits = %(limits)s::jsonb,
-        limit_key = %(limit_key)s::text
+        limit_key = %(limit_key)s::text,
+        expires_at = %(expires_at)s::timestamptz
     WHERE uuid = %(target)s
     RETURNING *
 )
@@ -160,14 +161,16 @@ CROSS JOIN (
 WITH inserted AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries,
-        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
+        expires_at
     )
     VALUES (
         %(uuid)s,
         coalesce(%(start_at)s::timestamptz, now() + %(delay_seconds)s::float8 * interval '1 second'),
         %(job_class)s, %(parameters)s::jsonb, %(queue)s, %(priority)s, %(retries)s,
         %(retry_attempt)s, %(concurrency_key)s, %(timeout)s::float8, %(source)s,
-        %(trace_id)s, %(span_id)s, %(limits)s::jsonb, %(limit_key)s::text
+        %(trace_id)s, %(span_id)s, %(limits)s::jsonb, %(limit_key)s::text,
+        %(expires_at)s::timestamptz
     )
     RETURNING uuid, created_at, start_at, queue
 )
@@ -187,23 +190,26 @@ CROSS JOIN (
 WITH inserted AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries,
-        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
+        expires_at
     )
     SELECT
         r.uuid,
         coalesce(r.start_at, now() + r.delay_seconds * interval '1 second'),
         r.job_class, r.parameters::jsonb, r.queue, r.priority, r.retries,
         r.retry_attempt, r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id,
-        r.limits::jsonb, r.limit_key
+        r.limits::jsonb, r.limit_key, r.expires_at
     FROM unnest(
         %(uuid)s::uuid[], %(start_at)s::timestamptz[], %(delay_seconds)s::float8[],
         %(job_class)s::text[], %(parameters)s::text[], %(queue)s::text[],
         %(priority)s::int[], %(retries)s::int[], %(retry_attempt)s::int[],
         %(concurrency_key)s::text[], %(timeout)s::float8[], %(source)s::text[],
-        %(trace_id)s::text[], %(span_id)s::text[], %(limits)s::text[], %(limit_key)s::text[]
+        %(trace_id)s::text[], %(span_id)s::text[], %(limits)s::text[], %(limit_key)s::text[],
+        %(expires_at)s::timestamptz[]
     ) AS r(
         uuid, start_at, delay_seconds, job_class, parameters, queue, priority, retries,
-        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
+        expires_at
     )
     RETURNING uuid, created_at, start_at, queue
 )
@@ -225,7 +231,8 @@ SELECT now() AS now
 -- that usually repeat across a batch in the order of its REPEATED_TYPES.
 COPY errands_request (
     uuid, parameters, created_at, start_at, job_class, queue, priority, retries,
-    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limit_key, limits
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limit_key, expires_at,
+    limits
 ) FROM STDIN (FORMAT BINARY)
 
 -- name: notify_queues
@@ -295,6 +302,12 @@ DELETE FROM errands_worker WHERE worker_id = %(worker_id)s
 --   their locks end with this statement's transaction.
 -- A last row of NULLs says that limited requests exist (the worker then runs
 -- claim_limited): one probe of the limited index, which is empty without them.
+-- Expiry: "expired" turns the requests whose expires_at passed (any queue, due or
+-- not, limited or not) into results (status, error type and error are parameters:
+-- errands.expiry.EXPIRED), at most :expire_batch of them, through the partial index
+-- errands_request_expires_idx: one probe of an empty index where no job expires.
+-- "due" skips them (the complement of expired's condition at the same now(), so
+-- no request is both claimed and expired).
 WITH RECURSIVE present(queue) AS (
     (SELECT queue FROM errands_request WHERE limit_key IS NULL ORDER BY queue LIMIT 1)
     UNION ALL
@@ -323,6 +336,7 @@ due AS (
         SELECT uuid, priority, start_at, created_at
         FROM errands_request
         WHERE queue = w.queue AND limit_key IS NULL AND start_at <= now()
+            AND (expires_at IS NULL OR expires_at > now())
         ORDER BY priority DESC, start_at, created_at
         LIMIT least(%(limit)s, coalesce(w.room, %(limit)s))
         FOR UPDATE SKIP LOCKED
@@ -338,10 +352,36 @@ claimed AS (
     WHERE r.uuid = ANY(ARRAY(SELECT uuid FROM due))
     RETURNING r.*
 ),
+expired AS (
+    DELETE FROM errands_request AS r
+    WHERE r.uuid = ANY(ARRAY(
+        SELECT uuid FROM errands_request
+        WHERE expires_at <= now()
+        ORDER BY expires_at
+        LIMIT %(expire_batch)s
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING r.*
+),
+expired_results AS (
+    INSERT INTO errands_result (
+        uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
+        worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
+        concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at,
+        limits, expires_at
+    )
+    SELECT
+        gen_random_uuid(), gen_random_uuid(), e.uuid, e.created_at, NULL, now(),
+        %(expired_status)s, NULL, e.job_class, e.parameters, e.queue, e.priority, e.retries,
+        e.retry_attempt, e.concurrency_key, e.timeout, e.source, e.trace_id, e.span_id,
+        %(expired_type)s, %(expired_error)s, e.start_at, e.limits, e.expires_at
+    FROM expired AS e
+),
 inserted AS (
     INSERT INTO errands_process (
         uuid, request_uuid, requested_at, worker_id, start_at, job_class, parameters, queue,
-        priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id
+        priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id,
+        expires_at
     )
     SELECT
         -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
@@ -351,20 +391,20 @@ inserted AS (
             FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
         c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
         c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
-        c.timeout, c.source, c.trace_id, c.span_id
+        c.timeout, c.source, c.trace_id, c.span_id, c.expires_at
     FROM claimed AS c
-    -- The fields of JobProcess in their order, the last of which, limits, is NULL
-    -- here (claim() in postgres/backend.py builds the models from these positions).
+    -- The fields of JobProcess in their order, of which limits is NULL here (claim()
+    -- in postgres/backend.py builds the models from these positions).
     RETURNING
         uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
         parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
-        source, trace_id, span_id, cancel_requested, start_at, limits
+        source, trace_id, span_id, cancel_requested, start_at, limits, expires_at
 )
 SELECT * FROM inserted
 UNION ALL
 SELECT
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL
 WHERE EXISTS (SELECT 1 FROM errands_request WHERE limit_key IS NOT NULL)
 
 -- name: limited_keys
@@ -455,6 +495,8 @@ CROSS JOIN LATERAL (
     FROM errands_request
     WHERE limit_key = k.key AND start_at <= now()
         AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+        -- Expired requests are the claim's to end (see claim), never to run.
+        AND (expires_at IS NULL OR expires_at > now())
     ORDER BY priority DESC, start_at, created_at
     LIMIT k.cap
 ) AS r
@@ -470,6 +512,7 @@ CROSS JOIN LATERAL (
     SELECT uuid, limits, queue, priority, start_at, created_at
     FROM errands_request
     WHERE queue = c.queue AND limit_key IS NULL AND start_at <= now()
+        AND (expires_at IS NULL OR expires_at > now())
         AND c.queue <> ALL(ARRAY(SELECT queue FROM errands_paused_queue))
     ORDER BY priority DESC, start_at, created_at
     LIMIT %(limit)s
@@ -498,7 +541,7 @@ trimmed AS (
 INSERT INTO errands_process (
     uuid, request_uuid, requested_at, worker_id, start_at, job_class, parameters, queue,
     priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id,
-    limits
+    limits, expires_at
 )
 SELECT
     encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
@@ -506,12 +549,12 @@ SELECT
         FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
     c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
     c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
-    c.timeout, c.source, c.trace_id, c.span_id, c.limits
+    c.timeout, c.source, c.trace_id, c.span_id, c.limits, c.expires_at
 FROM claimed AS c
 RETURNING
     uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
     parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
-    source, trace_id, span_id, cancel_requested, start_at, limits
+    source, trace_id, span_id, cancel_requested, start_at, limits, expires_at
 
 -- name: queue_size_estimate
 -- The planner's row count of the requests table (as of its last analyze): no scan.
@@ -592,7 +635,7 @@ written AS (
         uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
         worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
         concurrency_key, timeout, source, trace_id, span_id, error_type, error,
-        traceback, return_value, retry_request_uuid, start_at, limits
+        traceback, return_value, retry_request_uuid, start_at, limits, expires_at
     )
     SELECT
         -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
@@ -604,7 +647,8 @@ written AS (
         coalesce(o.started_at, f.started_at), o.ended_at, o.status, f.worker_id,
         f.job_class, f.parameters, f.queue, f.priority, f.retries, f.retry_attempt,
         f.concurrency_key, f.timeout, f.source, f.trace_id, f.span_id, o.error_type,
-        o.error, o.traceback, o.return_value, o.retry_request_uuid, f.start_at, f.limits
+        o.error, o.traceback, o.return_value, o.retry_request_uuid, f.start_at, f.limits,
+        f.expires_at
     FROM finished AS f
     JOIN outcome AS o ON o.process_uuid = f.uuid
     ON CONFLICT (process_uuid) DO NOTHING
@@ -613,13 +657,13 @@ written AS (
 requeued AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries, retry_attempt,
-        concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
+        concurrency_key, timeout, source, trace_id, span_id, limits, limit_key, expires_at
     )
     SELECT
         w.retry_request_uuid, now() + o.requeue_delay_seconds * interval '1 second',
         w.job_class, w.parameters, w.queue, w.priority, w.retries, o.requeue_attempt,
         w.concurrency_key, w.timeout, w.source, w.trace_id, w.span_id,
-        w.limits, w.limits -> 0 ->> 'key'
+        w.limits, w.limits -> 0 ->> 'key', w.expires_at
     FROM written AS w
     JOIN outcome AS o ON o.process_uuid = w.process_uuid
     WHERE w.retry_request_uuid IS NOT NULL
@@ -632,7 +676,7 @@ SELECT
     w.created_at, w.status, w.worker_id, w.job_class, w.parameters, w.queue, w.priority,
     w.retries, w.retry_attempt, w.concurrency_key, w.timeout, w.source, w.trace_id,
     w.span_id, w.error_type, w.error, w.traceback, w.return_value, w.retry_request_uuid,
-    w.start_at, w.limits
+    w.start_at, w.limits, w.expires_at
 FROM written AS w
 CROSS JOIN (
     -- Due requeues, and the queues of limited jobs that ended: a slot of their
@@ -653,7 +697,7 @@ UNION ALL
 -- PostgresBackend.complete_many to keep them on the LOST results (record_late_outcomes).
 SELECT
     NULL, o.process_uuid, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM outcome AS o
 WHERE NOT EXISTS (SELECT 1 FROM locked AS l WHERE l.uuid = o.process_uuid)
 
@@ -668,12 +712,13 @@ WITH released AS (
 restored AS (
     INSERT INTO errands_request (
         uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
-        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
+        retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
+        expires_at
     )
     SELECT
         request_uuid, requested_at, start_at, job_class, parameters, queue, priority,
         retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id,
-        limits, limits -> 0 ->> 'key'
+        limits, limits -> 0 ->> 'key', expires_at
     FROM released
     RETURNING queue
 )
@@ -752,13 +797,13 @@ written AS (
         uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
         worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
         concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at,
-        limits
+        limits, expires_at
     )
     SELECT
         gen_random_uuid(), l.uuid, l.request_uuid, l.requested_at, l.started_at, now(), %(status)s,
         l.worker_id, l.job_class, l.parameters, l.queue, l.priority, l.retries, l.retry_attempt,
         l.concurrency_key, l.timeout, l.source, l.trace_id, l.span_id, %(error_type)s, %(error)s,
-        l.start_at, l.limits
+        l.start_at, l.limits, l.expires_at
     FROM lost AS l
     ON CONFLICT (process_uuid) DO NOTHING
     RETURNING *
@@ -927,13 +972,14 @@ WITH cancelled AS (
 INSERT INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
     worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
-    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at, limits
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at, limits,
+    expires_at
 )
 SELECT
     gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), %(status)s,
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
     c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
-    c.start_at, c.limits
+    c.start_at, c.limits, c.expires_at
 FROM cancelled AS c
 RETURNING *
 
@@ -1109,6 +1155,10 @@ DELETE FROM errands_dashboard_session WHERE id = %(id)s
     AND (%(status)s::text IS NULL OR status = %(status)s::text)
     AND (%(retried)s::boolean IS NULL
         OR (retry_request_uuid IS NOT NULL) = %(retried)s::boolean)
+    -- Final failures ("dead letters"): failed with no attempts left, never retried since.
+    AND (%(final)s::boolean IS NULL
+        OR (status IN ('ERRORED', 'LOST') AND retry_attempt >= retries
+            AND retry_request_uuid IS NULL) = %(final)s::boolean)
 
 -- name: page_requests
 SELECT *
@@ -1228,13 +1278,14 @@ cancelled AS (
 INSERT INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
     worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
-    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at, limits
+    concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at, limits,
+    expires_at
 )
 SELECT
     gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), %(status)s,
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
     c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
-    c.start_at, c.limits
+    c.start_at, c.limits, c.expires_at
 FROM cancelled AS c
 RETURNING *
 

@@ -92,6 +92,7 @@ class Codec(abc.ABC):
             "due": selection.due,
             "status": str(selection.status) if selection.status else None,
             "retried": selection.retried,
+            "final": selection.final,
         }
 
     def page(self, selection: Selection, page: PageSpec) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from errands.backends.sqlite.connection import (
 from errands.backends.sqlite.enqueue import SqliteEnqueueTransaction
 from errands.backends.sqlite.limited import ClaimPlan
 from errands.backends.sqlite.listener import DataVersionListener
-from errands.backends.sqlite.rules import cancel, complete, fail_keyless_requests, lose
+from errands.backends.sqlite.rules import cancel, complete, expire, fail_keyless_requests, lose
 from errands.backends.store import Claimed, ClaimRoom
 from errands.errors import BackendError, ConfigurationError, SchemaOutOfDate
 from errands.models import (
@@ -307,11 +307,12 @@ class SqliteBackend(SqlBackend):
         # first, so idle workers never queue behind (or delay) real writers, nor
         # do workers whose due jobs all wait on their limits.
         with self._read() as session:
-            if not limited.due_requests(session, plan, 1):
+            if not limited.due_requests(session, plan, 1) and not session.rows("expired_exist"):
                 held, _ = limited.admission(session, plan, limit, writing=False)
                 if not held.taken:
                     return _claimed([], held)
         with self._write() as session:
+            expire(session)  # first: the due requests read next are then none expired
             moved = self._move(session, limited.due_requests(session, plan, limit), worker_id)
             chosen = None
             if len(moved) < limit:

@@ -29,7 +29,15 @@ logger = logging.getLogger("errands")
 
 
 _TIMESTAMP_COLUMNS = frozenset(
-    {"created_at", "start_at", "requested_at", "started_at", "ended_at", "last_heartbeat_at"}
+    {
+        "created_at",
+        "start_at",
+        "requested_at",
+        "started_at",
+        "ended_at",
+        "last_heartbeat_at",
+        "expires_at",
+    }
 )
 _UUID_COLUMNS = frozenset(
     {"uuid", "request_uuid", "process_uuid", "worker_id", "retry_request_uuid"}
@@ -137,6 +145,7 @@ def request_json(request: NewRequest) -> dict[str, Any]:
         "span_id": request.span_id,
         "limits": encode_limits(request.limits),
         "limit_key": first_key(request.limits),
+        "expires_at": to_unix(request.expires_at),
     }
 
 

@@ -181,7 +181,8 @@ UPDATE errands_request SET
     trace_id = :trace_id,
     span_id = :span_id,
     limits = :limits,
-    limit_key = :limit_key
+    limit_key = :limit_key,
+    expires_at = :expires_at
 WHERE uuid = :target
 RETURNING *
 
@@ -190,7 +191,8 @@ RETURNING *
 -- objects; a request without start_at is due :now + delay_seconds (database clock).
 INSERT INTO errands_request (
     uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
-    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
+    expires_at
 )
 SELECT
     r.value ->> 'uuid',
@@ -208,7 +210,8 @@ SELECT
     r.value ->> 'trace_id',
     r.value ->> 'span_id',
     r.value ->> 'limits',
-    r.value ->> 'limit_key'
+    r.value ->> 'limit_key',
+    r.value ->> 'expires_at'
 FROM json_each(:requests) AS r
 RETURNING *
 
@@ -319,18 +322,30 @@ LIMIT :limit
 INSERT INTO errands_process (
     uuid, request_uuid, requested_at, start_at, created_at, started_at, worker_id,
     job_class, parameters, queue, priority, retries, retry_attempt, concurrency_key,
-    timeout, source, trace_id, span_id, cancel_requested, limits
+    timeout, source, trace_id, span_id, cancel_requested, limits, expires_at
 )
 SELECT
     claim.value, r.uuid, r.created_at, r.start_at, :now, NULL, :worker_id,
     r.job_class, r.parameters, r.queue, r.priority, r.retries, r.retry_attempt,
-    r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id, 0, r.limits
+    r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id, 0, r.limits, r.expires_at
 FROM json_each(:claims) AS claim
 JOIN errands_request AS r ON r.uuid = claim.key
 RETURNING *
 
 -- name: claim_delete_requests
 DELETE FROM errands_request WHERE uuid IN (SELECT key FROM json_each(:claims))
+
+-- name: expired_exist
+-- Expiry (errands.expiry): whether a request's expires_at passed, due or not. The
+-- claim's read-only look asks (one probe of errands_request_expires, empty where no
+-- job expires), so an idle worker still takes the write lock to end them.
+SELECT 1 AS expired FROM errands_request WHERE expires_at <= :now LIMIT 1
+
+-- name: take_expired_requests
+-- First in each claim's write transaction: the expired requests (any queue, due or
+-- not) leave the table; errands.backends.sqlite.rules.expire writes their results.
+-- The claim then reads the due requests at the same :now, so none of them is expired.
+DELETE FROM errands_request WHERE expires_at <= :now RETURNING *
 
 -- name: limited_keys
 -- Flow control, step 1 of a claim of limited jobs (inside the claim's BEGIN
@@ -453,11 +468,12 @@ RETURNING *
 -- waits under the key of its first limit, as at enqueue.
 INSERT INTO errands_request (
     uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
-    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
+    expires_at
 ) VALUES (
     :uuid, :now, :start_at, :job_class, :parameters, :queue, :priority, :retries,
     :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id, :limits,
-    CASE WHEN json_valid(:limits) THEN :limits ->> '$[0].key' END
+    CASE WHEN json_valid(:limits) THEN :limits ->> '$[0].key' END, :expires_at
 )
 
 -- name: insert_result
@@ -467,12 +483,13 @@ INSERT OR IGNORE INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, created_at,
     status, worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
     concurrency_key, timeout, source, trace_id, span_id, error_type, error, traceback,
-    return_value, retry_request_uuid, start_at, limits
+    return_value, retry_request_uuid, start_at, limits, expires_at
 ) VALUES (
     :uuid, :process_uuid, :request_uuid, :requested_at, :started_at, :ended_at, :now,
     :status, :worker_id, :job_class, :parameters, :queue, :priority, :retries,
     :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id,
-    :error_type, :error, :traceback, :return_value, :retry_request_uuid, :start_at, :limits
+    :error_type, :error, :traceback, :return_value, :retry_request_uuid, :start_at, :limits,
+    :expires_at
 )
 RETURNING *
 
@@ -482,12 +499,13 @@ RETURNING *
 -- limit again).
 INSERT INTO errands_request (
     uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
-    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key
+    retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
+    expires_at
 )
 SELECT
     request_uuid, requested_at, start_at, job_class, parameters, queue, priority, retries,
     retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits,
-    CASE WHEN json_valid(limits) THEN limits ->> '$[0].key' END
+    CASE WHEN json_valid(limits) THEN limits ->> '$[0].key' END, expires_at
 FROM errands_process
 WHERE uuid IN (SELECT value FROM json_each(:uuids)) AND started_at IS NULL
 
@@ -773,6 +791,10 @@ FROM errands_worker
     AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid OR process_uuid = :uuid)
     AND (:status IS NULL OR status = :status)
     AND (:retried IS NULL OR (retry_request_uuid IS NOT NULL) = :retried)
+    -- Final failures ("dead letters"): failed with no attempts left, never retried since.
+    AND (:final IS NULL
+        OR (status IN ('ERRORED', 'LOST') AND retry_attempt >= retries
+            AND retry_request_uuid IS NULL) = :final)
 
 -- name: page_requests
 SELECT * FROM errands_request

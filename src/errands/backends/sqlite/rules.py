@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import uuid4
 
-from errands import lifecycle
+from errands import expiry, lifecycle
 from errands.backends.sql import rows as poison
 from errands.backends.sqlite.codec import json_or_null, to_result, to_unix
 from errands.backends.sqlite.connection import SqliteSession
@@ -39,6 +39,7 @@ JOB_COLUMNS = (
     "trace_id",
     "span_id",
     "limits",  # flow control: JSON text, NULL for none
+    "expires_at",  # expiry: unix seconds, NULL for never
 )
 
 # -- writing results -------------------------------------------------------------------
@@ -151,7 +152,11 @@ def lose(
     return results
 
 
-def cancel(session: SqliteSession, request: sqlite3.Row) -> JobResult | None:
+def cancel(
+    session: SqliteSession,
+    request: sqlite3.Row,
+    ending: lifecycle.Ending = lifecycle.CANCELLED_PENDING,
+) -> JobResult | None:
     """The CANCELLED result of a request just deleted (it never had a process)."""
     return insert_result(
         session,
@@ -160,8 +165,16 @@ def cancel(session: SqliteSession, request: sqlite3.Row) -> JobResult | None:
         request_uuid=request["uuid"],
         requested_at=request["created_at"],
         worker_id=None,
-        status=str(lifecycle.CANCELLED_PENDING.status),
+        status=str(ending.status),
         ended_at=session.now,
-        error_type=lifecycle.CANCELLED_PENDING.error_type,
-        error=lifecycle.CANCELLED_PENDING.error,
+        error_type=ending.error_type,
+        error=ending.error,
     )
+
+
+def expire(session: SqliteSession) -> list[JobResult]:
+    """Expired requests (errands.expiry) become their CANCELLED "expired" results, in
+    the claim's write transaction, before it reads the due requests."""
+    taken = session.rows("take_expired_requests")
+    results = [cancel(session, request, expiry.EXPIRED) for request in taken]
+    return [result for result in results if result is not None]
