@@ -118,9 +118,9 @@ def test_registering_a_class_again_keeps_or_drops_its_aliases(registry_restored:
 def test_a_worker_runs_a_request_stored_under_the_old_path(
     backend: Backend, run_worker: WorkerRunner
 ) -> None:
-    # The worker's children import alias_jobs (a registered job's module), never alias_jobs_old.
+    # The worker's children import alias_jobs (its import setting), never alias_jobs_old.
     enqueue(backend, job_class="alias_jobs_old.Greet", parameters={"args": ["cy"], "kwargs": {}})
-    run_worker(lambda: len(errands.results()) >= 1)
+    run_worker(lambda: len(errands.results()) >= 1, import_modules=("alias_jobs",))
     (result,) = errands.results()
     assert result.status == errands.Status.SUCCESSFUL, result.error
     assert result.job_class == "alias_jobs_old.Greet" and result.return_value == "hello cy!"
