@@ -24,12 +24,16 @@ from errands.api import (
     wait_for_result_async,
     workers,
 )
+from errands.backoff import Backoff
+from errands.context import JobContext
 from errands.errors import (
     AlreadyRetried,
     BackendError,
     ConfigurationError,
     DeferJob,
     ErrandsError,
+    FailJob,
+    JobContextUnavailable,
     JobNotRegistered,
     ParameterError,
 )
@@ -44,11 +48,15 @@ from errands.uniqueness import Unique
 __all__ = [
     "AlreadyRetried",
     "BackendError",
+    "Backoff",
     "ConfigurationError",
     "DeferJob",
     "EnqueueOptions",
     "ErrandsError",
+    "FailJob",
     "Job",
+    "JobContext",
+    "JobContextUnavailable",
     "JobNotRegistered",
     "JobProcess",
     "JobRequest",
