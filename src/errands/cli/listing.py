@@ -86,6 +86,11 @@ def processes_command(
 
 @click.command("results")
 @filter_options(status=True)
+@click.option(
+    "--final",
+    is_flag=True,
+    help="Only final failures: ERRORED or LOST with no attempts left, never retried since.",
+)
 def results_command(
     queue: str | None,
     status: str | None,
@@ -93,6 +98,7 @@ def results_command(
     concurrency_key: str | None,
     limit: int,
     as_json: bool,
+    final: bool,
 ) -> None:
     """List finished jobs, newest first.
 
@@ -108,6 +114,7 @@ def results_command(
       errands results
       errands results --status ERRORED --json
       errands results --queue mail --job-class myapp.jobs.SendWelcome --limit 5
+      errands results --final          # the dead letters: errands retry --final reruns them
     """
     configuration.current()
     rows = api.results(
@@ -116,6 +123,7 @@ def results_command(
         job_class=job_class,
         concurrency_key=concurrency_key,
         limit=limit,
+        final=final or None,
     )
     if as_json:
         print_json([job_json(r) for r in rows])

@@ -13,34 +13,57 @@ from errands.cli import configuration
 from errands.cli.errors import CliError, ErrandsGroup
 from errands.cli.options import parse_uuid
 from errands.errors import AlreadyRetried
-from errands.models import JobProcess, JobResult
+from errands.models import JobProcess, JobResult, Kind, Selection
 
 #: The ``source`` of a job ``errands retry`` enqueues.
 RETRY_SOURCE = "cli:errands retry"
 
 
 @click.command("retry")
-@click.argument("uuid")
+@click.argument("uuid", required=False)
 @click.option(
     "--delay",
     type=click.FloatRange(min=0),
     metavar="SECONDS",
     help="Wait this long before running it (default: the job's calculate_retry_delay).",
 )
-def retry_command(uuid: str, delay: float | None) -> None:
+@click.option(
+    "--final",
+    is_flag=True,
+    help="Instead of UUID: retry every final failure (see errands results --final), at once.",
+)
+@click.option("--queue", help="With --final: only those of this queue.")
+@click.option("--job-class", "--job", "job_class", help="With --final: only this job class.")
+@click.option("--yes", "-y", is_flag=True, help="With --final: do not ask for confirmation.")
+def retry_command(
+    uuid: str | None,
+    delay: float | None,
+    final: bool,
+    queue: str | None,
+    job_class: str | None,
+    yes: bool,
+) -> None:
     """Run a finished job again as its next attempt.
 
     The new request copies the job's class, parameters and options and is linked
     from the old result (retry_request_uuid). The job's module must be importable
     (--import / setting 'import'). UUID may be a unique prefix (6+ characters).
+    --final retries the final failures ("dead letters": ERRORED or LOST with no
+    attempts left, never retried), each as its next attempt, due at once.
 
     \b
     Examples:
       errands --import myapp.jobs retry 3f1c2a4e-5b6d-4c8e-9f00-0123456789ab
       errands --import myapp.jobs retry 3f1c2a4e-... --delay 60
+      errands --import myapp.jobs retry --final --queue mail --yes
     """
+    if final == (uuid is not None) or (not final and (queue or job_class)):
+        raise click.UsageError("give a UUID, or --final [--queue Q] [--job-class C]")
     config = configuration.current()
     configuration.import_job_modules(config)
+    if uuid is None:
+        _retry_final(Selection(final=True, queue=queue, job_class=job_class), yes=yes)
+        return
     found = api.get(parse_uuid(uuid))
     if found is None:
         raise CliError(f"no job has uuid {uuid}")
@@ -57,6 +80,20 @@ def retry_command(uuid: str, delay: float | None) -> None:
         return
     attempt = formatting.attempt_text(request)
     click.echo(f"Enqueued {request.job_class} again as attempt {attempt}: request {request.uuid}")
+
+
+def _retry_final(selection: Selection, *, yes: bool) -> None:
+    """Retry the final failures of ``selection`` (errands retry --final)."""
+    count = api.count(Kind.RESULT, selection)
+    if not count:
+        click.echo("No final failures to retry.")
+        return
+    if not yes:
+        where = configuration.describe_database(configuration.current())
+        click.confirm(f"Retry {count} final failure(s) in {where}?", abort=True, err=True)
+    outcome = api.retry_selected(selection, limit=count, source=RETRY_SOURCE)
+    skipped = f"; {outcome.skipped} not retried (declined or failed: see the log)"
+    click.echo(f"Retried {outcome.done} final failure(s){skipped if outcome.skipped else ''}.")
 
 
 @click.command("cancel")

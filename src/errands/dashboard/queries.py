@@ -1,7 +1,7 @@
 """Query strings to selections and back: what a listing shows, and links to more of it.
 
 A listing's URL carries its filters (``queue``, ``job_class``, ``concurrency_key``,
-``uuid``, ``window``, ``status``, ``state``), its order (``order=reverse``) and,
+``uuid``, ``window``, ``status``, ``state``, ``final``), its order (``order=reverse``) and,
 past the first page, a keyset cursor: ``after`` (the rows that follow a row, for
 the next page) or ``before`` (the rows that precede a row, for the previous
 page); a listing takes one of them, not both. Bulk actions carry the same
@@ -25,13 +25,24 @@ WINDOWS: dict[str, datetime.timedelta] = {
     "24h": datetime.timedelta(hours=24),
     "7d": datetime.timedelta(days=7),
 }
-FILTER_NAMES = ("queue", "job_class", "concurrency_key", "uuid", "window", "status", "state")
+FILTER_NAMES = (
+    "queue",
+    "job_class",
+    "concurrency_key",
+    "uuid",
+    "window",
+    "status",
+    "state",
+    "final",
+)
 #: Filter names that apply to each table.
 FILTERS_OF: dict[Kind, tuple[str, ...]] = {
     Kind.REQUEST: ("queue", "job_class", "concurrency_key", "uuid", "window", "state"),
     Kind.PROCESS: ("queue", "job_class", "concurrency_key", "uuid", "window"),
-    Kind.RESULT: ("queue", "job_class", "concurrency_key", "uuid", "window", "status"),
+    Kind.RESULT: ("queue", "job_class", "concurrency_key", "uuid", "window", "status", "final"),
 }
+#: ``final=yes``: only the final failures ("dead letters", Selection.final).
+FINAL = "yes"
 STATES = {"pending": True, "scheduled": False}
 PAGE_SIZE = 50
 CURSOR_SEPARATOR = "~"
@@ -110,6 +121,7 @@ def selection_of(filters: Mapping[str, str], now: datetime.datetime) -> Selectio
         since=now - _window(filters["window"]) if filters.get("window") else None,
         status=_status(filters["status"]) if filters.get("status") else None,
         due=_state(filters["state"]) if filters.get("state") else None,
+        final=_final(filters["final"]) if filters.get("final") else None,
     )
 
 
@@ -163,6 +175,12 @@ def _status(text: str) -> Status:
         return Status(text.upper())
     except ValueError:
         raise BadQuery(f"status: {text!r} is not one of {', '.join(Status)}") from None
+
+
+def _final(text: str) -> bool:
+    if text != FINAL:
+        raise BadQuery(f"final: {text!r} is not {FINAL!r} (leave it out for every result)")
+    return True
 
 
 def _state(text: str) -> bool:
