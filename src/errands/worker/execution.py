@@ -25,7 +25,15 @@ from errands.errors import DeferJob
 from errands.jobs import Job
 from errands.lifecycle import qualified_name as qualified_name  # errands.worker's export
 from errands.limiting import Limit
-from errands.models import JobProcess, Outcome, Requeue, Status, build_outcome, positional_builder
+from errands.models import (
+    JobProcess,
+    Outcome,
+    Requeue,
+    Status,
+    build_outcome,
+    positional_builder,
+    uuid_from_bytes,
+)
 from errands.registry import build_job
 from errands.validation import delay_problem
 
@@ -49,11 +57,13 @@ class Assignment:
     trace_id: str | None = None
     span_id: str | None = None
     # For the job's context (errands.context): the rest of what the process row says.
+    # Times and the worker id may be as the wire carries them (POSIX timestamps, the
+    # uuid's bytes): converted only when the job reads its context (2 µs a job).
     priority: int = 0
-    requested_at: datetime.datetime | None = None
-    start_at: datetime.datetime | None = None
+    requested_at: datetime.datetime | float | None = None
+    start_at: datetime.datetime | float | None = None
     timeout: float | None = None
-    worker_id: uuid.UUID | None = None
+    worker_id: uuid.UUID | bytes | None = None
     limits: tuple[Limit, ...] = ()
 
     @classmethod
@@ -86,13 +96,21 @@ class Assignment:
             retries=self.retries,
             queue=self.queue,
             priority=self.priority,
-            requested_at=self.requested_at,
-            start_at=self.start_at,
+            requested_at=_aware(self.requested_at),
+            start_at=_aware(self.start_at),
             started_at=started_at,
             timeout=self.timeout,
-            worker_id=self.worker_id,
+            worker_id=uuid_from_bytes(self.worker_id)
+            if isinstance(self.worker_id, bytes)
+            else self.worker_id,
             limits=self.limits,
         )
+
+
+def _aware(value: datetime.datetime | float | None) -> datetime.datetime | None:
+    if value is None or isinstance(value, datetime.datetime):
+        return value
+    return datetime.datetime.fromtimestamp(value, datetime.UTC)
 
 
 build_assignment = positional_builder(Assignment)  # per job in a child (see models)

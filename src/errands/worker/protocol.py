@@ -95,16 +95,12 @@ def assignment_from_wire(wire: Wire) -> Assignment:
         trace_id,
         span_id,
         priority,
-        _time(requested_at),
-        _time(start_at),
+        requested_at,  # these three converted only if the job reads its context
+        start_at,
         timeout,
-        uuid_from_bytes(worker_id),
+        worker_id,
         limits,
     )
-
-
-def _time(timestamp: float | None) -> datetime.datetime | None:
-    return None if timestamp is None else datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
 
 
 def outcome_to_wire(outcome: Outcome) -> Wire:
