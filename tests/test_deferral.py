@@ -177,7 +177,7 @@ def test_a_deferral_whose_key_another_pending_job_holds_is_not_enqueued_again(
             [sample_jobs.DeferOnce(str(tmp_path / "other"))],
             EnqueueOptions(delay=3600, concurrency_key="k"),
             "test",
-        )
+        )[0]
     )
 
     run_worker(lambda: len(errands.results(limit=100)) >= 1 and idle())
@@ -231,7 +231,7 @@ def test_the_in_memory_backend_writes_a_deferral_the_same_way() -> None:
     """The in-memory backend implements ``completing`` too: result, re-enqueue, link."""
     backend = MemoryBackend(mode="capture")
     job = sample_jobs.DeferOnce("unused")
-    backend.insert_requests(requests=_new_requests([job], EnqueueOptions(), "test"))
+    backend.insert_requests(requests=_new_requests([job], EnqueueOptions(), "test")[0])
     (process,) = backend.claim(worker_id=uuid.uuid4(), queues=[], limit=1)
     ended = datetime.datetime.now(datetime.UTC)
     outcome = Outcome(
