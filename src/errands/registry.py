@@ -16,6 +16,7 @@ that code was imported the usual way; it never lets a row import anything more.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sysconfig
 import traceback
@@ -236,3 +237,26 @@ def build_job(path: str, parameters: dict[str, Any]) -> Job:
             raise
         raise error from exc
     return cls(*args, **kwargs)
+
+
+_class_facts_cache: dict[type[Any], tuple[str, tuple[str, ...]]] = {}
+
+
+def class_facts(cls: type[Any]) -> tuple[str, tuple[str, ...]]:
+    """A job class's dotted path and its constructor's positional parameter names.
+
+    Worked out once per class, not once per enqueued job (inspect.signature
+    alone costs about 0.2 ms).
+    """
+    facts = _class_facts_cache.get(cls)
+    if facts is None:
+        facts = _class_facts_cache[cls] = (job_class_path(cls), _positional_names(cls))
+    return facts
+
+
+def _positional_names(cls: type[Any]) -> tuple[str, ...]:
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))

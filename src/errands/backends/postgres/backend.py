@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import math
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -45,7 +44,6 @@ from errands.backends.postgres.connection import (
     CONNECTION_WAIT_SECONDS,
     COPY_THRESHOLD,
     MAX_CONNECTIONS,
-    VACUUM_AFTER_CLAIMS,
     WORKER_CONNECTIONS,
     Connection,
     Deadlines,
@@ -68,6 +66,7 @@ from errands.backends.postgres.enqueue import (
 )
 from errands.backends.postgres.limited import claim_limited
 from errands.backends.postgres.listener import PostgresListener, PostgresResultListener
+from errands.backends.postgres.vacuum import QueueVacuum
 from errands.backends.sql import rows as poison
 from errands.backends.sql.backend import SqlBackend
 from errands.backends.sql.files import load_migrations
@@ -115,9 +114,7 @@ class PostgresBackend(SqlBackend):
         self._pool: Pool | None = None
         self._pool_lock = threading.Lock()
         self._worker_pool: Pool | None = None
-        self._vacuum_lock = threading.Lock()
-        self._claimed_since_vacuum = 0
-        self._limited_since_vacuum = False  # limited jobs claimed: vacuum processes too
+        self._vacuum = QueueVacuum(self._statement_ms())
         self._listeners: list[PostgresListener] = []
         self.codec = PostgresCodec()
 
@@ -329,7 +326,7 @@ class PostgresBackend(SqlBackend):
                 if admission is not None:
                     processes.retry_in = admission.retry_in
                     processes.wants_idle = admission.wants_idle
-            self._vacuum_queue_if_due(
+            self._vacuum.after_claim(
                 conn, claimed=len(processes), limit=limit, limited=bool(limited_exist)
             )
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
@@ -337,49 +334,6 @@ class PostgresBackend(SqlBackend):
             failed.retry_in, failed.wants_idle = processes.retry_in, processes.wants_idle
             return failed
         return processes
-
-    def _vacuum_queue_if_due(
-        self, conn: Connection, *, claimed: int, limit: int, limited: bool = False
-    ) -> None:
-        """Vacuum the requests table once this process claimed enough of it.
-
-        A claim walks the claim index from its start, where the requests claimed
-        since the last vacuum still have (dead) entries: without a vacuum, every
-        claim of a long drain reads more of them, and small claims read them most
-        often. Autovacuum looks at a table at most once a minute, far too late at
-        thousands of jobs a second, so the worker vacuums it itself.
-
-        When: a vacuum reads the table's indexes whole (cost ~ table size S), and
-        between two vacuums the claims of size c read on average half of the V
-        requests claimed since the last (V/c claims): the cost per job,
-        V/2c + S/V, is least for V = sqrt(2cS), with at least ``VACUUM_AFTER_CLAIMS``.
-
-        When limited jobs were claimed since, errands_process is vacuumed as well: their
-        claims count a key's running jobs through its GIN index, which keeps the entries
-        of ended jobs until a vacuum. A plain drain does without (autovacuum keeps the
-        table in check).
-        """
-        with self._vacuum_lock:
-            self._limited_since_vacuum |= limited
-            self._claimed_since_vacuum += claimed
-            if self._claimed_since_vacuum < VACUUM_AFTER_CLAIMS:
-                return
-            size = fetch(conn, "queue_size_estimate")[0]["size"]
-            if self._claimed_since_vacuum < math.sqrt(2 * limit * size):
-                return
-            self._claimed_since_vacuum = 0
-            processes_too, self._limited_since_vacuum = self._limited_since_vacuum, False
-        try:
-            # VACUUM reads the whole table: longer than a statement of the worker's may run.
-            execute(conn, "no_statement_timeout")
-            try:
-                execute(conn, "vacuum_queue")
-                if processes_too:
-                    execute(conn, "vacuum_processes")
-            finally:
-                execute(conn, "worker_statement_timeout", {"ms": self._statement_ms()})
-        except psycopg.Error:
-            logger.warning("could not vacuum errands_request", exc_info=True)
 
     def _statement_ms(self) -> int:
         return int(self.database_timeout * 1000)
