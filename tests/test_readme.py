@@ -102,6 +102,8 @@ RUN = {
         'errands.results(queue="mail", status="ERRORED")': "test_tutorial_worker_and_results",
         "class Sync(Job):": "test_should_enqueue_limits_to_three",
         "# myapp/limited.py": "test_flow_control_example",
+        "# myapp/sync.py": "test_retry_policy_example",
+        "# myapp/charge.py": "test_job_context_example",
         "# myapp/unique.py": "test_uniqueness_example",
         "queue_limits = { mail = 10 }": "test_queue_limits_from_pyproject",
         "errands.register_type(": "test_register_type_round_trips",
@@ -497,6 +499,32 @@ def test_uniqueness_example(sqlite_url: str) -> None:
     assert sync.parameters["args"][1] == ["name"]
     assert ("DailyDigest", "errands.unique:digest") in stored
     assert ("RebuildIndex", "errands.unique:orders") in stored
+
+
+def test_retry_policy_example(sqlite_url: str) -> None:
+    namespace: dict[str, Any] = {"__name__": "readme_sync"}
+    execute(snippet("# myapp/sync.py"), namespace)
+    sync = namespace["SyncContacts"]
+    assert (sync.retry_on, sync.fail_on) == (
+        (ConnectionError, TimeoutError),
+        (namespace["AccountClosed"],),
+    )
+    assert sync(1).calculate_retry_delay(1) == pytest.approx(2, rel=0.11)
+    assert sync(1).calculate_retry_delay(9) <= 300
+    with testing.immediate() as recorder:
+        sync(-1).run_in_worker()
+        (result,) = recorder.results
+    assert (result.status, result.error) == ("ERRORED", "the account was deleted")
+    assert result.retry_request_uuid is None
+
+
+def test_job_context_example(sqlite_url: str) -> None:
+    namespace: dict[str, Any] = {"__name__": "readme_charge"}
+    execute(snippet("# myapp/charge.py"), namespace)
+    with testing.immediate() as recorder:
+        namespace["Charge"](7).run_in_worker(retries=2)
+        (result,) = recorder.results
+    assert result.return_value == "order 7: attempt 1 of 3"
 
 
 def test_queue_limits_from_pyproject(tmp_path: Path) -> None:
