@@ -141,6 +141,7 @@ BACKEND_MODULES = {
             "listener.py",
             "codec.py",
             "limited.py",
+            "vacuum.py",
         ),
         "sqlite": (
             "backend.py",
