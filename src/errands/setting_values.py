@@ -9,6 +9,7 @@ import json
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from errands.backoff import Backoff
@@ -227,3 +228,73 @@ def to_backoff(value: Any) -> Backoff | None:
         return Backoff(**{name: _to_number(number, float) for name, number in value.items()})
     except ValueError as exc:  # Invalid, or Backoff's own check of a value
         raise Invalid(str(exc)) from None
+
+
+#: The terminal statuses a result may have (errands.models.Status, which this lowest
+#: layer cannot import; tests/test_retention checks they agree).
+RESULT_STATUSES = ("SUCCESSFUL", "ERRORED", "CANCELLED", "DEFERRED", "LOST")
+_RETENTION_EXPECTED = (
+    "expected seconds, or a table of statuses to seconds such as "
+    "{SUCCESSFUL = 86400, ERRORED = 2592000, default = 604800} "
+    "(env: SUCCESSFUL=86400,ERRORED=2592000,default=604800)"
+)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Seconds a result is kept, by its status: ``by_status`` pairs, else ``default``."""
+
+    default: float
+    by_status: tuple[tuple[str, float], ...] = ()
+
+    def seconds(self, status: str) -> float:
+        return dict(self.by_status).get(status, self.default)
+
+    def per_status(self) -> dict[str, float]:
+        """Every status with its seconds."""
+        return {status: self.seconds(status) for status in RESULT_STATUSES}
+
+    def longest(self) -> float:
+        return max(self.per_status().values())
+
+    def as_text(self) -> str:
+        """As an environment variable writes it."""
+        pairs = [*self.by_status, ("default", self.default)]
+        return ",".join(f"{key}={seconds!r}" for key, seconds in pairs)
+
+
+def to_retention(value: Any, *, default: float = 7 * 24 * 3600) -> float | Retention:
+    """``results_retention``: seconds (a float, as before), or a :class:`Retention` of
+    a table by status; a status the table leaves out keeps ``default`` (the table's
+    own ``default`` key, else the setting's default)."""
+    if isinstance(value, Retention):
+        return value
+    if isinstance(value, str) and "=" in value:
+        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+        value = {key.strip(): seconds.strip() for key, _, seconds in pairs}
+    if not isinstance(value, Mapping):
+        if isinstance(value, list | tuple | dict | set):
+            raise Invalid(_RETENTION_EXPECTED)
+        try:
+            return float(positive(float)(value))
+        except Invalid as exc:
+            raise Invalid(_RETENTION_EXPECTED if "expected" in str(exc) else str(exc)) from None
+    by_status: dict[str, float] = {}
+    fallback = default
+    for key, seconds in value.items():
+        name = str(key).strip()
+        status = name.upper()
+        if name.lower() != "default" and status not in RESULT_STATUSES:
+            raise Invalid(
+                f"unknown status {name!r}: expected {', '.join(RESULT_STATUSES)} or default"
+            )
+        try:
+            number = float(positive(float)(seconds))
+        except Invalid as exc:
+            raise Invalid(f"{name}: {exc}") from None
+        if name.lower() == "default":
+            fallback = number
+        else:
+            by_status[status] = number
+    ordered = tuple((s, by_status[s]) for s in RESULT_STATUSES if s in by_status)
+    return Retention(default=fallback, by_status=ordered)

@@ -31,6 +31,7 @@ from errands.backoff import Backoff
 from errands.errors import ConfigurationError
 from errands.setting_values import (
     Invalid,
+    Retention,
     choice,
     optional,
     positive,
@@ -40,6 +41,7 @@ from errands.setting_values import (
     to_names,
     to_networks,
     to_queue_limits,
+    to_retention,
     to_schedule,
     to_secret_key,
     to_str,
@@ -61,7 +63,9 @@ class Settings:
     #: on its own statements (see errands.backends.postgres.connection)
     database_timeout: float = 10.0
     import_modules: tuple[str, ...] = ()
-    results_retention: float = 7 * 24 * 3600
+    #: seconds results are kept before workers prune them: one number, or a
+    #: Retention by status (``{SUCCESSFUL = 86400, default = 604800}``)
+    results_retention: float | Retention = 7 * 24 * 3600
     heartbeat_interval: float = 60.0
     heartbeat_timeout: float = 300.0
     middleware: tuple[str, ...] = ()
@@ -112,7 +116,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "database_url": to_str,
     "database_timeout": positive(float),
     "import_modules": to_names,
-    "results_retention": positive(float),
+    "results_retention": to_retention,
     "heartbeat_interval": positive(float),
     "heartbeat_timeout": positive(float),
     "middleware": to_names,
@@ -329,6 +333,8 @@ def _environ_value(name: str, value: Any) -> str:
         return json.dumps([list(e) if isinstance(e, tuple) else e for e in value], default=str)
     if name == "queue_limits":
         return ",".join(f"{queue}={number}" for queue, number in value)
+    if isinstance(value, Retention):
+        return value.as_text()
     if isinstance(value, Backoff):
         return ",".join(f"{name}={getattr(value, name)!r}" for name in Backoff.__slots__)
     if isinstance(value, tuple):
@@ -348,6 +354,9 @@ def as_dict(settings: Settings) -> dict[str, Any]:
         if f.name in _PARSERS
     }
     shown["queue_limits"] = dict(settings.queue_limits)
+    retention = settings.results_retention
+    if isinstance(retention, Retention):
+        shown["results_retention"] = {**dict(retention.by_status), "default": retention.default}
     backoff = settings.retry_backoff
     shown["retry_backoff"] = None if backoff is None else dataclasses.asdict(backoff)
     return shown

@@ -280,8 +280,19 @@ class JobStore(abc.ABC):
         (:meth:`EnqueueTransaction.settle_followup`)."""
 
     @abc.abstractmethod
-    def prune_results(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
-        """Delete up to ``batch_size`` results older than the cutoff; return how many."""
+    def prune_results(
+        self,
+        *,
+        older_than_seconds: float,
+        batch_size: int = 1000,
+        status: str | None = None,
+        job_class: str | None = None,
+        except_classes: Sequence[str] = (),
+    ) -> int:
+        """Delete up to ``batch_size`` results older than the cutoff; return how many.
+
+        With ``status``: only results of that status, and none of ``except_classes``;
+        with ``job_class`` (and ``status``): only that class's results of that status."""
 
     @abc.abstractmethod
     def purge(self, *, older_than_seconds: float | None = None) -> int:

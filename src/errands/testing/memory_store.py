@@ -354,11 +354,31 @@ class MemoryStore(MemoryTables, JobStore):
         return results
 
     # -- prune and delete ------------------------------------------------------------
-    def prune_results(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
+    def prune_results(
+        self,
+        *,
+        older_than_seconds: float,
+        batch_size: int = 1000,
+        status: str | None = None,
+        job_class: str | None = None,
+        except_classes: Sequence[str] = (),
+    ) -> int:
         """Oldest first, at most ``batch_size``, as the SQL backends' bounded batches."""
+        if job_class is not None and status is None:
+            raise ValueError("prune_results(job_class=) needs a status")
+
+        def doomed(r: JobResult) -> bool:
+            if status is not None and r.status != status:
+                return False
+            if job_class is not None:
+                return r.job_class == job_class
+            return r.job_class not in except_classes
+
         with self.lock:
             cutoff = _ago(utcnow(), older_than_seconds)
-            old = sorted((r for r in self.results if r.ended_at < cutoff), key=sort_time)
+            old = sorted(
+                (r for r in self.results if r.ended_at < cutoff and doomed(r)), key=sort_time
+            )
             return self._drop_results(old[: max(batch_size, 0)])
 
     def purge(self, *, older_than_seconds: float | None = None) -> int:

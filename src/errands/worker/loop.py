@@ -51,7 +51,7 @@ from errands.worker.batches import Batch, Recorder
 from errands.worker.heartbeat import Heartbeat
 from errands.worker.intake import Claim, ClaimAhead, Intake, split_queue_caps
 from errands.worker.pool import Pool, Slot
-from errands.worker.prune import Prune
+from errands.worker.prune import Prune, as_retention
 from errands.worker.rescue import Rescue
 from errands.worker.results import AfterResults
 from errands.worker.schedules import Schedules
@@ -125,7 +125,7 @@ class Worker:
             backend,
             entries,
             horizon_seconds=max(2 * config.heartbeat_interval, 60),
-            history_seconds=config.results_retention,
+            history_seconds=as_retention(config.results_retention).longest(),
         )
         self.rescue = Rescue(
             backend,
@@ -134,7 +134,7 @@ class Worker:
             tracked=self._tracked,
             on_aborted=self.after_results.run_aborted_hooks,
         )
-        self.prune = Prune(backend, retention_seconds=config.results_retention)
+        self.prune = Prune.of_process(backend, config.results_retention)
         # Jitter spreads the rescue and pruning work of many workers.
         self.maintenance_every = Every(config.heartbeat_interval, jitter=(0.5, 1.0))
         self.stats = StatsLine(

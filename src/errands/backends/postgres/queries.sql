@@ -890,6 +890,38 @@ LISTEN errands_jobs
 -- Sent by the trigger of migration_4 whenever results are written.
 LISTEN errands_results
 
+-- name: prune_status_results
+-- results_retention by status: one status's results, through the (status, ended_at)
+-- index, but not those of the job classes with a longer retention of their own
+-- (prune_class_results keeps those; rows skipped here are rescanned each pass, so
+-- only classes that keep longer than the setting are excepted). As prune_results.
+DELETE FROM errands_result
+WHERE uuid IN (
+    SELECT uuid
+    FROM errands_result
+    WHERE status = %(status)s
+        AND ended_at < now() - %(older_than_seconds)s::float8 * interval '1 second'
+        AND NOT (job_class = ANY(%(except_classes)s::text[]))
+    ORDER BY ended_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+
+-- name: prune_class_results
+-- A job class's own results_retention (registered by the workers that import it), by
+-- status, through the (job_class, ended_at) index. As prune_results.
+DELETE FROM errands_result
+WHERE uuid IN (
+    SELECT uuid
+    FROM errands_result
+    WHERE job_class = %(job_class)s
+        AND status = %(status)s
+        AND ended_at < now() - %(older_than_seconds)s::float8 * interval '1 second'
+    ORDER BY ended_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+)
+
 
 -- Inspecting and operating ---------------------------------------------------------
 -- Selections are fixed SQL (the *_selection fragments): a NULL parameter means "any".

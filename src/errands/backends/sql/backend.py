@@ -201,9 +201,29 @@ class SqlBackend(Backend):
         return [self.codec.uuid_of(row["uuid"]) for row in rows]
 
     # -- prune and delete ---------------------------------------------------------------
-    def prune_results(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
-        params = {"older_than_seconds": float(older_than_seconds), "batch_size": batch_size}
-        pruned = self._run("prune_results", params)
+    def prune_results(
+        self,
+        *,
+        older_than_seconds: float,
+        batch_size: int = 1000,
+        status: str | None = None,
+        job_class: str | None = None,
+        except_classes: Sequence[str] = (),
+    ) -> int:
+        params: dict[str, Any] = {
+            "older_than_seconds": float(older_than_seconds),
+            "batch_size": batch_size,
+        }
+        if job_class is not None:
+            if status is None:
+                raise ValueError("prune_results(job_class=) needs a status")
+            params.update(job_class=job_class, status=status)
+            pruned = self._run("prune_class_results", params)
+        elif status is not None:
+            params.update(status=status, except_classes=self.codec.texts(list(except_classes)))
+            pruned = self._run("prune_status_results", params)
+        else:
+            pruned = self._run("prune_results", params)
         if pruned:  # nothing is owed on a result that is gone
             self._run("forget_orphaned_followups")
         return pruned

@@ -713,6 +713,31 @@ WHERE rowid IN (
     LIMIT :batch_size
 )
 
+-- name: prune_status_results
+-- results_retention by status, but not the job classes with a longer retention of
+-- their own (prune_class_results keeps those). As prune_results.
+DELETE FROM errands_result
+WHERE rowid IN (
+    SELECT rowid FROM errands_result
+    WHERE status = :status
+        AND ended_at < :now - :older_than_seconds
+        AND job_class NOT IN (SELECT value FROM json_each(:except_classes))
+    ORDER BY ended_at
+    LIMIT :batch_size
+)
+
+-- name: prune_class_results
+-- A job class's own results_retention, by status. As prune_results.
+DELETE FROM errands_result
+WHERE rowid IN (
+    SELECT rowid FROM errands_result
+    WHERE job_class = :job_class
+        AND status = :status
+        AND ended_at < :now - :older_than_seconds
+    ORDER BY ended_at
+    LIMIT :batch_size
+)
+
 -- name: queue_stats
 WITH waiting AS (
     SELECT
