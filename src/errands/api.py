@@ -57,9 +57,10 @@ def requests(
     job_class: str | None = None,
     concurrency_key: str | None = None,
     limit: int = 100,
+    tag: str | None = None,
 ) -> list[JobRequest]:
-    """Pending requests in claim order."""
-    selection = Selection(queue=queue, job_class=job_class, concurrency_key=concurrency_key)
+    """Pending requests in claim order (``tag``: only those carrying it)."""
+    selection = Selection(queue, job_class, concurrency_key, tag=tag)
     return backend().next_requests(selection=selection, limit=limit)
 
 
@@ -69,9 +70,10 @@ def processes(
     job_class: str | None = None,
     concurrency_key: str | None = None,
     limit: int = 100,
+    tag: str | None = None,
 ) -> list[JobProcess]:
     """Claimed and running processes, oldest claim first."""
-    selection = Selection(queue=queue, job_class=job_class, concurrency_key=concurrency_key)
+    selection = Selection(queue, job_class, concurrency_key, tag=tag)
     return backend().page_processes(selection=selection, page=PageSpec(limit=limit))
 
 
@@ -83,6 +85,7 @@ def results(
     concurrency_key: str | None = None,
     limit: int = 100,
     final: bool | None = None,
+    tag: str | None = None,
 ) -> list[JobResult]:
     """Finished processes, newest first. ``final=True``: only the final failures
     ("dead letters": ERRORED or LOST with no attempts left, never retried since)."""
@@ -92,6 +95,7 @@ def results(
         job_class=job_class,
         concurrency_key=concurrency_key,
         final=final,
+        tag=tag,
     )
     return backend().page_results(selection=selection, page=PageSpec(limit=limit))
 

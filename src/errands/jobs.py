@@ -11,12 +11,12 @@ import contextlib
 import contextvars
 import datetime
 import gc
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from errands import expiry, serialization, telemetry, uniqueness, validation
+from errands import expiry, serialization, tagging, telemetry, uniqueness, validation
 from errands.backends import current
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
 from errands.backoff import Backoff
@@ -154,6 +154,8 @@ class Job:
         unique: Unique | None = None,
         connection: Any | None = None,
         expires: Delay = None,
+        tags: Sequence[str] | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> JobRequest | None:
         """Enqueue this job; return the created request, or None if ``should_enqueue``
         (or, for a unique job, its ``Unique``) declined; a unique job that replaced a
@@ -178,6 +180,8 @@ class Job:
             limits=limits,
             unique=unique,
             expires=expires,
+            tags=tags,
+            meta=meta,
         )
         return enqueue_many([self], options=options, connection=connection)[0]
 
@@ -206,6 +210,10 @@ class EnqueueOptions:
     #: Expiry (errands.expiry): seconds, a timedelta or an aware datetime after which
     #: a job not yet claimed never runs; None keeps the jobs' own (``expires``).
     expires: Delay = None
+    #: Tags and metadata (errands.tagging): replace the jobs' own (``[]``/``{}``: none);
+    #: None keeps them.
+    tags: Sequence[str] | None = None
+    meta: Mapping[str, Any] | None = None
 
 
 def enqueue_many(
@@ -407,6 +415,7 @@ def _new_request(
         )
     limits = _resolved_limits(job, path, options.limits)
     expires_at = expiry.resolve(job, path, options.expires)
+    tags, meta = tagging.resolve(job, path, options.tags, options.meta)
     # Every field, by name: the fast builder fills in no default (see models).
     return build_new_request(
         job_class=path,
@@ -425,6 +434,8 @@ def _new_request(
         uuid=key,
         limits=limits,
         expires_at=expires_at,
+        tags=tags,
+        meta=meta,
     )
 
 

@@ -202,6 +202,9 @@ class NewRequest:
     limits: tuple[Limit, ...] = ()
     #: expiry: not claimed by then, the job never runs (errands.expiry); None: never expires
     expires_at: datetime.datetime | None = None
+    #: tags and metadata (errands.tagging): from enqueue to the result
+    tags: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +229,9 @@ class JobRequest:
     limits: tuple[Limit, ...] = ()
     #: expiry: not claimed by then, it ends CANCELLED "expired" (errands.expiry)
     expires_at: datetime.datetime | None = None
+    #: tags and metadata (errands.tagging), from its enqueue
+    tags: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
 
     kind = "request"
 
@@ -260,6 +266,12 @@ class JobProcess:
     start_at: datetime.datetime | None = None
     limits: tuple[Limit, ...] = ()
     expires_at: datetime.datetime | None = None
+    tags: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
+    #: progress (errands.progress): the last the job reported; None before any
+    progress_done: int | None = None
+    progress_total: int | None = None
+    progress_message: str | None = None
 
     kind = "process"
 
@@ -301,6 +313,12 @@ class JobResult:
     start_at: datetime.datetime | None = None
     limits: tuple[Limit, ...] = ()
     expires_at: datetime.datetime | None = None
+    tags: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
+    #: progress (errands.progress): the last the job reported before it ended
+    progress_done: int | None = None
+    progress_total: int | None = None
+    progress_message: str | None = None
 
     kind = "result"
 
@@ -384,6 +402,8 @@ class Selection:
     #: results only: True for final failures ("dead letters": ERRORED or LOST with no
     #: attempts left and never retried since), False for every other result
     final: bool | None = None
+    #: rows carrying this tag (errands.tagging)
+    tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,16 @@ from errands import api, formatting
 from errands.cli import configuration
 from errands.cli.errors import CliError
 from errands.cli.options import filter_options, json_option, parse_uuid
-from errands.cli.output import job_json, print_json, show_row, table
+from errands.cli.output import job_json, print_json, show_row, table, tagged_table
 from errands.models import JobProcess, JobRequest, JobResult, Stats
+from errands.progress import progress_text
 
 
 @click.command("requests")
 @filter_options(status=False)
 def requests_command(
     queue: str | None,
+    tag: str | None,
     job_class: str | None,
     concurrency_key: str | None,
     limit: int,
@@ -38,10 +40,11 @@ def requests_command(
       errands requests
       errands requests --queue mail --limit 10
       errands requests --json
+      errands requests --tag billing
     """
     configuration.current()
     rows = api.requests(
-        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
+        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit, tag=tag
     )
     if as_json:
         print_json([job_json(r) for r in rows])
@@ -55,6 +58,7 @@ def requests_command(
 @filter_options(status=False)
 def processes_command(
     queue: str | None,
+    tag: str | None,
     job_class: str | None,
     concurrency_key: str | None,
     limit: int,
@@ -74,7 +78,7 @@ def processes_command(
     """
     configuration.current()
     rows = api.processes(
-        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit
+        queue=queue, job_class=job_class, concurrency_key=concurrency_key, limit=limit, tag=tag
     )
     if as_json:
         print_json([job_json(p) for p in rows])
@@ -93,6 +97,7 @@ def processes_command(
 )
 def results_command(
     queue: str | None,
+    tag: str | None,
     status: str | None,
     job_class: str | None,
     concurrency_key: str | None,
@@ -124,6 +129,7 @@ def results_command(
         concurrency_key=concurrency_key,
         limit=limit,
         final=final or None,
+        tag=tag,
     )
     if as_json:
         print_json([job_json(r) for r in rows])
@@ -245,7 +251,8 @@ COMMANDS = [
 
 
 def _request_table(rows: Sequence[JobRequest]) -> str:
-    return table(
+    return tagged_table(
+        rows,
         ["UUID", "JOB CLASS", "QUEUE", "PRIORITY", "ATTEMPT", "CREATED", "START AT", "KEY"],
         [
             [
@@ -264,8 +271,19 @@ def _request_table(rows: Sequence[JobRequest]) -> str:
 
 
 def _process_table(rows: Sequence[JobProcess]) -> str:
-    return table(
-        ["UUID", "JOB CLASS", "QUEUE", "PRIORITY", "ATTEMPT", "CLAIMED", "STARTED", "STATE"],
+    return tagged_table(
+        rows,
+        [
+            "UUID",
+            "JOB CLASS",
+            "QUEUE",
+            "PRIORITY",
+            "ATTEMPT",
+            "CLAIMED",
+            "STARTED",
+            "STATE",
+            "PROGRESS",
+        ],
         [
             [
                 p.uuid,
@@ -276,6 +294,7 @@ def _process_table(rows: Sequence[JobProcess]) -> str:
                 formatting.local_time(p.created_at),
                 formatting.local_time(p.started_at),
                 formatting.process_state(p),
+                progress_text(p.progress_done, p.progress_total, p.progress_message),
             ]
             for p in rows
         ],
@@ -283,7 +302,8 @@ def _process_table(rows: Sequence[JobProcess]) -> str:
 
 
 def _result_table(rows: Sequence[JobResult]) -> str:
-    return table(
+    return tagged_table(
+        rows,
         ["UUID", "JOB CLASS", "QUEUE", "STATUS", "ATTEMPT", "ENDED", "DURATION", "ERROR"],
         [
             [

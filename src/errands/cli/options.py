@@ -24,7 +24,8 @@ def json_option(f: F) -> F:
 
 
 def filter_options(*, status: bool) -> Callable[[F], F]:
-    """--queue, --job-class, --concurrency-key, --limit, --json (and --status for results)."""
+    """--queue, --tag, --job-class, --concurrency-key, --limit, --json (and --status for
+    results)."""
 
     def decorate(f: F) -> F:
         f = json_option(f)
@@ -52,6 +53,7 @@ def filter_options(*, status: bool) -> Callable[[F], F]:
                 type=click.Choice(STATUS_NAMES, case_sensitive=False),
                 help="Only results with this status.",
             )(f)
+        f = click.option("--tag", metavar="TAG", help="Only jobs carrying this tag.")(f)
         f = click.option("--queue", "-q", metavar="NAME", help="Only this queue.")(f)
         return f
 

@@ -78,3 +78,15 @@ def show_row(row: JobRequest | JobProcess | JobResult) -> None:
         click.echo("traceback:")
         for line in str(traceback).rstrip().splitlines():
             click.echo(f"    {line}")
+
+
+def tagged_table(
+    jobs: Sequence[JobRequest | JobProcess | JobResult],
+    headers: list[str],
+    rows: list[list[Any]],
+) -> str:
+    """``table``, with a TAGS column last when a job of the listing carries tags."""
+    if any(job.tags for job in jobs):
+        headers = [*headers, "TAGS"]
+        rows = [[*row, ",".join(job.tags) or "-"] for row, job in zip(rows, jobs, strict=True)]
+    return table(headers, rows)

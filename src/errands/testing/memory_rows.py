@@ -31,6 +31,8 @@ JOB_FIELDS = (
     "span_id",
     "limits",  # flow control (errands.Limit): from enqueue to the result
     "expires_at",  # expiry (errands.expiry): from enqueue to the result
+    "tags",  # errands.tagging: from enqueue to the result
+    "meta",
 )
 
 
@@ -114,6 +116,10 @@ def result_of(process: JobProcess, *, now: datetime.datetime, **columns: Any) ->
         "created_at": now,
         "worker_id": process.worker_id,
         "start_at": process.start_at,
+        # errands.progress: the last the job reported
+        "progress_done": process.progress_done,
+        "progress_total": process.progress_total,
+        "progress_message": process.progress_message,
         **job_fields(process),
         **columns,
     }

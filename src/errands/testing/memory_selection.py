@@ -64,6 +64,8 @@ def selected(
         return False
     if s.until is not None and _own_time(job) > s.until:
         return False
+    if s.tag and s.tag not in job.tags:
+        return False
     if isinstance(job, JobRequest) and s.due is not None and (job.start_at <= now) != s.due:
         return False
     if isinstance(job, JobResult):

@@ -38,6 +38,7 @@ from errands.backends.postgres.codec import (
     first_per_process,
     outcome_columns,
     result_from_tuple,
+    tags_of,
     to_result,
 )
 from errands.backends.postgres.connection import (
@@ -307,7 +308,12 @@ class PostgresBackend(SqlBackend):
             # RETURNING keeps no order: sort by priority, then due time, then age.
             claimed.sort(key=lambda row: (-row[9], row[18], row[2]))
             # The worker connection's times are in UTC already (configure_worker_connection).
-            processes = Claimed(build_job_process(*row[:19], (), row[20]) for row in claimed)
+            processes = Claimed(
+                build_job_process(
+                    *row[:19], (), row[20], tags_of(row[21]), row[22], None, None, None
+                )
+                for row in claimed
+            )
             if (limited_exist or room.queue_limits) and len(processes) < limit:
                 for process in processes:
                     left = queue_rooms.get(process.queue)

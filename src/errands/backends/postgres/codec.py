@@ -57,7 +57,14 @@ def _fields_of(model: Any, row: Row) -> dict[str, Any]:
     values = {name: utc(row[name]) for name in _field_names(model) if name in columns}
     if "limits" in values:
         values["limits"] = decode_limits(values["limits"])
+    if "tags" in values:
+        values["tags"] = tags_of(values["tags"])
     return values
+
+
+def tags_of(value: list[str] | None) -> tuple[str, ...]:
+    """A ``text[]`` column's tags (NULL: none)."""
+    return tuple(value) if value else ()
 
 
 def to_request(row: Row) -> JobRequest:
@@ -79,7 +86,9 @@ def result_from_tuple(row: tuple[Any, ...]) -> JobResult:
     read on a worker connection (its times are in UTC already)."""
     values = list(row)
     values[7] = Status(values[7])
-    values[-2] = decode_limits(values[-2])  # then expires_at, last
+    # then expires_at, tags, meta and the three progress columns, last
+    values[26] = decode_limits(values[26])
+    values[28] = tags_of(values[28])
     return build_job_result(*values)
 
 

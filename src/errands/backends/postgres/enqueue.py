@@ -72,13 +72,24 @@ def request_values(request: NewRequest) -> dict[str, Any]:
         "limits": encode_limits(request.limits),
         "limit_key": first_key(request.limits),
         "expires_at": request.expires_at,
+        "tags": list(request.tags) if request.tags else None,
+        "meta": _json(request.meta),
     }
+
+
+def tagging_in(requests: Sequence[NewRequest]) -> bool:
+    """Whether a request of the batch has tags or meta (COPY's rows carry neither:
+    such a batch goes as one INSERT)."""
+    return any(request.tags or request.meta for request in requests)
 
 
 def request_columns(requests: Sequence[NewRequest]) -> dict[str, list[Any]]:
     """The batch as one array per column, for ``unnest`` in ``insert_requests``."""
     rows = [request_values(request) for request in requests]
-    return {column: [row[column] for row in rows] for column in rows[0]}
+    columns = {column: [row[column] for row in rows] for column in rows[0]}
+    # Arrays of arrays must be rectangular: each request's tags go as JSON text.
+    columns["tags"] = [_json(tags) for tags in columns["tags"]]
+    return columns
 
 
 def insert_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[JobRequest]:
@@ -89,7 +100,7 @@ def insert_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[Jo
     """
     if not requests:
         return []
-    if len(requests) >= COPY_THRESHOLD:
+    if len(requests) >= COPY_THRESHOLD and not tagging_in(requests):
         return copy_requests(conn, requests)
     # Scalar parameters for one job: psycopg adapts them far faster than arrays.
     name, params = (
@@ -155,6 +166,8 @@ def _as_request(
         request.span_id,
         request.limits,
         request.expires_at,
+        request.tags,
+        request.meta,
     )
 
 

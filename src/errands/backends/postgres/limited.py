@@ -16,6 +16,7 @@ from errands.backends.admission import (
     candidate_limits,
     longest_window,
 )
+from errands.backends.postgres.codec import tags_of
 from errands.backends.postgres.connection import Connection, fetch, fetch_tuples
 from errands.backends.store import ClaimRoom
 from errands.limiting import QUEUE_KEY_PREFIX, decode_limits
@@ -60,7 +61,19 @@ def claim_limited(
         if not admission.taken:
             return [], admission
         rows = fetch_tuples(conn, "claim_limited", _claim_params(worker_id, admission, locked))
-    processes = [build_job_process(*row[:19], candidate_limits(row[19]), row[20]) for row in rows]
+    processes = [
+        build_job_process(
+            *row[:19],
+            candidate_limits(row[19]),
+            row[20],
+            tags_of(row[21]),
+            row[22],
+            None,
+            None,
+            None,
+        )
+        for row in rows
+    ]
     order = {ref: position for position, ref in enumerate(admission.taken)}
     processes.sort(key=lambda process: order.get(process.request_uuid, 0))
     return processes, admission

@@ -146,7 +146,9 @@ WITH replaced AS (
         span_id = %(span_id)s,
         limits = %(limits)s::jsonb,
         limit_key = %(limit_key)s::text,
-        expires_at = %(expires_at)s::timestamptz
+        expires_at = %(expires_at)s::timestamptz,
+        tags = %(tags)s::text[],
+        meta = %(meta)s::jsonb
     WHERE uuid = %(target)s
     RETURNING *
 )
@@ -162,7 +164,7 @@ WITH inserted AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries,
         retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
-        expires_at
+        expires_at, tags, meta
     )
     VALUES (
         %(uuid)s,
@@ -170,7 +172,7 @@ WITH inserted AS (
         %(job_class)s, %(parameters)s::jsonb, %(queue)s, %(priority)s, %(retries)s,
         %(retry_attempt)s, %(concurrency_key)s, %(timeout)s::float8, %(source)s,
         %(trace_id)s, %(span_id)s, %(limits)s::jsonb, %(limit_key)s::text,
-        %(expires_at)s::timestamptz
+        %(expires_at)s::timestamptz, %(tags)s::text[], %(meta)s::jsonb
     )
     RETURNING uuid, created_at, start_at, queue
 )
@@ -191,25 +193,30 @@ WITH inserted AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries,
         retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
-        expires_at
+        expires_at, tags, meta
     )
     SELECT
         r.uuid,
         coalesce(r.start_at, now() + r.delay_seconds * interval '1 second'),
         r.job_class, r.parameters::jsonb, r.queue, r.priority, r.retries,
         r.retry_attempt, r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id,
-        r.limits::jsonb, r.limit_key, r.expires_at
+        r.limits::jsonb, r.limit_key, r.expires_at,
+        -- Tags travel as the JSON text of each request's list (arrays of arrays
+        -- must be rectangular).
+        CASE WHEN r.tags IS NOT NULL
+            THEN ARRAY(SELECT jsonb_array_elements_text(r.tags::jsonb)) END,
+        r.meta::jsonb
     FROM unnest(
         %(uuid)s::uuid[], %(start_at)s::timestamptz[], %(delay_seconds)s::float8[],
         %(job_class)s::text[], %(parameters)s::text[], %(queue)s::text[],
         %(priority)s::int[], %(retries)s::int[], %(retry_attempt)s::int[],
         %(concurrency_key)s::text[], %(timeout)s::float8[], %(source)s::text[],
         %(trace_id)s::text[], %(span_id)s::text[], %(limits)s::text[], %(limit_key)s::text[],
-        %(expires_at)s::timestamptz[]
+        %(expires_at)s::timestamptz[], %(tags)s::text[], %(meta)s::text[]
     ) AS r(
         uuid, start_at, delay_seconds, job_class, parameters, queue, priority, retries,
         retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
-        expires_at
+        expires_at, tags, meta
     )
     RETURNING uuid, created_at, start_at, queue
 )
@@ -368,20 +375,20 @@ expired_results AS (
         uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
         worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
         concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at,
-        limits, expires_at
+        limits, expires_at, tags, meta
     )
     SELECT
         gen_random_uuid(), gen_random_uuid(), e.uuid, e.created_at, NULL, now(),
         %(expired_status)s, NULL, e.job_class, e.parameters, e.queue, e.priority, e.retries,
         e.retry_attempt, e.concurrency_key, e.timeout, e.source, e.trace_id, e.span_id,
-        %(expired_type)s, %(expired_error)s, e.start_at, e.limits, e.expires_at
+        %(expired_type)s, %(expired_error)s, e.start_at, e.limits, e.expires_at, e.tags, e.meta
     FROM expired AS e
 ),
 inserted AS (
     INSERT INTO errands_process (
         uuid, request_uuid, requested_at, worker_id, start_at, job_class, parameters, queue,
         priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id,
-        expires_at
+        expires_at, tags, meta
     )
     SELECT
         -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
@@ -391,20 +398,20 @@ inserted AS (
             FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
         c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
         c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
-        c.timeout, c.source, c.trace_id, c.span_id, c.expires_at
+        c.timeout, c.source, c.trace_id, c.span_id, c.expires_at, c.tags, c.meta
     FROM claimed AS c
     -- The fields of JobProcess in their order, of which limits is NULL here (claim()
     -- in postgres/backend.py builds the models from these positions).
     RETURNING
         uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
         parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
-        source, trace_id, span_id, cancel_requested, start_at, limits, expires_at
+        source, trace_id, span_id, cancel_requested, start_at, limits, expires_at, tags, meta
 )
 SELECT * FROM inserted
 UNION ALL
 SELECT
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 WHERE EXISTS (SELECT 1 FROM errands_request WHERE limit_key IS NOT NULL)
 
 -- name: limited_keys
@@ -541,7 +548,7 @@ trimmed AS (
 INSERT INTO errands_process (
     uuid, request_uuid, requested_at, worker_id, start_at, job_class, parameters, queue,
     priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id,
-    limits, expires_at
+    limits, expires_at, tags, meta
 )
 SELECT
     encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
@@ -549,12 +556,12 @@ SELECT
         FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
     c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
     c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
-    c.timeout, c.source, c.trace_id, c.span_id, c.limits, c.expires_at
+    c.timeout, c.source, c.trace_id, c.span_id, c.limits, c.expires_at, c.tags, c.meta
 FROM claimed AS c
 RETURNING
     uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
     parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
-    source, trace_id, span_id, cancel_requested, start_at, limits, expires_at
+    source, trace_id, span_id, cancel_requested, start_at, limits, expires_at, tags, meta
 
 -- name: queue_size_estimate
 -- The planner's row count of the requests table (as of its last analyze): no scan.
@@ -635,7 +642,8 @@ written AS (
         uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
         worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
         concurrency_key, timeout, source, trace_id, span_id, error_type, error,
-        traceback, return_value, retry_request_uuid, start_at, limits, expires_at
+        traceback, return_value, retry_request_uuid, start_at, limits, expires_at, tags, meta,
+        progress_done, progress_total, progress_message
     )
     SELECT
         -- A UUIDv7 (RFC 9562): milliseconds first, so that new keys land at the
@@ -648,7 +656,7 @@ written AS (
         f.job_class, f.parameters, f.queue, f.priority, f.retries, f.retry_attempt,
         f.concurrency_key, f.timeout, f.source, f.trace_id, f.span_id, o.error_type,
         o.error, o.traceback, o.return_value, o.retry_request_uuid, f.start_at, f.limits,
-        f.expires_at
+        f.expires_at, f.tags, f.meta, f.progress_done, f.progress_total, f.progress_message
     FROM finished AS f
     JOIN outcome AS o ON o.process_uuid = f.uuid
     ON CONFLICT (process_uuid) DO NOTHING
@@ -657,13 +665,14 @@ written AS (
 requeued AS (
     INSERT INTO errands_request (
         uuid, start_at, job_class, parameters, queue, priority, retries, retry_attempt,
-        concurrency_key, timeout, source, trace_id, span_id, limits, limit_key, expires_at
+        concurrency_key, timeout, source, trace_id, span_id, limits, limit_key, expires_at,
+        tags, meta
     )
     SELECT
         w.retry_request_uuid, now() + o.requeue_delay_seconds * interval '1 second',
         w.job_class, w.parameters, w.queue, w.priority, w.retries, o.requeue_attempt,
         w.concurrency_key, w.timeout, w.source, w.trace_id, w.span_id,
-        w.limits, w.limits -> 0 ->> 'key', w.expires_at
+        w.limits, w.limits -> 0 ->> 'key', w.expires_at, w.tags, w.meta
     FROM written AS w
     JOIN outcome AS o ON o.process_uuid = w.process_uuid
     WHERE w.retry_request_uuid IS NOT NULL
@@ -676,7 +685,8 @@ SELECT
     w.created_at, w.status, w.worker_id, w.job_class, w.parameters, w.queue, w.priority,
     w.retries, w.retry_attempt, w.concurrency_key, w.timeout, w.source, w.trace_id,
     w.span_id, w.error_type, w.error, w.traceback, w.return_value, w.retry_request_uuid,
-    w.start_at, w.limits, w.expires_at
+    w.start_at, w.limits, w.expires_at, w.tags, w.meta, w.progress_done, w.progress_total,
+    w.progress_message
 FROM written AS w
 CROSS JOIN (
     -- Due requeues, and the queues of limited jobs that ended: a slot of their
@@ -697,7 +707,8 @@ UNION ALL
 -- PostgresBackend.complete_many to keep them on the LOST results (record_late_outcomes).
 SELECT
     NULL, o.process_uuid, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL
 FROM outcome AS o
 WHERE NOT EXISTS (SELECT 1 FROM locked AS l WHERE l.uuid = o.process_uuid)
 
@@ -713,12 +724,12 @@ restored AS (
     INSERT INTO errands_request (
         uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
         retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
-        expires_at
+        expires_at, tags, meta
     )
     SELECT
         request_uuid, requested_at, start_at, job_class, parameters, queue, priority,
         retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id,
-        limits, limits -> 0 ->> 'key', expires_at
+        limits, limits -> 0 ->> 'key', expires_at, tags, meta
     FROM released
     RETURNING queue
 )
@@ -797,13 +808,14 @@ written AS (
         uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
         worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
         concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at,
-        limits, expires_at
+        limits, expires_at, tags, meta, progress_done, progress_total, progress_message
     )
     SELECT
         gen_random_uuid(), l.uuid, l.request_uuid, l.requested_at, l.started_at, now(), %(status)s,
         l.worker_id, l.job_class, l.parameters, l.queue, l.priority, l.retries, l.retry_attempt,
         l.concurrency_key, l.timeout, l.source, l.trace_id, l.span_id, %(error_type)s, %(error)s,
-        l.start_at, l.limits, l.expires_at
+        l.start_at, l.limits, l.expires_at, l.tags, l.meta, l.progress_done, l.progress_total,
+        l.progress_message
     FROM lost AS l
     ON CONFLICT (process_uuid) DO NOTHING
     RETURNING *
@@ -880,16 +892,6 @@ WHERE uuid IN (
     FOR UPDATE SKIP LOCKED
 )
 
-
--- Notifications ----------------------------------------------------------------
-
--- name: listen
-LISTEN errands_jobs
-
--- name: listen_results
--- Sent by the trigger of migration_4 whenever results are written.
-LISTEN errands_results
-
 -- name: prune_status_results
 -- results_retention by status: one status's results, through the (status, ended_at)
 -- index, but not those of the job classes with a longer retention of their own
@@ -921,6 +923,16 @@ WHERE uuid IN (
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED
 )
+
+
+-- Notifications ----------------------------------------------------------------
+
+-- name: listen
+LISTEN errands_jobs
+
+-- name: listen_results
+-- Sent by the trigger of migration_4 whenever results are written.
+LISTEN errands_results
 
 
 -- Inspecting and operating ---------------------------------------------------------
@@ -1005,13 +1017,13 @@ INSERT INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
     worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
     concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at, limits,
-    expires_at
+    expires_at, tags, meta
 )
 SELECT
     gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), %(status)s,
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
     c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
-    c.start_at, c.limits, c.expires_at
+    c.start_at, c.limits, c.expires_at, c.tags, c.meta
 FROM cancelled AS c
 RETURNING *
 
@@ -1165,6 +1177,7 @@ DELETE FROM errands_dashboard_session WHERE id = %(id)s
     AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
     AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid)
     AND (%(due)s::boolean IS NULL OR (start_at <= now()) = %(due)s::boolean)
+    AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
 
 -- fragment: processes_selection
 -- A Selection of processes: a uuid matches the process or its request.
@@ -1174,6 +1187,7 @@ DELETE FROM errands_dashboard_session WHERE id = %(id)s
     AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
     AND (%(until)s::timestamptz IS NULL OR created_at <= %(until)s::timestamptz)
     AND (%(uuid)s::uuid IS NULL OR uuid = %(uuid)s::uuid OR request_uuid = %(uuid)s::uuid)
+    AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
 
 -- fragment: results_selection
 -- A Selection of results: a uuid matches the result, its request or its process.
@@ -1191,6 +1205,7 @@ DELETE FROM errands_dashboard_session WHERE id = %(id)s
     AND (%(final)s::boolean IS NULL
         OR (status IN ('ERRORED', 'LOST') AND retry_attempt >= retries
             AND retry_request_uuid IS NULL) = %(final)s::boolean)
+    AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
 
 -- name: page_requests
 SELECT *
@@ -1311,13 +1326,13 @@ INSERT INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, status,
     worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
     concurrency_key, timeout, source, trace_id, span_id, error_type, error, start_at, limits,
-    expires_at
+    expires_at, tags, meta
 )
 SELECT
     gen_random_uuid(), gen_random_uuid(), c.uuid, c.created_at, NULL, now(), %(status)s,
     NULL, c.job_class, c.parameters, c.queue, c.priority, c.retries, c.retry_attempt,
     c.concurrency_key, c.timeout, c.source, c.trace_id, c.span_id, %(error_type)s, %(error)s,
-    c.start_at, c.limits, c.expires_at
+    c.start_at, c.limits, c.expires_at, c.tags, c.meta
 FROM cancelled AS c
 RETURNING *
 

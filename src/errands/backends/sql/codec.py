@@ -93,6 +93,7 @@ class Codec(abc.ABC):
             "status": str(selection.status) if selection.status else None,
             "retried": selection.retried,
             "final": selection.final,
+            "tag": selection.tag or None,
         }
 
     def page(self, selection: Selection, page: PageSpec) -> dict[str, Any]:

@@ -42,13 +42,15 @@ _TIMESTAMP_COLUMNS = frozenset(
 _UUID_COLUMNS = frozenset(
     {"uuid", "request_uuid", "process_uuid", "worker_id", "retry_request_uuid"}
 )
-_JSON_COLUMNS = frozenset({"parameters", "return_value", "queues"})
+_JSON_COLUMNS = frozenset({"parameters", "return_value", "queues", "meta"})
 _BOOL_COLUMNS = frozenset({"cancel_requested", "stale"})
 _STORED_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("priority", "retries", "retry_attempt", "pid"), (int,)),
     **dict.fromkeys(("job_class", "queue", "concurrency_key", "source"), (str,)),
     **dict.fromkeys(("trace_id", "span_id", "error_type", "error", "traceback"), (str,)),
     "timeout": (float, int),
+    **dict.fromkeys(("progress_done", "progress_total"), (int,)),
+    "progress_message": (str,),
 }
 
 
@@ -71,6 +73,8 @@ def column_value(name: str, value: Any) -> Any:
     """A stored value as the models hold it."""
     if name == "limits":  # JSON text, NULL for none; what does not load is left out
         return decode_limits(value)
+    if name == "tags":  # JSON text of a list, NULL for none
+        return decode_tags(value)
     if value is None:
         if name == "uuid":  # a TEXT PRIMARY KEY may hold NULL in SQLite
             raise TypeError("NULL stored as the row's uuid")
@@ -92,6 +96,20 @@ def column_value(name: str, value: Any) -> Any:
     if type(value) not in _STORED_TYPES.get(name, (type(value),)):
         raise TypeError(f"{type(value).__name__} {value!r:.60} stored in {name}")
     return value
+
+
+def decode_tags(value: Any) -> tuple[str, ...]:
+    """The ``tags`` column (JSON text of a list of strings, NULL for none)."""
+    if value is None:
+        return ()
+    loaded = json.loads(value)
+    if type(loaded) is not list or not all(type(tag) is str for tag in loaded):
+        raise TypeError(f"tags stored as {value!r:.60}")
+    return tuple(loaded)
+
+
+def encode_tags(tags: Sequence[str]) -> str | None:
+    return json.dumps(list(tags)) if tags else None
 
 
 def model_values(row: Row, model: type[Any]) -> dict[str, Any]:
@@ -146,6 +164,8 @@ def request_json(request: NewRequest) -> dict[str, Any]:
         "limits": encode_limits(request.limits),
         "limit_key": first_key(request.limits),
         "expires_at": to_unix(request.expires_at),
+        "tags": encode_tags(request.tags),
+        "meta": json_or_null(request.meta),
     }
 
 

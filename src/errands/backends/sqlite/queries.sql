@@ -182,7 +182,9 @@ UPDATE errands_request SET
     span_id = :span_id,
     limits = :limits,
     limit_key = :limit_key,
-    expires_at = :expires_at
+    expires_at = :expires_at,
+    tags = :tags,
+    meta = :meta
 WHERE uuid = :target
 RETURNING *
 
@@ -192,7 +194,7 @@ RETURNING *
 INSERT INTO errands_request (
     uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
     retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
-    expires_at
+    expires_at, tags, meta
 )
 SELECT
     r.value ->> 'uuid',
@@ -211,7 +213,9 @@ SELECT
     r.value ->> 'span_id',
     r.value ->> 'limits',
     r.value ->> 'limit_key',
-    r.value ->> 'expires_at'
+    r.value ->> 'expires_at',
+    r.value ->> 'tags',
+    r.value ->> 'meta'
 FROM json_each(:requests) AS r
 RETURNING *
 
@@ -322,12 +326,13 @@ LIMIT :limit
 INSERT INTO errands_process (
     uuid, request_uuid, requested_at, start_at, created_at, started_at, worker_id,
     job_class, parameters, queue, priority, retries, retry_attempt, concurrency_key,
-    timeout, source, trace_id, span_id, cancel_requested, limits, expires_at
+    timeout, source, trace_id, span_id, cancel_requested, limits, expires_at, tags, meta
 )
 SELECT
     claim.value, r.uuid, r.created_at, r.start_at, :now, NULL, :worker_id,
     r.job_class, r.parameters, r.queue, r.priority, r.retries, r.retry_attempt,
-    r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id, 0, r.limits, r.expires_at
+    r.concurrency_key, r.timeout, r.source, r.trace_id, r.span_id, 0, r.limits, r.expires_at,
+    r.tags, r.meta
 FROM json_each(:claims) AS claim
 JOIN errands_request AS r ON r.uuid = claim.key
 RETURNING *
@@ -469,11 +474,11 @@ RETURNING *
 INSERT INTO errands_request (
     uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
     retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
-    expires_at
+    expires_at, tags, meta
 ) VALUES (
     :uuid, :now, :start_at, :job_class, :parameters, :queue, :priority, :retries,
     :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id, :limits,
-    CASE WHEN json_valid(:limits) THEN :limits ->> '$[0].key' END, :expires_at
+    CASE WHEN json_valid(:limits) THEN :limits ->> '$[0].key' END, :expires_at, :tags, :meta
 )
 
 -- name: insert_result
@@ -483,13 +488,14 @@ INSERT OR IGNORE INTO errands_result (
     uuid, process_uuid, request_uuid, requested_at, started_at, ended_at, created_at,
     status, worker_id, job_class, parameters, queue, priority, retries, retry_attempt,
     concurrency_key, timeout, source, trace_id, span_id, error_type, error, traceback,
-    return_value, retry_request_uuid, start_at, limits, expires_at
+    return_value, retry_request_uuid, start_at, limits, expires_at, tags, meta,
+    progress_done, progress_total, progress_message
 ) VALUES (
     :uuid, :process_uuid, :request_uuid, :requested_at, :started_at, :ended_at, :now,
     :status, :worker_id, :job_class, :parameters, :queue, :priority, :retries,
     :retry_attempt, :concurrency_key, :timeout, :source, :trace_id, :span_id,
     :error_type, :error, :traceback, :return_value, :retry_request_uuid, :start_at, :limits,
-    :expires_at
+    :expires_at, :tags, :meta, :progress_done, :progress_total, :progress_message
 )
 RETURNING *
 
@@ -500,12 +506,12 @@ RETURNING *
 INSERT INTO errands_request (
     uuid, created_at, start_at, job_class, parameters, queue, priority, retries,
     retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits, limit_key,
-    expires_at
+    expires_at, tags, meta
 )
 SELECT
     request_uuid, requested_at, start_at, job_class, parameters, queue, priority, retries,
     retry_attempt, concurrency_key, timeout, source, trace_id, span_id, limits,
-    CASE WHEN json_valid(limits) THEN limits ->> '$[0].key' END, expires_at
+    CASE WHEN json_valid(limits) THEN limits ->> '$[0].key' END, expires_at, tags, meta
 FROM errands_process
 WHERE uuid IN (SELECT value FROM json_each(:uuids)) AND started_at IS NULL
 
@@ -796,6 +802,7 @@ FROM errands_worker
     AND (:until IS NULL OR created_at <= :until)
     AND (:uuid IS NULL OR uuid = :uuid)
     AND (:due IS NULL OR (start_at <= :now) = :due)
+    AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = :tag))
 
 -- fragment: processes_selection
 -- A Selection of processes: a uuid matches the process or its request.
@@ -805,6 +812,7 @@ FROM errands_worker
     AND (:since IS NULL OR created_at >= :since)
     AND (:until IS NULL OR created_at <= :until)
     AND (:uuid IS NULL OR uuid = :uuid OR request_uuid = :uuid)
+    AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = :tag))
 
 -- fragment: results_selection
 -- A Selection of results: a uuid matches the result, its request or its process.
@@ -820,6 +828,7 @@ FROM errands_worker
     AND (:final IS NULL
         OR (status IN ('ERRORED', 'LOST') AND retry_attempt >= retries
             AND retry_request_uuid IS NULL) = :final)
+    AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = :tag))
 
 -- name: page_requests
 SELECT * FROM errands_request

@@ -40,6 +40,8 @@ JOB_COLUMNS = (
     "span_id",
     "limits",  # flow control: JSON text, NULL for none
     "expires_at",  # expiry: unix seconds, NULL for never
+    "tags",  # errands.tagging: JSON text, NULL for none
+    "meta",  # errands.tagging: JSON text, NULL for none
 )
 
 # -- writing results -------------------------------------------------------------------
@@ -55,6 +57,9 @@ def insert_result(session: SqliteSession, job: sqlite3.Row, **columns: Any) -> J
         "traceback": "",
         "return_value": None,
         "retry_request_uuid": None,
+        "progress_done": None,  # a request's result (cancelled, expired) has none
+        "progress_total": None,
+        "progress_message": None,
         **{name: job[name] for name in JOB_COLUMNS},
         "start_at": job["start_at"],  # a process's or a request's due time
         **columns,
@@ -92,6 +97,10 @@ def process_identity(process: sqlite3.Row) -> dict[str, Any]:
         "requested_at": process["requested_at"],
         "worker_id": process["worker_id"],
         "started_at": process["started_at"],
+        # errands.progress: the last the job reported
+        "progress_done": process["progress_done"],
+        "progress_total": process["progress_total"],
+        "progress_message": process["progress_message"],
     }
 
 
