@@ -24,6 +24,7 @@ from errands.api import (
     wait_for_result_async,
     workers,
 )
+from errands.async_enqueue import enqueue_many_async
 from errands.backoff import Backoff
 from errands.context import JobContext
 from errands.errors import (
@@ -70,6 +71,7 @@ __all__ = [
     "cancel",
     "configure",
     "enqueue_many",
+    "enqueue_many_async",
     "get",
     "pause_queue",
     "paused_queues",

@@ -100,6 +100,10 @@ class Job:
     retry_on: tuple[type[BaseException], ...] = ()
     fail_on: tuple[type[BaseException], ...] = ()
 
+    #: Seconds this class's results are kept, or a table by status (None: the
+    #: results_retention setting's; see errands.worker.prune).
+    results_retention: float | dict[str, float] | None = None
+
     #: This run's JobContext while a worker runs the job (else JobContextUnavailable).
     context = ContextAttribute()
 
@@ -184,6 +188,15 @@ class Job:
             meta=meta,
         )
         return enqueue_many([self], options=options, connection=connection)[0]
+
+    async def run_in_worker_async(
+        self, *, connection: Any | None = None, **options: Any
+    ) -> JobRequest | None:
+        """``run_in_worker`` for asyncio, with the same options; ``connection`` is a
+        psycopg ``AsyncConnection`` (see errands.async_enqueue)."""
+        from errands.async_enqueue import run_in_worker_async
+
+        return await run_in_worker_async(self, connection=connection, **options)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,158 @@
+"""Enqueueing from asyncio on PostgreSQL: the statements of ``enqueue.py`` on a psycopg
+``AsyncConnection`` (the caller's, or one of a small async pool per event loop).
+
+Only the I/O is async: the SQL is ``queries.sql``'s (``insert_request``,
+``insert_requests``, the slot and uniqueness queries), the parameters are built by
+``enqueue.py`` and the rows decoded by its codec. An enqueue that needs decisions
+(concurrency keys, ``Unique``, a class's own ``should_enqueue``) runs errands' one
+decision code in a thread (:class:`BridgedTransaction`): each of its statements is
+sent back to the event loop, on the same AsyncConnection and in its transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row, tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from errands.backends.postgres.codec import utc
+from errands.backends.postgres.connection import (
+    Row,
+    connection_parameters,
+    database_errors,
+    queries,
+)
+from errands.backends.postgres.enqueue import (
+    PostgresEnqueueTransaction,
+    _as_request,
+    request_columns,
+    request_values,
+)
+from errands.models import JobRequest, NewRequest
+
+ASYNC_POOL_SIZE = 4
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncConnectionPool]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _pool(url: str, timeout: float) -> AsyncConnectionPool:
+    """This event loop's pool for ``url`` (a pool's connections belong to one loop)."""
+    by_url = _pools.setdefault(asyncio.get_running_loop(), {})
+    pool = by_url.get(url)
+    if pool is None:
+        pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=ASYNC_POOL_SIZE,
+            kwargs={"autocommit": True, **connection_parameters(url, timeout)},
+            timeout=max(timeout, 1.0),
+            name="errands-async",
+            open=False,
+        )
+        by_url[url] = pool
+        await pool.open()
+    return pool
+
+
+async def close_pools() -> None:
+    """Close this event loop's pools (tests, or an application's shutdown)."""
+    for pool in _pools.pop(asyncio.get_running_loop(), {}).values():
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def connection(
+    url: str, timeout: float, given: Any | None
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """The caller's AsyncConnection (checked), or a pooled one in autocommit."""
+    if given is not None:
+        if not isinstance(given, psycopg.AsyncConnection):
+            raise TypeError(
+                f"connection: expected a psycopg.AsyncConnection, got {type(given).__name__}"
+            )
+        yield given
+        return
+    pool = await _pool(url, timeout)
+    async with pool.connection() as conn:
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def joined_transaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """``enqueue.joined_transaction`` for an AsyncConnection: a savepoint inside the
+    caller's transaction, a transaction of its own in autocommit, else the caller's
+    implicit transaction, never committed here."""
+    if conn.autocommit or conn.info.transaction_status == TransactionStatus.INTRANS:
+        async with conn.transaction():
+            yield
+    else:
+        yield
+
+
+async def insert_requests(
+    conn: psycopg.AsyncConnection[Any], requests: Sequence[NewRequest]
+) -> list[JobRequest]:
+    """``enqueue.insert_requests`` on an AsyncConnection: one INSERT (no COPY: a large
+    batch goes as one ``insert_requests`` statement of arrays)."""
+    if not requests:
+        return []
+    name, params = (
+        ("insert_request", request_values(requests[0]))
+        if len(requests) == 1
+        else ("insert_requests", request_columns(requests))
+    )
+    async with conn.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(queries()[name], params)
+        rows = await cursor.fetchall()
+    times = {key: (utc(created_at), utc(start_at)) for key, created_at, start_at in rows}
+    return [_as_request(request, *times[request.uuid]) for request in requests]
+
+
+async def _fetch(
+    conn: psycopg.AsyncConnection[Any], name: str, params: Mapping[str, Any]
+) -> tuple[list[Row], int]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(queries()[name], params)
+        rows = await cursor.fetchall() if cursor.description else []
+        return rows, cursor.rowcount
+
+
+class BridgedTransaction(PostgresEnqueueTransaction):
+    """The enqueue transaction's methods for code running in a thread: each statement
+    runs on the event loop ``loop``, on the AsyncConnection, in its transaction."""
+
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], url: str, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(conn, url)  # type: ignore[arg-type]
+        self._aconn = conn
+        self._loop = loop
+
+    def _run(self, name: str, params: Mapping[str, Any]) -> tuple[list[Row], int]:
+        future = asyncio.run_coroutine_threadsafe(_fetch(self._aconn, name, params), self._loop)
+        with database_errors(self._url):
+            return future.result()
+
+    def _fetch(self, name: str, params: Mapping[str, Any]) -> list[Row]:
+        return self._run(name, params)[0]
+
+    def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        coroutine = insert_requests(self._aconn, requests)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        with database_errors(self._url):
+            return future.result()
+
+    def link_retry(self, *, result_uuid: Any, request_uuid: Any) -> bool:
+        params = {"result_uuid": result_uuid, "request_uuid": request_uuid}
+        return self._run("link_retry", params)[1] > 0
+
+    def settle_followup(self, *, result_uuid: Any) -> bool:
+        return self._run("settle_followup", {"result_uuid": result_uuid})[1] > 0
