@@ -40,8 +40,9 @@ class Document(BaseModel):
 
 
 @app.post("/documents", status_code=202)
-def submit(document: Document) -> dict[str, str]:
-    request = CountWords(document.text).run_in_worker()
+async def submit(document: Document) -> dict[str, str]:
+    # Awaited on the event loop (PostgreSQL: an async connection; SQLite: a thread).
+    request = await CountWords(document.text).run_in_worker_async()
     assert request is not None  # CountWords has no concurrency key: never declined
     return {"job": str(request.uuid)}
 

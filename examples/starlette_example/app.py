@@ -33,7 +33,7 @@ async def login(request: Request) -> JSONResponse:
 
 async def submit(request: Request) -> JSONResponse:
     document = await request.json()
-    job = CountWords(str(document["text"])).run_in_worker()
+    job = await CountWords(str(document["text"])).run_in_worker_async()
     assert job is not None
     return JSONResponse({"job": str(job.uuid)}, status_code=202)
 
