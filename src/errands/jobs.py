@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from errands import expiry, serialization, tagging, telemetry, uniqueness, validation
+from errands import expiry, progress, serialization, tagging, telemetry, uniqueness, validation
 from errands.backends import current
 from errands.backends.base import ConcurrencySlot, EnqueueTransaction
 from errands.backoff import Backoff
@@ -106,6 +106,13 @@ class Job:
 
     #: This run's JobContext while a worker runs the job (else JobContextUnavailable).
     context = ContextAttribute()
+
+    def report_progress(
+        self, done: int, total: int | None = None, message: str | None = None
+    ) -> None:
+        """How far this run got (errands.progress): coalesced, written by the worker,
+        kept on the result; does nothing outside a worker."""
+        progress.report(self, done, total, message)
 
     # -- hooks ------------------------------------------------------------
     def calculate_retry_delay(self, attempt: int) -> float:

@@ -471,6 +471,10 @@ class Stats:
         return _jsonable(asdict(self))  # type: ignore[no-any-return]
 
 
+#: A running job's progress (errands.progress): done, total (None: unknown), message.
+Progress = tuple[int, int | None, str | None]
+
+
 # Positional builders of the models built per job on hot paths (see positional_builder).
 build_new_request = positional_builder(NewRequest)
 build_job_request = positional_builder(JobRequest)

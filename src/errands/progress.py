@@ -24,14 +24,13 @@ from collections.abc import Callable
 from typing import Any
 
 from errands.context import ATTRIBUTE
+from errands.models import Progress
 
 #: Seconds between two reports of one job that reach the worker parent.
 INTERVAL = 0.5
 #: A message longer than this is cut (with an ellipsis).
 MAX_MESSAGE = 200
 
-#: One report: done, total (None: unknown), message (None: none).
-Progress = tuple[int, int | None, str | None]
 #: Where a child's reports go: the process uuid and its progress.
 Sink = Callable[[uuid.UUID, Progress], None]
 

@@ -26,6 +26,7 @@ from errands.models import (
     NewRequest,
     Occurrence,
     Outcome,
+    Progress,
     Selection,
     WorkerInfo,
 )
@@ -191,6 +192,12 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def mark_started(self, *, started: Sequence[tuple[uuid.UUID, datetime.datetime]]) -> None:
         """Stamp ``started_at`` on processes whose job began running."""
+
+    def record_progress(self, *, progress: Sequence[tuple[uuid.UUID, Progress]]) -> None:
+        """Write the latest progress each running job reported (errands.progress): its
+        process's progress_done, progress_total and progress_message. A backend
+        without progress columns ignores it."""
+        return None
 
     @abc.abstractmethod
     def complete_many(

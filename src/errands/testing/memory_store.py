@@ -27,6 +27,7 @@ from errands.models import (
     Kind,
     Occurrence,
     Outcome,
+    Progress,
     Selection,
     Status,
     WorkerInfo,
@@ -137,6 +138,15 @@ class MemoryStore(MemoryTables, JobStore):
                 process = self.processes.get(process_uuid)
                 if process is not None and process.started_at is None:  # the first stamp counts
                     self.processes[process_uuid] = dataclasses.replace(process, started_at=moment)
+
+    def record_progress(self, *, progress: Sequence[tuple[uuid.UUID, Progress]]) -> None:
+        with self.lock:
+            for process_uuid, (done, total, message) in progress:
+                process = self.processes.get(process_uuid)
+                if process is not None:
+                    self.processes[process_uuid] = dataclasses.replace(
+                        process, progress_done=done, progress_total=total, progress_message=message
+                    )
 
     def complete_many(
         self, *, outcomes: Sequence[Outcome], aborted_only: bool = False

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from errands.backends import Backend
-from errands.models import ABORTED_STATUSES, JobResult, Outcome
+from errands.models import ABORTED_STATUSES, JobResult, Outcome, Progress, uuid_from_bytes
 from errands.worker.deferrals import is_deferral, split, write_deferral
 
 FLUSH_INTERVAL = 0.02  # seconds an outcome may wait to be batched with others
@@ -55,11 +55,16 @@ class Batch:
     error: Exception | None = None
     # Outcomes not written yet once ``results`` is set (deferrals after a failed one).
     unwritten: list[Outcome] | None = None
+    # The latest progress of running jobs (errands.progress), written with the stamps,
+    # before the outcomes: a job's result gets its last report.
+    progress: list[tuple[uuid.UUID, Progress]] | None = None
 
     def run(self, backend: Backend, worker_id: uuid.UUID) -> None:
         try:
             if self.started:
                 backend.mark_started(started=self.started)
+            if self.progress:
+                backend.record_progress(progress=self.progress)
             self.marked = True
             routine: list[Outcome] = self.outcomes
             deferrals: list[Outcome] = []
@@ -166,6 +171,7 @@ class Recorder:
         self.aborted_only = aborted_only
         self.outcomes: list[Outcome] = []
         self.unmarked_starts: dict[uuid.UUID, datetime.datetime] = {}
+        self.progress: dict[uuid.UUID, Progress] = {}  # the latest per job (errands.progress)
         self.unwritten_since: float | None = None  # the oldest buffered outcome or stamp
         self.cancel_check_at = 0.0  # monotonic
         self.completed = 0  # outcomes written
@@ -178,7 +184,7 @@ class Recorder:
 
     @property
     def unwritten(self) -> bool:
-        return bool(self.outcomes or self.unmarked_starts)
+        return bool(self.outcomes or self.unmarked_starts or self.progress)
 
     def record(self, outcome: Outcome, *, urgent: bool = False) -> None:
         """Buffer an outcome; an ``urgent`` one is due at once."""
@@ -191,6 +197,14 @@ class Recorder:
     def stamp(self, job_uuid: uuid.UUID, started_at: datetime.datetime) -> None:
         """Mark a job started in the next batch."""
         self.unmarked_starts[job_uuid] = started_at
+        self.unwritten_since = self.unwritten_since or time.monotonic()
+
+    def report(self, reports: list[tuple[bytes, int, int | None, str | None]]) -> None:
+        """Progress a child sent (process uuid bytes, done, total, message): the latest
+        per job goes with the next batch (the child sends one per job every
+        ``progress.INTERVAL`` at most)."""
+        for key, done, total, message in reports:
+            self.progress[uuid_from_bytes(key)] = (done, total, message)
         self.unwritten_since = self.unwritten_since or time.monotonic()
 
     def forget_start(self, job_uuid: uuid.UUID) -> None:
@@ -231,10 +245,12 @@ class Recorder:
             outcomes=list(self.outcomes) if write else [],
             check_cancel=check_cancel,
             aborted_only=self.aborted_only(),
+            progress=list(self.progress.items()) if write and self.progress else None,
         )
         if write:
             self.outcomes.clear()
             self.unmarked_starts.clear()
+            self.progress.clear()
             self.unwritten_since = None
         return batch
 
@@ -249,6 +265,8 @@ class Recorder:
         """Count what the batch wrote; put back what it did not (it is written next time)."""
         if not batch.marked:  # stamp them next time
             self.unmarked_starts = dict(batch.started) | self.unmarked_starts
+            if batch.progress:  # unless a newer report came meanwhile
+                self.progress = dict(batch.progress) | self.progress
         if batch.results is None:
             self._requeue_unwritten(batch.outcomes)
         else:

@@ -20,16 +20,17 @@ import select
 import signal
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from errands import registry, settings
+from errands import progress, registry, settings
 from errands.containment import is_own_interrupt
 from errands.jobs import Job
-from errands.models import Outcome
+from errands.models import Outcome, Progress
 from errands.worker import output
 from errands.worker.execution import Handler, execute, import_string
 from errands.worker.protocol import (
@@ -107,6 +108,12 @@ class ChildRunner:
         self.closing = False
         self.received = 0
         self._alarm_r, self._alarm_w = os.pipe()
+        progress.install(self._send_progress)
+
+    def _send_progress(self, process_uuid: uuid.UUID, value: Progress) -> None:
+        """One job's progress (errands.progress, coalesced there) to the parent, now."""
+        self._send(encode_message(([], None, [(process_uuid.bytes, *value)])))
+        self._ring_now()
 
     def serve(self, max_jobs: int | None) -> None:
         reader = threading.Thread(
@@ -135,6 +142,8 @@ class ChildRunner:
                 outcome = execute(assignment, self.handler)
             finally:
                 output.end_job(token)
+            if progress.active():  # a job reported progress: its last one goes first
+                progress.finish(assignment.process_uuid)
             self._report(slot, outcome)
 
     def _next(self) -> tuple[int, Wire] | None:

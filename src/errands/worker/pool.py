@@ -18,7 +18,7 @@ import os
 import selectors
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -162,6 +162,8 @@ class Pool:
         self.children: list[Child] = []
         self.spawned = 0
         self._selector = selectors.DefaultSelector()
+        # Where the children's progress reports go (errands.progress): Recorder.report.
+        self.on_progress: Callable[[list[Any]], None] | None = None
 
     def watch(self, fd: int) -> None:
         """Also end ``wait`` when ``fd`` becomes readable (the worker's wake-up pipe)."""
@@ -305,7 +307,10 @@ class Pool:
         """Outcomes and recalled jobs the child has sent; each frees its slot."""
         finished: list[tuple[Slot, Outcome]] = []
         recalled: list[Slot] = []
-        for outcomes, given_back in child.reader.read():
+        for message in child.reader.read():
+            outcomes, given_back = message[0], message[1]
+            if len(message) > 2 and self.on_progress is not None:
+                self.on_progress(message[2])  # progress reports (errands.progress)
             child.outcomes_read += len(outcomes)
             for index, wire in outcomes:
                 slot = self._free(child, index)

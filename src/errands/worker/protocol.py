@@ -13,6 +13,10 @@ tens), each one length-prefixed pickle on a pipe:
 * child -> parent, on the outbox pipe: ``([(slot, outcome fields)], None)`` as
   each job ends, before its runner takes the next one (a job that then kills the
   process loses no outcome of the jobs before it); ``([], recalled slots)``;
+  ``([], None, [(process uuid bytes, done, total, message)])``: a job's progress
+  (errands.progress: at most one every ``progress.INTERVAL`` per job, and its last
+  one just before its outcome), rung for at once; the parent's Recorder writes the
+  latest per job with its next batch;
 * the bell pipe: one byte asks the parent to read the outbox now. The parent
   wakes on the bell, not on each outcome: the child rings once more have ended
   than wait in its queue (so that its slots are refilled while the rest keep it

@@ -101,6 +101,7 @@ class Supervisor:
         self.waiting = waiting
         self.recorder = recorder
         self.on_finished = on_finished
+        pool.on_progress = recorder.report  # the children's progress reports
         self.cancelling: set[uuid.UUID] = set()  # flagged jobs being recalled from a child
         self.bounces: dict[uuid.UUID, int] = {}  # jobs whose child died before they began
         self.start_check_at = 0.0  # monotonic

@@ -78,6 +78,7 @@ from errands.models import (
     JobResult,
     NewRequest,
     Outcome,
+    Progress,
     Selection,
     build_job_process,
 )
@@ -352,6 +353,17 @@ class PostgresBackend(SqlBackend):
             }
             with self._worker_connection() as conn:
                 execute(conn, "mark_started", params)
+
+    def record_progress(self, *, progress: Sequence[tuple[uuid.UUID, Progress]]) -> None:
+        if progress:
+            params = {
+                "uuid": uuid_array([u for u, _ in progress]),
+                "done": [str(p[0]) for _, p in progress],
+                "total": [None if p[1] is None else str(p[1]) for _, p in progress],
+                "message": [p[2] for _, p in progress],
+            }
+            with self._worker_connection() as conn:
+                execute(conn, "record_progress", params)
 
     def complete_many(
         self, *, outcomes: Sequence[Outcome], aborted_only: bool = False

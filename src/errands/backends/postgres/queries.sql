@@ -596,6 +596,16 @@ SET started_at = s.started_at
 FROM unnest(%(uuid)s::uuid[], %(started_at)s::timestamptz[]) AS s(uuid, started_at)
 WHERE p.uuid = s.uuid AND p.started_at IS NULL
 
+-- name: record_progress
+-- Progress (errands.progress): the latest each job reported, written by its worker
+-- with a batch (before the batch's outcomes, so a result gets its job's last one).
+UPDATE errands_process AS p
+SET progress_done = s.done::bigint, progress_total = s.total::bigint,
+    progress_message = s.message
+FROM unnest(%(uuid)s::uuid[], %(done)s::text[], %(total)s::text[], %(message)s::text[])
+    AS s(uuid, done, total, message)
+WHERE p.uuid = s.uuid
+
 -- name: complete_many
 -- One statement, so one transaction: processes become results, and results that
 -- asked for a requeue get their new request, all or nothing.

@@ -60,6 +60,7 @@ from errands.models import (
     JobProcess,
     JobResult,
     Outcome,
+    Progress,
     Selection,
 )
 
@@ -357,6 +358,15 @@ class SqliteBackend(SqlBackend):
                     for process_uuid, at in started
                 ],
             )
+
+    def record_progress(self, *, progress: Sequence[tuple[uuid.UUID, Progress]]) -> None:
+        if progress:
+            rows = [
+                {"uuid": str(key), "done": done, "total": total, "message": message}
+                for key, (done, total, message) in progress
+            ]
+            with self._write() as session:
+                session.executemany("record_progress", rows)
 
     def complete_many(
         self, *, outcomes: Sequence[Outcome], aborted_only: bool = False

@@ -453,6 +453,12 @@ RETURNING *
 -- Only the first stamp counts (a re-sent start must not move it).
 UPDATE errands_process SET started_at = :started_at WHERE uuid = :uuid AND started_at IS NULL
 
+-- name: record_progress
+-- Progress (errands.progress): the latest a job reported, written by its worker.
+UPDATE errands_process
+SET progress_done = :done, progress_total = :total, progress_message = :message
+WHERE uuid = :uuid
+
 -- name: delete_processes
 -- Only processes that still exist come back: one rescued (LOST) or cancelled
 -- meanwhile yields no row, so it never gets a second result.
