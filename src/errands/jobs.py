@@ -107,12 +107,8 @@ class Job:
     #: This run's JobContext while a worker runs the job (else JobContextUnavailable).
     context = ContextAttribute()
 
-    def report_progress(
-        self, done: int, total: int | None = None, message: str | None = None
-    ) -> None:
-        """How far this run got (errands.progress): coalesced, written by the worker,
-        kept on the result; does nothing outside a worker."""
-        progress.report(self, done, total, message)
+    #: self.report_progress(done, total=None, message=None): see errands.progress.
+    report_progress = progress.report
 
     # -- hooks ------------------------------------------------------------
     def calculate_retry_delay(self, attempt: int) -> float:

@@ -66,8 +66,10 @@ def checked(done: object, total: object, message: object) -> Progress:
     return done, total, message
 
 
-def report(job: object, done: object, total: object = None, message: object = None) -> None:
-    """``Job.report_progress``: send the job's progress on to its worker, coalesced."""
+def report(job: object, done: int, total: int | None = None, message: str | None = None) -> None:
+    """``Job.report_progress``: how far this run of the job got, sent on to its worker
+    (coalesced), shown by ``errands processes`` and the dashboard, kept on the result.
+    Does nothing outside a worker; TypeError or ValueError for values it cannot store."""
     value = checked(done, total, message)
     sink = _sink
     if sink is None:
