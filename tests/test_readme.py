@@ -104,6 +104,7 @@ RUN = {
         "# myapp/limited.py": "test_flow_control_example",
         "# myapp/sync.py": "test_retry_policy_example",
         "# myapp/charge.py": "test_job_context_example",
+        "# myapp/api.py": "test_async_producer_example",
         "# myapp/unique.py": "test_uniqueness_example",
         "queue_limits = { mail = 10 }": "test_queue_limits_from_pyproject",
         "errands.register_type(": "test_register_type_round_trips",
@@ -525,6 +526,54 @@ def test_job_context_example(sqlite_url: str) -> None:
         namespace["Charge"](7).run_in_worker(retries=2)
         (result,) = recorder.results
     assert result.return_value == "order 7: attempt 1 of 3"
+
+
+@pytest.mark.slow  # a PostgreSQL database of its own
+def test_async_producer_example(empty_pg_url: str) -> None:
+    import asyncio
+
+    from errands.backends.postgres.async_enqueue import close_pools
+
+    errands.configure(database_url=empty_pg_url)
+    errands.backend().migrate()
+    jobs_module = types.ModuleType("myapp.jobs")
+    exec(  # a job module of the application the snippet imports from
+        "from errands import Job, register_job\n"
+        "@register_job\n"
+        "class SendWelcome(Job):\n"
+        "    def __init__(self, user_id: int) -> None:\n"
+        "        self.user_id = user_id\n"
+        "    def run(self) -> None:\n"
+        "        pass\n",
+        jobs_module.__dict__,
+    )
+    saved = {name: sys.modules.get(name) for name in ("myapp", "myapp.jobs")}
+    sys.modules.setdefault("myapp", types.ModuleType("myapp"))
+    sys.modules["myapp.jobs"] = jobs_module
+    namespace: dict[str, Any] = {"__name__": "readme_api"}
+    try:
+        execute(snippet("# myapp/api.py"), namespace)
+
+        async def scenario() -> None:
+            async with await psycopg.AsyncConnection.connect(empty_pg_url) as conn:
+                await conn.execute("CREATE TABLE users (id int)")
+                await conn.commit()
+                await namespace["sign_up"](conn, 1)
+                await conn.rollback()  # no user, so no job
+                await namespace["sign_up"](conn, 2)
+                await conn.commit()
+            await namespace["welcome_everyone"]([3, 4])
+            await close_pools()
+
+        asyncio.run(scenario())
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    ids = sorted(r.parameters["args"][0] for r in errands.requests())
+    assert ids == [2, 3, 4]
 
 
 def test_queue_limits_from_pyproject(tmp_path: Path) -> None:
