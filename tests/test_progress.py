@@ -6,17 +6,20 @@ contract-like tests below too)."""
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from starlette.testclient import TestClient
 
 import errands
 from errands import Job, progress, register_job
 from errands.backends import Backend
 from errands.cli import cli
 from errands.context import ATTRIBUTE
+from errands.dashboard import create_app
 from errands.models import NewRequest, Outcome, PageSpec, Selection, Status, uuid7
 from errands.testing.memory import MemoryBackend
 
@@ -205,3 +208,28 @@ def test_a_tight_loop_of_reports_costs_little(backend: Backend, run_worker: Any)
         f"(loop alone {plain.return_value:.3f} s): {per_call * 1e6:.2f} µs a call"
     )
     assert per_call < 20e-6
+
+
+PASSWORD = "progress-password"
+
+
+def test_dashboard_shows_progress_on_processes_and_the_job_page(
+    backend: Backend, cli_state_restored: None
+) -> None:
+    Plain().run_in_worker()
+    (process,) = _claim(backend)
+    backend.record_progress(progress=[(process.uuid, (25, 100, "rows copied"))])
+    client = TestClient(create_app(password=PASSWORD), base_url="http://localhost")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+    assert token
+    client.post("/login", data={"password": PASSWORD, "csrf_token": token.group(1), "next": "/"})
+    listing = client.get("/processes")
+    assert listing.status_code == 200
+    assert "<th>Progress</th>" in listing.text and "25/100 rows copied" in listing.text
+    assert '<progress max="100" value="25.0">' in listing.text
+    job = client.get(f"/jobs/{process.uuid}")
+    assert job.status_code == 200 and "25/100 rows copied" in job.text
+    backend.complete_many(outcomes=[Outcome(process.uuid, Status.SUCCESSFUL, _now(), _now())])
+    (result,) = errands.results()
+    finished = client.get(f"/jobs/{result.uuid}")
+    assert "25/100 rows copied" in finished.text

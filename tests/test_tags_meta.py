@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from starlette.testclient import TestClient
 
 import errands
 from errands import EnqueueOptions, Job, register_job
 from errands.backends import Backend
 from errands.cli import cli
+from errands.dashboard import create_app
 from errands.errors import OptionError
 from errands.models import (
     Kind,
@@ -218,3 +221,37 @@ def test_cli_filters_by_tag_and_prints_tags(backend: Backend, cli_state_restored
     assert "cli-tag" in processes.output
     results = runner.invoke(cli, ["results", "--tag", "cli-tag", "--json"])
     assert results.exit_code == 0
+
+
+PASSWORD = "tags-password"
+
+
+def _client() -> TestClient:
+    client = TestClient(create_app(password=PASSWORD), base_url="http://localhost")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+    assert token
+    client.post("/login", data={"password": PASSWORD, "csrf_token": token.group(1), "next": "/"})
+    return client
+
+
+def test_dashboard_filters_by_tag_and_shows_tags(
+    backend: Backend, cli_state_restored: None
+) -> None:
+    shown = Plain().run_in_worker(tags=["dash-red"], meta={"tenant": "acme"})
+    hidden = Plain().run_in_worker(tags=["dash-blue"])
+    assert shown is not None and hidden is not None
+    client = _client()
+    page = client.get("/requests", params={"tag": "dash-red"})
+    assert page.status_code == 200
+    assert str(shown.uuid) in page.text and str(hidden.uuid) not in page.text
+    assert 'name="tag" value="dash-red"' in page.text and "?tag=dash-red" in page.text
+    job = client.get(f"/jobs/{shown.uuid}")
+    assert job.status_code == 200
+    assert "dash-red" in job.text and "acme" in job.text
+    _claim(backend)
+    processes = client.get("/processes", params={"tag": "dash-blue"})
+    assert processes.status_code == 200
+    table = processes.text.split("<tbody")[-1]
+    assert "dash-blue" in table and "dash-red" not in table
+    results = client.get("/results", params={"tag": "dash-red"})
+    assert results.status_code == 200 and "No" in results.text

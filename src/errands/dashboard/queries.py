@@ -1,7 +1,7 @@
 """Query strings to selections and back: what a listing shows, and links to more of it.
 
 A listing's URL carries its filters (``queue``, ``job_class``, ``concurrency_key``,
-``uuid``, ``window``, ``status``, ``state``, ``final``), its order (``order=reverse``) and,
+``uuid``, ``window``, ``status``, ``state``, ``final``, ``tag``), its order (``order=reverse``) and,
 past the first page, a keyset cursor: ``after`` (the rows that follow a row, for
 the next page) or ``before`` (the rows that precede a row, for the previous
 page); a listing takes one of them, not both. Bulk actions carry the same
@@ -34,12 +34,22 @@ FILTER_NAMES = (
     "status",
     "state",
     "final",
+    "tag",
 )
 #: Filter names that apply to each table.
 FILTERS_OF: dict[Kind, tuple[str, ...]] = {
-    Kind.REQUEST: ("queue", "job_class", "concurrency_key", "uuid", "window", "state"),
-    Kind.PROCESS: ("queue", "job_class", "concurrency_key", "uuid", "window"),
-    Kind.RESULT: ("queue", "job_class", "concurrency_key", "uuid", "window", "status", "final"),
+    Kind.REQUEST: ("queue", "job_class", "concurrency_key", "uuid", "window", "state", "tag"),
+    Kind.PROCESS: ("queue", "job_class", "concurrency_key", "uuid", "window", "tag"),
+    Kind.RESULT: (
+        "queue",
+        "job_class",
+        "concurrency_key",
+        "uuid",
+        "window",
+        "status",
+        "final",
+        "tag",
+    ),
 }
 #: ``final=yes``: only the final failures ("dead letters", Selection.final).
 FINAL = "yes"
@@ -122,6 +132,7 @@ def selection_of(filters: Mapping[str, str], now: datetime.datetime) -> Selectio
         status=_status(filters["status"]) if filters.get("status") else None,
         due=_state(filters["state"]) if filters.get("state") else None,
         final=_final(filters["final"]) if filters.get("final") else None,
+        tag=filters.get("tag") or None,
     )
 
 

@@ -19,7 +19,7 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from errands import formatting
+from errands import formatting, progress
 from errands.dashboard import security, sessions
 
 #: Sent with every page: no caching of job data, no framing, no foreign scripts.
@@ -80,6 +80,8 @@ def environment() -> jinja2.Environment:
         attempt=formatting.attempt_text,
         process_state=formatting.process_state,
         request_state=formatting.request_state,
+        progress_text=progress_text,
+        progress_percent=progress_percent,
     )
     env.globals.update(url=url, static=static, state_styles=STATE_STYLES)
     env.tests["undecodable"] = formatting.is_undecodable
@@ -159,6 +161,15 @@ def url(context: jinja2.runtime.Context, name: str, query: str = "", **path_para
 def static(context: jinja2.runtime.Context, path: str) -> str:
     """A static file's path, with the version so browsers fetch it anew after upgrades."""
     return url(context, "static", path=path) + f"?v={VERSION}"
+
+
+def progress_text(job: Any) -> str:
+    """A process's or result's progress as the CLI shows it (errands.progress)."""
+    return progress.progress_text(job.progress_done, job.progress_total, job.progress_message)
+
+
+def progress_percent(job: Any) -> float | None:
+    return progress.percent(job.progress_done, job.progress_total)
 
 
 def short_uuid(value: Any) -> str:
