@@ -255,3 +255,12 @@ def test_dashboard_filters_by_tag_and_shows_tags(
     assert "dash-blue" in table and "dash-red" not in table
     results = client.get("/results", params={"tag": "dash-red"})
     assert results.status_code == 200 and "No" in results.text
+
+
+def test_a_manual_retry_keeps_tags_and_meta(backend: Backend) -> None:
+    Tagged().run_in_worker(tags=["retry-me"], meta={"try": 1})
+    (process,) = _claim(backend)
+    backend.complete_many(outcomes=[Outcome(process.uuid, Status.ERRORED, _now(), _now())])
+    (result,) = errands.results()
+    again = errands.api.retry_result(result)
+    assert again is not None and (again.tags, again.meta) == (("retry-me",), {"try": 1})

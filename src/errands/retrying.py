@@ -53,6 +53,8 @@ def enqueue_retry(
         timeout=result.timeout,
         limits=result.limits,
         source=source,
+        tags=list(result.tags),  # errands.tagging: the attempt keeps the stored ones
+        meta=result.meta or {},
     )
     request = enqueue_in(tx, [job], options=options)[0]
     if request is not None and not tx.link_retry(
