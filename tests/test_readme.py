@@ -105,6 +105,8 @@ RUN = {
         "# myapp/sync.py": "test_retry_policy_example",
         "# myapp/charge.py": "test_job_context_example",
         "# myapp/api.py": "test_async_producer_example",
+        "# myapp/tagged.py": "test_tags_example",
+        "# myapp/progress.py": "test_progress_example",
         "# myapp/unique.py": "test_uniqueness_example",
         "queue_limits = { mail = 10 }": "test_queue_limits_from_pyproject",
         "errands.register_type(": "test_register_type_round_trips",
@@ -574,6 +576,25 @@ def test_async_producer_example(empty_pg_url: str) -> None:
                 sys.modules[name] = module
     ids = sorted(r.parameters["args"][0] for r in errands.requests())
     assert ids == [2, 3, 4]
+
+
+def test_tags_example(sqlite_url: str) -> None:
+    namespace: dict[str, Any] = {"__name__": "readme_tagged"}
+    execute(snippet("# myapp/tagged.py"), namespace)
+    (request,) = namespace["billing"]
+    assert request.tags == ("billing", "tenant:acme") or list(request.tags) == [
+        "billing",
+        "tenant:acme",
+    ]
+    assert request.meta == {"requested_by": "ops"}
+    assert errands.requests(tag="tenant:other") == []
+
+
+def test_progress_example(sqlite_url: str) -> None:
+    namespace: dict[str, Any] = {"__name__": "readme_progress"}
+    execute(snippet("# myapp/progress.py"), namespace)
+    job = namespace["ImportRows"](["a", "b", "c"])
+    assert job.run() == 3  # outside a worker, report_progress does nothing
 
 
 def test_queue_limits_from_pyproject(tmp_path: Path) -> None:
