@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
-import gc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from errands.callers import caller_location, storable
 from errands.containment import ask_hook
 from errands.context import ContextAttribute
 from errands.errors import OptionError
+from errands.gc_pause import LARGE_BATCH, without_cyclic_gc
 from errands.limiting import Limit, check_limits
 from errands.models import (
     JobProcess,
@@ -45,7 +45,6 @@ Delay = float | int | datetime.timedelta | datetime.datetime | None
 _current_transaction: contextvars.ContextVar[EnqueueTransaction | None] = contextvars.ContextVar(
     "errands_enqueue_transaction", default=None
 )
-LARGE_BATCH = 1_000  # jobs: enqueue_many pauses the cyclic garbage collector from here on
 
 
 class Job:
@@ -246,7 +245,7 @@ def enqueue_many(
     jobs = list(jobs)
     if not jobs:
         return []
-    with _without_cyclic_gc(len(jobs) >= LARGE_BATCH):
+    with without_cyclic_gc(len(jobs) >= LARGE_BATCH):
         return _enqueue_many(jobs, options, connection, _source(options))
 
 
@@ -335,25 +334,6 @@ def _decide_and_insert(
             batch[request.uuid] = request
     inserted.update((r.uuid, r) for r in tx.insert_requests(list(batch.values())))
     return [inserted[key] if key else None for key in decided]
-
-
-@contextlib.contextmanager
-def _without_cyclic_gc(wanted: bool) -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a large batch is built.
-
-    A batch allocates several objects per job, none of them in reference cycles,
-    and every few hundred allocations the collector walks the young objects: a
-    fifth of a bulk enqueue's time, for nothing to collect. It is switched back
-    on afterwards, unless it was already off (then it is the caller's choice).
-    """
-    if not wanted or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _needs_decision(job: Job, request: NewRequest) -> bool:
