@@ -198,3 +198,4 @@ def test_where_next_commands_run_as_printed_without_an_activated_venv(
     monkeypatch.setenv("PATH", f"{installed.parent}:/usr/bin:/bin")  # it is
     assert command_prefix(str(installed)) == "errands"
     assert command_prefix("/x/errands/__main__.py").endswith(" -m errands")
+    assert command_prefix("-c").endswith(" -m errands")  # python -c: no script to name

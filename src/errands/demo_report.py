@@ -103,7 +103,8 @@ def command_prefix(argv0: str | None = None) -> str:
     command found on PATH, else the path it was run by (a venv not activated), or
     ``python -m errands``."""
     invoked = argv0 if argv0 is not None else sys.argv[0]
-    if Path(invoked).name == "__main__.py":
+    # Run as a module, or from code (python -c, an embedding process): no script to name.
+    if Path(invoked).name == "__main__.py" or not os.path.isfile(invoked):
         return f"{shlex.quote(sys.executable)} -m errands"
     found = shutil.which("errands")
     if found and os.path.realpath(found) == os.path.realpath(invoked):
