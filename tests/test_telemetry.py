@@ -743,3 +743,16 @@ def test_a_meter_provider_installed_after_the_worker_started_gets_the_later_resu
     printed = run_python(script, cwd=tmp_path, path=[SUPPORT_DIR])
     # Five jobs ran; the three that ended after the provider was installed were counted.
     assert printed.split() == ["5", "3"]
+
+
+def test_jobs_a_claim_ends_as_expired_are_counted_as_cancelled_with_their_type(
+    db_url: str, backend: Backend, otel: Telemetry
+) -> None:
+    Echo(1).run_in_worker(queue="mail", expires=0.05)
+    time.sleep(0.1)
+    claimed = backend.claim(worker_id=uuid.uuid4(), queues=[], limit=10)
+    assert list(claimed) == [] and claimed.expired == ("mail",)
+    telemetry.record_expired(claimed.expired)  # what the worker's intake does with them
+    measured = otel.metrics()
+    mail = {"messaging.destination.name": "mail", "errands.outcome": "cancelled"}
+    assert measured.total(CONSUMED, {**mail, "error.type": "errands.Expired"}) == 1

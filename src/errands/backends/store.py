@@ -67,6 +67,8 @@ class Claimed(list[JobProcess]):
     retry_in: float | None = None
     #: jobs with a rate wait for an idle runner of this worker: claim again when one frees
     wants_idle: bool = False
+    #: the queue of each request the claim ended as expired (errands.expiry)
+    expired: tuple[str, ...] = ()
 
 
 class EnqueueTransaction(abc.ABC):

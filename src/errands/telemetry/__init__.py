@@ -23,6 +23,7 @@ from errands.telemetry.conventions import ENABLED
 from errands.telemetry.processing import processing, tracing_wanted
 from errands.telemetry.sends import Sending, sending
 from errands.telemetry.worker_metrics import (
+    record_expired,
     record_results,
     register_worker_gauges,
     results_measured,
@@ -34,6 +35,7 @@ __all__ = [
     "counting_sends",
     "flush_pending_sends",
     "processing",
+    "record_expired",
     "record_results",
     "register_worker_gauges",
     "results_measured",

@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from errands.expiry import EXPIRED_TYPE
 from errands.models import FAILED_STATUSES, JobResult, Stats
 from errands.telemetry import conventions
 from errands.telemetry.conventions import (
@@ -55,6 +56,18 @@ def record_results(results: Sequence[JobResult]) -> None:
         instruments.queue_wait.record(
             _queue_wait(result), {MESSAGING_SYSTEM: SYSTEM, DESTINATION: result.queue}
         )
+
+
+def record_expired(queues: Sequence[str]) -> None:
+    """Count the jobs a worker's claim ended as expired (errands.expiry): never run,
+    CANCELLED, counted with their error type so they are told apart from cancels."""
+    if not queues or not results_measured():
+        return
+    instruments = conventions.instruments()
+    for queue in queues:
+        attributes = conventions.attributes("process", queue)
+        attributes[ERROR_TYPE] = EXPIRED_TYPE
+        instruments.consumed.add(1, {**attributes, OUTCOME: "cancelled"})
 
 
 def _queue_wait(result: JobResult) -> float:

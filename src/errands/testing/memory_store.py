@@ -85,7 +85,7 @@ class MemoryStore(MemoryTables, JobStore):
         queue_rooms = {queue: room.rooms.get(queue) for queue in queues}
         with self.lock:
             now = utcnow()
-            self._expire(now)  # first, as the SQL claims: no expired request runs
+            claimed.expired = self._expire(now)  # first, as the SQL claims do
             due = sorted(
                 (
                     r
@@ -113,11 +113,14 @@ class MemoryStore(MemoryTables, JobStore):
             claimed.extend(self._to_process(r, worker_id, now=now) for r in plain)
             return claimed
 
-    def _expire(self, now: datetime.datetime) -> None:
-        """Expired requests (errands.expiry) become their CANCELLED "expired" results."""
-        for request in expiry.expired_requests(self.requests.values(), now):
+    def _expire(self, now: datetime.datetime) -> tuple[str, ...]:
+        """Expired requests (errands.expiry) become their CANCELLED "expired" results;
+        their queues."""
+        expired = list(expiry.expired_requests(self.requests.values(), now))
+        for request in expired:
             del self.requests[request.uuid]
             self._write_result(cancelled_result(request, now, expiry.EXPIRED))
+        return tuple(request.queue for request in expired)
 
     def _to_process(
         self,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from errands import telemetry
 from errands.backends.store import ClaimRoom
 from errands.models import JobProcess
 from errands.worker.pool import Pool
@@ -261,6 +262,7 @@ class Intake:
             self.backoff.failed("claim", claim.error or RuntimeError("claim failed"))
             return
         self.waiting.extend(claim.claimed)
+        telemetry.record_expired(getattr(claim.claimed, "expired", ()))
         # A full claim means more may be waiting; a short one means the queue is empty.
         self.work_maybe_due = len(claim.claimed) == claim.limit
         self.idle_wanted = getattr(claim.claimed, "wants_idle", False)

@@ -302,9 +302,11 @@ class PostgresBackend(SqlBackend):
         salvaged = poison.salvage_mark()
         with self._worker_connection() as conn:
             claimed = fetch_tuples(conn, "claim", params)
-            # A row of NULLs marks that limited requests exist (see the query).
-            limited_exist = any(row[0] is None for row in claimed)
-            if limited_exist:
+            # Rows without a process uuid are marks (see the query): that limited
+            # requests exist (all NULL), or a request that expired (its uuid, queue).
+            marks = [row for row in claimed if row[0] is None]
+            limited_exist = any(row[1] is None for row in marks)
+            if marks:
                 claimed = [row for row in claimed if row[0] is not None]
             # RETURNING keeps no order: sort by priority, then due time, then age.
             claimed.sort(key=lambda row: (-row[9], row[18], row[2]))
@@ -315,6 +317,7 @@ class PostgresBackend(SqlBackend):
                 )
                 for row in claimed
             )
+            processes.expired = tuple(row[8] for row in marks if row[1] is not None)
             if (limited_exist or room.queue_limits) and len(processes) < limit:
                 for process in processes:
                     left = queue_rooms.get(process.queue)
@@ -339,6 +342,7 @@ class PostgresBackend(SqlBackend):
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
             failed = Claimed(poison.fail_invalid(self, processes))
             failed.retry_in, failed.wants_idle = processes.retry_in, processes.wants_idle
+            failed.expired = processes.expired
             return failed
         return processes
 

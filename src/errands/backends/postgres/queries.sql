@@ -413,6 +413,12 @@ SELECT
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 WHERE EXISTS (SELECT 1 FROM errands_request WHERE limit_key IS NOT NULL)
+UNION ALL
+-- Each request that expired, by its uuid and queue (for the worker's metrics).
+SELECT
+    NULL, e.uuid, NULL, NULL, NULL, NULL, NULL, NULL, e.queue, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM expired AS e
 
 -- name: limited_keys
 -- Flow control, step 1 of a claim of limited jobs (one transaction; the rule that

@@ -67,9 +67,13 @@ from errands.models import (
 logger = logging.getLogger("errands")
 
 
-def _claimed(processes: Sequence[JobProcess], chosen: Admission | None) -> Claimed:
-    """The processes, and what held back the limited jobs the claim did not take."""
+def _claimed(
+    processes: Sequence[JobProcess], chosen: Admission | None, expired: tuple[str, ...] = ()
+) -> Claimed:
+    """The processes, what held back the limited jobs the claim did not take, and the
+    queues of the requests it ended as expired."""
     claimed = Claimed(processes)
+    claimed.expired = expired
     if chosen is not None:
         claimed.retry_in, claimed.wants_idle = chosen.retry_in, chosen.wants_idle
     return claimed
@@ -313,7 +317,8 @@ class SqliteBackend(SqlBackend):
                 if not held.taken:
                     return _claimed([], held)
         with self._write() as session:
-            expire(session)  # first: the due requests read next are then none expired
+            # First: the due requests read next are then none expired.
+            expired = tuple(result.queue for result in expire(session))
             moved = self._move(session, limited.due_requests(session, plan, limit), worker_id)
             chosen = None
             if len(moved) < limit:
@@ -326,8 +331,8 @@ class SqliteBackend(SqlBackend):
         salvaged = poison.salvage_mark()
         processes = [to_process(row) for row in moved]
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
-            return _claimed(poison.fail_invalid(self, processes), chosen)
-        return _claimed(processes, chosen)
+            return _claimed(poison.fail_invalid(self, processes), chosen, expired)
+        return _claimed(processes, chosen, expired)
 
     @staticmethod
     def _move(session: SqliteSession, due: list[str], worker_id: uuid.UUID) -> list[sqlite3.Row]:
