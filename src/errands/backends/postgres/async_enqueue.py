@@ -1,5 +1,5 @@
 """Enqueueing from asyncio on PostgreSQL: the statements of ``enqueue.py`` on a psycopg
-``AsyncConnection`` (the caller's, or one of a small async pool per event loop).
+``AsyncConnection`` (the caller's, or one of a few kept per event loop).
 
 Only the I/O is async: the SQL is ``queries.sql``'s (``insert_request``,
 ``insert_requests``, the slot and uniqueness queries), the parameters are built by
@@ -20,7 +20,6 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row, tuple_row
-from psycopg_pool import AsyncConnectionPool
 
 from errands.backends.postgres.codec import utc
 from errands.backends.postgres.connection import (
@@ -37,42 +36,95 @@ from errands.backends.postgres.enqueue import (
 )
 from errands.models import JobRequest, NewRequest
 
-ASYNC_POOL_SIZE = 4
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncConnectionPool]] = (
+ASYNC_CONNECTIONS = 4  # per event loop and database
+
+
+class LoopConnections:
+    """A few AsyncConnections of one event loop, reused across enqueues.
+
+    Not psycopg_pool's AsyncConnectionPool: its background tasks belong to the loop
+    that opened it, and a loop that ends while one of them connects (a test client's
+    loop per request, an ``asyncio.run`` per script) waited for it for minutes. These
+    connections have no task of their own: they are opened by the enqueue that needs
+    one, and dropped with their loop.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.idle: list[psycopg.AsyncConnection[Any]] = []
+        self.open = 0
+        self.freed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        conn = await self._take()
+        try:
+            yield conn
+        except BaseException:
+            await self._give(conn, reuse=False)
+            raise
+        await self._give(conn, reuse=conn.info.transaction_status == TransactionStatus.IDLE)
+
+    async def _take(self) -> psycopg.AsyncConnection[Any]:
+        async with self.freed:
+            while not self.idle and self.open >= ASYNC_CONNECTIONS:
+                await self.freed.wait()
+            if self.idle:
+                return self.idle.pop()
+            self.open += 1
+        try:
+            parameters = connection_parameters(self.url, self.timeout)
+            return await psycopg.AsyncConnection.connect(self.url, autocommit=True, **parameters)
+        except BaseException:
+            async with self.freed:
+                self.open -= 1
+                self.freed.notify()
+            raise
+
+    async def _give(self, conn: psycopg.AsyncConnection[Any], *, reuse: bool) -> None:
+        if not (reuse and not conn.closed):
+            with contextlib.suppress(Exception):
+                await conn.close()
+        async with self.freed:
+            if reuse and not conn.closed:
+                self.idle.append(conn)
+            else:
+                self.open -= 1
+            self.freed.notify()
+
+    async def close(self) -> None:
+        async with self.freed:
+            idle, self.idle = self.idle, []
+            self.open -= len(idle)
+        for conn in idle:
+            await conn.close()
+
+
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LoopConnections]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-async def _pool(url: str, timeout: float) -> AsyncConnectionPool:
-    """This event loop's pool for ``url`` (a pool's connections belong to one loop)."""
-    by_url = _pools.setdefault(asyncio.get_running_loop(), {})
-    pool = by_url.get(url)
-    if pool is None:
-        pool = AsyncConnectionPool(
-            url,
-            min_size=1,
-            max_size=ASYNC_POOL_SIZE,
-            kwargs={"autocommit": True, **connection_parameters(url, timeout)},
-            timeout=max(timeout, 1.0),
-            name="errands-async",
-            open=False,
-        )
-        by_url[url] = pool
-        await pool.open()
-    return pool
+def _connections(url: str, timeout: float) -> LoopConnections:
+    """This event loop's connections to ``url`` (a connection belongs to one loop)."""
+    by_url = _loops.setdefault(asyncio.get_running_loop(), {})
+    if url not in by_url:
+        by_url[url] = LoopConnections(url, timeout)
+    return by_url[url]
 
 
 async def close_pools() -> None:
-    """Close this event loop's pools (tests, or an application's shutdown)."""
-    for pool in _pools.pop(asyncio.get_running_loop(), {}).values():
-        await pool.close()
+    """Close this event loop's idle connections (tests, or an application's shutdown)."""
+    for connections in _loops.pop(asyncio.get_running_loop(), {}).values():
+        await connections.close()
 
 
 @contextlib.asynccontextmanager
 async def connection(
     url: str, timeout: float, given: Any | None
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """The caller's AsyncConnection (checked), or a pooled one in autocommit."""
+    """The caller's AsyncConnection (checked), or one of this loop's in autocommit."""
     if given is not None:
         if not isinstance(given, psycopg.AsyncConnection):
             raise TypeError(
@@ -80,8 +132,7 @@ async def connection(
             )
         yield given
         return
-    pool = await _pool(url, timeout)
-    async with pool.connection() as conn:
+    async with _connections(url, timeout).connection() as conn:
         yield conn
 
 
