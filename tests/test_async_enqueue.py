@@ -5,17 +5,18 @@ caller's or pooled) and SQLite (a thread)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 import errands
-from errands import EnqueueOptions
-from errands.backends import Backend
+from errands import EnqueueOptions, api
+from errands.backends import Backend, open_backend
 from errands.backends.postgres import async_enqueue as pg_async
 from errands.errors import ParameterError
-from errands.models import PageSpec, Selection
+from errands.models import Selection
 
 
 @errands.register_job
@@ -137,9 +138,12 @@ def test_joins_the_callers_async_transaction(pg_url: str, pg_backend: Backend) -
     run(failing())
 
 
-def test_sqlite_takes_no_async_connection(backend: Backend) -> None:
-    if "postgres" in type(backend).__module__:
-        pytest.skip("SQLite and memory only")
-    with pytest.raises(TypeError, match="PostgreSQL only"):
-        run(Greet("a").run_in_worker_async(connection=object()))
-    assert backend.page_results(selection=Selection(), page=PageSpec()) == []
+def test_sqlite_takes_no_async_connection(tmp_path: Path) -> None:
+    backend = open_backend(f"sqlite:///{tmp_path / 'errands.sqlite3'}")
+    backend.migrate()
+    try:
+        with api.use_backend(backend), pytest.raises(TypeError, match="PostgreSQL only"):
+            run(Greet("a").run_in_worker_async(connection=object()))
+        assert backend.next_requests(selection=Selection(), limit=10) == []
+    finally:
+        backend.close()
