@@ -181,9 +181,15 @@ class PostgresEnqueueTransaction(EnqueueTransaction):
         self._conn = conn
         self._url = url
 
+    # The I/O, which the psycopg2 variant (contrib.django.dbapi) replaces: every
+    # statement below goes through these three.
     def _fetch(self, name: str, params: Mapping[str, Any]) -> list[Row]:
         with database_errors(self._url):
             return fetch(self._conn, name, params)
+
+    def _rowcount(self, name: str, params: Mapping[str, Any]) -> int:
+        with database_errors(self._url):
+            return execute(self._conn, name, params)
 
     def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
         if slots:
@@ -229,12 +235,10 @@ class PostgresEnqueueTransaction(EnqueueTransaction):
 
     def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
         params = {"result_uuid": result_uuid, "request_uuid": request_uuid}
-        with database_errors(self._url):
-            return execute(self._conn, "link_retry", params) > 0
+        return self._rowcount("link_retry", params) > 0
 
     def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
-        with database_errors(self._url):
-            return execute(self._conn, "settle_followup", {"result_uuid": result_uuid}) > 0
+        return self._rowcount("settle_followup", {"result_uuid": result_uuid}) > 0
 
     def reserve_occurrences(
         self, occurrences: Sequence[tuple[str, datetime.datetime]]
@@ -243,7 +247,7 @@ class PostgresEnqueueTransaction(EnqueueTransaction):
             return set()
         params = {"entry_key": [k for k, _ in occurrences], "run_at": [t for _, t in occurrences]}
         rows = self._fetch("reserve_occurrences", params)
-        return {(row["entry_key"], row["run_at"]) for row in rows}
+        return {(row["entry_key"], utc(row["run_at"])) for row in rows}
 
     def link_occurrence(
         self, *, key: str, run_at: datetime.datetime, request_uuid: uuid.UUID

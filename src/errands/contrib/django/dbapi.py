@@ -16,23 +16,20 @@ psycopg2 is never imported here: a connection is recognised by its type's module
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from errands.backends.base import ConcurrencySlot, EnqueueTransaction
-from errands.backends.postgres.codec import to_process, to_request, utc
+from errands.backends.postgres.codec import utc
 from errands.backends.postgres.connection import queries
 from errands.backends.postgres.enqueue import (
+    PostgresEnqueueTransaction,
     _as_request,  # the request as inserted: one place knows JobRequest's fields
     request_columns,
     request_values,
-    slot_columns,
 )
-from errands.backends.store import SlotState
-from errands.models import JobProcess, JobRequest, NewRequest
+from errands.models import JobRequest, NewRequest
 
 _JSON_COLUMNS = frozenset({"parameters", "limits", "return_value"})
 _UUID_COLUMNS = frozenset({"uuid", "request_uuid", "process_uuid", "worker_id", "pending"})
@@ -103,8 +100,9 @@ def _loaded(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-class Psycopg2EnqueueTransaction(EnqueueTransaction):
-    """Enqueue statements on a psycopg2 connection, inside a transaction someone else ends."""
+class Psycopg2EnqueueTransaction(PostgresEnqueueTransaction):
+    """PostgreSQL's enqueue statements on a psycopg2 connection, inside a transaction
+    someone else ends: only the I/O differs (psycopg2's cursor and parameters)."""
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
@@ -112,25 +110,16 @@ class Psycopg2EnqueueTransaction(EnqueueTransaction):
     def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         return _run(self._conn, queries()[name], params)
 
-    def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
-        if slots:
-            self._fetch("lock_slots", slot_columns(slots))
-
-    def slots_in_use(self, slots: Sequence[ConcurrencySlot]) -> set[ConcurrencySlot]:
-        if not slots:
-            return set()
-        rows = self._fetch("slots_in_use", slot_columns(slots))
-        return {(row["job_class"], row["concurrency_key"]) for row in rows}
-
-    def requests_for_slot(self, slot: ConcurrencySlot) -> list[JobRequest]:
-        params = {"job_class": slot[0], "concurrency_key": slot[1]}
-        return [to_request(row) for row in self._fetch("requests_for_slot", params)]
-
-    def processes_for_slot(self, slot: ConcurrencySlot) -> list[JobProcess]:
-        params = {"job_class": slot[0], "concurrency_key": slot[1]}
-        return [to_process(row) for row in self._fetch("processes_for_slot", params)]
+    def _rowcount(self, name: str, params: Mapping[str, Any]) -> int:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(queries()[name], _adapted(params))
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
 
     def insert_requests(self, requests: Sequence[NewRequest]) -> list[JobRequest]:
+        """One INSERT (no COPY through psycopg2): the rows' times come back."""
         if not requests:
             return []
         name, params = (
@@ -143,53 +132,3 @@ class Psycopg2EnqueueTransaction(EnqueueTransaction):
             for row in self._fetch(name, params)
         }
         return [_as_request(request, *times[request.uuid]) for request in requests]
-
-    def unique_slots(
-        self, slots: Sequence[ConcurrencySlot], *, successes: bool
-    ) -> dict[ConcurrencySlot, SlotState]:
-        if not slots:
-            return {}
-        rows = self._fetch("unique_slots", {**slot_columns(slots), "successes": successes})
-        return {
-            (row["job_class"], row["concurrency_key"]): SlotState(
-                pending=row["pending"], running=row["running"], success_age=row["success_age"]
-            )
-            for row in rows
-        }
-
-    def replace_request(
-        self, target: uuid.UUID, new: NewRequest, *, move_due_time: bool
-    ) -> JobRequest | None:
-        params = {**request_values(new), "target": target, "move_due_time": move_due_time}
-        rows = self._fetch("replace_request", params)
-        return to_request(rows[0]) if rows else None
-
-    def link_retry(self, *, result_uuid: uuid.UUID, request_uuid: uuid.UUID) -> bool:
-        params = {"result_uuid": result_uuid, "request_uuid": request_uuid}
-        return self._rowcount("link_retry", params) > 0
-
-    def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
-        return self._rowcount("settle_followup", {"result_uuid": result_uuid}) > 0
-
-    def _rowcount(self, name: str, params: Mapping[str, Any]) -> int:
-        cursor = self._conn.cursor()
-        try:
-            cursor.execute(queries()[name], _adapted(params))
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
-
-    def reserve_occurrences(
-        self, occurrences: Sequence[tuple[str, datetime.datetime]]
-    ) -> set[tuple[str, datetime.datetime]]:
-        if not occurrences:
-            return set()
-        params = {"entry_key": [k for k, _ in occurrences], "run_at": [t for _, t in occurrences]}
-        rows = self._fetch("reserve_occurrences", params)
-        return {(row["entry_key"], utc(row["run_at"])) for row in rows}
-
-    def link_occurrence(
-        self, *, key: str, run_at: datetime.datetime, request_uuid: uuid.UUID
-    ) -> None:
-        params = {"entry_key": key, "run_at": run_at, "request_uuid": request_uuid}
-        self._fetch("link_occurrence", params)
