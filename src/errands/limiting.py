@@ -10,6 +10,7 @@ an odd value harms at most its own job's limiting, never a claim).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -28,17 +29,22 @@ RATE_UNITS = {
     "hour": 3600.0,
 }
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+_RATE_EXPECTED = 'expected a count of at least 1 per unit, such as "20/s", "100/min" or "1000/h"'
 QUEUE_KEY_PREFIX = "queue:"  # the key a queue_limits entry is counted under
 
 
 def parse_rate(rate: str) -> tuple[int, float]:
     """``"20/s"`` as (20, 1.0): at most that many starts in any window of that length."""
-    match = _RATE.match(rate.lower()) if isinstance(rate, str) else None
+    if not isinstance(rate, str):
+        raise ValueError(f"rate={rate!r}: {_RATE_EXPECTED}")
+    return _parsed_rate(rate)
+
+
+@functools.lru_cache(maxsize=1024)  # admission reads each candidate's rates per claim
+def _parsed_rate(rate: str) -> tuple[int, float]:
+    match = _RATE.match(rate.lower())
     if match is None or match.group(2) not in RATE_UNITS or int(match.group(1)) < 1:
-        raise ValueError(
-            f"rate={rate!r}: expected a count of at least 1 per unit, "
-            'such as "20/s", "100/min" or "1000/h"'
-        )
+        raise ValueError(f"rate={rate!r}: {_RATE_EXPECTED}")
     return int(match.group(1)), RATE_UNITS[match.group(2)]
 
 
