@@ -159,10 +159,6 @@ def _decode_one(item: Any) -> Limit | None:
     return None if callable(limit.key) else limit
 
 
-def limit_keys(limits: Iterable[Limit]) -> list[str]:
-    return [str(limit.key) for limit in limits]
-
-
 def first_key(limits: Sequence[Limit]) -> str | None:
     """The key a job waits under in the claim index (its first limit's), None if none."""
     return str(limits[0].key) if limits else None
@@ -171,12 +167,6 @@ def first_key(limits: Sequence[Limit]) -> str | None:
 def queue_limit(queue: str, concurrency: int) -> Limit:
     """The limit a ``queue_limits`` entry puts on every job of ``queue``."""
     return Limit(QUEUE_KEY_PREFIX + queue, concurrency=concurrency)
-
-
-def window_seconds(limits: Iterable[Limit]) -> float:
-    """The longest rate window among ``limits`` (0 when none has a rate)."""
-    windows = [w[1] for w in (lim.rate_window for lim in limits) if w is not None]
-    return max(windows, default=0.0)
 
 
 # -- what the limits do now (errands limits, errands why, the dashboard) ------------
