@@ -66,7 +66,8 @@ async def enqueue_many_async(
     requests, uniques = _new_requests(jobs, options or EnqueueOptions(), source)
     timeout = float(backend.database_timeout)  # type: ignore[attr-defined]
     decide = any(map(_needs_decision, jobs, requests))
-    async with pg.connection(url, timeout, connection) as conn:  # type: ignore[arg-type]
+    pooler = str(getattr(backend, "pooler", "none"))  # "transaction": nothing prepared
+    async with pg.connection(url, timeout, connection, pooler=pooler) as conn:  # type: ignore[arg-type]
         if not decide:
             with telemetry.sending(requests) as send:
                 async with pg.joined_transaction(conn) if connection is not None else _none():

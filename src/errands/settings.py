@@ -51,6 +51,9 @@ from errands.setting_values import (
 ENV_PREFIX = "ERRANDS_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
+#: ``database_pooler``: "transaction" for a pooler in transaction mode (PgBouncer's
+#: ``pool_mode = transaction``), where no session state may outlive a transaction.
+DATABASE_POOLERS = ("none", "transaction")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ class Settings:
     #: connect timeout, TCP keepalives and tcp_user_timeout, and a worker's deadline
     #: on its own statements (see errands.backends.postgres.connection)
     database_timeout: float = 10.0
+    #: "transaction": database_url leads to a transaction pooler (PgBouncer in
+    #: transaction mode): no prepared statements nor session settings, and LISTEN only
+    #: on listen_database_url (see errands.backends.postgres.connection)
+    database_pooler: str = "none"
+    #: a direct connection for LISTEN (PostgreSQL); empty: database_url, or, behind a
+    #: transaction pooler, no LISTEN at all (workers and waiters poll)
+    listen_database_url: str = ""
     import_modules: tuple[str, ...] = ()
     #: seconds results are kept before workers prune them: one number, or a
     #: Retention by status (``{SUCCESSFUL = 86400, default = 604800}``)
@@ -115,6 +125,8 @@ class Settings:
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "database_url": to_str,
     "database_timeout": positive(float),
+    "database_pooler": choice(DATABASE_POOLERS),
+    "listen_database_url": to_str,
     "import_modules": to_names,
     "results_retention": to_retention,
     "heartbeat_interval": positive(float),

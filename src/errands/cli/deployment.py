@@ -121,8 +121,9 @@ COMMANDS = [migrate_command, health_command, settings_command]
 def _printable_settings(config: settings.Settings) -> dict[str, Any]:
     """The settings by name, secrets hidden: the URL's password, the dashboard's secrets."""
     values = settings.as_dict(config)
-    if values.get("database_url"):
-        values["database_url"] = redact_url(str(values["database_url"]))
+    for url in ("database_url", "listen_database_url"):
+        if values.get(url):
+            values[url] = redact_url(str(values[url]))
     for secret in SECRET_SETTINGS:
         if values.get(secret):
             values[secret] = "***"
@@ -135,6 +136,8 @@ def _shown(name: str, value: Any) -> Any:
         return "auto"
     if name == "database_url":
         return redact_url(str(value)) if value else '"" (sqlite:///errands.sqlite3)'
+    if name == "listen_database_url" and value:
+        return redact_url(str(value))
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -27,6 +27,7 @@ from errands.backends.postgres.connection import (
     connection_parameters,
     database_errors,
     queries,
+    session_options,
 )
 from errands.backends.postgres.enqueue import (
     PostgresEnqueueTransaction,
@@ -49,9 +50,10 @@ class LoopConnections:
     one, and dropped with their loop.
     """
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, pooler: str = "none") -> None:
         self.url = url
         self.timeout = timeout
+        self.options = session_options(pooler)  # no prepared statements behind a pooler
         self.idle: list[psycopg.AsyncConnection[Any]] = []
         self.open = 0
         self.freed = asyncio.Condition()
@@ -74,7 +76,7 @@ class LoopConnections:
                 return self.idle.pop()
             self.open += 1
         try:
-            parameters = connection_parameters(self.url, self.timeout)
+            parameters = {**connection_parameters(self.url, self.timeout), **self.options}
             return await psycopg.AsyncConnection.connect(self.url, autocommit=True, **parameters)
         except BaseException:
             async with self.freed:
@@ -106,11 +108,11 @@ _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LoopConne
 )
 
 
-def _connections(url: str, timeout: float) -> LoopConnections:
+def _connections(url: str, timeout: float, pooler: str) -> LoopConnections:
     """This event loop's connections to ``url`` (a connection belongs to one loop)."""
     by_url = _loops.setdefault(asyncio.get_running_loop(), {})
     if url not in by_url:
-        by_url[url] = LoopConnections(url, timeout)
+        by_url[url] = LoopConnections(url, timeout, pooler)
     return by_url[url]
 
 
@@ -122,9 +124,10 @@ async def close_pools() -> None:
 
 @contextlib.asynccontextmanager
 async def connection(
-    url: str, timeout: float, given: Any | None
+    url: str, timeout: float, given: Any | None, *, pooler: str = "none"
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """The caller's AsyncConnection (checked), or one of this loop's in autocommit."""
+    """The caller's AsyncConnection (checked), or one of this loop's in autocommit
+    (``pooler``: the backend's ``database_pooler``)."""
     if given is not None:
         if not isinstance(given, psycopg.AsyncConnection):
             raise TypeError(
@@ -132,7 +135,7 @@ async def connection(
             )
         yield given
         return
-    async with _connections(url, timeout).connection() as conn:
+    async with _connections(url, timeout, pooler).connection() as conn:
         yield conn
 
 

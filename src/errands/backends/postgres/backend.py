@@ -45,6 +45,7 @@ from errands.backends.postgres.connection import (
     CONNECTION_WAIT_SECONDS,
     COPY_THRESHOLD,
     MAX_CONNECTIONS,
+    TRANSACTION_POOLER,
     WORKER_CONNECTIONS,
     Connection,
     Deadlines,
@@ -58,6 +59,7 @@ from errands.backends.postgres.connection import (
     fetch_tuples,
     probe,
     queries,
+    session_options,
     worker_configuration,
 )
 from errands.backends.postgres.enqueue import (
@@ -66,7 +68,7 @@ from errands.backends.postgres.enqueue import (
     joined_transaction,
 )
 from errands.backends.postgres.limited import claim_limited
-from errands.backends.postgres.listener import PostgresListener, PostgresResultListener
+from errands.backends.postgres.listener import NoListener, PostgresListener, PostgresResultListener
 from errands.backends.postgres.vacuum import QueueVacuum
 from errands.backends.sql import rows as poison
 from errands.backends.sql.backend import SqlBackend
@@ -101,23 +103,39 @@ class PostgresBackend(SqlBackend):
         *,
         max_connections: int = MAX_CONNECTIONS,
         database_timeout: float | None = None,
+        pooler: str | None = None,
+        listen_url: str | None = None,
     ) -> None:
+        """``pooler`` and ``listen_url``: the ``database_pooler`` and
+        ``listen_database_url`` settings unless given."""
+        config = settings_module.current()
         self.url = url
         self.max_connections = max_connections
         #: seconds without an answer after which a connection counts as dead
         self.database_timeout = (
-            settings_module.current().database_timeout
-            if database_timeout is None
-            else database_timeout
+            config.database_timeout if database_timeout is None else database_timeout
         )
+        #: "transaction": ``url`` leads to a transaction pooler (see session_options)
+        self.pooler: str = (
+            config.database_pooler
+            if pooler is None
+            else settings_module.parse_setting("database_pooler", pooler, "PostgresBackend()")
+        )
+        #: behind a transaction pooler: no prepared statements nor session settings
+        self.pooled = self.pooler == TRANSACTION_POOLER
+        #: where LISTEN connects: a session of its own, never through a transaction
+        #: pooler ("": ``url``, or no LISTEN behind a transaction pooler)
+        given = config.listen_database_url if listen_url is None else listen_url
+        self.listen_url = given or ("" if self.pooled else url)
         #: a deadline on every call, once ``bound_calls`` set one (a worker's)
         self.call_seconds: float | None = None
         self._deadlines = Deadlines()
         self._pool: Pool | None = None
         self._pool_lock = threading.Lock()
         self._worker_pool: Pool | None = None
-        self._vacuum = QueueVacuum(self._statement_ms())
+        self._vacuum = QueueVacuum(None if self.pooled else self._statement_ms())
         self._listeners: list[PostgresListener] = []
+        self._said_polling = False
         self.codec = PostgresCodec()
 
     # -- connections ------------------------------------------------------------------
@@ -138,7 +156,7 @@ class PostgresBackend(SqlBackend):
             if self._worker_pool is None:
                 # The worker's own statements: a statement that runs longer than the
                 # database timeout is ended by the server (its connection stays usable).
-                configure = worker_configuration(self.database_timeout)
+                configure = worker_configuration(self.database_timeout, pooler=self.pooler)
                 self._worker_pool = self._new_pool("errands-worker", WORKER_CONNECTIONS, configure)
             return self._worker_pool
 
@@ -160,7 +178,7 @@ class PostgresBackend(SqlBackend):
             self.url,
             min_size=1,
             max_size=size,
-            kwargs={"autocommit": True, **parameters},
+            kwargs={"autocommit": True, **parameters, **session_options(self.pooler)},
             configure=configure,
             check=check_idle,
             timeout=min(CONNECTION_WAIT_SECONDS, max(self.database_timeout, 1.0)),
@@ -449,20 +467,28 @@ class PostgresBackend(SqlBackend):
         }
         return [to_result(row) for row in fetch(conn, "lose_processes", params)]
 
-    def listen(self, *, on_wake: Callable[[], None]) -> PostgresListener:
-        listener = PostgresListener(self.url, on_wake)
+    def listen(self, *, on_wake: Callable[[], None]) -> PostgresListener | NoListener:
+        if not self.listen_url:
+            return self._no_listener()
+        listener = PostgresListener(self.listen_url, on_wake)
         self._listeners.append(listener)
         return listener
 
     def listen_results(
         self, *, on_results: Callable[[frozenset[uuid.UUID] | None], None]
-    ) -> PostgresListener:
-        listener = PostgresResultListener(self.url, on_results)
+    ) -> PostgresListener | NoListener:
+        if not self.listen_url:
+            return self._no_listener()
+        listener = PostgresResultListener(self.listen_url, on_results)
         self._listeners.append(listener)
         # Results written before LISTEN took effect would wake nobody; callers
         # look at the database after this returns, so wait until it listens.
         listener.ready.wait(CONNECTION_WAIT_SECONDS)
         return listener
+
+    def _no_listener(self) -> NoListener:
+        said, self._said_polling = self._said_polling, True
+        return NoListener(announce=not said)
 
     # -- cancel (pending requests) ------------------------------------------------------
     def cancel_pending(self, *, uuid: uuid.UUID) -> JobResult | None:

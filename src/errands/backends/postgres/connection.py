@@ -80,16 +80,59 @@ def fetch(
             return poison.salvage_dicts(cursor)
 
 
-def worker_configuration(statement_timeout: float | None) -> Callable[[Connection], None]:
+# -- behind a transaction pooler ------------------------------------------------------
+#
+# A pooler in transaction mode (PgBouncer's pool_mode = transaction) hands each
+# transaction to any of its server connections: nothing may outlive a transaction.
+# Prepared statements would be missing on the next server connection (PgBouncer
+# before 1.21 does not track them), and a SET would stay on a server connection that
+# other clients use next. errands' advisory locks are all transaction-scoped
+# (pg_advisory_xact_lock, pg_try_advisory_xact_lock) and it makes no temporary tables;
+# LISTEN needs a session, so it goes to ``listen_database_url`` or is not used.
+
+TRANSACTION_POOLER = "transaction"
+
+
+def session_options(pooler: str) -> dict[str, Any]:
+    """psycopg options of every connection errands opens to ``database_url``: behind a
+    transaction pooler, statements are never prepared (psycopg prepares a statement
+    after ``prepare_threshold`` executions on a connection; None: never)."""
+    return {"prepare_threshold": None} if pooler == TRANSACTION_POOLER else {}
+
+
+def worker_configuration(
+    statement_timeout: float | None, *, pooler: str = "none"
+) -> Callable[[Connection], None]:
     """``configure_worker_connection``, and a ``statement_timeout`` (seconds) on each of
-    the worker's statements when given."""
+    the worker's statements when given.
+
+    Behind a transaction pooler, no session setting but the time zone (see
+    ``configure_pooled_connection``): the server does not end a worker's statement
+    that runs longer than ``statement_timeout``; the client's deadline (Deadlines)
+    still cuts the call off. PgBouncer's ``query_timeout``, or a ``statement_timeout``
+    set on the role, does the server's part there."""
 
     def configure(conn: Connection) -> None:
+        if pooler == TRANSACTION_POOLER:
+            configure_pooled_connection(conn)
+            return
         configure_worker_connection(conn)
         if statement_timeout:
             execute(conn, "worker_statement_timeout", {"ms": int(statement_timeout * 1000)})
 
     return configure
+
+
+def configure_pooled_connection(conn: Connection) -> None:
+    """``configure_worker_connection`` behind a transaction pooler: the client's side
+    only, and the time zone. PgBouncer tracks TimeZone per client (it reports it with
+    client_encoding, DateStyle and standard_conforming_strings) and sets it again
+    on every server connection it links the client to, so it is no session state
+    left to others. Without prepared statements, plan_cache_mode and jit have nothing
+    to do (every statement is planned for its parameters, its LIMIT included)."""
+    postgres_arrays.register(conn)
+    poison.bound_json(conn)
+    conn.execute("SET TimeZone = 'UTC'")
 
 
 def configure_worker_connection(conn: Connection) -> None:

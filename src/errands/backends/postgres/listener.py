@@ -90,6 +90,27 @@ class PostgresListener(Listener):
             logger.exception("on_wake callback failed")
 
 
+class NoListener(Listener):
+    """No LISTEN at all: behind a transaction pooler without ``listen_database_url``
+    (a LISTEN through the pooler would subscribe a server connection that is handed
+    to other clients next, and its notifications would be lost or go to them).
+    Workers then look for jobs every ``poll_interval``, and waiters for results too."""
+
+    def __init__(self, *, announce: bool) -> None:
+        self.ready = threading.Event()
+        self.ready.set()  # nothing to wait for: callers look at the database themselves
+        if announce:  # once per backend: a worker's log says why new jobs wait longer
+            logger.info(
+                "no LISTEN/NOTIFY: database_pooler is 'transaction' and listen_database_url "
+                "is unset, so new jobs and results are found by polling every "
+                "poll_interval; set listen_database_url to a direct connection for "
+                "immediate wake-ups"
+            )
+
+    def close(self) -> None:
+        pass
+
+
 class PostgresResultListener(PostgresListener):
     """Relays ``NOTIFY errands_results`` (sent by a trigger on ``errands_result``) to
     ``on_results`` with the request uuids of the new results; None means "unknown"

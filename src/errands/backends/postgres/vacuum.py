@@ -39,8 +39,11 @@ class QueueVacuum:
     table in check).
     """
 
-    def __init__(self, statement_ms: int) -> None:
-        self.statement_ms = statement_ms  # the worker's statement_timeout, restored after
+    def __init__(self, statement_ms: int | None) -> None:
+        # The worker's statement_timeout, lifted for the vacuum and restored after;
+        # None: the connections have none of their own (behind a transaction pooler,
+        # where a SET would stay on a server connection that others use next).
+        self.statement_ms = statement_ms
         self._lock = threading.Lock()
         self._claimed = 0
         self._limited = False
@@ -58,13 +61,20 @@ class QueueVacuum:
             self._claimed = 0
             processes_too, self._limited = self._limited, False
         try:
+            if self.statement_ms is None:
+                self._vacuum(conn, processes_too)
+                return
             # VACUUM reads the whole table: longer than a statement of the worker's may run.
             execute(conn, "no_statement_timeout")
             try:
-                execute(conn, "vacuum_queue")
-                if processes_too:
-                    execute(conn, "vacuum_processes")
+                self._vacuum(conn, processes_too)
             finally:
                 execute(conn, "worker_statement_timeout", {"ms": self.statement_ms})
         except psycopg.Error:
             logger.warning("could not vacuum errands_request", exc_info=True)
+
+    @staticmethod
+    def _vacuum(conn: Connection, processes_too: bool) -> None:
+        execute(conn, "vacuum_queue")
+        if processes_too:
+            execute(conn, "vacuum_processes")
