@@ -185,6 +185,8 @@ def test_cli_commands_through_the_pooler(bouncer: PgBouncer, pg_url: str) -> Non
         assert json.loads(run("requests", "--json")) == []
         assert json.loads(run("get", enqueued, "--json"))["status"] == "CANCELLED"
         assert "transaction" in run("settings")
+        run("migrate")  # up to date: its advisory lock is the transaction's
+        assert json.loads(run("workers", "--json")) == []
     finally:
         empty_postgres(pg_url)
     assert_no_session_state(bouncer.url)
