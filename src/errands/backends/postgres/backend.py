@@ -155,7 +155,8 @@ class PostgresBackend(SqlBackend):
         with self._pool_lock:
             if self._worker_pool is None:
                 # The worker's own statements: a statement that runs longer than the
-                # database timeout is ended by the server (its connection stays usable).
+                # database timeout is ended by the server (its connection stays usable),
+                # except behind a transaction pooler (see worker_configuration).
                 configure = worker_configuration(self.database_timeout, pooler=self.pooler)
                 self._worker_pool = self._new_pool("errands-worker", WORKER_CONNECTIONS, configure)
             return self._worker_pool
