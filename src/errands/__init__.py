@@ -45,6 +45,8 @@ from errands.registry import register_job
 from errands.scheduler import Schedule
 from errands.serialization import register_type
 from errands.uniqueness import Unique
+from errands.workflow_models import NodeState, WorkflowStatus
+from errands.workflows import Workflow, cancel_workflow, chain, group, workflow
 
 __all__ = [
     "AlreadyRetried",
@@ -63,16 +65,22 @@ __all__ = [
     "JobRequest",
     "JobResult",
     "Limit",
+    "NodeState",
     "ParameterError",
     "Schedule",
     "Status",
     "Unique",
+    "Workflow",
+    "WorkflowStatus",
     "backend",
     "cancel",
+    "cancel_workflow",
+    "chain",
     "configure",
     "enqueue_many",
     "enqueue_many_async",
     "get",
+    "group",
     "pause_queue",
     "paused_queues",
     "processes",
@@ -88,4 +96,5 @@ __all__ = [
     "wait_for_result",
     "wait_for_result_async",
     "workers",
+    "workflow",
 ]

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import overload
 
 from errands.errors import JobContextUnavailable
 from errands.limiting import Limit
+from errands.workflow_models import Dependencies, DependencyResult
 
 #: The attribute of a job instance holding its context, or a function building it.
 ATTRIBUTE = "_errands_context"
@@ -47,6 +48,19 @@ class JobContext:
     timeout: float | None
     worker_id: uuid.UUID | None
     limits: tuple[Limit, ...] = ()
+    #: reads the results of the jobs this one depends on (a workflow's job; None: none)
+    load_dependencies: Callable[[], Sequence[DependencyResult]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    @property
+    def dependencies(self) -> Dependencies:
+        """The return values of the jobs this workflow job depends on, by name or by
+        position in its ``after`` list (errands.workflows). Read from the database on
+        each access: keep it in a variable when reading it more than once."""
+        if self.load_dependencies is None:
+            return Dependencies()
+        return Dependencies(self.load_dependencies())
 
     @property
     def attempts(self) -> int:

@@ -19,6 +19,7 @@ from errands.models import (
     Throughput,
     WorkerInfo,
 )
+from errands.workflow_models import DependencyResult, WorkflowStatus
 
 
 def prefix_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
@@ -103,6 +104,23 @@ class JobReader(abc.ABC):
 
     @abc.abstractmethod
     def paused_queues(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def workflow(self, *, uuid: uuid.UUID) -> WorkflowStatus | None:
+        """A workflow and each of its jobs (errands.workflows), or None if there is none."""
+
+    @abc.abstractmethod
+    def workflow_of_request(self, *, request_uuid: uuid.UUID) -> uuid.UUID | None:
+        """The workflow a job belongs to, by the request of any of its attempts."""
+
+    @abc.abstractmethod
+    def recent_workflows(self, *, limit: int) -> list[tuple[uuid.UUID, str, datetime.datetime]]:
+        """The latest workflows, newest first: (uuid, name, created_at)."""
+
+    @abc.abstractmethod
+    def dependency_results(self, *, request_uuid: uuid.UUID) -> list[DependencyResult]:
+        """The jobs the job of ``request_uuid`` depends on, with their final results, in
+        the order the job listed them (empty for a job outside any workflow)."""
 
     @abc.abstractmethod
     def now(self) -> datetime.datetime:

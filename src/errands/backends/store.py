@@ -30,6 +30,7 @@ from errands.models import (
     Selection,
     WorkerInfo,
 )
+from errands.workflow_models import WorkflowPlan
 
 ConcurrencySlot = tuple[str, str]  # (job_class, concurrency_key)
 
@@ -124,6 +125,18 @@ class EnqueueTransaction(abc.ABC):
         """Take what a LOST result is owed (its hooks, its retry): True for the one
         transaction that takes it, False when another took it first. A retry enqueued
         in this transaction commits with the taking, so it is enqueued exactly once."""
+
+    @abc.abstractmethod
+    def insert_workflow(self, plan: WorkflowPlan) -> None:
+        """Record a workflow, its jobs and their dependencies (errands.workflows); the
+        jobs' requests are inserted by :meth:`insert_requests` in this transaction, those
+        with dependencies due at ``HELD_UNTIL``."""
+
+    @abc.abstractmethod
+    def end_workflow_node(self, *, result_uuid: uuid.UUID) -> None:
+        """A workflow job's result that no retry follows and that did not end its job
+        when it was written (LOST: its follow-up enqueued no retry) ends it now, failed:
+        its dependents move on. Nothing for any other result."""
 
     @abc.abstractmethod
     def reserve_occurrences(

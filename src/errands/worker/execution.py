@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from errands import context, lifecycle, serialization, telemetry
+from errands.backends import current
 from errands.containment import is_own_interrupt
 from errands.context import JobContext
 from errands.errors import DeferJob
@@ -36,6 +37,7 @@ from errands.models import (
 )
 from errands.registry import build_job
 from errands.validation import delay_problem
+from errands.workflow_models import DependencyResult
 
 logger = logging.getLogger("errands")
 
@@ -104,7 +106,15 @@ class Assignment:
             if isinstance(self.worker_id, bytes)
             else self.worker_id,
             limits=self.limits,
+            load_dependencies=None
+            if self.request_uuid is None
+            else functools.partial(_dependency_results, self.request_uuid),
         )
+
+
+def _dependency_results(request_uuid: uuid.UUID) -> list[DependencyResult]:
+    """What a workflow job's ``context.dependencies`` reads (see errands.workflows)."""
+    return current.backend().dependency_results(request_uuid=request_uuid)
 
 
 def _aware(value: datetime.datetime | float | None) -> datetime.datetime | None:

@@ -85,6 +85,8 @@ class FollowUps:
                 request = enqueue_retry(tx, result, job, delay=delay, source=result.source)
                 retry_uuid = str(request.uuid) if request else None
                 logger.info("retrying a lost job", extra={**_fields(result), "retry": retry_uuid})
+            # A workflow's job without a retry ends here, failed: its dependents move on.
+            tx.end_workflow_node(result_uuid=result.uuid)
         return job is not None
 
     @staticmethod

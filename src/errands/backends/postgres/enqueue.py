@@ -26,6 +26,7 @@ from errands.backends.postgres.connection import (
     queries,
 )
 from errands.backends.postgres.copy_rows import RequestRows
+from errands.backends.sql.workflows import edge_rows, node_rows
 from errands.backends.store import SlotState
 from errands.limiting import encode_limits, first_key
 from errands.models import (
@@ -34,6 +35,7 @@ from errands.models import (
     NewRequest,
     build_job_request,
 )
+from errands.workflow_models import WorkflowPlan
 
 logger = logging.getLogger("errands")
 
@@ -174,6 +176,10 @@ def _as_request(
 # -- enqueueing ----------------------------------------------------------------------
 
 
+NODE_COLUMNS = ("node", "name", "job_class", "run_on_failure", "waiting", "request_uuid")
+EDGE_COLUMNS = ("parent", "child", "position")
+
+
 class PostgresEnqueueTransaction(EnqueueTransaction):
     """Enqueue statements on one connection, inside a transaction someone else ends."""
 
@@ -239,6 +245,29 @@ class PostgresEnqueueTransaction(EnqueueTransaction):
 
     def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
         return self._rowcount("settle_followup", {"result_uuid": result_uuid}) > 0
+
+    def insert_workflow(self, plan: WorkflowPlan) -> None:
+        self._rowcount("insert_workflow", {"uuid": plan.uuid, "name": plan.name})
+        nodes = node_rows(plan.nodes)
+        self._rowcount(
+            "insert_workflow_nodes",
+            {
+                "workflow_uuid": plan.uuid,
+                **{column: [row[column] for row in nodes] for column in NODE_COLUMNS},
+            },
+        )
+        edges = edge_rows(plan.nodes)
+        if edges:
+            self._rowcount(
+                "insert_workflow_edges",
+                {
+                    "workflow_uuid": plan.uuid,
+                    **{column: [row[column] for row in edges] for column in EDGE_COLUMNS},
+                },
+            )
+
+    def end_workflow_node(self, *, result_uuid: uuid.UUID) -> None:
+        self._rowcount("end_workflow_node", {"result_uuid": result_uuid})
 
     def reserve_occurrences(
         self, occurrences: Sequence[tuple[str, datetime.datetime]]

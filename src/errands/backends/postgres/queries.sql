@@ -1382,3 +1382,75 @@ WHERE uuid IN (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
+
+
+-- Workflows (errands.workflows; the rule that moves them is in migrations/0011) ---
+
+-- name: insert_workflow
+INSERT INTO errands_workflow (uuid, name) VALUES (%(uuid)s, %(name)s)
+
+-- name: insert_workflow_nodes
+-- A node waits for as many dependencies as it has; one without any is pending.
+INSERT INTO errands_workflow_node (
+    workflow_uuid, node, name, job_class, run_on_failure, waiting, state, request_uuid
+)
+SELECT %(workflow_uuid)s, n.node, n.name, n.job_class, n.run_on_failure, n.waiting,
+    CASE WHEN n.waiting > 0 THEN 'waiting' ELSE 'pending' END, n.request_uuid
+FROM unnest(
+    %(node)s::int[], %(name)s::text[], %(job_class)s::text[], %(run_on_failure)s::bool[],
+    %(waiting)s::int[], %(request_uuid)s::uuid[]
+) AS n(node, name, job_class, run_on_failure, waiting, request_uuid)
+
+-- name: insert_workflow_edges
+INSERT INTO errands_workflow_edge (workflow_uuid, parent, child, position)
+SELECT %(workflow_uuid)s, e.parent, e.child, e.position
+FROM unnest(%(parent)s::int[], %(child)s::int[], %(position)s::int[])
+    AS e(parent, child, position)
+
+-- name: end_workflow_node
+-- A LOST result whose follow-up enqueued no retry ends its node (failed); its
+-- trigger moves the dependents. A result that a retry follows matches nothing:
+-- the node follows the retry.
+UPDATE errands_workflow_node AS n
+SET state = 'failed', result_uuid = r.uuid
+FROM errands_result AS r
+WHERE r.uuid = %(result_uuid)s AND r.retry_request_uuid IS NULL
+    AND n.request_uuid = r.request_uuid AND n.state = 'pending'
+
+-- name: workflow
+SELECT uuid, name, created_at FROM errands_workflow WHERE uuid = %(uuid)s
+
+-- name: workflow_nodes
+-- Each node with its final result, or the process that runs it now.
+SELECT
+    n.node, n.name, n.job_class, n.state, n.run_on_failure, n.request_uuid, n.result_uuid,
+    r.status, coalesce(r.error_type, '') AS error_type, coalesce(r.error, '') AS error,
+    coalesce(r.started_at, p.started_at) AS started_at, r.ended_at,
+    p.uuid AS process_uuid,
+    coalesce(r.retry_attempt, p.retry_attempt, q.retry_attempt, 0) AS retry_attempt
+FROM errands_workflow_node AS n
+LEFT JOIN errands_result AS r ON r.uuid = n.result_uuid
+LEFT JOIN errands_process AS p ON p.request_uuid = n.request_uuid AND n.result_uuid IS NULL
+LEFT JOIN errands_request AS q ON q.uuid = n.request_uuid
+WHERE n.workflow_uuid = %(uuid)s
+ORDER BY n.node
+
+-- name: workflow_edges
+SELECT parent, child FROM errands_workflow_edge
+WHERE workflow_uuid = %(uuid)s
+ORDER BY child, position
+
+-- name: workflow_of_request
+SELECT workflow_uuid FROM errands_workflow_node WHERE request_uuid = %(request_uuid)s
+
+-- name: recent_workflows
+SELECT uuid, name, created_at FROM errands_workflow ORDER BY created_at DESC, uuid LIMIT %(limit)s
+
+-- name: dependency_results
+SELECT e.position, p.name, coalesce(r.status, '') AS status, r.return_value
+FROM errands_workflow_node AS c
+JOIN errands_workflow_edge AS e ON e.workflow_uuid = c.workflow_uuid AND e.child = c.node
+JOIN errands_workflow_node AS p ON p.workflow_uuid = e.workflow_uuid AND p.node = e.parent
+LEFT JOIN errands_result AS r ON r.uuid = p.result_uuid
+WHERE c.request_uuid = %(request_uuid)s
+ORDER BY e.position

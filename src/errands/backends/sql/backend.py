@@ -27,6 +27,7 @@ from typing import Any
 from errands.backends.base import Backend
 from errands.backends.reader import prefix_range
 from errands.backends.sql.codec import Codec, Row, Session
+from errands.backends.sql.workflows import WorkflowReading
 from errands.limiting import LimitUsage, summarize
 from errands.models import (
     JobProcess,
@@ -78,7 +79,7 @@ def page_query(table: str, page: PageSpec) -> str:
     return f"page_{table}_reversed" if page.reverse else f"page_{table}"
 
 
-class SqlBackend(Backend):
+class SqlBackend(WorkflowReading, Backend):
     """The operations both SQL backends share, over a dialect's sessions and codec."""
 
     codec: Codec

@@ -73,6 +73,11 @@ class Codec(abc.ABC):
     @abc.abstractmethod
     def worker(self, row: Row) -> WorkerInfo: ...
 
+    def json_value(self, value: Any) -> Any:
+        """A stored JSON value (a return value) as Python data: PostgreSQL's jsonb comes
+        back decoded."""
+        return value
+
     # -- written once from the above ----------------------------------------------------
     def optional_uuid(self, value: UUID | None) -> Any:
         return None if value is None else self.uuid(value)

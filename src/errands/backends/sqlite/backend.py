@@ -123,6 +123,7 @@ class SqliteBackend(SqlBackend):
             connection.row_factory = sqlite3.Row
             enable_wal(connection)
             connection.execute(QUERIES["set_synchronous"])
+            connection.execute(QUERIES["set_recursive_triggers"])
         except sqlite3.Error as exc:
             connection.close()
             raise self._open_error(exc) from exc

@@ -181,6 +181,9 @@ class SqliteCodec(Codec):
     def texts(self, values: Sequence[str]) -> Any:
         return json.dumps(list(values))
 
+    def json_value(self, value: Any) -> Any:
+        return None if value is None else poison.loads(value)
+
     def moment(self, value: Any) -> datetime.datetime:
         return from_unix(value)
 

@@ -13,6 +13,7 @@ from errands.backends.base import (
     ConcurrencySlot,
     EnqueueTransaction,
 )
+from errands.backends.sql.workflows import edge_rows, node_rows
 from errands.backends.sqlite.codec import request_json, to_process, to_request, to_unix
 from errands.backends.sqlite.connection import SqliteSession
 from errands.backends.store import SlotState
@@ -21,6 +22,7 @@ from errands.models import (
     JobRequest,
     NewRequest,
 )
+from errands.workflow_models import WorkflowPlan
 
 logger = logging.getLogger("errands")
 
@@ -100,6 +102,20 @@ class SqliteEnqueueTransaction(EnqueueTransaction):
 
     def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
         return self._session.run("settle_followup", result_uuid=str(result_uuid)) > 0
+
+    def insert_workflow(self, plan: WorkflowPlan) -> None:
+        workflow_uuid = str(plan.uuid)
+        self._session.run("insert_workflow", uuid=workflow_uuid, name=plan.name)
+        nodes = json.dumps(node_rows(plan.nodes))
+        self._session.run("insert_workflow_nodes", workflow_uuid=workflow_uuid, nodes=nodes)
+        edges = edge_rows(plan.nodes)
+        if edges:
+            self._session.run(
+                "insert_workflow_edges", workflow_uuid=workflow_uuid, edges=json.dumps(edges)
+            )
+
+    def end_workflow_node(self, *, result_uuid: uuid.UUID) -> None:
+        self._session.run("end_workflow_node", result_uuid=str(result_uuid))
 
     def reserve_occurrences(
         self, occurrences: Sequence[tuple[str, datetime.datetime]]

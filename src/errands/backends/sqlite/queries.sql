@@ -79,6 +79,11 @@ PRAGMA journal_mode = WAL
 -- database consistent after a power loss (the last commits may be lost).
 PRAGMA synchronous = NORMAL
 
+-- name: set_recursive_triggers
+-- Workflows: a cancelled dependent's result ends its node, whose trigger may cancel
+-- the next dependent (see migrations/0010_workflows.sql): triggers fire triggers.
+PRAGMA recursive_triggers = ON
+
 -- name: data_version
 -- Changes whenever another connection commits to the file; reading it touches
 -- no table, so polling it is almost free.
@@ -946,3 +951,74 @@ WHERE uuid IN (
     WHERE {{results_selection}}
     LIMIT :limit
 )
+
+
+-- ---------------------------------------------------------------------------
+-- Workflows (errands.workflows; the rule that moves them is in migrations/0010)
+-- ---------------------------------------------------------------------------
+
+-- name: insert_workflow
+INSERT INTO errands_workflow (uuid, name, created_at) VALUES (:uuid, :name, :now)
+
+-- name: insert_workflow_nodes
+-- :nodes is a JSON array of objects. A node waits for as many dependencies as it
+-- has; one without any is pending.
+INSERT INTO errands_workflow_node (
+    workflow_uuid, node, name, job_class, run_on_failure, waiting, state, request_uuid
+)
+SELECT :workflow_uuid, n.value ->> 'node', n.value ->> 'name', n.value ->> 'job_class',
+    n.value ->> 'run_on_failure', n.value ->> 'waiting',
+    CASE WHEN n.value ->> 'waiting' > 0 THEN 'waiting' ELSE 'pending' END,
+    n.value ->> 'request_uuid'
+FROM json_each(:nodes) AS n
+
+-- name: insert_workflow_edges
+INSERT INTO errands_workflow_edge (workflow_uuid, parent, child, position)
+SELECT :workflow_uuid, e.value ->> 'parent', e.value ->> 'child', e.value ->> 'position'
+FROM json_each(:edges) AS e
+
+-- name: end_workflow_node
+-- See the PostgreSQL query of the same name.
+UPDATE errands_workflow_node
+SET state = 'failed', result_uuid = :result_uuid
+WHERE state = 'pending' AND request_uuid = (
+    SELECT request_uuid FROM errands_result
+    WHERE uuid = :result_uuid AND retry_request_uuid IS NULL
+)
+
+-- name: workflow
+SELECT uuid, name, created_at FROM errands_workflow WHERE uuid = :uuid
+
+-- name: workflow_nodes
+SELECT
+    n.node, n.name, n.job_class, n.state, n.run_on_failure, n.request_uuid, n.result_uuid,
+    r.status, coalesce(r.error_type, '') AS error_type, coalesce(r.error, '') AS error,
+    coalesce(r.started_at, p.started_at) AS started_at, r.ended_at,
+    p.uuid AS process_uuid,
+    coalesce(r.retry_attempt, p.retry_attempt, q.retry_attempt, 0) AS retry_attempt
+FROM errands_workflow_node AS n
+LEFT JOIN errands_result AS r ON r.uuid = n.result_uuid
+LEFT JOIN errands_process AS p ON p.request_uuid = n.request_uuid AND n.result_uuid IS NULL
+LEFT JOIN errands_request AS q ON q.uuid = n.request_uuid
+WHERE n.workflow_uuid = :uuid
+ORDER BY n.node
+
+-- name: workflow_edges
+SELECT parent, child FROM errands_workflow_edge
+WHERE workflow_uuid = :uuid
+ORDER BY child, position
+
+-- name: workflow_of_request
+SELECT workflow_uuid FROM errands_workflow_node WHERE request_uuid = :request_uuid
+
+-- name: recent_workflows
+SELECT uuid, name, created_at FROM errands_workflow ORDER BY created_at DESC, uuid LIMIT :limit
+
+-- name: dependency_results
+SELECT e.position, p.name, coalesce(r.status, '') AS status, r.return_value
+FROM errands_workflow_node AS c
+JOIN errands_workflow_edge AS e ON e.workflow_uuid = c.workflow_uuid AND e.child = c.node
+JOIN errands_workflow_node AS p ON p.workflow_uuid = e.workflow_uuid AND p.node = e.parent
+LEFT JOIN errands_result AS r ON r.uuid = p.result_uuid
+WHERE c.request_uuid = :request_uuid
+ORDER BY e.position
