@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 
 from errands.models import JobProcess, JobRequest, JobResult, UndecodableTime, WorkerInfo
+from errands.workflow_models import NodeStatus, is_held
 
 Row = JobRequest | JobProcess | JobResult
 
@@ -70,6 +71,21 @@ def iso_utc(value: datetime.datetime | None) -> str:
 def is_undecodable(value: object) -> bool:
     """A placeholder for a stored time errands could not load (see backends/rows.py)."""
     return isinstance(value, UndecodableTime)
+
+
+#: Said instead of the due time of a workflow job waiting for the jobs it depends on.
+HELD_TEXT = "after its dependencies"
+
+
+def is_held_time(value: object) -> bool:
+    """Whether a due time is a workflow job's "held until its dependencies end"
+    (:data:`errands.workflow_models.HELD_UNTIL`), not a time to show."""
+    return isinstance(value, datetime.datetime) and not is_undecodable(value) and is_held(value)
+
+
+def local_due(value: datetime.datetime | None) -> str:
+    """The CLI's due time: :func:`local_time`, or :data:`HELD_TEXT` for a held job."""
+    return HELD_TEXT if is_held_time(value) else local_time(value)
 
 
 # -- durations -----------------------------------------------------------------------------
@@ -173,8 +189,17 @@ def process_state(process: JobProcess) -> str:
 
 
 def request_state(request: JobRequest, now: datetime.datetime) -> str:
-    """``scheduled`` (due after ``now``) or ``pending`` (due: waiting for a worker)."""
+    """``waiting`` (a workflow job whose dependencies have not all ended), ``scheduled``
+    (due after ``now``) or ``pending`` (due: waiting for a worker)."""
+    if is_held_time(request.start_at):
+        return "waiting"
     return "scheduled" if request.start_at > now else "pending"
+
+
+def node_state(node: NodeStatus) -> str:
+    """A workflow job's state as shown: its :class:`~errands.workflow_models.NodeState`,
+    with ``running`` for a pending one a worker holds now."""
+    return "running" if node.running and not node.state.ended else str(node.state)
 
 
 def worker_state(worker: WorkerInfo) -> str:

@@ -9,6 +9,7 @@ The group and its global options live here; each command group has its module:
   ``resume``, ``queue``
 - :mod:`~errands.cli.deployment`: ``migrate``, ``health``, ``settings``
 - :mod:`~errands.cli.schedules`: ``schedule``, ``schedule check``
+- :mod:`~errands.cli.workflow`: ``workflow`` (and its ``--cancel``), ``workflows``
 - :mod:`~errands.cli.run`, :mod:`~errands.cli.demo`, :mod:`~errands.cli.dashboard`,
   :mod:`~errands.cli.why`, :mod:`~errands.cli.check`: one command each
 
@@ -45,6 +46,7 @@ from errands.cli import (
     schedules,
     why,
     worker,
+    workflow,
 )
 from errands.cli.errors import EXIT_CODES, ErrandsGroup
 from errands.logs import configure_logging
@@ -118,6 +120,7 @@ COMMANDS: list[click.Command] = [
     dashboard.dashboard_command,
     why.why_command,
     check.check_command,
+    *workflow.COMMANDS,
 ]
 for _command in COMMANDS:
     options.accept_global_options(_command)

@@ -262,7 +262,7 @@ def _request_table(rows: Sequence[JobRequest]) -> str:
                 r.priority,
                 formatting.attempt_text(r),
                 formatting.local_time(r.created_at),
-                formatting.local_time(r.start_at),
+                formatting.local_due(r.start_at),
                 r.concurrency_key or "-",
             ]
             for r in rows

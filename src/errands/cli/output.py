@@ -67,7 +67,9 @@ def show_row(row: JobRequest | JobProcess | JobResult) -> None:
     data["attempt"] = formatting.attempt_text(row)
     for field in dataclasses.fields(row):
         value = getattr(row, field.name)
-        if isinstance(value, datetime.datetime) or formatting.is_undecodable(value):
+        if field.name == "start_at" and formatting.is_held_time(value):
+            data[field.name] = formatting.HELD_TEXT  # a workflow job, not due yet
+        elif isinstance(value, datetime.datetime) or formatting.is_undecodable(value):
             data[field.name] = formatting.local_time(value)
     if isinstance(row, JobResult):
         data["duration"] = formatting.compact_duration(formatting.run_seconds(row))
