@@ -25,6 +25,7 @@ from errands import api, formatting, settings
 from errands.backends.reader import JobReader
 from errands.limiting import LimitUsage
 from errands.models import JobProcess, JobRequest, JobResult, PageSpec, Selection, WorkerInfo
+from errands.workflow_models import NodeStatus, WorkflowStatus
 
 Attempt = JobRequest | JobProcess | JobResult
 TimeText = Callable[[datetime.datetime | None], str]
@@ -50,6 +51,8 @@ class Facts:
     chain: list[Attempt] = field(default_factory=list)
     #: the usage of the job's limit keys (flow control), for a pending job
     limits: list[LimitUsage] = field(default_factory=list)
+    #: the workflow of a job held until its dependencies end (errands.workflows)
+    workflow: WorkflowStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -134,9 +137,14 @@ def gather(reader: JobReader, job: Attempt, *, heartbeat_timeout: float) -> Fact
     if isinstance(job, JobRequest) and job.limits:
         limit_keys = {str(limit.key) for limit in job.limits}
         usage = [u for u in reader.limit_usage() if u.key in limit_keys]
+    workflow = None
+    if isinstance(job, JobRequest) and formatting.is_held_time(job.start_at):
+        key = reader.workflow_of_request(request_uuid=job.uuid)
+        workflow = reader.workflow(uuid=key) if key is not None else None
     return Facts(
         job=job,
         now=now,
+        workflow=workflow,
         limits=usage,
         paused=reader.paused_queues(),
         workers=reader.workers(timeout_seconds=heartbeat_timeout),
@@ -154,7 +162,10 @@ def explain(facts: Facts, *, time_text: TimeText = formatting.local_time) -> Exp
     job = facts.job
     if isinstance(job, JobRequest):
         state = formatting.request_state(job, facts.now)
-        summary, reasons = _waiting(job, facts, time_text)
+        if formatting.is_held_time(job.start_at):
+            summary, reasons = _held(job, facts)
+        else:
+            summary, reasons = _waiting(job, facts, time_text)
     elif isinstance(job, JobProcess):
         state = formatting.process_state(job)
         summary, reasons = _running(job, facts, time_text)
@@ -196,6 +207,41 @@ def _waiting(job: JobRequest, facts: Facts, time_text: TimeText) -> tuple[str, l
     elif facts.ahead == 0 and not any(r.code in _BLOCKING for r in reasons):
         reasons.append(Reason("next", f"it is the next job a worker of queue {job.queue!r} claims"))
     return summary, reasons
+
+
+def _held(job: JobRequest, facts: Facts) -> tuple[str, list[Reason]]:
+    """A workflow job waiting for the jobs it depends on: which, and where they stand."""
+    found = facts.workflow
+    node = _node_of(found, job) if found is not None else None
+    if found is None or node is None:  # its workflow was deleted meanwhile
+        return "waiting: held until the jobs it depends on end", [
+            Reason("dependencies", "it waits for the jobs it depends on (its workflow is gone)")
+        ]
+    parents = [found.node(parent) for parent in node.depends_on]
+    open_ = [parent for parent in parents if not parent.state.ended]
+    listed = ", ".join(f"{parent.name} ({formatting.node_state(parent)})" for parent in parents)
+    named = f" {found.name!r}" if found.name else ""
+    summary = (
+        f"waiting for {len(open_)} of the {len(parents)} job{'s' if len(parents) != 1 else ''} "
+        f"it depends on in workflow{named} ({found.uuid})"
+    )
+    when = (
+        "once they all ended, however they ended (run_on_failure)"
+        if node.run_on_failure
+        else "once they all succeeded; it is cancelled if one does not"
+    )
+    reasons = [Reason("dependencies", f"it waits for {listed}: it becomes due {when}")]
+    if job.queue in facts.paused:
+        reasons.append(
+            Reason(
+                "queue_paused", f"its queue {job.queue!r} is paused (`errands resume {job.queue}`)"
+            )
+        )
+    return summary, reasons
+
+
+def _node_of(found: WorkflowStatus, job: JobRequest) -> NodeStatus | None:
+    return next((node for node in found.nodes if node.request_uuid == job.uuid), None)
 
 
 #: Reasons that keep a due job from being claimed at all.
