@@ -30,6 +30,7 @@ from errands.testing.memory_reader import MemoryReader
 from errands.testing.memory_rows import claim_order, utcnow
 from errands.testing.memory_store import MemoryStore
 from errands.worker import execution
+from errands.workflow_models import is_held
 
 __all__ = ["TEST_WORKER_ID", "MemoryBackend", "RunawayJobs"]
 
@@ -113,13 +114,18 @@ class MemoryBackend(MemoryStore, MemoryReader, Backend):
         return results
 
     def _claim_one(self, *, include_delayed: bool) -> JobProcess | None:
-        """Unlike ``claim``, delayed requests may be taken: the helpers do not wait."""
+        """Unlike ``claim``, delayed requests may be taken: the helpers do not wait
+        (but held workflow jobs may not)."""
         with self.lock:
             now = utcnow()
             candidates = [
                 r
                 for r in self.requests.values()
-                if r.queue not in self.paused and (include_delayed or r.start_at <= now)
+                if r.queue not in self.paused
+                and (include_delayed or r.start_at <= now)
+                # A workflow's job waiting for its dependencies is not delayed: it runs
+                # once they end (they release it, due now), or never.
+                and not is_held(r.start_at)
             ]
             if not candidates:
                 return None

@@ -12,6 +12,8 @@ from errands.backends.store import SlotState
 from errands.models import JobProcess, JobRequest, JobResult, NewRequest, Status
 from errands.testing.memory_rows import claim_order, request_of, utcnow
 from errands.testing.memory_tables import MemoryTables, OccurrenceKey
+from errands.testing.memory_workflows import end_node_of_result, follow_retry
+from errands.workflow_models import WorkflowPlan
 
 
 class MemoryEnqueueTransaction(EnqueueTransaction):
@@ -25,6 +27,10 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
         self.occurrences: dict[OccurrenceKey, uuid.UUID | None] = {}
         self.settled: set[uuid.UUID] = set()
         self.replaced: dict[uuid.UUID, JobRequest] = {}  # committed requests, replaced
+        self.workflows: list[WorkflowPlan] = []
+        #: Retries linked and nodes ended (by result uuid), in the order the SQL
+        #: statements would have run: a node ended before its retry is linked stays ended.
+        self.workflow_steps: list[tuple[str, uuid.UUID]] = []
 
     def lock_slots(self, slots: Sequence[ConcurrencySlot]) -> None:
         """Nothing to do: the backend's lock is held for the whole transaction."""
@@ -99,6 +105,7 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
         if result_uuid in self.retry_links:
             return False
         self.retry_links[result_uuid] = request_uuid
+        self.workflow_steps.append(("follow", result_uuid))
         return True
 
     def settle_followup(self, *, result_uuid: uuid.UUID) -> bool:
@@ -106,6 +113,12 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
             return False
         self.settled.add(result_uuid)
         return True
+
+    def insert_workflow(self, plan: WorkflowPlan) -> None:
+        self.workflows.append(plan)
+
+    def end_workflow_node(self, *, result_uuid: uuid.UUID) -> None:
+        self.workflow_steps.append(("end", result_uuid))
 
     def reserve_occurrences(
         self, occurrences: Sequence[tuple[str, datetime.datetime]]
@@ -131,9 +144,32 @@ class MemoryEnqueueTransaction(EnqueueTransaction):
         tables.occurrences.update(self.occurrences)
         for result_uuid in self.settled:
             tables.owed.pop(result_uuid, None)
+        now = utcnow()
+        for plan in self.workflows:
+            tables.workflows.insert(plan, now)
         if self.retry_links:
             tables.results = [self._linked(result) for result in tables.results]
+        self._move_workflows(now)
         tables._notify()
+
+    def _move_workflows(self, now: datetime.datetime) -> None:
+        """What the workflow triggers do on ``link_retry`` and ``end_workflow_node``, in
+        the order they were called (memory_workflows)."""
+        results = {r.uuid: r for r in self.tables.results if r.uuid in self.retry_links}
+        linked: set[uuid.UUID] = set()
+        for step, result_uuid in self.workflow_steps:
+            if step == "follow":
+                linked.add(result_uuid)
+                result = results[result_uuid]
+                follow_retry(
+                    self.tables,
+                    request_uuid=result.request_uuid,
+                    retry=self.retry_links[result_uuid],
+                )
+            elif result_uuid not in linked:
+                # A retry linked after this call was not there yet when it ran.
+                later = result_uuid in self.retry_links
+                end_node_of_result(self.tables, result_uuid, now, retry_linked_later=later)
 
     def _linked(self, result: JobResult) -> JobResult:
         retry = self.retry_links.get(result.uuid)

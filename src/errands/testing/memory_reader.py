@@ -27,9 +27,11 @@ from errands.models import (
     Throughput,
     WorkerInfo,
 )
+from errands.testing import memory_workflows
 from errands.testing.memory_rows import claim_order, utcnow
 from errands.testing.memory_selection import page_of, selected
 from errands.testing.memory_tables import MemoryTables
+from errands.workflow_models import DependencyResult, WorkflowStatus
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
@@ -195,6 +197,23 @@ class MemoryReader(MemoryTables, JobReader):
                 for at in moments
             ]
         return summarize(jobs, starts)
+
+    # -- workflows (the queries live in memory_workflows) -------------------------------
+    def workflow(self, *, uuid: uuid.UUID) -> WorkflowStatus | None:
+        with self.lock:
+            return memory_workflows.workflow_status(self, uuid)
+
+    def workflow_of_request(self, *, request_uuid: uuid.UUID) -> uuid.UUID | None:
+        with self.lock:
+            return memory_workflows.workflow_of_request(self, request_uuid)
+
+    def recent_workflows(self, *, limit: int) -> list[tuple[uuid.UUID, str, datetime.datetime]]:
+        with self.lock:
+            return memory_workflows.recent_workflows(self, limit)
+
+    def dependency_results(self, *, request_uuid: uuid.UUID) -> list[DependencyResult]:
+        with self.lock:
+            return memory_workflows.dependency_results(self, request_uuid)
 
     def now(self) -> datetime.datetime:
         return utcnow()

@@ -46,6 +46,7 @@ from errands.testing.memory_rows import (
 )
 from errands.testing.memory_selection import selected, sort_time
 from errands.testing.memory_tables import MemoryTables
+from errands.testing.memory_workflows import results_written
 
 
 def _ago(now: datetime.datetime, seconds: float) -> datetime.datetime:
@@ -119,7 +120,8 @@ class MemoryStore(MemoryTables, JobStore):
         expired = list(expiry.expired_requests(self.requests.values(), now))
         for request in expired:
             del self.requests[request.uuid]
-            self._write_result(cancelled_result(request, now, expiry.EXPIRED))
+        # One batch, as one statement: a held job expiring with its parent ends once.
+        self._write_results([cancelled_result(r, now, expiry.EXPIRED) for r in expired], now)
         return tuple(request.queue for request in expired)
 
     def _to_process(
@@ -175,6 +177,9 @@ class MemoryStore(MemoryTables, JobStore):
         its result (without the requeue) is written first; a block that raises puts
         both back and commits none of its enqueues."""
         with self.lock:
+            # What the result may change (its workflow's releases and cancellations
+            # too), to put back if the block raises.
+            saved = (dict(self.requests), list(self.results), self.workflows.copy())
             process = self.processes.pop(outcome.process_uuid, None)
             written = (
                 None
@@ -186,7 +191,7 @@ class MemoryStore(MemoryTables, JobStore):
                 yield written, tx
             except BaseException:
                 if process is not None:
-                    self.results = [r for r in self.results if r is not written]
+                    self.requests, self.results, self.workflows = saved
                     self.processes[process.uuid] = process
                 raise
             tx.commit()
@@ -228,8 +233,14 @@ class MemoryStore(MemoryTables, JobStore):
         return self._write_result(completed_result(process, outcome, now=now, retry=retry))
 
     def _write_result(self, result: JobResult) -> JobResult:
-        self.results.append(result)
+        self._write_results([result], result.created_at)
         return result
+
+    def _write_results(self, results: Sequence[JobResult], now: datetime.datetime) -> None:
+        """Every result is written here, so that each moves its workflow as the SQL
+        backends' triggers do (memory_workflows), in the same step."""
+        self.results.extend(results)
+        results_written(self, results, now)
 
     def release(self, *, process_uuids: Sequence[uuid.UUID]) -> int:
         with self.lock:
@@ -260,9 +271,12 @@ class MemoryStore(MemoryTables, JobStore):
         with self.lock:
             now = utcnow()
             chosen = self._selected_requests(selection, now)[: max(limit, 0)]
-            results = [self._write_result(cancelled_result(r, now)) for r in chosen]
             for request in chosen:
                 del self.requests[request.uuid]
+            # One batch, as one statement: a held job cancelled with its parent ends
+            # once, cancelled, rather than again as the parent's dependent.
+            results = [cancelled_result(r, now) for r in chosen]
+            self._write_results(results, now)
             if results:
                 self._notify()
             return results
@@ -359,7 +373,8 @@ class MemoryStore(MemoryTables, JobStore):
         worker decides retries)."""
         for process in processes:
             del self.processes[process.uuid]
-        results = [self._write_result(ended_result(p, ending, now)) for p in processes]
+        results = [ended_result(p, ending, now) for p in processes]
+        self._write_results(results, now)  # LOST: no node ends (the follow-up decides)
         for result in results:  # owed its hooks and retry, as in the same transaction
             self.owed[result.uuid] = now
         if results:

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from errands.backends.base import Listener
 from errands.models import JobProcess, JobRequest, JobResult
 from errands.testing.memory_workers import WorkerRows
+from errands.testing.memory_workflows import WorkflowRows
 
 OccurrenceKey = tuple[str, datetime.datetime]  # (schedule entry key, run time)
 
 
 class MemoryTables:
-    """Requests, processes, results, workers, schedules, pauses, dashboard state and
-    the start log of rate limits."""
+    """Requests, processes, results, workers, schedules, pauses, dashboard state, the
+    start log of rate limits and workflows."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -42,6 +43,8 @@ class MemoryTables:
         self.dashboard_sessions: dict[str, datetime.datetime] = {}  # id -> expires at
         #: Flow control's start log: when jobs of each rate-limited key were claimed.
         self.limit_starts: dict[str, list[datetime.datetime]] = {}
+        #: Workflows (errands.workflows), moved by every result written: see memory_workflows.
+        self.workflows = WorkflowRows()
         self._listeners: list[MemoryListener] = []
 
     def _notify(self) -> None:
