@@ -124,6 +124,8 @@ def _routes(
         Route("/results", pages.results, name="results"),
         Route("/jobs/{uuid}", pages.job, name="job"),
         Route("/workers", pages.workers, name="workers"),
+        Route("/workflows", pages.workflows, name="workflows"),
+        Route("/workflows/{uuid}", pages.workflow, name="workflow"),
         Route("/schedules", pages.schedules, name="schedules"),
         Route("/bulk", pages.confirm_bulk, name="confirm_bulk"),
         Route("/login", login_form, name="login"),

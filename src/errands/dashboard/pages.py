@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from errands import api, formatting, settings, why
-from errands.dashboard import chart, queries
+from errands.dashboard import chart, queries, workflow_graph
 from errands.dashboard.render import Renderer
 from errands.errors import ErrandsError
 from errands.models import (
@@ -38,6 +38,8 @@ LIST_TEMPLATES = {
 }
 #: The listing (route name) of each table.
 PLURAL = {Kind.REQUEST: "requests", Kind.PROCESS: "processes", Kind.RESULT: "results"}
+#: How many of the latest workflows the workflows page lists.
+WORKFLOWS_LISTED = 50
 BULK_ACTIONS: dict[Kind, tuple[str, ...]] = {
     Kind.REQUEST: ("cancel", "delete"),
     Kind.PROCESS: ("cancel",),
@@ -173,12 +175,16 @@ class Pages:
         found = next((attempt for attempt in chain if _is(attempt, wanted)), None)
         if found is None:
             return self.render(request, "missing.html", status=404, nav="", uuid=key)
+        workflow = workflow_graph.workflow_of_job(
+            api.backend(), [a.uuid if isinstance(a, JobRequest) else a.request_uuid for a in chain]
+        )
         return self.render(
             request,
             "job.html",
             nav=PLURAL[Kind(found.kind)],
             job=found,
             chain=chain,
+            workflow=workflow,
             now=api.backend().now(),
             paused=found.queue in api.paused_queues(),
             why=why.explain(
@@ -187,6 +193,34 @@ class Pages:
                 ),
                 time_text=formatting.utc_time,
             ),
+        )
+
+    # -- workflows -------------------------------------------------------------------------
+    def workflows(self, request: Request) -> Response:
+        return self.render(
+            request,
+            "workflows.html",
+            nav="workflows",
+            rows=workflow_graph.recent(api.backend(), WORKFLOWS_LISTED),
+            now=api.backend().now(),
+        )
+
+    def workflow(self, request: Request) -> Response:
+        key = request.path_params["uuid"]
+        try:
+            found = api.backend().workflow(uuid=uuid.UUID(key))
+        except ValueError:
+            found = None
+        if found is None:
+            return self.render(request, "missing.html", status=404, nav="", uuid=key)
+        return self.render(
+            request,
+            "workflow.html",
+            nav="workflows",
+            workflow=found,
+            graph=workflow_graph.build_graph(found),
+            counts=workflow_graph.shown_counts(found),
+            now=api.backend().now(),
         )
 
     # -- workers and schedules -------------------------------------------------------------

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from errands import formatting, progress
-from errands.dashboard import security, sessions
+from errands.dashboard import security, sessions, workflow_graph
 
 #: Sent with every page: no caching of job data, no framing, no foreign scripts.
 SECURITY_HEADERS = {
@@ -42,6 +42,7 @@ STATE_STYLES = {
     "claimed": "PENDING",
     "scheduled": "SCHEDULED",
     "pending": "PENDING",
+    "waiting": "SCHEDULED",  # a workflow job waiting for its dependencies
 }
 try:
     VERSION = importlib.metadata.version("errands")
@@ -86,6 +87,9 @@ def environment() -> jinja2.Environment:
     env.globals.update(url=url, static=static, state_styles=STATE_STYLES)
     env.tests["undecodable"] = formatting.is_undecodable
     env.tests["delayed"] = formatting.was_delayed
+    env.tests["held"] = formatting.is_held_time
+    env.globals["held_text"] = formatting.HELD_TEXT
+    env.globals["node_styles"] = workflow_graph.NODE_STYLES
     return env
 
 
