@@ -174,12 +174,11 @@ def resolve_workflow(text: str) -> uuid_module.UUID:
         for key, _, _ in backend.recent_workflows(limit=PREFIX_SCAN)
         if key.hex.startswith(digits)
     }
-    try:
-        job = api.resolve_uuid(text)
-    except api.AmbiguousUuid:
-        job = None  # several jobs: it names a workflow, or nothing unambiguous
-    if job is not None and (of_job := _workflow_of_job(job)) is not None:
-        matches.add(of_job)
+    # Jobs whose uuids start so: several of one workflow (made in the same
+    # millisecond) still name that workflow alone.
+    for job in api.find_uuids(text):
+        if (of_job := _workflow_of_job(job.row_uuid or job.uuid)) is not None:
+            matches.add(of_job)
     if not matches:
         raise CliError(f"no workflow, nor a job of one, has a uuid starting with {text}")
     if len(matches) > 1:
