@@ -9,7 +9,9 @@ backend, claimed with ``backend.claim`` and ended with ``backend.complete_many``
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -562,3 +564,57 @@ def test_a_committed_callers_transaction_keeps_the_workflow(backend: Backend, db
         conn.close()
     assert states(backend, enqueued) == {"Echo": S.PENDING, "Echo#2": S.WAITING}
     assert held(backend, enqueued.requests[1].uuid)
+
+
+# -- other writers of results --------------------------------------------------------
+
+
+def test_a_held_job_that_expires_ends_cancelled_and_cancels_its_dependents(
+    backend: Backend,
+) -> None:
+    wf = Workflow("expiry")
+    a = wf.add(Echo("a"), name="a")
+    b = wf.add(Echo("b"), after=[a], name="b", expires=datetime.timedelta(milliseconds=1))
+    wf.add(Echo("c"), after=[b], name="c")
+    wf.add(Echo("d"), after=[b], name="d", run_on_failure=True)
+    enqueued = wf.enqueue()
+    time.sleep(0.01)
+    claimed = claim(backend)  # expires b first, as every claim does
+    # d, released by the expiry, may be claimed by the same claim (PostgreSQL's
+    # statement does not see it yet; SQLite's and the in-memory claim do).
+    assert claimed_names(backend, enqueued, claimed) - {"d"} == {"a"}
+    assert states(backend, enqueued) == {
+        "a": S.PENDING,
+        "b": S.CANCELLED,
+        "c": S.CANCELLED,
+        "d": S.PENDING,
+    }
+    (expired,) = results_of(backend, request_of(backend, enqueued, "b"))
+    assert expired.error_type != DEPENDENCY_FAILED_TYPE
+    assert dependency_failed(backend, request_of(backend, enqueued, "c"))
+
+
+def test_a_deferral_keeps_the_node_pending_on_its_new_request(backend: Backend) -> None:
+    enqueued = chain(Echo("deferred"), Echo("next")).enqueue()
+    (process,) = claim(backend)
+    deferral = contract.outcome(process, Status.DEFERRED, requeue=Requeue(0, retry_attempt=0))
+    with backend.completing(outcome=deferral) as (result, tx):  # as write_deferral does
+        assert result is not None
+        (again,) = tx.insert_requests([contract.new(job_class=job_class_path(Echo))])
+        assert tx.link_retry(result_uuid=result.uuid, request_uuid=again.uuid)
+    node = status(backend, enqueued).node("Echo")
+    assert (node.state, node.request_uuid) == (S.PENDING, again.uuid)
+    assert held(backend, request_of(backend, enqueued, "Echo#2"))
+    run_node(backend, enqueued, "Echo")
+    assert states(backend, enqueued) == {"Echo": S.SUCCEEDED, "Echo#2": S.PENDING}
+
+
+def test_a_rolled_back_completion_leaves_the_workflow_as_it_was(backend: Backend) -> None:
+    enqueued = chain(Echo("a"), Echo("b")).enqueue()
+    (process,) = claim(backend)
+    with pytest.raises(RuntimeError), backend.completing(outcome=contract.outcome(process)):
+        raise RuntimeError("roll back")
+    assert states(backend, enqueued) == {"Echo": S.PENDING, "Echo#2": S.WAITING}
+    assert held(backend, request_of(backend, enqueued, "Echo#2"))
+    finish(backend, process)  # the process is back: it completes later
+    assert states(backend, enqueued) == {"Echo": S.SUCCEEDED, "Echo#2": S.PENDING}
