@@ -125,6 +125,8 @@ RUN = {
         "# myapp/progress.py": "test_progress_example",
         "# myapp/unique.py": "test_uniqueness_example",
         "queue_limits = { mail = 10 }": "test_queue_limits_from_pyproject",
+        'database_pooler = "transaction"': "test_pgbouncer_settings_from_pyproject",
+        "# myapp/pipeline.py": "test_workflow_example",
         "errands.register_type(": "test_register_type_round_trips",
         "# 9 AM Berlin time, weekdays": "test_schedule_settings_are_valid",
         "heartbeat_timeout = 120": "test_settings_from_pyproject",
@@ -614,6 +616,29 @@ def test_progress_example(sqlite_url: str) -> None:
 def test_queue_limits_from_pyproject(tmp_path: Path) -> None:
     rows = settings_rows(tmp_path, snippet("queue_limits = { mail = 10 }"))
     assert "mail" in rows["queue_limits"] and "10" in rows["queue_limits"]
+
+
+@pytest.mark.slow  # runs errands settings as a process
+def test_pgbouncer_settings_from_pyproject(tmp_path: Path) -> None:
+    rows = settings_rows(tmp_path, snippet('database_pooler = "transaction"'))
+    assert "transaction" in rows["database_pooler"]
+    assert "postgresql://app@db:5432/app" in rows["listen_database_url"]
+    assert "pgbouncer:6432" in rows["database_url"]
+
+
+def test_workflow_example() -> None:
+    namespace: dict[str, Any] = {"__name__": "readme_pipeline"}
+    with testing.capture() as recorder:
+        execute(snippet("# myapp/pipeline.py"), namespace)
+        results = recorder.drain()
+    by_class: dict[str, list[Any]] = {}
+    for result in results:
+        assert result.status == "SUCCESSFUL", result
+        by_class.setdefault(result.job_class.rsplit(".", 1)[1], []).append(result.return_value)
+    # "words fetched from <url>" is 4 words: the stats are 4 * i, Notify their sum.
+    assert by_class["Notify"] == [4 * sum(range(10))] * 2
+    assert sorted(by_class["Stat"]) == sorted([4 * i for i in range(10)] * 2)
+    assert by_class["CleanUp"] == ["cleaned"]
 
 
 class User:

@@ -15,7 +15,7 @@ DIALECTS = ("postgres", "sqlite")
 #: The schema version each dialect's migrations end at. Databases in use record
 #: these numbers (errands_schema); renumbering a migration would make errands
 #: re-apply it, or skip one, on an existing database.
-LATEST_VERSIONS = {"postgres": 10, "sqlite": 9}
+LATEST_VERSIONS = {"postgres": 11, "sqlite": 10}
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -95,6 +95,8 @@ DIALECT_ONLY = {
         "journal_mode",
         "enable_wal",
         "set_synchronous",
+        # Workflow triggers fire triggers (a cancelled dependent ends its node).
+        "set_recursive_triggers",
         "data_version",
         "database_file",
         # Migrations record their version here; PostgreSQL's record their own.
@@ -132,7 +134,7 @@ DIALECT_ONLY = {
 #: The modules that run each dialect's queries: its own package, and the operations
 #: written once for both (errands.backends.sql).
 BACKEND_MODULES = {
-    dialect: ("sql/backend.py", *(f"{dialect}/{m}" for m in modules))
+    dialect: ("sql/backend.py", "sql/workflows.py", *(f"{dialect}/{m}" for m in modules))
     for dialect, modules in {
         "postgres": (
             "backend.py",
@@ -142,6 +144,7 @@ BACKEND_MODULES = {
             "codec.py",
             "limited.py",
             "vacuum.py",
+            "rescue.py",
         ),
         "sqlite": (
             "backend.py",

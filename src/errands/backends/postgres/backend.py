@@ -27,6 +27,7 @@ from psycopg_pool import PoolTimeout
 from errands import lifecycle
 from errands import settings as settings_module
 from errands.backends.base import EnqueueTransaction
+from errands.backends.postgres import rescue
 from errands.backends.postgres.arrays import (
     timestamptz_array,
     uuid_array,
@@ -427,46 +428,22 @@ class PostgresBackend(SqlBackend):
         return released
 
     def _rescue_stale_worker(self, worker_id: uuid.UUID, timeout_seconds: float) -> list[JobResult]:
-        params = {"worker_id": worker_id, "timeout_seconds": float(timeout_seconds)}
         with self._connection() as conn, conn.transaction():
-            if not fetch(conn, "delete_stale_worker", params):
-                return []  # a peer rescued it, or it beat again
-            ending = lifecycle.lost_with_worker(worker_id, timeout_seconds)
-            return self._lose(conn, worker_id, None, ending)
+            return rescue.stale_worker(conn, worker_id, timeout_seconds)
 
     def _rescue_vanished_worker(
         self, worker_id: uuid.UUID, timeout_seconds: float
     ) -> list[JobResult]:
-        params = {"worker_id": worker_id, "timeout_seconds": float(timeout_seconds)}
         with self._connection() as conn, conn.transaction():
-            uuids = [row["uuid"] for row in fetch(conn, "lock_orphaned_processes", params)]
-            if not uuids:
-                return []
-            ending = lifecycle.lost_without_heartbeat_row(worker_id)
-            return self._lose(conn, worker_id, uuids, ending)
+            return rescue.vanished_worker(conn, worker_id, timeout_seconds)
 
     def lose_processes(
         self, *, worker_id: uuid.UUID, process_uuids: Sequence[uuid.UUID]
     ) -> list[JobResult]:
         if not process_uuids:
             return []
-        ending = lifecycle.orphaned(worker_id)
         with self._connection() as conn:
-            return self._lose(conn, worker_id, process_uuids, ending)
-
-    @staticmethod
-    def _lose(
-        conn: Connection,
-        worker_id: uuid.UUID,
-        process_uuids: Sequence[uuid.UUID] | None,
-        ending: lifecycle.Ending,
-    ) -> list[JobResult]:
-        params = {
-            "worker_id": worker_id,
-            "process_uuids": None if process_uuids is None else list(process_uuids),
-            **ending_params(ending),
-        }
-        return [to_result(row) for row in fetch(conn, "lose_processes", params)]
+            return rescue.lose(conn, worker_id, process_uuids, lifecycle.orphaned(worker_id))
 
     def listen(self, *, on_wake: Callable[[], None]) -> PostgresListener | NoListener:
         if not self.listen_url:
