@@ -216,7 +216,7 @@ def test_results_written_before_version_5_keep_no_due_time(fresh_pg_url: str) ->
             )
         assert backend.schema_version() == 4
 
-        assert backend.migrate() == [5, 6, 7, 8, 9, 10]
+        assert backend.migrate() == [5, 6, 7, 8, 9, 10, 11]
 
         (old,) = backend.page_results(selection=Selection(), page=PageSpec(limit=100))
         assert (old.status, old.start_at) == (Status.SUCCESSFUL, None)

@@ -3,8 +3,10 @@ along, failure propagation, run_on_failure, cancellation."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
+import psycopg
 import pytest
 from flow_jobs import read_trail
 from workflow_jobs import Flaky, Step
@@ -79,3 +81,107 @@ def test_a_failure_cancels_dependents_but_not_run_on_failure(
     tokens = {run.token for run in read_trail(Path(trail))}
     assert "after" not in tokens and "later" not in tokens
     assert status.node("flaky").attempt == 2
+
+
+def test_a_fan_out_and_fan_in_from_the_shorthands(
+    db_url: str, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    trail = str(tmp_path / "trail")
+    wide = errands.group(*(Step(trail, f"part{i}", 0.01) for i in range(20)))
+    enqueued = errands.chain(Step(trail, "head"), wide, Step(trail, "tail")).enqueue()
+    spawn_worker(worker_threads=4, **JOBS).wait_registered()
+    status = _ended(enqueued.uuid)
+    assert status.state == "succeeded"
+    runs = {run.token: run for run in read_trail(Path(trail))}
+    parts = [runs[f"part{i}"] for i in range(20)]
+    assert min(part.start for part in parts) >= runs["head"].end  # type: ignore[operator]
+    assert runs["tail"].start >= max(part.end for part in parts)  # type: ignore[type-var]
+    # Several ran at once: the fan-out is not serialised.
+    assert min(part.end for part in parts) < max(part.start for part in parts)  # type: ignore[operator]
+    tail = errands.get(status.node("Step#22").result_uuid)  # type: ignore[arg-type]
+    assert tail.return_value == ["tail", *(["part" + str(i), ["head"]] for i in range(20))]  # type: ignore[union-attr]
+
+
+def test_cancelling_a_workflow_mid_way(
+    db_url: str, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    trail = str(tmp_path / "trail")
+    wf = errands.Workflow("cancelled")
+    slow = wf.add(Step(trail, "slow", 30), name="slow")
+    quick = wf.add(Step(trail, "quick"), name="quick")
+    wf.add(Step(trail, "next"), after=[slow, quick], name="next")
+    wf.add(Step(trail, "notify"), after=["next"], name="notify", run_on_failure=True)
+    enqueued = wf.enqueue()
+    spawn_worker(worker_threads=2, **JOBS).wait_registered()
+    wait_for(lambda: enqueued.status().node("quick").state is NodeState.SUCCEEDED, timeout=30)
+    wait_for(lambda: enqueued.status().node("slow").running, timeout=30)
+    assert enqueued.cancel() == 3  # slow stopped; next and notify cancelled
+    status = _ended(enqueued.uuid)
+    states = {node.name: node.state for node in status.nodes}
+    assert states == {
+        "slow": NodeState.CANCELLED,
+        "quick": NodeState.SUCCEEDED,
+        "next": NodeState.CANCELLED,
+        "notify": NodeState.CANCELLED,
+    }
+    assert status.state == "cancelled"
+    tokens = [run.token for run in read_trail(Path(trail))]
+    assert sorted(tokens) == ["quick", "slow"]  # next and notify never ran
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_worker_killed_while_it_completes_a_dependency(
+    db_url: str, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    """The completion's transaction is cut off at the release (its process killed,
+    its server session ended): the dependency is rescued as LOST and retried, and
+    the dependent is released once, after the retry."""
+    trail = str(tmp_path / "trail")
+    wf = errands.Workflow("killed")
+    first = wf.add(Step(trail, "first"), name="first", retries=2)
+    wf.add(Step(trail, "second"), after=[first], name="second")
+    enqueued = wf.enqueue()
+    with (
+        psycopg.connect(db_url, autocommit=True) as blocker,
+        psycopg.connect(db_url, autocommit=True) as watcher,
+    ):
+        with blocker.transaction():
+            # The completion's trigger waits on this lock, inside its transaction.
+            blocker.execute("LOCK TABLE errands_workflow_node IN EXCLUSIVE MODE")
+            doomed = spawn_worker(database_timeout=60, **JOBS)
+            wait_for(lambda: _completion_waiting(watcher), timeout=30)
+            doomed.signal_group(signal.SIGKILL)
+            # Its server session too: a session waiting on a lock would otherwise
+            # go on, and commit, after its client died.
+            watcher.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        survivor = spawn_worker(heartbeat_timeout=2, **JOBS)
+        survivor.wait_registered()
+        status = _ended(enqueued.uuid)
+    assert status.state == "succeeded", status
+    assert status.node("first").attempt == 2
+    # The trail line by line: read_trail keeps one run per token.
+    lines = [line.split() for line in Path(trail).read_text().splitlines()]
+    assert [(kind, token) for kind, token, _ in lines] == [
+        ("start", "first"),
+        ("end", "first"),
+        ("start", "first"),
+        ("end", "first"),
+        ("start", "second"),
+        ("end", "second"),
+    ]
+    statuses = sorted(r.status for r in errands.results(job_class="workflow_jobs.Step"))
+    assert statuses == ["LOST", "SUCCESSFUL", "SUCCESSFUL"]
+
+
+def _completion_waiting(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    # From a connection outside any transaction: pg_stat_activity is read once per
+    # transaction. The only statement of the worker's that touches the locked table
+    # is the completion's trigger.
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    ).fetchone()
+    return bool(row and row[0])

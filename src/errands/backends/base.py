@@ -60,6 +60,10 @@ TABLES = (
     "errands_dashboard_session",
     "errands_followup",
     "errands_limit_start",
+    # A workflow's edges and nodes before the workflow they belong to.
+    "errands_workflow_edge",
+    "errands_workflow_node",
+    "errands_workflow",
 )
 
 

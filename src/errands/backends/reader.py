@@ -111,7 +111,8 @@ class JobReader(abc.ABC):
 
     @abc.abstractmethod
     def workflow_of_request(self, *, request_uuid: uuid.UUID) -> uuid.UUID | None:
-        """The workflow a job belongs to, by the request of any of its attempts."""
+        """The workflow a job belongs to, by the request of its current (or, once it
+        ended, its last) attempt."""
 
     @abc.abstractmethod
     def recent_workflows(self, *, limit: int) -> list[tuple[uuid.UUID, str, datetime.datetime]]:

@@ -135,7 +135,8 @@ class EnqueueTransaction(abc.ABC):
     @abc.abstractmethod
     def end_workflow_node(self, *, result_uuid: uuid.UUID) -> None:
         """A workflow job's result that no retry follows and that did not end its job
-        when it was written (LOST: its follow-up enqueued no retry) ends it now, failed:
+        when it was written (LOST: its follow-up enqueued no retry; DEFERRED: its
+        re-enqueue was declined) ends it now, failed:
         its dependents move on. Nothing for any other result."""
 
     @abc.abstractmethod

@@ -117,8 +117,12 @@ def write_deferral(backend: Backend, outcome: Outcome) -> JobResult | None:
             return dataclasses.replace(result, retry_request_uuid=request.uuid)
     except _NotEnqueued as declined:
         ended = dataclasses.replace(outcome, requeue=None, error=declined.error)
-        written = backend.complete_many(outcomes=[ended])
-    return written[0] if written else None
+        with backend.completing(outcome=ended) as (written, tx):
+            if written is not None:
+                # No new request follows: a workflow's job ends here (its dependents
+                # move on), in the transaction that writes its result.
+                tx.end_workflow_node(result_uuid=written.uuid)
+        return written
 
 
 def _options(result: JobResult, requeue: Requeue) -> EnqueueOptions:

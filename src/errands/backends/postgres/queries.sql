@@ -1408,8 +1408,9 @@ FROM unnest(%(parent)s::int[], %(child)s::int[], %(position)s::int[])
     AS e(parent, child, position)
 
 -- name: end_workflow_node
--- A LOST result whose follow-up enqueued no retry ends its node (failed); its
--- trigger moves the dependents. A result that a retry follows matches nothing:
+-- A result no retry follows that did not end its node when written (a LOST one
+-- whose follow-up enqueued no retry, a deferral whose re-enqueue was declined) ends
+-- it now, failed; its trigger moves the dependents. A result that a retry follows matches nothing:
 -- the node follows the retry.
 UPDATE errands_workflow_node AS n
 SET state = 'failed', result_uuid = r.uuid

@@ -47,6 +47,10 @@ CREATE TABLE errands_workflow_node (
     PRIMARY KEY (workflow_uuid, node)
 );
 CREATE UNIQUE INDEX errands_workflow_node_request_idx ON errands_workflow_node (request_uuid);
+-- The nodes a result can still end: one probe of it tells a statement writing
+-- results that no workflow is running.
+CREATE INDEX errands_workflow_node_open_idx ON errands_workflow_node (request_uuid)
+    WHERE state IN ('waiting', 'pending');
 
 -- position: where the parent stands in the child's list of dependencies
 -- (JobContext.dependencies[0] is the first).
@@ -63,6 +67,15 @@ CREATE INDEX errands_workflow_edge_child_idx ON errands_workflow_edge (workflow_
 
 CREATE FUNCTION errands_workflow_results() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- Every statement that may write results fires this, a claim (its expiry) too:
+    -- without results, or without a running workflow, it touches nothing.
+    IF NOT EXISTS (SELECT 1 FROM written)
+        OR NOT EXISTS (
+            SELECT 1 FROM errands_workflow_node WHERE state IN ('waiting', 'pending')
+        )
+    THEN
+        RETURN NULL;
+    END IF;
     UPDATE errands_workflow_node AS n
     SET state = CASE w.status
             WHEN 'SUCCESSFUL' THEN 'succeeded' WHEN 'CANCELLED' THEN 'cancelled' ELSE 'failed'
