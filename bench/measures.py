@@ -79,6 +79,33 @@ def drain_limited(db: BenchDatabase, count: int, settings: Mapping[str, Any]) ->
     return _timed_drain(db, settings)
 
 
+def drain_workflow(db: BenchDatabase, width: int, settings: Mapping[str, Any]) -> float:
+    """As ``drain``, the jobs being one workflow: a root, ``width`` jobs after it, and
+    one job after all of those (a fan-out and a fan-in)."""
+    db.empty()
+    workflow = errands.Workflow("bench fan-out")
+    root = workflow.add(bench_jobs.Noop())
+    fanned = [workflow.add(bench_jobs.Noop(), after=[root]) for _ in range(width)]
+    workflow.add(bench_jobs.Noop(), after=fanned)
+    workflow.enqueue()
+    return _timed_drain(db, settings)
+
+
+def chain_step(db: BenchDatabase, length: int, settings: Mapping[str, Any]) -> float:
+    """Milliseconds from one job's start to the next one's along a chain of ``length``
+    no-op jobs on a warm, idle worker: the job, its result, the release in that
+    transaction, the wake-up and the claim of the next."""
+    db.empty()
+    with WorkerProcess(db.url, settings):
+        _run_one(db)  # warm-up: children spawned, modules imported
+        chained = errands.chain(*(bench_jobs.Noop() for _ in range(length))).enqueue()
+        first, last = chained.requests[0].uuid, chained.requests[-1].uuid
+        wait_until(lambda: db.started_at(last) is not None, timeout=DRAIN_TIMEOUT, step=0.05)
+        began, ended = db.started_at(first), db.started_at(last)
+    assert began is not None and ended is not None
+    return 1000 * (ended - began) / (length - 1)
+
+
 def _timed_drain(db: BenchDatabase, settings: Mapping[str, Any]) -> float:
     """Run a worker until no due job is left; the rate is read from the results' write times.
 

@@ -70,6 +70,9 @@ QUICK = Scale(
     memory_jobs=40_000,
     idle_seconds=3.0,
 )
+#: chain_step: jobs in the chain whose steps are timed
+CHAIN_LENGTH = 100
+
 MEASUREMENTS = (
     "baseline",
     "bulk_enqueue",
@@ -77,6 +80,8 @@ MEASUREMENTS = (
     "drain_default",
     "drain",
     "drain_limited",
+    "drain_workflow",
+    "chain_step",
     "drain_history",
     "latency",
     "memory",
@@ -120,7 +125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "run_in_worker in a loop; drain_default: a worker with default settings "
             "draining pre-filled no-op jobs; drain: the same with --processes/--threads/"
             "--pending; drain_limited: that drain with every job under one Limit of "
-            "concurrency 50; drain_history: that drain with 1,000,000 results and 100,000 "
+            "concurrency 50; drain_workflow: that drain as one workflow (a job, half the "
+            "drain's count after it, one job after all of those); chain_step: start to start "
+            "along a chain of no-op jobs on an idle worker; drain_history: that drain with 1,000,000 results and 100,000 "
             "delayed requests in the tables; latency: enqueue commit to job start on an "
             "idle worker (p50/p95/max); memory: worker tree RSS over a long drain; "
             "idle_cpu: an idle worker's CPU use."
@@ -198,6 +205,8 @@ class Benchmark:
             ("drain_default", self.measure_drain_default),
             ("drain", self.measure_drain),
             ("drain_limited", self.measure_drain_limited),
+            ("drain_workflow", self.measure_drain_workflow),
+            ("chain_step", self.measure_chain_step),
             ("latency", self.measure_latency),
             ("idle_cpu", self.measure_idle_cpu),
             ("memory", self.measure_memory),
@@ -248,6 +257,23 @@ class Benchmark:
         if plain is not None:
             figure.ratio = f"{100 * figure.median / plain.median:.0f}% of drain"
         self.add(figure)
+
+    def measure_drain_workflow(self) -> None:
+        width = self.scale.drain_jobs // 2
+        runs = repeat(
+            self.scale.runs, lambda: measures.drain_workflow(self.db, width, self.tuned)
+        )
+        note = f"1 job, then {width:,} after it, then 1 after all; {_describe(self.tuned)}"
+        figure = Figure("drain of one workflow", "jobs/s", runs, note=note)
+        plain = next((f for f in self.figures if f.name == "drain"), None)
+        if plain is not None:
+            figure.ratio = f"{100 * figure.median / plain.median:.0f}% of drain"
+        self.add(figure)
+
+    def measure_chain_step(self) -> None:
+        runs = repeat(self.scale.runs, lambda: measures.chain_step(self.db, CHAIN_LENGTH, {}))
+        note = f"start to start along a chain of {CHAIN_LENGTH} no-op jobs; default settings"
+        self.add(Figure("chain step", "ms", runs, note=note))
 
     def measure_drain_history(self) -> None:
         measures.history_setup(

@@ -152,12 +152,9 @@ class Workflow:
     def _parents(self, label: str, after: Iterable[Node | str]) -> tuple[int, ...]:
         if isinstance(after, (Node, str)):
             after = [after]
-        parents: list[int] = []
-        for dependency in after:
-            index = self._index_of(label, dependency)
-            if index not in parents:
-                parents.append(index)
-        return tuple(parents)
+        # dict.fromkeys: each dependency once, in the order given (a fan-in may list
+        # thousands).
+        return tuple(dict.fromkeys(self._index_of(label, dependency) for dependency in after))
 
     def _index_of(self, label: str, dependency: Node | str) -> int:
         if isinstance(dependency, Node):
