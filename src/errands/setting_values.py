@@ -177,6 +177,33 @@ def to_networks(value: Any) -> tuple[str, ...]:
     return tuple(networks)
 
 
+#: PostgreSQL truncates identifiers (and so channel names) to 63 bytes; the longest
+#: channel errands derives from a schema is ``<schema>_results``, 8 bytes more.
+MAX_SCHEMA_LENGTH = 63 - len("_results")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def to_schema(value: Any) -> str:
+    """The ``schema`` setting: "" (the connection's search_path, as always), or a
+    lower-case SQL identifier, which names the schema and prefixes the channels."""
+    name = to_str(value).strip()
+    if not name:
+        return ""
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise Invalid(
+            "expected a PostgreSQL schema name of lower-case letters, digits and "
+            "underscores, not starting with a digit, such as 'tenant_a'"
+        )
+    if len(name) > MAX_SCHEMA_LENGTH:
+        raise Invalid(
+            f"too long: at most {MAX_SCHEMA_LENGTH} characters (its notification "
+            f"channel {name}_results must fit PostgreSQL's 63-byte names)"
+        )
+    if name.startswith("pg_"):
+        raise Invalid("names starting with 'pg_' are reserved for PostgreSQL's own schemas")
+    return name
+
+
 def choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = to_str(value).strip()

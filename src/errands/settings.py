@@ -43,6 +43,7 @@ from errands.setting_values import (
     to_queue_limits,
     to_retention,
     to_schedule,
+    to_schema,
     to_secret_key,
     to_str,
     to_timezone,
@@ -72,6 +73,11 @@ class Settings:
     #: a direct connection for LISTEN (PostgreSQL); empty: database_url, or, behind a
     #: transaction pooler, no LISTEN at all (workers and waiters poll)
     listen_database_url: str = ""
+    #: PostgreSQL: the schema holding errands' tables, functions and notification
+    #: channels (``<schema>_jobs``, ``<schema>_results``), so several applications
+    #: share one database; "": the connections' search_path and channels
+    #: errands_jobs / errands_results. SQLite ignores it (its file is the app's own).
+    schema: str = ""
     import_modules: tuple[str, ...] = ()
     #: seconds results are kept before workers prune them: one number, or a
     #: Retention by status (``{SUCCESSFUL = 86400, default = 604800}``)
@@ -127,6 +133,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "database_timeout": positive(float),
     "database_pooler": choice(DATABASE_POOLERS),
     "listen_database_url": to_str,
+    "schema": to_schema,
     "import_modules": to_names,
     "results_retention": to_retention,
     "heartbeat_interval": positive(float),

@@ -21,13 +21,19 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row, tuple_row
 
+from errands import settings
 from errands.backends.postgres.codec import utc
 from errands.backends.postgres.connection import (
+    ENTER_SCHEMA,
+    LEAVE_SCHEMA,
     Row,
     connection_parameters,
     database_errors,
-    queries,
+    schema_of,
+    schema_options,
     session_options,
+    set_schema,
+    statements,
 )
 from errands.backends.postgres.enqueue import (
     PostgresEnqueueTransaction,
@@ -50,10 +56,12 @@ class LoopConnections:
     one, and dropped with their loop.
     """
 
-    def __init__(self, url: str, timeout: float, pooler: str = "none") -> None:
+    def __init__(self, url: str, timeout: float, pooler: str = "none", schema: str = "") -> None:
         self.url = url
         self.timeout = timeout
-        self.options = session_options(pooler)  # no prepared statements behind a pooler
+        # No prepared statements behind a pooler; the search_path of the schema setting.
+        self.options = {**session_options(pooler), **schema_options(url, schema, pooler)}
+        self.schema = schema
         self.idle: list[psycopg.AsyncConnection[Any]] = []
         self.open = 0
         self.freed = asyncio.Condition()
@@ -77,7 +85,9 @@ class LoopConnections:
             self.open += 1
         try:
             parameters = {**connection_parameters(self.url, self.timeout), **self.options}
-            return await psycopg.AsyncConnection.connect(self.url, autocommit=True, **parameters)
+            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, **parameters)
+            set_schema(conn, self.schema)
+            return conn
         except BaseException:
             async with self.freed:
                 self.open -= 1
@@ -103,17 +113,18 @@ class LoopConnections:
             await conn.close()
 
 
-_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LoopConnections]] = (
-    weakref.WeakKeyDictionary()
-)
+_loops: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str], LoopConnections]
+] = weakref.WeakKeyDictionary()
 
 
-def _connections(url: str, timeout: float, pooler: str) -> LoopConnections:
-    """This event loop's connections to ``url`` (a connection belongs to one loop)."""
+def _connections(url: str, timeout: float, pooler: str, schema: str) -> LoopConnections:
+    """This event loop's connections to ``url`` for ``schema`` (a connection belongs
+    to one loop)."""
     by_url = _loops.setdefault(asyncio.get_running_loop(), {})
-    if url not in by_url:
-        by_url[url] = LoopConnections(url, timeout, pooler)
-    return by_url[url]
+    if (url, schema) not in by_url:
+        by_url[url, schema] = LoopConnections(url, timeout, pooler, schema)
+    return by_url[url, schema]
 
 
 async def close_pools() -> None:
@@ -124,18 +135,30 @@ async def close_pools() -> None:
 
 @contextlib.asynccontextmanager
 async def connection(
-    url: str, timeout: float, given: Any | None, *, pooler: str = "none"
+    url: str,
+    timeout: float,
+    given: Any | None,
+    *,
+    pooler: str = "none",
+    schema: str | None = None,
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """The caller's AsyncConnection (checked), or one of this loop's in autocommit
-    (``pooler``: the backend's ``database_pooler``)."""
+    (``pooler``, ``schema``: the backend's ``database_pooler`` and ``schema``; the
+    setting's schema unless given). ``joined_transaction`` on the caller's puts the
+    schema in its search_path."""
+    schema = settings.current().schema if schema is None else schema
     if given is not None:
         if not isinstance(given, psycopg.AsyncConnection):
             raise TypeError(
                 f"connection: expected a psycopg.AsyncConnection, got {type(given).__name__}"
             )
-        yield given
+        before = set_schema(given, schema)
+        try:
+            yield given
+        finally:
+            set_schema(given, before)
         return
-    async with _connections(url, timeout, pooler).connection() as conn:
+    async with _connections(url, timeout, pooler, schema).connection() as conn:
         yield conn
 
 
@@ -145,10 +168,29 @@ async def joined_transaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterato
     caller's transaction, a transaction of its own in autocommit, else the caller's
     implicit transaction, never committed here."""
     if conn.autocommit or conn.info.transaction_status == TransactionStatus.INTRANS:
-        async with conn.transaction():
+        async with conn.transaction(), _in_schema(conn):
             yield
     else:
+        async with _in_schema(conn):
+            yield
+
+
+@contextlib.asynccontextmanager
+async def _in_schema(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """``enqueue.caller_schema`` for an AsyncConnection, for the schema ``connection``
+    recorded: it as the search_path until the block ends."""
+    schema = schema_of(conn)
+    if not schema:
         yield
+        return
+    async with conn.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(ENTER_SCHEMA, {"schema": schema})
+        row = await cursor.fetchone()
+    try:
+        yield
+    finally:
+        if row is not None and conn.info.transaction_status == TransactionStatus.INTRANS:
+            await conn.execute(LEAVE_SCHEMA, {"previous": row[0]})
 
 
 async def insert_requests(
@@ -164,7 +206,7 @@ async def insert_requests(
         else ("insert_requests", request_columns(requests))
     )
     async with conn.cursor(row_factory=tuple_row) as cursor:
-        await cursor.execute(queries()[name], params)
+        await cursor.execute(statements(conn)[name], params)
         rows = await cursor.fetchall()
     times = {key: (utc(created_at), utc(start_at)) for key, created_at, start_at in rows}
     return [_as_request(request, *times[request.uuid]) for request in requests]
@@ -174,7 +216,7 @@ async def _fetch(
     conn: psycopg.AsyncConnection[Any], name: str, params: Mapping[str, Any]
 ) -> tuple[list[Row], int]:
     async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(queries()[name], params)
+        await cursor.execute(statements(conn)[name], params)
         rows = await cursor.fetchall() if cursor.description else []
         return rows, cursor.rowcount
 

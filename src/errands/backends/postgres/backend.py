@@ -28,10 +28,7 @@ from errands import lifecycle
 from errands import settings as settings_module
 from errands.backends.base import EnqueueTransaction
 from errands.backends.postgres import rescue
-from errands.backends.postgres.arrays import (
-    timestamptz_array,
-    uuid_array,
-)
+from errands.backends.postgres.arrays import timestamptz_array, uuid_array
 from errands.backends.postgres.codec import (
     EXPIRY_PARAMS,
     PostgresCodec,
@@ -54,17 +51,22 @@ from errands.backends.postgres.connection import (
     PostgresSession,
     check_idle,
     connection_parameters,
+    create_schema,
     database_errors,
     execute,
     fetch,
     fetch_tuples,
+    in_schema,
     probe,
     queries,
+    schema_script,
+    schema_setup,
     session_options,
     worker_configuration,
 )
 from errands.backends.postgres.enqueue import (
     PostgresEnqueueTransaction,
+    caller_schema,
     insert_requests,
     joined_transaction,
 )
@@ -106,9 +108,10 @@ class PostgresBackend(SqlBackend):
         database_timeout: float | None = None,
         pooler: str | None = None,
         listen_url: str | None = None,
+        schema: str | None = None,
     ) -> None:
-        """``pooler`` and ``listen_url``: the ``database_pooler`` and
-        ``listen_database_url`` settings unless given."""
+        """``pooler``, ``listen_url``, ``schema``: the ``database_pooler``,
+        ``listen_database_url`` and ``schema`` settings unless given."""
         config = settings_module.current()
         self.url = url
         self.max_connections = max_connections
@@ -128,6 +131,12 @@ class PostgresBackend(SqlBackend):
         #: pooler ("": ``url``, or no LISTEN behind a transaction pooler)
         given = config.listen_database_url if listen_url is None else listen_url
         self.listen_url = given or ("" if self.pooled else url)
+        #: where errands' tables and channels are ("": the search_path's; see in_schema)
+        self.schema: str = (
+            config.schema
+            if schema is None
+            else settings_module.parse_setting("schema", schema, "PostgresBackend()")
+        )
         #: a deadline on every call, once ``bound_calls`` set one (a worker's)
         self.call_seconds: float | None = None
         self._deadlines = Deadlines()
@@ -169,10 +178,11 @@ class PostgresBackend(SqlBackend):
         configure: Callable[[Connection], None] | None = None,
     ) -> Pool:
         parameters = connection_parameters(self.url, self.database_timeout)
+        options, check, configure = schema_setup(self.url, self.schema, self.pooler, configure)
         # The first connection, made directly: a server that refuses, a host that does
         # not resolve, a missing database or a wrong password fail here at once, with
         # the server's reason, instead of after the pool's wait for a connection.
-        probe(self.url, parameters)
+        probe(self.url, {**parameters, **options}, check)
         # Autocommit: most operations are one statement, which is then its own
         # transaction without a BEGIN/COMMIT round trip. Operations of several
         # statements open a transaction explicitly.
@@ -180,7 +190,7 @@ class PostgresBackend(SqlBackend):
             self.url,
             min_size=1,
             max_size=size,
-            kwargs={"autocommit": True, **parameters, **session_options(self.pooler)},
+            kwargs={"autocommit": True, **parameters, **options, **session_options(self.pooler)},
             configure=configure,
             check=check_idle,
             timeout=min(CONNECTION_WAIT_SECONDS, max(self.database_timeout, 1.0)),
@@ -247,13 +257,16 @@ class PostgresBackend(SqlBackend):
 
     # -- schema -----------------------------------------------------------------------
     def _migrations(self) -> tuple[tuple[int, str], ...]:
-        """The files of migrations/postgres by version; each records its own version."""
-        return load_migrations("postgres")
+        """The files of migrations/postgres by version, for the schema (see in_schema);
+        each records its own version."""
+        return tuple((v, in_schema(sql, self.schema)) for v, sql in load_migrations("postgres"))
 
     def migrate(self) -> list[int]:
         applied = []
         with self._connection() as conn, conn.transaction():
             execute(conn, "lock_migrations")
+            if self.schema:
+                create_schema(conn, self.schema)
             execute(conn, "create_schema_table")
             current = fetch(conn, "recorded_schema_version")[0]["version"] or 0
             for version, sql in self._migrations():
@@ -263,7 +276,8 @@ class PostgresBackend(SqlBackend):
         return applied
 
     def migration_sql(self) -> str:
-        blocks = [queries()["create_schema_table"]] + [sql for _, sql in self._migrations()]
+        blocks = [*schema_script(self.schema), queries(self.schema)["create_schema_table"]]
+        blocks += [sql for _, sql in self._migrations()]
         return "\n\n".join(blocks) + "\n"
 
     def schema_version(self) -> int | None:
@@ -287,7 +301,7 @@ class PostgresBackend(SqlBackend):
             raise TypeError(
                 f"connection: expected a psycopg.Connection, got {type(connection).__name__}"
             )
-        with joined_transaction(connection):
+        with joined_transaction(connection), caller_schema(connection, self.schema):
             yield PostgresEnqueueTransaction(connection, self.url)
 
     def insert_requests(self, *, requests: Sequence[NewRequest]) -> list[JobRequest]:
@@ -448,7 +462,7 @@ class PostgresBackend(SqlBackend):
     def listen(self, *, on_wake: Callable[[], None]) -> PostgresListener | NoListener:
         if not self.listen_url:
             return self._no_listener()
-        listener = PostgresListener(self.listen_url, on_wake)
+        listener = PostgresListener(self.listen_url, on_wake, self.schema)
         self._listeners.append(listener)
         return listener
 
@@ -457,7 +471,7 @@ class PostgresBackend(SqlBackend):
     ) -> PostgresListener | NoListener:
         if not self.listen_url:
             return self._no_listener()
-        listener = PostgresResultListener(self.listen_url, on_results)
+        listener = PostgresResultListener(self.listen_url, on_results, self.schema)
         self._listeners.append(listener)
         # Results written before LISTEN took effect would wake nobody; callers
         # look at the database after this returns, so wait until it listens.

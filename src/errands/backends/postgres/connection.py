@@ -4,18 +4,22 @@ named statements, and psycopg's errors as errands' own."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
+import re
 import select
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -23,7 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from errands.backends.postgres import arrays as postgres_arrays
 from errands.backends.sql import rows as poison
 from errands.backends.sql.files import load_queries
-from errands.errors import BackendError, SchemaOutOfDate
+from errands.errors import BackendError, ConfigurationError, SchemaOutOfDate
 from errands.redaction import redact_text, redact_url
 
 logger = logging.getLogger("errands")
@@ -51,8 +55,146 @@ WATCH_SECONDS = 0.25  # how often the deadline watchdog looks at the calls in fl
 logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 
-def queries() -> dict[str, str]:
-    return load_queries("postgres")
+@functools.cache
+def queries(schema: str = "") -> dict[str, str]:
+    """The named statements of ``queries.sql``, for the ``schema`` setting's schema."""
+    loaded = load_queries("postgres")
+    if not schema:
+        return loaded
+    return {name: in_schema(statement, schema) for name, statement in loaded.items()}
+
+
+# -- a schema of the user's choice (the ``schema`` setting) ----------------------------
+#
+# Every connection errands opens runs with search_path = the schema (libpq's
+# ``options``; behind a transaction pooler, which refuses that startup parameter,
+# the role's own search_path, checked by ``check_search_path``), so the SQL files
+# name tables and functions unqualified, trigger functions included. What the
+# search_path cannot separate is global to the database: notification channels
+# and advisory lock keys. The SQL files write errands' own (errands_jobs,
+# errands_results, 'errands.slot', 'errands.limit:'), and ``in_schema`` gives each
+# schema its own names when a file is loaded, migrations included (a trigger
+# function then notifies its schema's channel). The migration lock stays common.
+
+_PER_SCHEMA = re.compile(r"\berrands_(jobs|results)\b|'errands\.(slot|limit:)")
+
+
+def in_schema(sql: str, schema: str) -> str:
+    """``sql`` with errands' database-wide names (channels, lock keys) made ``schema``'s."""
+    if not schema:
+        return sql
+
+    def rename(match: re.Match[str]) -> str:
+        channel, lock = match.groups()
+        return f"{schema}_{channel}" if channel else f"'{schema}.{lock}"
+
+    return _PER_SCHEMA.sub(rename, sql)
+
+
+def channel(schema: str, kind: str) -> str:
+    """The notification channel of ``kind`` ("jobs", "results") for ``schema``."""
+    return f"{schema or 'errands'}_{kind}"
+
+
+#: The schema of each connection errands runs statements on (none: "", the
+#: search_path's); ``statements`` picks the SQL for it.
+_schema_of: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def statements(conn: Any) -> dict[str, str]:
+    """The named statements for the schema of ``conn`` (see ``set_schema``)."""
+    return queries(_schema_of.get(conn, ""))
+
+
+def schema_of(conn: Any) -> str:
+    """The schema ``conn`` runs errands' statements for ("": the search_path's)."""
+    return _schema_of.get(conn, "")
+
+
+def set_schema(conn: Any, schema: str) -> str:
+    """Run errands' statements on ``conn`` for ``schema``; returns the one before."""
+    previous = _schema_of.get(conn, "")
+    if schema:
+        _schema_of[conn] = schema
+    else:
+        _schema_of.pop(conn, None)
+    return previous
+
+
+#: On a caller's connection, inside errands' savepoint: ``schema`` as the search_path
+#: (SET LOCAL) and the one before, which ``LEAVE_SCHEMA`` puts back (a search_path set
+#: for the caller's transaction is the caller's again after the enqueue).
+ENTER_SCHEMA = (
+    "SELECT p.previous, set_config('search_path', %(schema)s, true) AS search_path "
+    "FROM (SELECT current_setting('search_path') AS previous OFFSET 0) AS p"
+)
+LEAVE_SCHEMA = "SELECT set_config('search_path', %(previous)s, true)"
+
+
+def schema_options(url: str, schema: str, pooler: str) -> dict[str, Any]:
+    """libpq's ``options`` that give a connection ``schema`` as its search_path, added
+    to the URL's own; none without a schema, or behind a transaction pooler
+    (PgBouncer refuses ``options``, or drops it if told to ignore it)."""
+    if not schema or pooler == TRANSACTION_POOLER:
+        return {}
+    given = conninfo_to_dict(url).get("options") or ""
+    return {"options": f"{given} -c search_path={schema}".strip()}
+
+
+Configure = Callable[[Connection], None]
+
+
+def schema_setup(
+    url: str, schema: str, pooler: str, configure: Configure | None
+) -> tuple[dict[str, Any], Configure | None, Configure | None]:
+    """For a pool of ``schema``'s connections: the libpq parameters, the check of its
+    first connection (behind a transaction pooler: check_search_path), and the
+    ``configure`` of each connection (which also records its schema)."""
+    if not schema:
+        return {}, None, configure
+
+    def configure_in_schema(conn: Connection) -> None:
+        set_schema(conn, schema)
+        if configure is not None:
+            configure(conn)
+
+    def check(conn: Connection) -> None:
+        check_search_path(conn, schema, url)
+
+    pooled = pooler == TRANSACTION_POOLER
+    return schema_options(url, schema, pooler), check if pooled else None, configure_in_schema
+
+
+def create_schema(conn: Connection, schema: str) -> None:
+    """``schema`` made if missing (a schema an administrator made needs no CREATE
+    privilege on the database), and the search_path of this transaction (``migrate``'s,
+    which may pass through a pooler)."""
+    missing = conn.execute("SELECT to_regnamespace(%s) IS NULL", [schema]).fetchone()
+    if missing and missing[0]:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute("SELECT set_config('search_path', %s, true)", [schema])
+
+
+def schema_script(schema: str) -> list[str]:
+    """What ``errands migrate --sql`` prints first for ``schema`` (nothing without one)."""
+    if not schema:
+        return []
+    return [f'CREATE SCHEMA IF NOT EXISTS "{schema}";\nSET search_path = "{schema}";']
+
+
+def check_search_path(conn: Connection, schema: str, url: str) -> None:
+    """Behind a transaction pooler, errands cannot set the search_path: the role (or
+    the database, or the pooler's ``connect_query``) must, and this checks it does."""
+    row = conn.execute("SELECT current_setting('search_path'), current_user").fetchone()
+    path, user = row if row is not None else ("", "")
+    first = path.split(",")[0].strip().strip('"')
+    if (user if first == "$user" else first) != schema:
+        raise ConfigurationError(
+            f"schema is {schema!r}, but connections to {redact_url(url)} have search_path "
+            f'{path!r}: behind a transaction pooler (database_pooler = "transaction") '
+            "errands cannot set it per connection; give the role its own: "
+            f"ALTER ROLE {user} SET search_path = {schema}"
+        )
 
 
 # -- running statements ------------------------------------------------------------
@@ -71,7 +213,7 @@ def fetch(
     statement's generic plan, made without them, can be far worse (see claim_limited).
     """
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(queries()[name], params, prepare=prepare)
+        cursor.execute(statements(conn)[name], params, prepare=prepare)
         if not cursor.description:
             return []
         try:
@@ -167,7 +309,7 @@ def fetch_tuples(
     """Rows of the named query as tuples, in binary: for the worker's hot queries,
     whose rows become models by position (a third of the cost of ``fetch``)."""
     with conn.cursor(binary=True) as cursor:
-        cursor.execute(queries()[name], params, prepare=prepare)
+        cursor.execute(statements(conn)[name], params, prepare=prepare)
         try:
             return cursor.fetchall()
         except Exception:  # a poison row (see rows.py): its statement has run
@@ -177,7 +319,7 @@ def fetch_tuples(
 def execute(conn: Connection, name: str, params: Mapping[str, Any] | None = None) -> int:
     """Run the named statement; return how many rows it touched."""
     with conn.cursor() as cursor:
-        cursor.execute(queries()[name], params)
+        cursor.execute(statements(conn)[name], params)
         return cursor.rowcount
 
 
@@ -238,7 +380,9 @@ def connection_parameters(url: str, timeout: float) -> dict[str, Any]:
     return {key: value for key, value in wanted.items() if key not in given}
 
 
-def probe(url: str, parameters: Mapping[str, Any]) -> None:
+def probe(
+    url: str, parameters: Mapping[str, Any], check: Callable[[Connection], None] | None = None
+) -> None:
     """Connect once, directly, and raise a BackendError with the server's reason if that
     fails: an unreachable server, an unknown host, a missing database, a wrong user or
     password are said at once (within ``PROBE_CONNECT_SECONDS`` for a server that does not
@@ -247,7 +391,9 @@ def probe(url: str, parameters: Mapping[str, Any]) -> None:
     if "connect_timeout" not in conninfo_to_dict(url):
         options["connect_timeout"] = PROBE_CONNECT_SECONDS
     try:
-        psycopg.connect(url, **options).close()
+        with psycopg.connect(url, **options) as conn:
+            if check is not None:  # what every connection must have (check_search_path)
+                check(conn)
     except psycopg.Error as exc:
         raise BackendError(
             f"cannot connect to the database {redact_url(url)}: {reason(exc, url)}"

@@ -18,12 +18,15 @@ from errands.backends.base import ConcurrencySlot, EnqueueTransaction
 from errands.backends.postgres.codec import to_process, to_request, utc
 from errands.backends.postgres.connection import (
     COPY_THRESHOLD,
+    ENTER_SCHEMA,
+    LEAVE_SCHEMA,
     Connection,
     Row,
     database_errors,
     execute,
     fetch,
-    queries,
+    set_schema,
+    statements,
 )
 from errands.backends.postgres.copy_rows import RequestRows
 from errands.backends.sql.workflows import edge_rows, node_rows
@@ -112,7 +115,7 @@ def insert_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[Jo
     )
     # Text results: a caller's connection may use client-side cursors.
     with conn.cursor(row_factory=tuple_row) as cursor:
-        rows = cursor.execute(queries()[name], params).fetchall()
+        rows = cursor.execute(statements(conn)[name], params).fetchall()
     # The database computed only the two times; the rest is what was sent.
     times = {key: (utc(created_at), utc(start_at)) for key, created_at, start_at in rows}
     return [_as_request(request, *times[request.uuid]) for request in requests]
@@ -129,7 +132,7 @@ def copy_requests(conn: Connection, requests: Sequence[NewRequest]) -> list[JobR
     """
     now = utc(fetch(conn, "transaction_now")[0]["now"])
     due_times = [_due_time(request, now) for request in requests]
-    with conn.cursor() as cursor, cursor.copy(queries()["copy_requests"]) as copy:
+    with conn.cursor() as cursor, cursor.copy(statements(conn)["copy_requests"]) as copy:
         for chunk in RequestRows(conn).stream(requests, now, due_times):
             copy.write(chunk)
     inserted = [_as_request(r, now, at) for r, at in zip(requests, due_times, strict=True)]
@@ -298,3 +301,22 @@ def joined_transaction(conn: Connection) -> Iterator[None]:
         # Idle and not autocommit: the first statement opens the caller's implicit
         # transaction, which the caller commits or rolls back.
         yield
+
+
+@contextlib.contextmanager
+def caller_schema(conn: Connection, schema: str) -> Iterator[None]:
+    """Inside ``joined_transaction`` on a caller's connection: errands' statements for
+    ``schema``, with it as the search_path (SET LOCAL) until the block ends, when the
+    caller's search_path is back. Nothing without a schema."""
+    if not schema:
+        yield
+        return
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        row = cursor.execute(ENTER_SCHEMA, {"schema": schema}).fetchone()
+    before = set_schema(conn, schema)
+    try:
+        yield
+    finally:
+        set_schema(conn, before)
+        if row is not None and conn.info.transaction_status == TransactionStatus.INTRANS:
+            conn.execute(LEAVE_SCHEMA, {"previous": row[0]})

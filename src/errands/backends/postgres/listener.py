@@ -16,6 +16,7 @@ from errands.backends.postgres.connection import (
     LISTEN_POLL_SECONDS,
     Connection,
     execute,
+    set_schema,
 )
 
 logger = logging.getLogger("errands")
@@ -25,7 +26,8 @@ logger = logging.getLogger("errands")
 
 
 class PostgresListener(Listener):
-    """A daemon thread relaying ``NOTIFY errands_jobs`` to ``on_wake``.
+    """A daemon thread relaying ``NOTIFY errands_jobs`` to ``on_wake``
+    (``<schema>_jobs`` for a ``schema``: see connection.in_schema).
 
     It uses its own connection (LISTEN needs a dedicated session, and a pooled
     connection would be handed to others). ``ready`` is set once it listens.
@@ -34,8 +36,9 @@ class PostgresListener(Listener):
     #: the named statement that subscribes to the channel
     query = "listen"
 
-    def __init__(self, url: str, on_wake: Callable[[], None]) -> None:
+    def __init__(self, url: str, on_wake: Callable[[], None], schema: str = "") -> None:
         self.url = url
+        self.schema = schema
         self.on_wake = on_wake
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -53,6 +56,7 @@ class PostgresListener(Listener):
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
+                    set_schema(conn, self.schema)  # its channel (no search_path needed)
                     execute(conn, self.query)
                     self.ready.set()
                     if connected_before:
@@ -112,15 +116,21 @@ class NoListener(Listener):
 
 
 class PostgresResultListener(PostgresListener):
-    """Relays ``NOTIFY errands_results`` (sent by a trigger on ``errands_result``) to
+    """Relays ``NOTIFY errands_results`` (sent by a trigger on ``errands_result``;
+    ``<schema>_results`` for a ``schema``) to
     ``on_results`` with the request uuids of the new results; None means "unknown"
     (a batch too large for the payload, or a reconnect that may have missed some)."""
 
     query = "listen_results"
 
-    def __init__(self, url: str, on_results: Callable[[frozenset[uuid.UUID] | None], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        on_results: Callable[[frozenset[uuid.UUID] | None], None],
+        schema: str = "",
+    ) -> None:
         self.on_results = on_results
-        super().__init__(url, lambda: on_results(None))
+        super().__init__(url, lambda: on_results(None), schema)
 
     def _notified(self, payload: str) -> None:
         try:

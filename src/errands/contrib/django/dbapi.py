@@ -21,8 +21,13 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from errands import settings
 from errands.backends.postgres.codec import utc
-from errands.backends.postgres.connection import queries
+from errands.backends.postgres.connection import (
+    ENTER_SCHEMA,
+    LEAVE_SCHEMA,
+    queries,
+)
 from errands.backends.postgres.enqueue import (
     PostgresEnqueueTransaction,
     _as_request,  # the request as inserted: one place knows JobRequest's fields
@@ -41,10 +46,13 @@ def is_psycopg2(connection: Any) -> bool:
 
 
 @contextlib.contextmanager
-def joined_transaction(conn: Any) -> Iterator[None]:
+def joined_transaction(conn: Any, schema: str | None = None) -> Iterator[None]:
     """The caller's transaction, never committed: a savepoint in it, so a failed enqueue
     undoes only itself. A connection in autocommit has no transaction to join: the
-    enqueue is its own, as each of the caller's statements would be."""
+    enqueue is its own, as each of the caller's statements would be. With a
+    schema (the setting's unless given), it is the search_path inside, as in
+    ``enqueue.caller_schema``."""
+    schema = settings.current().schema if schema is None else schema
     if conn.autocommit:
         begin, commit, rollback = "BEGIN", "COMMIT", "ROLLBACK"
     else:
@@ -54,7 +62,11 @@ def joined_transaction(conn: Any) -> Iterator[None]:
         rollback = f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
     _run(conn, begin)
     try:
+        if schema:
+            [entered] = _run(conn, ENTER_SCHEMA, {"schema": schema})
         yield
+        if schema:
+            _run(conn, LEAVE_SCHEMA, {"previous": entered["previous"]})
     except BaseException:
         _run(conn, rollback)
         raise
@@ -104,16 +116,17 @@ class Psycopg2EnqueueTransaction(PostgresEnqueueTransaction):
     """PostgreSQL's enqueue statements on a psycopg2 connection, inside a transaction
     someone else ends: only the I/O differs (psycopg2's cursor and parameters)."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, schema: str | None = None) -> None:
         self._conn = conn
+        self._schema = settings.current().schema if schema is None else schema
 
     def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return _run(self._conn, queries()[name], params)
+        return _run(self._conn, queries(self._schema)[name], params)
 
     def _rowcount(self, name: str, params: Mapping[str, Any]) -> int:
         cursor = self._conn.cursor()
         try:
-            cursor.execute(queries()[name], _adapted(params))
+            cursor.execute(queries(self._schema)[name], _adapted(params))
             return int(cursor.rowcount)
         finally:
             cursor.close()
