@@ -97,6 +97,8 @@ DIALECT_ONLY = {
         "set_synchronous",
         # Workflow triggers fire triggers (a cancelled dependent ends its node).
         "set_recursive_triggers",
+        # Which claimed jobs are a workflow's: PostgreSQL's claim statement says so.
+        "claimed_in_workflows",
         "data_version",
         "database_file",
         # Migrations record their version here; PostgreSQL's record their own.

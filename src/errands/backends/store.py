@@ -70,6 +70,9 @@ class Claimed(list[JobProcess]):
     wants_idle: bool = False
     #: the queue of each request the claim ended as expired (errands.expiry)
     expired: tuple[str, ...] = ()
+    #: the processes that are a workflow's jobs (errands.workflows): their results
+    #: release the jobs after them, so the worker writes them at once
+    in_workflows: frozenset[uuid.UUID] = frozenset()
 
 
 class EnqueueTransaction(abc.ABC):

@@ -21,6 +21,7 @@ round trip, not that plus a write's.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -185,6 +186,8 @@ class Intake:
         self.queue_limits = dict(queue_limits or {})
         self.rate_retry_at: float | None = None  # monotonic: a rate lets held jobs in
         self.idle_wanted = False  # jobs with a rate wait for one of this worker's runners
+        #: claimed workflow jobs (Claimed.in_workflows), until their outcome is recorded
+        self.in_workflows: set[uuid.UUID] = set()
         self.waiting = waiting
         self.pool = pool
         self.pacing = pacing
@@ -262,6 +265,7 @@ class Intake:
             self.backoff.failed("claim", claim.error or RuntimeError("claim failed"))
             return
         self.waiting.extend(claim.claimed)
+        self.in_workflows |= getattr(claim.claimed, "in_workflows", frozenset())
         telemetry.record_expired(getattr(claim.claimed, "expired", ()))
         # A full claim means more may be waiting; a short one means the queue is empty.
         self.work_maybe_due = len(claim.claimed) == claim.limit

@@ -382,7 +382,10 @@ class Worker:
         self.supervisor.forget(slot.job.uuid)
         if outcome.started_at is not None and self.claim_ahead.adaptive:
             self.claim_ahead.observe((outcome.ended_at - outcome.started_at).total_seconds())
-        self.recorder.record(outcome, urgent=bool(slot.job.limits))
+        # Written at once when it frees a limit's slot or releases a workflow's jobs.
+        in_workflow = slot.job.uuid in self.intake.in_workflows
+        self.intake.in_workflows.discard(slot.job.uuid)
+        self.recorder.record(outcome, urgent=bool(slot.job.limits) or in_workflow)
         self.intake.runner_freed()
 
     # -- the database --------------------------------------------------------------

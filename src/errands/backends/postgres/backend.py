@@ -352,6 +352,7 @@ class PostgresBackend(SqlBackend):
                 for row in claimed
             )
             processes.expired = tuple(row[8] for row in marks if row[1] is not None)
+            processes.in_workflows = frozenset(row[0] for row in claimed if row[23])
             if (limited_exist or room.queue_limits) and len(processes) < limit:
                 for process in processes:
                     left = queue_rooms.get(process.queue)
@@ -376,7 +377,7 @@ class PostgresBackend(SqlBackend):
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
             failed = Claimed(poison.fail_invalid(self, processes))
             failed.retry_in, failed.wants_idle = processes.retry_in, processes.wants_idle
-            failed.expired = processes.expired
+            failed.expired, failed.in_workflows = processes.expired, processes.in_workflows
             return failed
         return processes
 

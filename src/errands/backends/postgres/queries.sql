@@ -407,17 +407,23 @@ inserted AS (
         parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
         source, trace_id, span_id, cancel_requested, start_at, limits, expires_at, tags, meta
 )
-SELECT * FROM inserted
+-- Last, whether the job is a workflow's (its result releases others: the worker
+-- writes it at once): one probe of the small index of open workflow jobs.
+SELECT i.*, EXISTS (
+    SELECT 1 FROM errands_workflow_node AS n
+    WHERE n.request_uuid = i.request_uuid AND n.state IN ('waiting', 'pending')
+)
+FROM inserted AS i
 UNION ALL
 SELECT
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 WHERE EXISTS (SELECT 1 FROM errands_request WHERE limit_key IS NOT NULL)
 UNION ALL
 -- Each request that expired, by its uuid and queue (for the worker's metrics).
 SELECT
     NULL, e.uuid, NULL, NULL, NULL, NULL, NULL, NULL, e.queue, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM expired AS e
 
 -- name: limited_keys

@@ -67,6 +67,15 @@ from errands.models import (
 logger = logging.getLogger("errands")
 
 
+def _in_workflows(session: SqliteSession, moved: Sequence[sqlite3.Row]) -> frozenset[uuid.UUID]:
+    """The processes among ``moved`` that are a workflow's jobs (see Claimed)."""
+    if not moved:
+        return frozenset()
+    by_request = {row["request_uuid"]: row["uuid"] for row in moved}
+    rows = session.rows("claimed_in_workflows", requests=json.dumps(list(by_request)))
+    return frozenset(uuid.UUID(by_request[row["request_uuid"]]) for row in rows)
+
+
 def _claimed(
     processes: Sequence[JobProcess], chosen: Admission | None, expired: tuple[str, ...] = ()
 ) -> Claimed:
@@ -329,11 +338,14 @@ class SqliteBackend(SqlBackend):
                 limited.record_starts(session, chosen, keys)
                 # Limited jobs first: each holds a slot of its keys until it ends.
                 moved[:0] = taken
+            in_workflows = _in_workflows(session, moved)
         salvaged = poison.salvage_mark()
         processes = [to_process(row) for row in moved]
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
-            return _claimed(poison.fail_invalid(self, processes), chosen, expired)
-        return _claimed(processes, chosen, expired)
+            processes = poison.fail_invalid(self, processes)
+        claimed = _claimed(processes, chosen, expired)
+        claimed.in_workflows = in_workflows
+        return claimed
 
     @staticmethod
     def _move(session: SqliteSession, due: list[str], worker_id: uuid.UUID) -> list[sqlite3.Row]:

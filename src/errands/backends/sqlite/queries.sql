@@ -977,6 +977,12 @@ INSERT INTO errands_workflow_edge (workflow_uuid, parent, child, position)
 SELECT :workflow_uuid, e.value ->> 'parent', e.value ->> 'child', e.value ->> 'position'
 FROM json_each(:edges) AS e
 
+-- name: claimed_in_workflows
+-- Which of a claim's requests are a workflow's jobs (their results release others).
+SELECT request_uuid FROM errands_workflow_node
+WHERE state IN ('waiting', 'pending')
+    AND request_uuid IN (SELECT value FROM json_each(:requests))
+
 -- name: end_workflow_node
 -- See the PostgreSQL query of the same name.
 UPDATE errands_workflow_node

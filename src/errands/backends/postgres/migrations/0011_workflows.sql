@@ -121,10 +121,19 @@ DECLARE
     hit_nodes int[];
     hit_ended int[];
     hit_failed int[];
+    doomed_workflows uuid[];
+    doomed_nodes int[];
     notified bigint;
 BEGIN
-    -- The children of the nodes this statement ended: how many of their dependencies
-    -- ended, and how many of those did not succeed.
+    -- A node in an ended state was ended by this statement: only the result trigger
+    -- and end_workflow_node set one, each on nodes not yet ended; the other updates
+    -- (counts and releases, retries followed) touch no ended node.
+    IF NOT EXISTS (SELECT 1 FROM new_nodes WHERE state IN ('succeeded', 'failed', 'cancelled'))
+    THEN
+        RETURN NULL;
+    END IF;
+    -- The children of the nodes that ended: how many of their dependencies ended,
+    -- and how many of those did not succeed.
     SELECT array_agg(h.workflow_uuid ORDER BY h.workflow_uuid, h.child),
         array_agg(h.child ORDER BY h.workflow_uuid, h.child),
         array_agg(h.ended ORDER BY h.workflow_uuid, h.child),
@@ -134,51 +143,62 @@ BEGIN
         SELECT e.workflow_uuid, e.child, count(*)::int AS ended,
             (count(*) FILTER (WHERE n.state <> 'succeeded'))::int AS failed
         FROM new_nodes AS n
-        JOIN old_nodes AS o ON o.workflow_uuid = n.workflow_uuid AND o.node = n.node
         JOIN errands_workflow_edge AS e ON e.workflow_uuid = n.workflow_uuid AND e.parent = n.node
-        WHERE o.state IN ('waiting', 'pending')
-            AND n.state IN ('succeeded', 'failed', 'cancelled')
+        WHERE n.state IN ('succeeded', 'failed', 'cancelled')
         GROUP BY e.workflow_uuid, e.child
     ) AS h;
     IF hit_workflows IS NULL THEN
-        RETURN NULL;  -- no node ended (a count, a release, a retry followed)
+        RETURN NULL;  -- the nodes that ended have no dependents
     END IF;
-    -- Lock the children in one order, then count.
+    -- Lock the children in one order, so that concurrent completions in one
+    -- workflow cannot deadlock.
     PERFORM 1 FROM errands_workflow_node AS c
     JOIN unnest(hit_workflows, hit_nodes) AS h(workflow_uuid, node)
         ON c.workflow_uuid = h.workflow_uuid AND c.node = h.node
     ORDER BY c.workflow_uuid, c.node
     FOR UPDATE OF c;
-    UPDATE errands_workflow_node AS c
-    SET waiting = c.waiting - h.ended, failed = c.failed + h.failed
-    FROM unnest(hit_workflows, hit_nodes, hit_ended, hit_failed) AS h(workflow_uuid, node, ended, failed)
-    WHERE c.workflow_uuid = h.workflow_uuid AND c.node = h.node;
-    -- Release the children whose dependencies all ended.
-    WITH released AS (
+    -- Count, and release in the same update the children whose dependencies all
+    -- ended (due now, with a NOTIFY), if none failed or they run anyway. Only
+    -- waiting children: one cancelled already counts nothing more. Those left
+    -- waiting with a failed dependency are doomed.
+    WITH counted AS (
         UPDATE errands_workflow_node AS c
-        SET state = 'pending'
-        FROM unnest(hit_workflows, hit_nodes) AS h(workflow_uuid, node)
+        SET waiting = c.waiting - h.ended,
+            failed = c.failed + h.failed,
+            state = CASE
+                WHEN c.waiting - h.ended = 0 AND (c.failed + h.failed = 0 OR c.run_on_failure)
+                THEN 'pending' ELSE 'waiting'
+            END
+        FROM unnest(hit_workflows, hit_nodes, hit_ended, hit_failed)
+            AS h(workflow_uuid, node, ended, failed)
         WHERE c.workflow_uuid = h.workflow_uuid AND c.node = h.node AND c.state = 'waiting'
-            AND c.waiting = 0 AND (c.failed = 0 OR c.run_on_failure)
-        RETURNING c.request_uuid
+        RETURNING c.workflow_uuid, c.node, c.state, c.failed, c.run_on_failure, c.request_uuid
     ),
     due AS (
         UPDATE errands_request AS r
         SET start_at = now()
-        FROM released
-        WHERE r.uuid = released.request_uuid
+        FROM counted
+        WHERE counted.state = 'pending' AND r.uuid = counted.request_uuid
         RETURNING r.queue
     )
-    SELECT count(pg_notify('errands_jobs', q.queue)) INTO notified
-    FROM (SELECT DISTINCT queue FROM due) AS q;
-    -- Cancel the waiting children with a failed dependency that do not run anyway,
-    -- and the waiting descendants reached through them.
+    SELECT
+        (SELECT count(pg_notify('errands_jobs', q.queue)) FROM (SELECT DISTINCT queue FROM due) AS q),
+        array_agg(counted.workflow_uuid) FILTER (
+            WHERE counted.state = 'waiting' AND counted.failed > 0 AND NOT counted.run_on_failure
+        ),
+        array_agg(counted.node) FILTER (
+            WHERE counted.state = 'waiting' AND counted.failed > 0 AND NOT counted.run_on_failure
+        )
+    INTO notified, doomed_workflows, doomed_nodes
+    FROM counted;
+    IF doomed_workflows IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- Cancel the doomed children, and the waiting descendants reached through them
+    -- that do not run anyway: their requests become CANCELLED results, which end
+    -- their nodes (the result trigger), so their run_on_failure dependents count them.
     WITH RECURSIVE doomed(workflow_uuid, node) AS (
-        SELECT c.workflow_uuid, c.node
-        FROM errands_workflow_node AS c
-        JOIN unnest(hit_workflows, hit_nodes) AS h(workflow_uuid, node)
-            ON c.workflow_uuid = h.workflow_uuid AND c.node = h.node
-        WHERE c.state = 'waiting' AND c.failed > 0 AND NOT c.run_on_failure
+        SELECT h.workflow_uuid, h.node FROM unnest(doomed_workflows, doomed_nodes) AS h(workflow_uuid, node)
         UNION
         SELECT c.workflow_uuid, c.node
         FROM doomed AS d
@@ -211,7 +231,7 @@ $$;
 
 CREATE TRIGGER errands_workflow_node_advance
     AFTER UPDATE ON errands_workflow_node
-    REFERENCING OLD TABLE AS old_nodes NEW TABLE AS new_nodes
+    REFERENCING NEW TABLE AS new_nodes
     FOR EACH STATEMENT EXECUTE FUNCTION errands_workflow_advance();
 
 INSERT INTO errands_schema (version) VALUES (11);
