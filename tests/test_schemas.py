@@ -36,7 +36,7 @@ from errands.backends.current import use_backend
 from errands.backends.postgres import PostgresBackend
 from errands.backends.postgres.connection import channel, in_schema, queries
 from errands.errors import ConfigurationError
-from errands.models import JobResult, Kind, PageSpec, Selection, Status
+from errands.models import JobResult, Kind, NewRequest, PageSpec, Selection, Status
 
 ERRANDS = str(Path(sys.executable).with_name("errands"))
 A, B = "tenant_a", "tenant_b"
@@ -293,6 +293,29 @@ def test_an_enqueue_on_the_callers_connection_goes_to_the_schema(url: str) -> No
         assert conn.execute("SELECT to_regclass('errands_request')").fetchone() == (None,)
 
 
+def test_an_enqueue_on_a_psycopg2_connection_goes_to_the_schema(url: str) -> None:
+    """Django on psycopg2: errands' statements run on its connection (contrib.django.dbapi)."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    from errands.contrib.django import dbapi
+
+    conn = psycopg2.connect(url)
+    try:
+        with tenant(url, B):
+            with dbapi.joined_transaction(conn):
+                tx = dbapi.Psycopg2EnqueueTransaction(conn)
+                tx.insert_requests(
+                    [NewRequest(job_class="sample_jobs.Noop", parameters={}, queue="default")]
+                )
+            with conn.cursor() as cursor:
+                cursor.execute("SHOW search_path")
+                assert cursor.fetchone() == ('"$user", public',)
+            conn.commit()
+    finally:
+        conn.close()
+    assert pending(url, B) == ["sample_jobs.Noop"]
+    assert pending(url, A) == []
+
+
 def test_an_async_enqueue_goes_to_the_schema(url: str) -> None:
     async def enqueue_both() -> None:
         await sample_jobs.Echo(1).run_in_worker_async()
@@ -373,6 +396,50 @@ def test_behind_a_transaction_pooler_with_the_roles_search_path(url: str) -> Non
     finally:
         backend.close()
         with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_through_pgbouncer_with_the_roles_search_path(url: str, tmp_path: Path) -> None:
+    """A real PgBouncer (1.18 refuses libpq's ``options``) whose server connections log
+    in as a role with search_path = tenant_b: enqueues, listings and migrate there."""
+    from pgbouncer import PgBouncer, binary
+
+    executable = binary()
+    if executable is None:
+        pytest.fail("pgbouncer is not installed: run scripts/install-test-deps")
+    database = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    role = f"errands_tenant_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = tenant_b").format(
+                sql.Identifier(role), sql.Identifier(database)
+            )
+        )
+    role_url = url.replace("postgres@", f"{role}@", 1)
+    try:
+        with PgBouncer(executable, role_url, tmp_path) as bouncer:
+            with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter"):
+                psycopg.connect(bouncer.url, options="-c search_path=tenant_b").close()
+            errands.configure(database_pooler="transaction", listen_database_url="")
+            try:
+                with tenant(bouncer.url, B) as backend:
+                    assert backend.migrate() == []
+                    for n in range(8):  # more than one server connection's worth
+                        sample_jobs.Echo(n).run_in_worker()
+                    assert len(api.requests()) == 8
+                    assert api.count(Kind.REQUEST, Selection()) == 8
+            finally:
+                errands.configure(database_pooler=None, listen_database_url=None)
+        assert pending(url, B) == ["sample_jobs.Echo"] * 8
+        assert pending(url, A) == []
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}"
+                ).format(sql.Literal(role))
+            )
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
