@@ -127,6 +127,7 @@ RUN = {
         "queue_limits = { mail = 10 }": "test_queue_limits_from_pyproject",
         'database_pooler = "transaction"': "test_pgbouncer_settings_from_pyproject",
         "# myapp/pipeline.py": "test_workflow_example",
+        "ERRANDS_SCHEMA=billing errands migrate": "test_schema_migrate_commands",
         "errands.register_type(": "test_register_type_round_trips",
         "# 9 AM Berlin time, weekdays": "test_schedule_settings_are_valid",
         "heartbeat_timeout = 120": "test_settings_from_pyproject",
@@ -624,6 +625,26 @@ def test_pgbouncer_settings_from_pyproject(tmp_path: Path) -> None:
     assert "transaction" in rows["database_pooler"]
     assert "postgresql://app@db:5432/app" in rows["listen_database_url"]
     assert "pgbouncer:6432" in rows["database_url"]
+
+
+@pytest.mark.slow  # runs errands migrate as processes
+def test_schema_migrate_commands(empty_pg_url: str, tmp_path: Path) -> None:
+    env = {**clean_env(), "ERRANDS_DATABASE_URL": empty_pg_url}
+    done = subprocess.run(
+        ["bash", "-c", snippet("ERRANDS_SCHEMA=billing errands migrate")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(empty_pg_url) as conn:
+        found = conn.execute(
+            "SELECT table_schema FROM information_schema.tables"
+            " WHERE table_name = 'errands_request' ORDER BY 1"
+        ).fetchall()
+    assert [row[0] for row in found] == ["billing", "mailer"]
 
 
 def test_workflow_example() -> None:
