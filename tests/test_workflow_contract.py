@@ -618,3 +618,22 @@ def test_a_rolled_back_completion_leaves_the_workflow_as_it_was(backend: Backend
     assert held(backend, request_of(backend, enqueued, "Echo#2"))
     finish(backend, process)  # the process is back: it completes later
     assert states(backend, enqueued) == {"Echo": S.SUCCEEDED, "Echo#2": S.PENDING}
+
+
+# -- pruning --------------------------------------------------------------------------
+
+
+def test_prune_workflows_deletes_only_ended_ones_past_the_cutoff(backend: Backend) -> None:
+    ended = chain(Echo(1), name="ended").enqueue()
+    (process,) = claim(backend)
+    finish(backend, process, value=1)
+    running = chain(Echo(2), Echo(3), name="running").enqueue()
+    time.sleep(0.05)
+    assert backend.prune_workflows(older_than_seconds=3600) == 0  # none old enough
+    assert backend.prune_workflows(older_than_seconds=0) == 1
+    assert backend.workflow(uuid=ended.uuid) is None
+    assert status(backend, running).state == "running"  # a job not ended keeps it
+    assert backend.workflow_of_request(request_uuid=ended.requests[0].uuid) is None
+    assert backend.recent_workflows(limit=10) == [
+        (running.uuid, "running", status(backend, running).created_at)
+    ]

@@ -321,6 +321,12 @@ class JobStore(abc.ABC):
         with ``job_class`` (and ``status``): only that class's results of that status."""
 
     @abc.abstractmethod
+    def prune_workflows(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
+        """Delete up to ``batch_size`` workflows made before the cutoff whose jobs all
+        ended, with their nodes and edges (the jobs' results are pruned on their own);
+        return how many."""
+
+    @abc.abstractmethod
     def purge(self, *, older_than_seconds: float | None = None) -> int:
         """Delete results (all, or those ended before the cutoff); return how many."""
 

@@ -409,6 +409,10 @@ class MemoryStore(MemoryTables, JobStore):
             )
             return self._drop_results(old[: max(batch_size, 0)])
 
+    def prune_workflows(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
+        with self.lock:
+            return self.workflows.prune(_ago(utcnow(), older_than_seconds), batch_size)
+
     def purge(self, *, older_than_seconds: float | None = None) -> int:
         with self.lock:
             if older_than_seconds is None:

@@ -120,6 +120,24 @@ class WorkflowRows:
         node.request_uuid = request_uuid
         self.by_request[request_uuid] = node
 
+    def prune(self, cutoff: datetime.datetime, batch_size: int) -> int:
+        """As ``prune_workflows``: the oldest workflows made before ``cutoff`` whose
+        jobs all ended, at most ``batch_size``, go with their nodes."""
+        ended = sorted(
+            (
+                workflow
+                for workflow in self.workflows.values()
+                if workflow.created_at < cutoff and all(node.state.ended for node in workflow.nodes)
+            ),
+            key=lambda workflow: workflow.created_at,
+        )[: max(batch_size, 0)]
+        for workflow in ended:
+            del self.workflows[workflow.uuid]
+            for node in workflow.nodes:
+                if self.by_request.get(node.request_uuid) is node:
+                    del self.by_request[node.request_uuid]
+        return len(ended)
+
     def copy(self) -> WorkflowRows:
         """A deep copy, to put back when a transaction rolls back (``completing``)."""
         return copy.deepcopy(self)

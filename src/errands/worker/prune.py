@@ -118,7 +118,11 @@ class Prune:
         return cls(backend, retention_seconds=setting, classes=class_overrides(setting))
 
     def run_once(self) -> int:
-        """Delete one batch per rule of expired results; returns how many were deleted."""
+        """Delete one batch per rule of expired results, and one of ended workflows
+        older than the longest retention; returns how many results were deleted."""
+        self.backend.prune_workflows(
+            older_than_seconds=self.retention.longest(), batch_size=self.batch_size
+        )
         prune = self.backend.prune_results
         by_status = self.retention.per_status()
         if not self.classes and len(set(by_status.values())) == 1:

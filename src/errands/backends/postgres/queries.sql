@@ -1461,3 +1461,26 @@ JOIN errands_workflow_node AS p ON p.workflow_uuid = e.workflow_uuid AND p.node 
 LEFT JOIN errands_result AS r ON r.uuid = p.result_uuid
 WHERE c.request_uuid = %(request_uuid)s
 ORDER BY e.position
+
+-- name: ended_workflows
+-- Workflows made before the cutoff whose jobs all ended, oldest first, in bounded
+-- batches; SKIP LOCKED: two pruners take different ones and never wait.
+SELECT w.uuid
+FROM errands_workflow AS w
+WHERE w.created_at < now() - %(older_than_seconds)s::float8 * interval '1 second'
+    AND NOT EXISTS (
+        SELECT 1 FROM errands_workflow_node AS n
+        WHERE n.workflow_uuid = w.uuid AND n.state IN ('waiting', 'pending')
+    )
+ORDER BY w.created_at
+LIMIT %(batch_size)s
+FOR UPDATE OF w SKIP LOCKED
+
+-- name: delete_workflow_edges
+DELETE FROM errands_workflow_edge WHERE workflow_uuid = ANY(%(uuids)s::uuid[])
+
+-- name: delete_workflow_nodes
+DELETE FROM errands_workflow_node WHERE workflow_uuid = ANY(%(uuids)s::uuid[])
+
+-- name: delete_workflows
+DELETE FROM errands_workflow WHERE uuid = ANY(%(uuids)s::uuid[])

@@ -57,6 +57,8 @@ class WorkflowReading:
 
         def _reading(self) -> AbstractContextManager[Session]: ...
 
+        def _transaction(self) -> AbstractContextManager[Session]: ...
+
         def _rows(self, name: str, params: Mapping[str, Any] | None = None) -> Sequence[Row]: ...
 
     def workflow(self, *, uuid: uuid.UUID) -> WorkflowStatus | None:
@@ -96,6 +98,17 @@ class WorkflowReading:
             error=row["error"],
             attempt=int(row["retry_attempt"]) + 1,
         )
+
+    def prune_workflows(self, *, older_than_seconds: float, batch_size: int = 1000) -> int:
+        params = {"older_than_seconds": float(older_than_seconds), "batch_size": batch_size}
+        with self._transaction() as session:
+            found = [str(row["uuid"]) for row in session.rows("ended_workflows", params)]
+            if not found:
+                return 0
+            doomed = {"uuids": self.codec.texts(found)}
+            session.run("delete_workflow_edges", doomed)
+            session.run("delete_workflow_nodes", doomed)
+            return session.run("delete_workflows", doomed)
 
     def workflow_of_request(self, *, request_uuid: uuid.UUID) -> uuid.UUID | None:
         rows = self._rows("workflow_of_request", {"request_uuid": self.codec.uuid(request_uuid)})

@@ -1028,3 +1028,24 @@ JOIN errands_workflow_node AS p ON p.workflow_uuid = e.workflow_uuid AND p.node 
 LEFT JOIN errands_result AS r ON r.uuid = p.result_uuid
 WHERE c.request_uuid = :request_uuid
 ORDER BY e.position
+
+-- name: ended_workflows
+-- See the PostgreSQL query of the same name.
+SELECT w.uuid
+FROM errands_workflow AS w
+WHERE w.created_at < :now - :older_than_seconds
+    AND NOT EXISTS (
+        SELECT 1 FROM errands_workflow_node AS n
+        WHERE n.workflow_uuid = w.uuid AND n.state IN ('waiting', 'pending')
+    )
+ORDER BY w.created_at
+LIMIT :batch_size
+
+-- name: delete_workflow_edges
+DELETE FROM errands_workflow_edge WHERE workflow_uuid IN (SELECT value FROM json_each(:uuids))
+
+-- name: delete_workflow_nodes
+DELETE FROM errands_workflow_node WHERE workflow_uuid IN (SELECT value FROM json_each(:uuids))
+
+-- name: delete_workflows
+DELETE FROM errands_workflow WHERE uuid IN (SELECT value FROM json_each(:uuids))

@@ -32,6 +32,8 @@ CREATE TABLE errands_workflow (
     name text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- The latest first (errands workflows), the oldest first (pruning).
+CREATE INDEX errands_workflow_created_idx ON errands_workflow (created_at);
 
 CREATE TABLE errands_workflow_node (
     workflow_uuid uuid NOT NULL REFERENCES errands_workflow (uuid) ON DELETE CASCADE,

@@ -11,6 +11,8 @@ CREATE TABLE errands_workflow (
     name TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+-- The latest first (errands workflows), the oldest first (pruning).
+CREATE INDEX errands_workflow_created ON errands_workflow (created_at);
 
 CREATE TABLE errands_workflow_node (
     workflow_uuid TEXT NOT NULL REFERENCES errands_workflow (uuid) ON DELETE CASCADE,
