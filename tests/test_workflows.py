@@ -3,6 +3,7 @@ along, failure propagation, run_on_failure, cancellation."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -185,3 +186,31 @@ def _completion_waiting(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
         " WHERE wait_event_type = 'Lock' AND datname = current_database()"
     ).fetchone()
     return bool(row and row[0])
+
+
+def test_a_worker_killed_mid_workflow_loses_nothing_and_releases_once(
+    db_url: str, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    """SIGKILL of a worker while it runs and completes a fan-out's jobs (on SQLite, a
+    completion cut off rolls back with its release): the lost jobs are retried, every
+    job succeeds once, and the fan-in runs once, after all of them."""
+    trail = str(tmp_path / "trail")
+    wide = errands.group(*(Step(trail, f"part{i}", 0.02) for i in range(60)))
+    workflow = errands.chain(Step(trail, "head"), wide, Step(trail, "tail"))
+    for step in workflow._steps:
+        step.options = dataclasses.replace(step.options, retries=3)
+    enqueued = workflow.enqueue()
+    doomed = spawn_worker(worker_threads=4, **JOBS)
+    wait_for(lambda: len(read_trail(Path(trail))) >= 20, timeout=60)
+    doomed.signal_group(signal.SIGKILL)
+    spawn_worker(worker_threads=4, heartbeat_timeout=2, **JOBS).wait_registered()
+    status = _ended(enqueued.uuid)
+    assert status.state == "succeeded", status.counts()
+    results = errands.results(limit=1000)
+    assert any(r.status == "LOST" for r in results)  # the kill cut jobs off
+    assert len([r for r in results if r.status == "SUCCESSFUL"]) == 62  # each job once
+    lines = [line.split() for line in Path(trail).read_text().splitlines()]
+    assert [token for kind, token, _ in lines if kind == "start"].count("tail") == 1
+    tail_start = next(float(at) for kind, token, at in lines if (kind, token) == ("start", "tail"))
+    last_part_end = max(float(at) for kind, token, at in lines if kind == "end" and token != "tail")
+    assert tail_start >= last_part_end
