@@ -637,3 +637,29 @@ def test_prune_workflows_deletes_only_ended_ones_past_the_cutoff(backend: Backen
     assert backend.recent_workflows(limit=10) == [
         (running.uuid, "running", status(backend, running).created_at)
     ]
+
+
+def test_a_late_success_of_a_lost_job_ends_its_node_succeeded(backend: Backend) -> None:
+    """The worker was cut off, its job rescued as LOST, and then its SUCCESSFUL outcome
+    arrived after all: with no retry left to run (none owed yet, or the one owed
+    withdrawn), the node succeeds and its dependent is released."""
+    owed = chain(Echo("owed"), Echo("after")).enqueue()
+    retried = chain(Echo("retried"), Echo("after")).enqueue()
+    worker_id = contract.register(backend)
+    processes = {p.request_uuid: p for p in claim(backend, worker_id)}
+    lost = backend.lose_processes(
+        worker_id=worker_id, process_uuids=[p.uuid for p in processes.values()]
+    )
+    lost_retried = next(r for r in lost if r.request_uuid == retried.requests[0].uuid)
+    with backend.enqueue_transaction() as tx:  # its follow-up retries it
+        assert tx.settle_followup(result_uuid=lost_retried.uuid)
+        (retry,) = tx.insert_requests([contract.new(job_class=job_class_path(Echo))])
+        assert tx.link_retry(result_uuid=lost_retried.uuid, request_uuid=retry.uuid)
+    assert status(backend, retried).node("Echo").request_uuid == retry.uuid
+
+    late = [contract.outcome(p, Status.SUCCESSFUL) for p in processes.values()]
+    backend.complete_many(outcomes=late)
+    for enqueued in (owed, retried):
+        assert states(backend, enqueued) == {"Echo": S.SUCCEEDED, "Echo#2": S.PENDING}
+        assert due_now(backend, enqueued.requests[1].uuid)
+    assert backend.get(uuid=retry.uuid) is None  # the retry was withdrawn

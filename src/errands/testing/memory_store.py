@@ -46,7 +46,7 @@ from errands.testing.memory_rows import (
 )
 from errands.testing.memory_selection import selected, sort_time
 from errands.testing.memory_tables import MemoryTables
-from errands.testing.memory_workflows import results_written
+from errands.testing.memory_workflows import late_success, results_written
 
 
 def _ago(now: datetime.datetime, seconds: float) -> datetime.datetime:
@@ -219,6 +219,8 @@ class MemoryStore(MemoryTables, JobStore):
             retry_request_uuid=None if withdrawn else retry,
         )
         self.results = [kept if r.uuid == result.uuid else r for r in self.results]
+        if succeeded and (withdrawn or unowed):  # no attempt left to end its workflow job
+            late_success(self, kept, retry, utcnow())
 
     def _complete(self, process: JobProcess, outcome: Outcome) -> JobResult:
         """Write the result, and its retry or deferral in the same step."""

@@ -208,6 +208,21 @@ def end_node_of_result(
     _advance(tables, [node], now)
 
 
+def late_success(
+    tables: WorkflowTables, result: JobResult, retry: uuid.UUID | None, now: datetime.datetime
+) -> None:
+    """``late_success_ends_workflow_node``: a LOST job whose own SUCCESSFUL outcome came
+    late, with no retry left to run (withdrawn, or none owed), ends its pending node as
+    succeeded: the node of the LOST result's request, or of its withdrawn retry."""
+    for request_uuid in (result.request_uuid, retry):
+        node = None if request_uuid is None else tables.workflows.by_request.get(request_uuid)
+        if node is not None and node.state is NodeState.PENDING:
+            node.state = NodeState.SUCCEEDED
+            node.result_uuid = result.uuid
+            _advance(tables, [node], now)
+            return
+
+
 _OPEN = (NodeState.WAITING, NodeState.PENDING)
 
 

@@ -1484,3 +1484,13 @@ DELETE FROM errands_workflow_node WHERE workflow_uuid = ANY(%(uuids)s::uuid[])
 
 -- name: delete_workflows
 DELETE FROM errands_workflow WHERE uuid = ANY(%(uuids)s::uuid[])
+
+-- name: late_success_ends_workflow_node
+-- A LOST workflow job whose own SUCCESSFUL outcome came late, with no retry left to
+-- run (withdrawn, or none owed), ends its node as succeeded: the node is at the LOST
+-- result's request, or at the retry just withdrawn. Its trigger moves the dependents.
+UPDATE errands_workflow_node AS n
+SET state = 'succeeded', result_uuid = r.uuid
+FROM errands_result AS r
+WHERE r.uuid = %(result_uuid)s AND n.state = 'pending'
+    AND (n.request_uuid = r.request_uuid OR n.request_uuid = %(retry)s::uuid)

@@ -134,6 +134,9 @@ class SqlBackend(WorkflowReading, Backend):
                     "retry_request_uuid": None if withdrawn else retry,
                 }
                 session.run("annotate_late_outcome", params)
+                if succeeded and (withdrawn or unowed):  # no attempt left to end its job
+                    late = {"result_uuid": result_uuid, "retry": retry}
+                    session.run("late_success_ends_workflow_node", late)
                 kept += 1
         return kept
 

@@ -1049,3 +1049,12 @@ DELETE FROM errands_workflow_node WHERE workflow_uuid IN (SELECT value FROM json
 
 -- name: delete_workflows
 DELETE FROM errands_workflow WHERE uuid IN (SELECT value FROM json_each(:uuids))
+
+-- name: late_success_ends_workflow_node
+-- See the PostgreSQL query of the same name.
+UPDATE errands_workflow_node
+SET state = 'succeeded', result_uuid = :result_uuid
+WHERE state = 'pending' AND (
+    request_uuid = (SELECT request_uuid FROM errands_result WHERE uuid = :result_uuid)
+    OR request_uuid = :retry
+)
