@@ -497,3 +497,19 @@ def test_wait_for_result_hears_its_schema(url: str, tmp_path: Path) -> None:
         finally:
             worker.close()
     assert pending(url, A) == []
+
+
+def test_a_workflow_moves_in_its_schema_only(url: str) -> None:
+    """The workflow triggers of each schema read and write that schema's tables: a
+    chain in A is released step by step by A's completions, and B sees none of it."""
+    with tenant(url, A) as a_backend:
+        enqueued = errands.chain(sample_jobs.Noop(), sample_jobs.Noop()).enqueue()
+        worker_id = uuid.uuid4()
+        for _ in range(2):
+            (process,) = a_backend.claim(worker_id=worker_id, queues=[], limit=10)
+            finish(a_backend, [process])
+        found = errands.workflow(enqueued.uuid)
+        assert found is not None and found.state == "succeeded"
+    with tenant(url, B) as b_backend:
+        assert b_backend.workflow(uuid=enqueued.uuid) is None
+        assert b_backend.recent_workflows(limit=5) == []
