@@ -61,7 +61,16 @@ def claim_limited(
         if not admission.taken:
             return [], admission
         rows = fetch_tuples(conn, "claim_limited", _claim_params(worker_id, admission, locked))
-    processes = [
+    processes = processes_of(rows)
+    order = {ref: position for position, ref in enumerate(admission.taken)}
+    processes.sort(key=lambda process: order.get(process.request_uuid, 0))
+    return processes, admission
+
+
+def processes_of(rows: Sequence[tuple[Any, ...]]) -> list[JobProcess]:
+    """The processes of claimed limited jobs, from the rows of claim_limited (or
+    handoff_claim): the fields of JobProcess in their order."""
+    return [
         build_job_process(
             *row[:19],
             candidate_limits(row[19]),
@@ -74,9 +83,6 @@ def claim_limited(
         )
         for row in rows
     ]
-    order = {ref: position for position, ref in enumerate(admission.taken)}
-    processes.sort(key=lambda process: order.get(process.request_uuid, 0))
-    return processes, admission
 
 
 def _caps(rows: list[dict[str, Any]], limit: int, room: ClaimRoom) -> dict[str, int]:

@@ -575,6 +575,109 @@ RETURNING
     parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
     source, trace_id, span_id, cancel_requested, start_at, limits, expires_at, tags, meta
 
+-- name: handoff_lock
+-- Complete and claim in one transaction (postgres/handoff.py), step 1: lock the keys
+-- whose slots the worker's outcomes free, as limited_keys does (never waiting: a
+-- key another claim holds now is left to the NOTIFY and that claim). Before the
+-- outcomes are written, so that handoff_claim's count, a statement later, sees
+-- every claim of these keys that committed.
+SELECT key FROM unnest(%(keys)s::text[]) AS k(key)
+WHERE pg_try_advisory_xact_lock(hashtext('errands.limit:' || key))
+
+-- name: handoff_claim
+-- Step 3, after complete_many (step 2) deleted the processes of the outcomes: for
+-- each locked key, count its claimed or running jobs (as limited_usage), read its
+-- due requests in claim order (at most :limit, the worker's room), and claim the
+-- longest run of them from the first that carry exactly the first's limits, when
+-- those are one plain concurrency limit (no rate), as many as the limit lets in:
+-- what errands.backends.admission would take first from the same rows. Anything
+-- else (rates, several limits, a request declaring other limits) is left to the
+-- claim that the NOTIFY brings. A key's finished jobs' queues are notified unless
+-- the key is full after this claim: other workers then have nothing to take.
+WITH running AS (
+    SELECT k.key, (
+        SELECT count(*) FROM errands_process AS p
+        WHERE p.limits IS NOT NULL AND p.limits @> jsonb_build_array(jsonb_build_object('key', k.key))
+    ) AS n
+    FROM unnest(%(keys)s::text[]) AS k(key)
+),
+candidate AS (
+    -- The LIMIT per key from the unnest, as in limited_usage: with a parameter the
+    -- generic plan reads the key's whole backlog through a bitmap and sorts it.
+    SELECT k.key, c.uuid, c.limits,
+        row_number() OVER (PARTITION BY k.key ORDER BY c.priority DESC, c.start_at, c.created_at) AS pos
+    FROM unnest(%(keys)s::text[], %(caps)s::int[]) AS k(key, cap)
+    CROSS JOIN LATERAL (
+        SELECT uuid, limits, queue, priority, start_at, created_at
+        FROM errands_request
+        WHERE limit_key = k.key AND start_at <= now()
+            AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+            AND (expires_at IS NULL OR expires_at > now())
+        ORDER BY priority DESC, start_at, created_at
+        LIMIT k.cap
+    ) AS c
+    -- Paused queues after the LIMIT, as in limited_usage.
+    WHERE c.queue <> ALL(ARRAY(SELECT queue FROM errands_paused_queue))
+),
+head AS (
+    SELECT c.key, c.limits, (c.limits -> 0 ->> 'concurrency')::numeric - r.n AS free
+    FROM candidate AS c
+    JOIN running AS r ON r.key = c.key
+    WHERE c.pos = 1 AND jsonb_array_length(c.limits) = 1
+        AND jsonb_typeof(c.limits -> 0 -> 'concurrency') = 'number'
+        AND jsonb_typeof(c.limits -> 0 -> 'rate') IS DISTINCT FROM 'string'
+),
+chosen AS (
+    SELECT c.uuid
+    FROM candidate AS c
+    JOIN head AS h ON h.key = c.key
+    WHERE c.pos <= h.free AND NOT EXISTS (
+        SELECT 1 FROM candidate AS d
+        WHERE d.key = c.key AND d.pos <= c.pos AND d.limits <> h.limits
+    )
+    ORDER BY c.pos
+    LIMIT %(limit)s
+),
+claimed AS (
+    DELETE FROM errands_request AS r
+    WHERE r.uuid = ANY(ARRAY(SELECT uuid FROM chosen))
+    RETURNING r.*
+),
+inserted AS (
+    INSERT INTO errands_process (
+        uuid, request_uuid, requested_at, worker_id, start_at, job_class, parameters, queue,
+        priority, retries, retry_attempt, concurrency_key, timeout, source, trace_id, span_id,
+        limits, expires_at, tags, meta
+    )
+    SELECT
+        encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+            PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+            FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
+        c.uuid, c.created_at, %(worker_id)s, c.start_at, c.job_class,
+        c.parameters, c.queue, c.priority, c.retries, c.retry_attempt, c.concurrency_key,
+        c.timeout, c.source, c.trace_id, c.span_id, c.limits, c.expires_at, c.tags, c.meta
+    FROM claimed AS c
+    RETURNING
+        uuid, request_uuid, requested_at, created_at, started_at, worker_id, job_class,
+        parameters, queue, priority, retries, retry_attempt, concurrency_key, timeout,
+        source, trace_id, span_id, cancel_requested, start_at, limits, expires_at, tags, meta
+)
+SELECT * FROM inserted
+UNION ALL
+-- One row of NULLs, always: the aggregate makes the NOTIFYs run whatever was claimed.
+SELECT
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM (
+    SELECT count(pg_notify('errands_jobs', n.queue))
+    FROM unnest(%(notify_keys)s::text[], %(notify_queues)s::text[]) AS n(key, queue)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM head AS h
+        WHERE h.key = n.key
+            AND h.free <= (SELECT count(*) FROM claimed AS c WHERE c.limit_key = n.key)
+    )
+) AS notified
+
 -- name: queue_size_estimate
 -- The planner's row count of the requests table (as of its last analyze): no scan.
 SELECT greatest(reltuples, 0)::float8 AS size
@@ -717,7 +820,12 @@ CROSS JOIN (
     FROM (
         SELECT queue FROM requeued WHERE start_at <= now()
         UNION
-        SELECT queue FROM finished WHERE limits IS NOT NULL
+        -- Less the keys this transaction hands their slots on in (handoff_claim
+        -- notifies for those itself, when slots are still free after it).
+        SELECT queue FROM finished
+        WHERE limits IS NOT NULL AND NOT (
+            jsonb_array_length(limits) = 1 AND limits -> 0 ->> 'key' = ANY(%(handed_keys)s::text[])
+        )
     ) AS due
 ) AS notified
 -- Every result, or only those of the asked statuses: reading back the rows
