@@ -510,7 +510,7 @@ def test_results_written_before_version_4_keep_no_due_time(db_path: Path) -> Non
     backend = open_backend(url_of(db_path))
     try:
         assert backend.schema_version() == 3
-        assert backend.migrate() == [4, 5, 6, 7, 8, 9]
+        assert backend.migrate() == [4, 5, 6, 7, 8, 9, 10]
         (old,) = backend.page_results(selection=Selection(), page=PageSpec(limit=100))
         assert (old.job_class, old.start_at) == ("tests.Job", None)
     finally:
