@@ -26,18 +26,11 @@ import datetime
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from errands.backends import Backend
-from errands.models import (
-    ABORTED_STATUSES,
-    JobProcess,
-    JobResult,
-    Outcome,
-    Progress,
-    uuid_from_bytes,
-)
+from errands.models import ABORTED_STATUSES, JobResult, Outcome, Progress, uuid_from_bytes
 from errands.worker.deferrals import is_deferral, split, write_deferral
 
 FLUSH_INTERVAL = 0.02  # seconds an outcome may wait to be batched with others
@@ -65,15 +58,6 @@ class Batch:
     # The latest progress of running jobs (errands.progress), written with the stamps,
     # before the outcomes: a job's result gets its last report.
     progress: list[tuple[uuid.UUID, Progress]] | None = None
-    #: the keys whose slots the outcomes free (the plain concurrency limits), each with
-    #: its jobs' queues, and how many jobs the worker may take for them in the same
-    #: transaction (PostgreSQL's complete_and_claim; postgres/handoff.py)
-    freed: dict[str, set[str]] = field(default_factory=dict)
-    room: int = 0
-    queues: Sequence[str] = ()
-    caps: dict[str, int] = field(default_factory=dict)
-    #: the jobs so claimed, for the waiting line
-    claimed: list[JobProcess] = field(default_factory=list)
 
     def run(self, backend: Backend, worker_id: uuid.UUID) -> None:
         try:
@@ -86,7 +70,11 @@ class Batch:
             deferrals: list[Outcome] = []
             if any(map(is_deferral, routine)):
                 routine, deferrals = split(backend, worker_id, routine)
-            self.results = self._complete(backend, worker_id, routine) if routine else []
+            self.results = (
+                backend.complete_many(outcomes=routine, aborted_only=self.aborted_only)
+                if routine
+                else []
+            )
             self.unwritten = deferrals
             while self.unwritten:
                 result = write_deferral(backend, self.unwritten[0])
@@ -99,26 +87,6 @@ class Batch:
                 self.cancel_flagged = set(backend.flagged_to_stop(worker_id=worker_id))
         except Exception as exc:
             self.error = exc
-
-    def _complete(
-        self, backend: Backend, worker_id: uuid.UUID, outcomes: list[Outcome]
-    ) -> list[JobResult]:
-        """Write the outcomes; where the backend can, claim the freed slots' next jobs
-        in the same transaction (a key's slots then turn over without a NOTIFY and a
-        claim of their own)."""
-        hand_on = getattr(backend, "complete_and_claim", None)
-        if hand_on is None or not self.freed or self.room <= 0:
-            return backend.complete_many(outcomes=outcomes, aborted_only=self.aborted_only)
-        results, self.claimed = hand_on(
-            outcomes=outcomes,
-            aborted_only=self.aborted_only,
-            worker_id=worker_id,
-            queues=self.queues,
-            room=self.room,
-            keys=self.freed,
-            caps=self.caps,
-        )
-        return list(results)
 
 
 class DatabaseThread:
@@ -195,16 +163,9 @@ class Recorder:
         *,
         aborted_only: Callable[[], bool],
         on_done: Callable[[], None],
-        queues: Sequence[str] = (),
-        room: Callable[[], int] = lambda: 0,
     ) -> None:
         self.backend = backend
         self.worker_id = worker_id
-        self.queues = queues
-        #: how many jobs the worker may take now for the slots its outcomes free
-        self.room = room
-        self.freed: dict[str, set[str]] = {}
-        self.caps: dict[str, int] = {}  # each freed key's concurrency limit
         # Whether to read back only the LOST and CANCELLED results: asked per batch
         # (an application may install its meter provider after the worker started).
         self.aborted_only = aborted_only
@@ -225,15 +186,8 @@ class Recorder:
     def unwritten(self) -> bool:
         return bool(self.outcomes or self.unmarked_starts or self.progress)
 
-    def record(
-        self, outcome: Outcome, *, urgent: bool = False, freed: tuple[str, str, int] | None = None
-    ) -> None:
-        """Buffer an outcome; an ``urgent`` one is due at once. ``freed``: the key and
-        queue of a job under one plain concurrency limit, and the limit, whose slot may be
-        handed on."""
-        if freed is not None:
-            self.freed.setdefault(freed[0], set()).add(freed[1])
-            self.caps[freed[0]] = freed[2]
+    def record(self, outcome: Outcome, *, urgent: bool = False) -> None:
+        """Buffer an outcome; an ``urgent`` one is due at once."""
         if urgent:
             self.unwritten_since = time.monotonic() - FLUSH_INTERVAL
         elif self.unwritten_since is None:
@@ -293,9 +247,6 @@ class Recorder:
             aborted_only=self.aborted_only(),
             progress=list(self.progress.items()) if write and self.progress else None,
         )
-        if write and self.freed:
-            batch.freed, self.freed = self.freed, {}
-            batch.room, batch.queues, batch.caps = self.room(), self.queues, dict(self.caps)
         if write:
             self.outcomes.clear()
             self.unmarked_starts.clear()
@@ -318,8 +269,6 @@ class Recorder:
                 self.progress = dict(batch.progress) | self.progress
         if batch.results is None:
             self._requeue_unwritten(batch.outcomes)
-            for key, queues in batch.freed.items():  # handed on when they are written
-                self.freed.setdefault(key, set()).update(queues)
         else:
             unwritten = batch.unwritten or []
             self._requeue_unwritten(unwritten)
@@ -332,14 +281,3 @@ class Recorder:
 
     def close(self) -> None:
         self.thread.close()
-
-
-def plain_slot(job: JobProcess) -> tuple[str, str, int] | None:
-    """The key and queue of a job under one concurrency limit without a rate: its slot
-    may be handed on to the key's next job as its outcome is written."""
-    if len(job.limits) != 1:
-        return None
-    limit = job.limits[0]
-    if limit.concurrency is None or limit.rate is not None:
-        return None
-    return str(limit.key), job.queue, limit.concurrency

@@ -47,7 +47,7 @@ from errands.backends.store import ClaimRoom
 from errands.containment import is_own_interrupt
 from errands.models import JobProcess, JobResult, Outcome
 from errands.settings import Settings
-from errands.worker.batches import Batch, Recorder, plain_slot
+from errands.worker.batches import Batch, Recorder
 from errands.worker.heartbeat import Heartbeat
 from errands.worker.intake import Claim, ClaimAhead, Intake, split_queue_caps
 from errands.worker.pool import Pool, Slot
@@ -149,8 +149,6 @@ class Worker:
             self.worker_id,
             aborted_only=self.after_results.aborted_only,
             on_done=self._nudge,
-            queues=self.queues,
-            room=self._handoff_room,
         )
         self.supervisor = Supervisor(
             pool=self.pool, waiting=self.waiting, recorder=self.recorder, on_finished=self._finished
@@ -387,17 +385,8 @@ class Worker:
         # Written at once when it frees a limit's slot or releases a workflow's jobs.
         in_workflow = slot.job.uuid in self.intake.in_workflows
         self.intake.in_workflows.discard(slot.job.uuid)
-        self.recorder.record(
-            outcome, urgent=bool(slot.job.limits) or in_workflow, freed=plain_slot(slot.job)
-        )
+        self.recorder.record(outcome, urgent=bool(slot.job.limits) or in_workflow)
         self.intake.runner_freed()
-
-    def _handoff_room(self) -> int:
-        """Jobs a write of outcomes may claim for the slots it frees (``batches``): none
-        while stopping or cut off, nor with queue caps or queue_limits."""
-        if self.stopping or self.holding_back or self.queue_caps or self.intake.queue_limits:
-            return 0
-        return self.intake.room()
 
     # -- the database --------------------------------------------------------------
     def _guarded(self, operation: Callable[[], object]) -> None:
@@ -453,7 +442,6 @@ class Worker:
         if batch is None:
             return
         self.recorder.settle(batch)
-        self.waiting.extend(batch.claimed)  # the freed slots' next jobs (complete_and_claim)
         if batch.results is not None:
             self.after_results.written(batch.results)
         if batch.cancel_flagged:

@@ -33,6 +33,7 @@ from errands.backends.postgres.codec import (
     EXPIRY_PARAMS,
     PostgresCodec,
     ending_params,
+    first_per_process,
     outcome_columns,
     result_from_tuple,
     tags_of,
@@ -69,7 +70,6 @@ from errands.backends.postgres.enqueue import (
     insert_requests,
     joined_transaction,
 )
-from errands.backends.postgres.handoff import Handoff, write_outcomes
 from errands.backends.postgres.limited import claim_limited
 from errands.backends.postgres.listener import NoListener, PostgresListener, PostgresResultListener
 from errands.backends.postgres.vacuum import QueueVacuum
@@ -78,7 +78,7 @@ from errands.backends.sql.backend import SqlBackend
 from errands.backends.sql.files import load_migrations
 from errands.backends.store import Claimed, ClaimRoom
 from errands.models import (
-    JobProcess,
+    ABORTED_STATUSES,
     JobRequest,
     JobResult,
     NewRequest,
@@ -407,23 +407,26 @@ class PostgresBackend(SqlBackend):
     def complete_many(
         self, *, outcomes: Sequence[Outcome], aborted_only: bool = False
     ) -> list[JobResult]:
-        return write_outcomes(self, outcomes, aborted_only=aborted_only)[0]
-
-    def complete_and_claim(
-        self, *, outcomes: Sequence[Outcome], aborted_only: bool = False, **handoff: Any
-    ) -> tuple[list[JobResult], list[JobProcess]]:
-        """``complete_many``, and the freed slots' next jobs claimed in its transaction
-        (``handoff``: the fields of ``postgres.handoff.Handoff``)."""
-        return write_outcomes(self, outcomes, aborted_only=aborted_only, handoff=Handoff(**handoff))
+        if not outcomes:
+            return []
+        unique = first_per_process(outcomes)
+        returned = sorted(s.value for s in ABORTED_STATUSES) if aborted_only else None
+        params = {**outcome_columns(unique), "returned_statuses": returned}
+        with self._worker_connection() as conn:
+            rows = fetch_tuples(conn, "complete_many", params)
+        gone = {row[1] for row in rows if row[0] is None}  # their processes were rescued
+        if gone:
+            self.record_late_outcomes([o for o in unique if o.process_uuid in gone])
+        by_process = {row[1]: result_from_tuple(row) for row in rows if row[0] is not None}
+        return [by_process[o.process_uuid] for o in unique if o.process_uuid in by_process]
 
     @contextlib.contextmanager
     def completing(
         self, *, outcome: Outcome
     ) -> Iterator[tuple[JobResult | None, EnqueueTransaction]]:
-        params: dict[str, Any] = {
+        params = {
             **outcome_columns([dataclasses.replace(outcome, requeue=None)]),
             "returned_statuses": None,
-            "handed_keys": [],
         }
         with self._worker_connection() as conn, conn.transaction():
             rows = fetch_tuples(conn, "complete_many", params)

@@ -61,16 +61,7 @@ def claim_limited(
         if not admission.taken:
             return [], admission
         rows = fetch_tuples(conn, "claim_limited", _claim_params(worker_id, admission, locked))
-    processes = processes_of(rows)
-    order = {ref: position for position, ref in enumerate(admission.taken)}
-    processes.sort(key=lambda process: order.get(process.request_uuid, 0))
-    return processes, admission
-
-
-def processes_of(rows: Sequence[tuple[Any, ...]]) -> list[JobProcess]:
-    """The processes of claimed limited jobs, from the rows of claim_limited (or
-    handoff_claim): the fields of JobProcess in their order."""
-    return [
+    processes = [
         build_job_process(
             *row[:19],
             candidate_limits(row[19]),
@@ -83,6 +74,9 @@ def processes_of(rows: Sequence[tuple[Any, ...]]) -> list[JobProcess]:
         )
         for row in rows
     ]
+    order = {ref: position for position, ref in enumerate(admission.taken)}
+    processes.sort(key=lambda process: order.get(process.request_uuid, 0))
+    return processes, admission
 
 
 def _caps(rows: list[dict[str, Any]], limit: int, room: ClaimRoom) -> dict[str, int]:
