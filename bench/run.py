@@ -127,7 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "--pending; drain_limited: that drain with every job under one Limit of "
             "concurrency 50; drain_workflow: that drain as one workflow (a job, half the "
             "drain's count after it, one job after all of those); chain_step: start to start "
-            "along a chain of no-op jobs on an idle worker; drain_history: that drain with 1,000,000 results and 100,000 "
+            "along a chain of no-op jobs on an idle worker; drain_history: that drain with "
+            "1,000,000 results and 100,000 "
             "delayed requests in the tables; latency: enqueue commit to job start on an "
             "idle worker (p50/p95/max); memory: worker tree RSS over a long drain; "
             "idle_cpu: an idle worker's CPU use."
@@ -260,9 +261,7 @@ class Benchmark:
 
     def measure_drain_workflow(self) -> None:
         width = self.scale.drain_jobs // 2
-        runs = repeat(
-            self.scale.runs, lambda: measures.drain_workflow(self.db, width, self.tuned)
-        )
+        runs = repeat(self.scale.runs, lambda: measures.drain_workflow(self.db, width, self.tuned))
         note = f"1 job, then {width:,} after it, then 1 after all; {_describe(self.tuned)}"
         figure = Figure("drain of one workflow", "jobs/s", runs, note=note)
         plain = next((f for f in self.figures if f.name == "drain"), None)
