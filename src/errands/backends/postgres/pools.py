@@ -62,6 +62,11 @@ def first_connection(
     return conn
 
 
+#: Whether this psycopg_pool has the private step ``Pool._adopt`` repeats after
+#: connecting (3.2 and 3.3 do); without it the first connection is not handed over.
+ADOPTS = hasattr(ConnectionPool, "_set_connection_expiry_date")
+
+
 class Pool(ConnectionPool[Connection]):
     """A psycopg pool that remembers why its last connection attempt failed (its
     waits time out without saying it), and can start with a connection made for it."""
@@ -124,7 +129,10 @@ def new_pool(
     what that connection must have (check_search_path)."""
     first = first_connection(url, kwargs, check)
     pool = Pool(url, kwargs=kwargs, check=check_idle, open=False, **options)
-    pool.hand_over(first)
+    if ADOPTS:
+        pool.hand_over(first)
+    else:  # a psycopg_pool without the hook _adopt relies on: the pool connects itself
+        first.close()
     # Waits only for the pool's thread to take ``first`` in: a first call that found
     # the pool empty would queue, and the pool would grow by a connection it need not.
     pool.open(wait=True, timeout=options.get("timeout", 30.0))
