@@ -194,14 +194,25 @@ def worker_command(
 
 def _run_worker(config: settings.Settings, queues: list[str]) -> int:
     """Run a worker until it stops; its exit code."""
-    from errands.worker import Worker
+    from errands.worker import Worker, spawning
 
     configure_logging(config.log_level, config.log_format)
     imported = configuration.import_job_modules(config)
-    backend = configuration.check_schema(config)
-    _banner(config, queues, imported)
+    # The children need none of this process's __main__: the console script (the CLI).
+    spawning.skip_main()
     with friendly_errors():
-        return Worker(queues=queues, config=config, backend=backend).run()
+        worker = Worker(queues=queues, config=config)
+    # The children start (and import the job modules) while this process checks the
+    # schema and registers: the two start-ups overlap.
+    worker.pool.fill()
+    try:
+        configuration.check_schema(config)
+        _banner(config, queues, imported)
+        with friendly_errors():
+            return worker.run()
+    except BaseException:
+        worker.pool.close(kill=True)  # children started early do not outlive a failed start
+        raise
 
 
 def _banner(config: settings.Settings, queues: list[str], imported: list[str]) -> None:
