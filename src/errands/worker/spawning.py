@@ -31,6 +31,11 @@ util: Any = _util  # its stubs lack the private helpers used here
 
 _skip_main = False
 
+#: ``_Popen._launch`` follows the standard library's own, whose private helpers it
+#: calls, as Python 3.11 has them: elsewhere (another version, a frozen program) the
+#: children start as the standard spawn starts them, heavier but the same otherwise.
+LIGHT = sys.version_info[:2] == (3, 11) and not getattr(sys, "frozen", False)
+
 # What a child runs first (``spawn_main`` reads the rest from its pipe).
 _BOOT = (
     "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
@@ -94,10 +99,10 @@ class _Popen(popen_spawn_posix.Popen):
 
 
 class ChildProcess(context.SpawnProcess):
-    """A spawned process started by ``_Popen`` (the standard one when frozen)."""
+    """A spawned process started by ``_Popen`` (the standard one unless ``LIGHT``)."""
 
     @staticmethod
     def _Popen(process_obj: BaseProcess) -> Any:
-        if getattr(sys, "frozen", False):
+        if not LIGHT:
             return popen_spawn_posix.Popen(process_obj)
         return _Popen(process_obj)
