@@ -255,10 +255,6 @@ def class_facts(cls: type[Any]) -> tuple[str, tuple[str, ...]]:
 
 
 def _positional_names(cls: type[Any]) -> tuple[str, ...]:
-    if cls.__init__ is object.__init__:
-        # No constructor of its own: no parameters. inspect.signature would parse
-        # object.__init__'s text signature, 10 ms on a process's first enqueue.
-        return ()
     try:
         params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     except (TypeError, ValueError):

@@ -194,25 +194,14 @@ def worker_command(
 
 def _run_worker(config: settings.Settings, queues: list[str]) -> int:
     """Run a worker until it stops; its exit code."""
-    from errands.worker import Worker, spawning
+    from errands.worker import Worker
 
     configure_logging(config.log_level, config.log_format)
     imported = configuration.import_job_modules(config)
-    # The children need none of this process's __main__: the console script (the CLI).
-    spawning.skip_main()
+    backend = configuration.check_schema(config)
+    _banner(config, queues, imported)
     with friendly_errors():
-        worker = Worker(queues=queues, config=config)
-    # The children start (and import the job modules) while this process checks the
-    # schema and registers: the two start-ups overlap.
-    worker.pool.fill()
-    try:
-        configuration.check_schema(config)
-        _banner(config, queues, imported)
-        with friendly_errors():
-            return worker.run()
-    except BaseException:
-        worker.pool.close(kill=True)  # children started early do not outlive a failed start
-        raise
+        return Worker(queues=queues, config=config, backend=backend).run()
 
 
 def _banner(config: settings.Settings, queues: list[str], imported: list[str]) -> None:

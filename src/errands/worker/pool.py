@@ -35,7 +35,6 @@ from errands.worker.protocol import (
     utc_from_timestamp,
     write_message,
 )
-from errands.worker.spawning import ChildProcess
 
 SLOW_JOB = 0.05  # seconds: a job running this long makes its child slow
 
@@ -182,7 +181,7 @@ class Pool:
         started = _spawn.RawArray("d", slots)
         ended = _spawn.RawValue("q", 0)
         ready = _spawn.RawValue("b", 0)
-        process = ChildProcess(  # spawned, lighter (``spawning``)
+        process = _spawn.Process(
             target=child_main,
             args=(
                 child_inbox,

@@ -47,7 +47,9 @@ from errands.backends.postgres.connection import (
     WORKER_CONNECTIONS,
     Connection,
     Deadlines,
+    Pool,
     PostgresSession,
+    check_idle,
     connection_parameters,
     create_schema,
     database_errors,
@@ -55,6 +57,7 @@ from errands.backends.postgres.connection import (
     fetch,
     fetch_tuples,
     in_schema,
+    probe,
     queries,
     schema_script,
     schema_setup,
@@ -69,7 +72,6 @@ from errands.backends.postgres.enqueue import (
 )
 from errands.backends.postgres.limited import claim_limited
 from errands.backends.postgres.listener import NoListener, PostgresListener, PostgresResultListener
-from errands.backends.postgres.pools import Pool, new_pool, probe
 from errands.backends.postgres.vacuum import QueueVacuum
 from errands.backends.sql import rows as poison
 from errands.backends.sql.backend import SqlBackend
@@ -177,21 +179,26 @@ class PostgresBackend(SqlBackend):
     ) -> Pool:
         parameters = connection_parameters(self.url, self.database_timeout)
         options, check, configure = schema_setup(self.url, self.schema, self.pooler, configure)
+        # The first connection, made directly: a server that refuses, a host that does
+        # not resolve, a missing database or a wrong password fail here at once, with
+        # the server's reason, instead of after the pool's wait for a connection.
+        probe(self.url, {**parameters, **options}, check)
         # Autocommit: most operations are one statement, which is then its own
         # transaction without a BEGIN/COMMIT round trip. Operations of several
-        # statements open a transaction explicitly. The first connection is made
-        # directly: a server that refuses, a host that does not resolve, a missing
-        # database or a wrong password fail at once, with the server's reason.
-        return new_pool(
+        # statements open a transaction explicitly.
+        pool = Pool(
             self.url,
-            {"autocommit": True, **parameters, **options, **session_options(self.pooler)},
-            check,
             min_size=1,
             max_size=size,
+            kwargs={"autocommit": True, **parameters, **options, **session_options(self.pooler)},
             configure=configure,
+            check=check_idle,
             timeout=min(CONNECTION_WAIT_SECONDS, max(self.database_timeout, 1.0)),
             name=name,
+            open=False,
         )
+        pool.open(wait=False)
+        return pool
 
     @contextlib.contextmanager
     def _pooled(self, open_pool: Callable[[], Pool]) -> Iterator[Connection]:

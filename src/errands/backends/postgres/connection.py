@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import select
 import socket
 import threading
 import time
@@ -21,11 +22,11 @@ import psycopg.errors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from errands.backends.postgres import arrays as postgres_arrays
 from errands.backends.sql import rows as poison
-from errands.backends.sql.files import Statements, load_queries
+from errands.backends.sql.files import load_queries
 from errands.errors import BackendError, ConfigurationError, SchemaOutOfDate
 from errands.redaction import redact_text, redact_url
 
@@ -55,12 +56,12 @@ logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 
 @functools.cache
-def queries(schema: str = "") -> Statements:
+def queries(schema: str = "") -> dict[str, str]:
     """The named statements of ``queries.sql``, for the ``schema`` setting's schema."""
     loaded = load_queries("postgres")
     if not schema:
         return loaded
-    return loaded.derived(functools.partial(in_schema, schema=schema))
+    return {name: in_schema(statement, schema) for name, statement in loaded.items()}
 
 
 # -- a schema of the user's choice (the ``schema`` setting) ----------------------------
@@ -100,7 +101,7 @@ def channel(schema: str, kind: str) -> str:
 _schema_of: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
-def statements(conn: Any) -> Statements:
+def statements(conn: Any) -> dict[str, str]:
     """The named statements for the schema of ``conn`` (see ``set_schema``)."""
     return queries(_schema_of.get(conn, ""))
 
@@ -377,6 +378,52 @@ def connection_parameters(url: str, timeout: float) -> dict[str, Any]:
         "keepalives_count": 3,
     }
     return {key: value for key, value in wanted.items() if key not in given}
+
+
+def probe(
+    url: str, parameters: Mapping[str, Any], check: Callable[[Connection], None] | None = None
+) -> None:
+    """Connect once, directly, and raise a BackendError with the server's reason if that
+    fails: an unreachable server, an unknown host, a missing database, a wrong user or
+    password are said at once (within ``PROBE_CONNECT_SECONDS`` for a server that does not
+    answer), instead of after the pool's wait for a connection."""
+    options = dict(parameters)
+    if "connect_timeout" not in conninfo_to_dict(url):
+        options["connect_timeout"] = PROBE_CONNECT_SECONDS
+    try:
+        with psycopg.connect(url, **options) as conn:
+            if check is not None:  # what every connection must have (check_search_path)
+                check(conn)
+    except psycopg.Error as exc:
+        raise BackendError(
+            f"cannot connect to the database {redact_url(url)}: {reason(exc, url)}"
+        ) from exc
+
+
+class Pool(ConnectionPool[Connection]):
+    """A psycopg pool that remembers why its last connection attempt failed (its
+    waits time out without saying it)."""
+
+    last_error: BaseException | None = None
+
+    def _connect(self, timeout: float | None = None) -> Connection:
+        try:
+            conn = super()._connect(timeout)
+        except Exception as exc:
+            self.last_error = exc
+            raise
+        self.last_error = None
+        return conn
+
+
+def check_idle(conn: Connection) -> None:
+    """The pool's check of a connection it hands out: one the server closed while it
+    was idle (a restart, an administrator's terminate) is replaced instead of failing
+    the caller's statement. Costs a poll of its socket; a round trip only when the
+    server said something while the connection was idle (it is closing it)."""
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        Pool.check_connection(conn)
 
 
 class CallTimeout(BackendError):

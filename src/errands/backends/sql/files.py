@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import resources
 
 _BLOCK_LINE = re.compile(r"^--\s*(name|fragment):\s*(\w+)\s*$", re.MULTILINE)
@@ -25,59 +24,18 @@ _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _MIGRATION_FILE = re.compile(r"^(\d+)_\w+\.sql$")
 
 
-class Statements(Mapping[str, str]):
-    """Named statements, each worked out on first use (a process's first enqueue
-    needs one of the hundred or so: it does not pay for the others)."""
-
-    def __init__(self, names: Iterable[str], make: Callable[[str], str]) -> None:
-        self._names = dict.fromkeys(names)  # in the order of the file
-        self._make = make
-        self._made: dict[str, str] = {}
-
-    def __getitem__(self, name: str) -> str:
-        try:
-            return self._made[name]
-        except KeyError:
-            if name not in self._names:
-                raise
-        # Two threads may both make it: the same text, and the last one wins.
-        statement = self._made[name] = self._make(name)
-        return statement
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def derived(self, change: Callable[[str], str]) -> Statements:
-        """These statements, each passed through ``change`` on first use."""
-        return Statements(self._names, lambda name: change(self[name]))
-
-
 @functools.cache
-def load_queries(dialect: str) -> Statements:
-    """The blocks of ``errands/backends/<dialect>/queries.sql`` by name.
-
-    The file is read and split once; a block's statement (trimmed, its fragments
-    expanded) is made when first asked for."""
+def load_queries(dialect: str) -> dict[str, str]:
+    """The blocks of ``errands/backends/<dialect>/queries.sql`` by name."""
     package = resources.files(f"errands.backends.{dialect}")
     text = package.joinpath("queries.sql").read_text(encoding="utf-8")
     parts = _BLOCK_LINE.split(text)
     # parts = [preamble, kind1, name1, body1, kind2, name2, body2, ...]
     blocks = list(zip(parts[1::3], parts[2::3], parts[3::3], strict=True))
-    bodies = {name: body for kind, name, body in blocks if kind == "name"}
-    fragment_bodies = {name: body for kind, name, body in blocks if kind == "fragment"}
-    fragments = Statements(fragment_bodies, lambda name: _fragment(fragment_bodies[name]))
-
-    def statement(name: str) -> str:
-        made = _statement(bodies[name])
-        return _expand(made, fragments) if "{{" in made else made
-
-    return Statements(bodies, statement)
+    fragments = {name: _fragment(body) for kind, name, body in blocks if kind == "fragment"}
+    return {
+        name: _expand(_statement(body), fragments) for kind, name, body in blocks if kind == "name"
+    }
 
 
 def _fragment(body: str) -> str:
@@ -87,7 +45,7 @@ def _fragment(body: str) -> str:
     return "\n".join(lines)
 
 
-def _expand(statement: str, fragments: Mapping[str, str]) -> str:
+def _expand(statement: str, fragments: dict[str, str]) -> str:
     """``statement`` with each ``{{fragment}}`` replaced by the fragment's text."""
     lines = []
     for line in statement.splitlines():
