@@ -30,8 +30,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from errands import serialization
+from errands import lifecycle, serialization
 from errands.models import JobProcess, JobRequest, JobResult, Status
+from errands.testing.memory_rows import cancelled_result
 from errands.workflow_models import (
     DEPENDENCY_FAILED_ERROR,
     DEPENDENCY_FAILED_TYPE,
@@ -45,6 +46,11 @@ from errands.workflow_models import (
 #: Results that leave their node as it is: a LOST one's follow-up retries it or ends
 #: it; a DEFERRED one is enqueued again (its retry is linked in the same step).
 NOT_ENDING = frozenset({Status.LOST, Status.DEFERRED})
+
+#: How the trigger ends a held job whose dependency did not succeed.
+DEPENDENCY_FAILED = lifecycle.Ending(
+    Status.CANCELLED, DEPENDENCY_FAILED_TYPE, DEPENDENCY_FAILED_ERROR, lifecycle.Retry.NEVER
+)
 
 #: How a final result ends its node (any other status: failed).
 ENDED_AS = {Status.SUCCESSFUL: NodeState.SUCCEEDED, Status.CANCELLED: NodeState.CANCELLED}
@@ -286,36 +292,8 @@ def _doomed(rows: WorkflowRows, first: Iterable[MemoryNode]) -> list[MemoryNode]
 
 def dependency_failed_result(request: JobRequest, now: datetime.datetime) -> JobResult:
     """The CANCELLED result of a held job whose dependency did not succeed, as the
-    trigger writes it: never started, no worker, no due time."""
-    return JobResult(
-        uuid=uuid.uuid4(),
-        process_uuid=uuid.uuid4(),
-        request_uuid=request.uuid,
-        requested_at=request.created_at,
-        started_at=None,
-        ended_at=now,
-        created_at=now,
-        status=Status.CANCELLED,
-        worker_id=None,
-        start_at=None,
-        error_type=DEPENDENCY_FAILED_TYPE,
-        error=DEPENDENCY_FAILED_ERROR,
-        job_class=request.job_class,
-        parameters=request.parameters,
-        queue=request.queue,
-        priority=request.priority,
-        retries=request.retries,
-        retry_attempt=request.retry_attempt,
-        concurrency_key=request.concurrency_key,
-        timeout=request.timeout,
-        source=request.source,
-        trace_id=request.trace_id,
-        span_id=request.span_id,
-        limits=request.limits,
-        expires_at=request.expires_at,
-        tags=request.tags,
-        meta=request.meta,
-    )
+    trigger writes it: a pending request's cancellation, without a due time."""
+    return dataclasses.replace(cancelled_result(request, now, DEPENDENCY_FAILED), start_at=None)
 
 
 # -- reading (the workflow queries) ----------------------------------------------------

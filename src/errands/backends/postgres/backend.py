@@ -46,7 +46,6 @@ from errands.backends.postgres.connection import (
     TRANSACTION_POOLER,
     WORKER_CONNECTIONS,
     Connection,
-    Deadlines,
     Pool,
     PostgresSession,
     check_idle,
@@ -64,6 +63,7 @@ from errands.backends.postgres.connection import (
     session_options,
     worker_configuration,
 )
+from errands.backends.postgres.deadlines import Deadlines
 from errands.backends.postgres.enqueue import (
     PostgresEnqueueTransaction,
     caller_schema,

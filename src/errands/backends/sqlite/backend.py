@@ -28,7 +28,6 @@ from typing import Any
 from urllib.parse import quote
 
 from errands import lifecycle
-from errands.backends.admission import Admission
 from errands.backends.base import (
     EnqueueTransaction,
     Listener,
@@ -53,11 +52,17 @@ from errands.backends.sqlite.connection import (
 from errands.backends.sqlite.enqueue import SqliteEnqueueTransaction
 from errands.backends.sqlite.limited import ClaimPlan
 from errands.backends.sqlite.listener import DataVersionListener
-from errands.backends.sqlite.rules import cancel, complete, expire, fail_keyless_requests, lose
+from errands.backends.sqlite.rules import (
+    cancel,
+    complete,
+    expire,
+    fail_keyless_requests,
+    lose,
+    workflow_jobs,
+)
 from errands.backends.store import Claimed, ClaimRoom
 from errands.errors import BackendError, ConfigurationError, SchemaOutOfDate
 from errands.models import (
-    JobProcess,
     JobResult,
     Outcome,
     Progress,
@@ -65,27 +70,6 @@ from errands.models import (
 )
 
 logger = logging.getLogger("errands")
-
-
-def _in_workflows(session: SqliteSession, moved: Sequence[sqlite3.Row]) -> frozenset[uuid.UUID]:
-    """The processes among ``moved`` that are a workflow's jobs (see Claimed)."""
-    if not moved:
-        return frozenset()
-    by_request = {row["request_uuid"]: row["uuid"] for row in moved}
-    rows = session.rows("claimed_in_workflows", requests=json.dumps(list(by_request)))
-    return frozenset(uuid.UUID(by_request[row["request_uuid"]]) for row in rows)
-
-
-def _claimed(
-    processes: Sequence[JobProcess], chosen: Admission | None, expired: tuple[str, ...] = ()
-) -> Claimed:
-    """The processes, what held back the limited jobs the claim did not take, and the
-    queues of the requests it ended as expired."""
-    claimed = Claimed(processes)
-    claimed.expired = expired
-    if chosen is not None:
-        claimed.retry_in, claimed.wants_idle = chosen.retry_in, chosen.wants_idle
-    return claimed
 
 
 # -- the backend --------------------------------------------------------------------------------
@@ -325,7 +309,7 @@ class SqliteBackend(SqlBackend):
             if not limited.due_requests(session, plan, 1) and not session.rows("expired_exist"):
                 held, _ = limited.admission(session, plan, limit, writing=False)
                 if not held.taken:
-                    return _claimed([], held)
+                    return limited.claimed([], held)
         with self._write() as session:
             # First: the due requests read next are then none expired.
             expired = tuple(result.queue for result in expire(session))
@@ -338,12 +322,12 @@ class SqliteBackend(SqlBackend):
                 limited.record_starts(session, chosen, keys)
                 # Limited jobs first: each holds a slot of its keys until it ends.
                 moved[:0] = taken
-            in_workflows = _in_workflows(session, moved)
+            in_workflows = workflow_jobs(session, moved)
         salvaged = poison.salvage_mark()
         processes = [to_process(row) for row in moved]
         if poison.salvage_mark() != salvaged:  # some row could not be loaded
             processes = poison.fail_invalid(self, processes)
-        claimed = _claimed(processes, chosen, expired)
+        claimed = limited.claimed(processes, chosen, expired)
         claimed.in_workflows = in_workflows
         return claimed
 

@@ -26,8 +26,9 @@ from errands.backends.admission import (
 )
 from errands.backends.sqlite.connection import SqliteSession
 from errands.backends.sqlite.rules import fail_keyless_requests
-from errands.backends.store import ClaimRoom
+from errands.backends.store import Claimed, ClaimRoom
 from errands.limiting import QUEUE_KEY_PREFIX
+from errands.models import JobProcess
 
 MAX_KEYS = 1000  # keys one claim looks at: past these, the next claims see the rest
 
@@ -177,3 +178,15 @@ def _usage(
 def process_uuids(request_uuids: Sequence[str]) -> dict[str, str]:
     """A new process uuid for each request claimed."""
     return {request_uuid: str(uuid.uuid4()) for request_uuid in request_uuids}
+
+
+def claimed(
+    processes: Sequence[JobProcess], chosen: Admission | None, expired: tuple[str, ...] = ()
+) -> Claimed:
+    """The processes, what held back the limited jobs the claim did not take, and the
+    queues of the requests it ended as expired."""
+    claimed = Claimed(processes)
+    claimed.expired = expired
+    if chosen is not None:
+        claimed.retry_in, claimed.wants_idle = chosen.retry_in, chosen.wants_idle
+    return claimed

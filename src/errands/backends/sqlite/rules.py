@@ -4,6 +4,7 @@ CTEs, done here with several statements inside one ``BEGIN IMMEDIATE`` transacti
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import uuid
@@ -187,3 +188,12 @@ def expire(session: SqliteSession) -> list[JobResult]:
     taken = session.rows("take_expired_requests")
     results = [cancel(session, request, expiry.EXPIRED) for request in taken]
     return [result for result in results if result is not None]
+
+
+def workflow_jobs(session: SqliteSession, moved: Sequence[sqlite3.Row]) -> frozenset[uuid.UUID]:
+    """The processes among ``moved`` that are a workflow's jobs (see Claimed)."""
+    if not moved:
+        return frozenset()
+    by_request = {row["request_uuid"]: row["uuid"] for row in moved}
+    rows = session.rows("claimed_in_workflows", requests=json.dumps(list(by_request)))
+    return frozenset(uuid.UUID(by_request[row["request_uuid"]]) for row in rows)
