@@ -985,6 +985,44 @@ def test_a_requeue_and_a_release_wake_listeners(backend: Backend) -> None:
 
 
 @pytest.mark.postgres_only
+@pytest.mark.parametrize(
+    "planner",
+    ["", "-c enable_nestloop=off", "-c enable_hashjoin=off -c enable_mergejoin=off"],
+    ids=["default-plan", "hash-or-merge-join", "nested-loop"],
+)
+def test_a_completion_wakes_listeners_whatever_its_plan_and_what_it_returns(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, planner: str
+) -> None:
+    """A worker asks complete_many for its LOST and CANCELLED results only, so most
+    completions return no row. The slot of a limited job that ended, and a requeue due
+    now, must wake the workers all the same, whichever join the planner picks (a hash
+    join once skipped the notification, and held jobs waited for the next poll)."""
+    monkeypatch.setenv("PGOPTIONS", planner)  # libpq: the session settings of new connections
+    backend = open_backend(db_url)
+    woken = threading.Event()
+    listener = backend.listen(on_wake=woken.set)
+    try:
+        wait_until_listening(listener)
+        limited = (Limit("wake-key", concurrency=1),)
+        for _ in range(3):  # past psycopg's prepared statement and the generic plan
+            enqueue(backend, new(limits=limited), new())
+            held_slot, requeued = sorted(claim_all(backend), key=lambda p: p.limits == ())
+            woken.clear()
+            done = [outcome(held_slot)]
+            assert backend.complete_many(outcomes=done, aborted_only=True) == []
+            assert woken.wait(10), "a freed slot woke nobody"
+            woken.clear()
+            again = [outcome(requeued, Status.ERRORED, requeue=Requeue(0, 1))]
+            assert backend.complete_many(outcomes=again, aborted_only=True) == []
+            assert woken.wait(10), "a due requeue woke nobody"
+            (retry,) = claim_all(backend)
+            backend.complete_many(outcomes=[outcome(retry)], aborted_only=True)
+    finally:
+        listener.close()
+        backend.close()
+
+
+@pytest.mark.postgres_only
 @pytest.mark.slow
 def test_listener_reconnects_and_wakes_after_losing_its_connection(backend: Backend) -> None:
     woken = threading.Event()

@@ -106,6 +106,7 @@ class Claim:
 
     limit: int
     room: ClaimRoom | None = None
+    wakes: int = 0  # the intake's wake-ups when the claim was submitted
     claimed: list[JobProcess] | None = None
     error: Exception | None = None
 
@@ -127,10 +128,10 @@ class Claimer:
     def busy(self) -> bool:
         return self._in_flight is not None
 
-    def submit(self, limit: int, room: ClaimRoom | None = None) -> None:
+    def submit(self, limit: int, room: ClaimRoom | None = None, *, wakes: int = 0) -> None:
         if self._in_flight is not None:
             raise RuntimeError("a claim is already in flight")
-        claim = Claim(limit=limit, room=room)
+        claim = Claim(limit=limit, room=room, wakes=wakes)
         future = self._executor.submit(self._run, claim)
         # Called once the future is done, so that the woken loop finds it done.
         future.add_done_callback(lambda _: self._on_done())
@@ -195,6 +196,7 @@ class Intake:
         self.schedules = schedules
         self.backoff = backoff
         self.work_maybe_due = True
+        self.wakes = 0  # wake-ups so far (see woken)
         self.poll_at = 0.0  # monotonic: claim then even without a wake-up
 
     @property
@@ -227,6 +229,13 @@ class Intake:
             self.work_maybe_due = True
         return self.room() if self.work_maybe_due else 0
 
+    def woken(self) -> None:
+        """Work may be due (a notification, a signal): claim at the next turn. Counted,
+        so that a claim on its way when it came, which may have missed that work, is
+        followed by another however short it comes back (``apply``)."""
+        self.wakes += 1
+        self.work_maybe_due = True
+
     def start(self, now: float) -> None:
         """Claim in the background if there is room (and no claim is on its way already)."""
         if self.claimer.busy or self.backoff.waiting(now):
@@ -234,7 +243,7 @@ class Intake:
         limit = self.limit(now)
         if limit:
             self.poll_at = now + self.poll_interval
-            self.claimer.submit(limit, self.claim_room())
+            self.claimer.submit(limit, self.claim_room(), wakes=self.wakes)
 
     def runner_freed(self) -> None:
         """A job of this worker ended: claim again if rate-limited jobs wait for a runner."""
@@ -267,8 +276,9 @@ class Intake:
         self.waiting.extend(claim.claimed)
         self.in_workflows |= getattr(claim.claimed, "in_workflows", frozenset())
         telemetry.record_expired(getattr(claim.claimed, "expired", ()))
-        # A full claim means more may be waiting; a short one means the queue is empty.
-        self.work_maybe_due = len(claim.claimed) == claim.limit
+        # A full claim means more may be waiting; a short one means the queue was empty
+        # when it looked, unless a wake-up came since (a job committed after its snapshot).
+        self.work_maybe_due = len(claim.claimed) == claim.limit or claim.wakes != self.wakes
         self.idle_wanted = getattr(claim.claimed, "wants_idle", False)
         retry_in = getattr(claim.claimed, "retry_in", None)
         if retry_in is not None:  # jobs a rate limit held: look again when it lets them in

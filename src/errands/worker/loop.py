@@ -221,7 +221,7 @@ class Worker:
 
     def wake(self) -> None:
         """Ask the loop to look for work now (safe from any thread or signal handler)."""
-        self.intake.work_maybe_due = True
+        self.intake.woken()
         self._nudge()
 
     def _nudge(self) -> None:

@@ -628,6 +628,11 @@ WHERE p.uuid = s.uuid
 -- * written: ON CONFLICT is a second guard on "one process, one result".
 -- * requeued: built from the written results, so no request is enqueued for a
 --   result that was not written.
+-- * Notifications (a limited job's slot freed, a requeue due now) are sent from the
+--   RETURNING lists of finished and requeued: data-modifying CTEs always run to the
+--   end, whatever the plan of the final SELECT. A notify in a one-row subquery cross
+--   joined with the returned rows was skipped whenever the planner chose a hash join
+--   and no row was returned (a worker asks for none but LOST and CANCELLED ones).
 -- The outcomes arrive as four typed arrays, plus a JSON object of details for
 -- an outcome that has any (an error, a return value, a requeue; NULL for most):
 -- binary arrays cost the client and the server a fraction of parsing JSON for
@@ -655,9 +660,10 @@ locked AS (
     FOR UPDATE
 ),
 finished AS (
+    -- A limited job that ended frees a slot of its keys: held jobs may be claimed now.
     DELETE FROM errands_process AS p
     WHERE p.uuid = ANY(ARRAY(SELECT uuid FROM locked))
-    RETURNING p.*
+    RETURNING p.*, CASE WHEN p.limits IS NOT NULL THEN pg_notify('errands_jobs', p.queue) END
 ),
 written AS (
     INSERT INTO errands_result (
@@ -698,7 +704,7 @@ requeued AS (
     FROM written AS w
     JOIN outcome AS o ON o.process_uuid = w.process_uuid
     WHERE w.retry_request_uuid IS NOT NULL
-    RETURNING queue, start_at
+    RETURNING CASE WHEN start_at <= now() THEN pg_notify('errands_jobs', queue) END
 )
 -- The fields of JobResult in their order (complete_many() in postgres.py builds
 -- the models from these positions).
@@ -710,16 +716,6 @@ SELECT
     w.start_at, w.limits, w.expires_at, w.tags, w.meta, w.progress_done, w.progress_total,
     w.progress_message
 FROM written AS w
-CROSS JOIN (
-    -- Due requeues, and the queues of limited jobs that ended: a slot of their
-    -- keys is free, so held jobs may be claimed now.
-    SELECT count(pg_notify('errands_jobs', due.queue))
-    FROM (
-        SELECT queue FROM requeued WHERE start_at <= now()
-        UNION
-        SELECT queue FROM finished WHERE limits IS NOT NULL
-    ) AS due
-) AS notified
 -- Every result, or only those of the asked statuses: reading back the rows
 -- costs the worker more than writing them.
 WHERE %(returned_statuses)s::text[] IS NULL OR w.status = ANY(%(returned_statuses)s::text[])
