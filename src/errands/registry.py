@@ -34,7 +34,10 @@ J = TypeVar("J", bound="type[Job]")
 
 _jobs: dict[str, type[Job]] = {}
 _aliases: dict[str, type[Job]] = {}  # an old path -> the class that took it over
-_allowed: set[str] = set()  # modules (and packages) a stored path may import from
+# Modules (and packages) a stored path may import from. errands.scheduler is errands'
+# own: it defines ShellCommand, which runs only commands of the worker's own schedule
+# setting, and it is imported on first use (croniter weighs on every process).
+_allowed: set[str] = {"errands.scheduler"}
 
 
 def job_class_path(cls: type[Any]) -> str:

@@ -11,7 +11,6 @@ written in whole lines (``output``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
@@ -25,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from errands import progress, registry, settings
 from errands.containment import is_own_interrupt
@@ -44,6 +43,9 @@ from errands.worker.protocol import (
     ring,
     write_all,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 logger = logging.getLogger("errands")
 
@@ -290,12 +292,16 @@ class SharedEventLoop:
     def run_job(self, job: Job) -> Any:
         value = job.run()
         if inspect.isawaitable(value):
+            import asyncio  # only for async jobs: it weighs on every child that imports this
+
             return asyncio.run_coroutine_threadsafe(_awaited(value), self._started()).result()
         return value
 
     def _started(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
+                import asyncio
+
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
                     target=_run_forever, args=(loop,), name="errands-event-loop", daemon=True

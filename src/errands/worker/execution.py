@@ -6,7 +6,6 @@ It never touches the database for bookkeeping: the worker parent writes outcomes
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import functools
 import importlib
@@ -150,6 +149,8 @@ def build_handler(middleware: Sequence[str]) -> Handler:
 def _run_job(job: Job) -> Any:
     value = job.run()
     if inspect.isawaitable(value):
+        import asyncio  # only for async jobs: it weighs on every child that imports this
+
         value = asyncio.run(_await(value))
     return value
 
