@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import random
@@ -71,6 +72,8 @@ SAMPLE_SECONDS = 0.05
 DRAIN_TIMEOUT = 600.0
 START_TIMEOUT = 300.0
 ENQUEUE_CHUNK = 10_000
+FIRST_GUESS_CONNECTIONS = 5.0  # per group, before one was measured (errands as of issue 24)
+OWN_CONNECTIONS = 5  # the benchmark's: monitor, sampler, enqueuer, database admin
 
 
 @dataclass(frozen=True)
@@ -736,6 +739,18 @@ def server_settings(url: str) -> dict[str, str]:
         return {n: conn.execute(f"SHOW {n}").fetchone()[0] for n in names}  # type: ignore[index]
 
 
+def free_connections(url: str) -> int:
+    """Client connections the server would still accept (for a superuser, which the
+    benchmark's role is; the groups use it too)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int"
+            " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python bench/scaling.py",
@@ -797,15 +812,33 @@ def main(argv: list[str] | None = None) -> int:
         "scale": scale.__dict__,
         "sleep": args.sleep,
     }
-    steps = []
+    steps: list[Step] = []
+    skipped = []
+    per_group = FIRST_GUESS_CONNECTIONS
     for count in args.workers:
+        free = free_connections(args.database_url)
+        needed = math.ceil(per_group * count) + OWN_CONNECTIONS
+        if needed > free:
+            # Running out would fail the groups' start-up, and other clients of a shared
+            # server (a test suite) with "too many clients": measure nothing instead.
+            why = (
+                f"needs about {needed} connections ({per_group:.2f} per group, as measured"
+                f" at the previous N, + {OWN_CONNECTIONS}), the server has {free} free"
+            )
+            print(f"N={count}: skipped: {why}", flush=True)
+            skipped.append({"groups": count, "reason": why})
+            continue
         print(f"N={count} ...", flush=True)
         steps.append(measure(args.database_url, count, scale, args.sleep))
+        per_group = max(d.max_connections for d in steps[-1].io) / count
     rows = summarize(steps, args.sleep)
+    report["skipped"] = skipped
     report["seconds"] = round(time.time() - started, 1)
     report["results"] = rows
     print()
     print_table(rows)
+    for skip in skipped:
+        print(f"N={skip['groups']} skipped: {skip['reason']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nJSON written to {args.json}")
