@@ -169,6 +169,17 @@ def machine_ticks() -> tuple[int, int]:
 # -- the benchmark's view of the database -----------------------------------------------
 
 
+CLAIM_LABEL = "The jobs without limits (limited jobs: see claim_limited below)."
+
+
+def statement_label(query: str) -> str:
+    for line in query.splitlines():
+        line = line.strip()
+        if line:
+            return line.removeprefix("--").strip()[:70]
+    return ""
+
+
 def with_application_name(url: str, name: str) -> str:
     parts = urlsplit(url)
     query = f"{parts.query}&" if parts.query else ""
@@ -184,6 +195,52 @@ class Monitor:
         self.conn = psycopg.connect(with_application_name(db.url, MONITOR_APP), autocommit=True)
         backend = int(self.value("SELECT pg_backend_pid()"))
         self.postmaster = _proc_table()[backend][1]  # a backend's parent (server on this host)
+        self.statements = bool(
+            self.value(
+                "SELECT 'pg_stat_statements' = ANY(string_to_array("
+                "replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"
+            )
+        )
+        if self.statements:
+            self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    def reset_statements(self) -> None:
+        """Forget this database's statement statistics (pg_stat_statements, if loaded)."""
+        if self.statements:
+            self.conn.execute(
+                "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database"
+                " WHERE datname = current_database()), 0)"
+            )
+
+    def statement_stats(self, jobs: int) -> dict[str, dict[str, float]]:
+        """Top-level statements of the groups since the reset, per job: calls, rows, and
+        execution ms, labelled by the first line of their text (errands' statements
+        start with the comment of their named block in queries.sql)."""
+        if not self.statements:
+            return {}
+        rows = self.conn.execute(
+            "SELECT query, calls, rows, total_exec_time FROM pg_stat_statements AS s"
+            " JOIN pg_database AS d ON d.oid = s.dbid"
+            " WHERE d.datname = current_database() AND s.toplevel"
+            " AND s.query NOT LIKE %s ORDER BY total_exec_time DESC",
+            ("%pg_stat%",),
+        ).fetchall()
+        stats: dict[str, dict[str, float]] = {}
+        for query, calls, returned, total_ms in rows:
+            label = statement_label(query)
+            entry = stats.setdefault(label, {"calls": 0, "rows": 0, "ms": 0.0})
+            entry["calls"] += calls
+            entry["rows"] += returned
+            entry["ms"] += total_ms
+        return {
+            label: {
+                "calls_per_job": round(e["calls"] / jobs, 3),
+                "rows_per_call": round(e["rows"] / e["calls"], 2) if e["calls"] else 0,
+                "exec_ms_per_job": round(e["ms"] / jobs, 4),
+                "mean_ms": round(e["ms"] / e["calls"], 3) if e["calls"] else 0,
+            }
+            for label, e in list(stats.items())[:12]
+        }
 
     def close(self) -> None:
         self.conn.close()
@@ -407,6 +464,11 @@ class Drain:
     waits: dict[str, int]
     failed: int
     per_group: list[int]  # jobs each group ran, fewest first
+    statements: dict[str, dict[str, float]]  # pg_stat_statements, per job (if loaded)
+
+    @property
+    def claims_per_job(self) -> float:
+        return self.statements.get(CLAIM_LABEL, {}).get("calls_per_job", float("nan"))
 
     def summary(self, groups: int) -> dict[str, Any]:
         return {
@@ -429,6 +491,8 @@ class Drain:
             "connections_per_group": round(self.max_connections / groups, 2),
             "mean_active_backends": round(self.mean_active, 2),
             "waits": self.waits,
+            "claims_per_job": self.claims_per_job,
+            "statements": self.statements,
             "failed": self.failed,
         }
 
@@ -444,6 +508,7 @@ def drain(db: PostgresBenchDatabase, monitor: Monitor, groups: Groups, jobs: lis
     monitor.pause()
     fill(jobs)
     monitor.checkpoint()  # every drain starts from the same WAL state
+    monitor.reset_statements()
     before = monitor.counters()
     pg_before, pids_before = server_cpu(monitor.postmaster)
     workers_before, busy_before = groups.cpu_seconds(), machine_ticks()
@@ -484,11 +549,14 @@ def drain(db: PostgresBenchDatabase, monitor: Monitor, groups: Groups, jobs: lis
         waits=dict(sampler.waits.most_common(8)),
         failed=monitor.failed(),
         per_group=monitor.per_group(),
+        statements=monitor.statement_stats(len(jobs)),
     )
 
 
-def pickup_latency(monitor: Monitor, samples: int) -> list[float]:
-    """Seconds from an enqueue's commit to its job's start, groups idle between samples."""
+def pickup_latency(monitor: Monitor, samples: int) -> tuple[list[float], dict[str, Any]]:
+    """Seconds from an enqueue's commit to its job's start, groups idle between samples;
+    and the statements the groups ran per job meanwhile (pg_stat_statements, if loaded)."""
+    monitor.reset_statements()
     latencies = []
     for _ in range(samples):
         time.sleep(random.uniform(0.02, 0.05))
@@ -501,7 +569,7 @@ def pickup_latency(monitor: Monitor, samples: int) -> list[float]:
                 raise TimeoutError("a job's start: not seen within 60 s")
             time.sleep(0.002)
         latencies.append(started - committed)
-    return latencies
+    return latencies, monitor.statement_stats(samples)
 
 
 def idle_load(
@@ -509,6 +577,7 @@ def idle_load(
 ) -> dict[str, float]:
     """PostgreSQL CPU and transactions per second with every group idle."""
     time.sleep(0.5)
+    monitor.reset_statements()
     before = monitor.counters()
     pg_before, pids_before = server_cpu(monitor.postmaster)
     workers_before = groups.cpu_seconds()
@@ -525,7 +594,11 @@ def idle_load(
         "server_cpu_pct": round(100 * (pg_after - pg_before) / elapsed, 2),
         "connections": max(sampler.connections, default=0),
         "worker_cpu_pct": round(100 * workers / elapsed, 2),
+        # pg_stat_database lags (an idle backend reports up to 10 s late): a rough figure
         "commits_per_s": round((after["commits"] - before["commits"]) / elapsed, 1),
+        "statements_per_s": round(
+            sum(e["calls_per_job"] for e in monitor.statement_stats(1).values()) / elapsed, 1
+        ),
     }
 
 
@@ -539,8 +612,13 @@ class Step:
     io: list[Drain] = field(default_factory=list)
     noop: list[Drain] = field(default_factory=list)
     latency: list[list[float]] = field(default_factory=list)
+    latency_statements: list[dict[str, Any]] = field(default_factory=list)
     idle: list[dict[str, float]] = field(default_factory=list)
     idle_connections: int = 0
+
+
+def claims_per_job(statements: dict[str, Any]) -> float:
+    return float(statements.get(CLAIM_LABEL, {}).get("calls_per_job", float("nan")))
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -578,18 +656,22 @@ def measure(server_url: str, count: int, scale: Scale, sleep: float) -> Step:
                 f"  N={count} io run {run + 1}: {io.rate:,.1f} jobs/s, {io.wall:.1f} s,"
                 f" pg {1000 * io.pg_cpu / io.jobs:.2f} ms/job, {io.max_connections} conns,"
                 f" groups {len(io.per_group)} ({io.per_group[0]}..{io.per_group[-1]} jobs),"
-                f" busy {100 * io.machine_busy:.0f}%",
+                f" busy {100 * io.machine_busy:.0f}%, claims/job {io.claims_per_job:.2f}",
                 flush=True,
             )
         for run in range(scale.runs):
             monitor.clear_results()
-            step.latency.append(pickup_latency(monitor, scale.latency_samples))
+            latencies, statements = pickup_latency(monitor, scale.latency_samples)
+            step.latency.append(latencies)
+            step.latency_statements.append(statements)
             step.idle.append(idle_load(db, monitor, groups, scale.idle_seconds))
             step.idle_connections = max(step.idle_connections, int(step.idle[-1]["connections"]))
             lat = step.latency[-1]
             print(
                 f"  N={count} latency run {run + 1}: p50 {1000 * percentile(lat, 0.5):.1f} ms"
-                f" p95 {1000 * percentile(lat, 0.95):.1f} ms; idle {step.idle[-1]}",
+                f" p95 {1000 * percentile(lat, 0.95):.1f} ms,"
+                f" claims/job {claims_per_job(step.latency_statements[-1]):.1f};"
+                f" idle {step.idle[-1]}",
                 flush=True,
             )
         for run in range(scale.runs):
@@ -670,6 +752,13 @@ def summarize(steps: list[Step], sleep: float) -> list[dict[str, Any]]:
                 "io_drains": [d.summary(s.groups) for d in s.io],
                 "noop_drains": [d.summary(s.groups) for d in s.noop],
                 "latency_ms": [[round(1000 * v, 2) for v in run] for run in s.latency],
+                "latency_statements": s.latency_statements,
+                "io_claims_per_job": median([d.claims_per_job for d in s.io]),
+                "noop_claims_per_job": median([d.claims_per_job for d in s.noop]),
+                "pickup_claims_per_job": median(
+                    [claims_per_job(st) for st in s.latency_statements]
+                ),
+                "idle_statements_per_s": median([i["statements_per_s"] for i in s.idle]),
             }
         )
     return rows
@@ -689,13 +778,14 @@ COLUMNS = (
     ("noop pg cores", "noop_pg_cores", "{:.2f}"),
     ("noop busy %", "noop_machine_busy_pct", "{:.0f}"),
     ("WAL B/job", "noop_wal_bytes_per_job", "{:,.0f}"),
-    ("tx/job", "noop_commits_per_job", "{:.2f}"),
+    ("io claims/job", "io_claims_per_job", "{:.2f}"),
     ("pickup p50 ms", "pickup_p50_ms", "{:.1f}"),
     ("p95 ms", "pickup_p95_ms", "{:.1f}"),
+    ("claims/pickup", "pickup_claims_per_job", "{:.1f}"),
     ("max conns", "max_connections", "{:d}"),
     ("conns/group", "connections_per_group", "{:.2f}"),
     ("idle pg %", "idle_pg_cpu_pct", "{:.1f}"),
-    ("idle tx/s", "idle_commits_per_s", "{:.1f}"),
+    ("idle stmt/s", "idle_statements_per_s", "{:.1f}"),
 )
 
 
