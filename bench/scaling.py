@@ -630,7 +630,9 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def measure(server_url: str, count: int, scale: Scale, sleep: float) -> Step:
+def measure(
+    server_url: str, count: int, scale: Scale, sleep: float, *, result_notify: bool = True
+) -> Step:
     step = Step(groups=count)
     db = PostgresBenchDatabase(server_url)
     db.create()
@@ -639,6 +641,8 @@ def measure(server_url: str, count: int, scale: Scale, sleep: float) -> Step:
     try:
         errands.configure(database_url=with_application_name(db.url, CLIENT_APP))
         monitor = Monitor(db)
+        if not result_notify:  # the diagnostic of --no-result-notify (see parse_args)
+            monitor.conn.execute("ALTER TABLE errands_result DISABLE TRIGGER errands_result_notify")
         settings = {"worker_max_processes": 1, "worker_threads": 1}
         groups = Groups(db.url, count, settings)
         step.start_seconds = wait_until_ready(monitor, groups, count)
@@ -870,6 +874,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--noop-jobs", type=int, help="no-op jobs per drain (default 20,000)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    parser.add_argument(
+        "--no-result-notify",
+        action="store_true",
+        help="diagnostic, not a configuration: disable the trigger that sends NOTIFY "
+        "errands_results for every statement writing results (in the bench database "
+        "only), to measure what the server-wide NOTIFY lock taken at each completion's "
+        "commit costs; waiting for a result then falls back to polling",
+    )
     args = parser.parse_args(argv)
     try:
         args.workers = [int(n) for n in args.workers.split(",")]
@@ -901,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
         "server": server_settings(args.database_url),
         "scale": scale.__dict__,
         "sleep": args.sleep,
+        "result_notify": not args.no_result_notify,
     }
     steps: list[Step] = []
     skipped = []
@@ -919,7 +932,15 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append({"groups": count, "reason": why})
             continue
         print(f"N={count} ...", flush=True)
-        steps.append(measure(args.database_url, count, scale, args.sleep))
+        steps.append(
+            measure(
+                args.database_url,
+                count,
+                scale,
+                args.sleep,
+                result_notify=not args.no_result_notify,
+            )
+        )
         per_group = max(d.max_connections for d in steps[-1].io) / count
     rows = summarize(steps, args.sleep)
     report["skipped"] = skipped
