@@ -70,6 +70,12 @@ class ClaimAhead:
         wanted = int(self.threads * AHEAD_SECONDS / average)
         self.per_process = min(max(wanted, self.floor), self.ceiling)
 
+    @property
+    def at_floor(self) -> bool:
+        """Whether jobs are long enough (or the setting fixed) that the worker holds its
+        floor: then a claim per ended job would cost more than the jobs' own bookkeeping."""
+        return self.per_process == self.floor
+
     def describe(self) -> str:
         if self.fixed is not None:
             return f"{self.per_process}"
@@ -210,12 +216,17 @@ class Intake:
         With a long waiting line, claim in batches, once it is down to half of what
         may be held: the children keep working on the rest while the claim is on its
         way. A short line (it ends in the children's slots) is refilled as soon as a
-        slot frees up, one claim at a time.
+        slot frees up, one claim at a time, unless jobs are long (the pacing at its
+        floor) and every runner has one: then once half of what may be held has ended.
         """
         if len(self.waiting) > self.capacity // 2:
             return 0
         # Jobs that ended are no longer in hand, even before their outcomes are read.
         held = len(self.waiting) + len(self.pool.busy()) - self.pool.ended_unread()
+        if self.pacing.at_floor and held > max(self.capacity // 2, self.pool.ready_runners()):
+            # Long jobs, every runner busy, more than half in hand: refill once half have
+            # ended, in one claim, rather than one claim (a round trip and a commit) per job.
+            return 0
         return max(self.capacity - held, 0)
 
     def limit(self, now: float) -> int:
