@@ -73,6 +73,20 @@ def test_a_fixed_limit_ignores_run_times() -> None:
     assert ClaimAhead(fixed=3, threads=8).per_process == 8  # never fewer than its runners
 
 
+def test_only_jobs_long_enough_refill_in_batches() -> None:
+    unknown = ClaimAhead(fixed=None, threads=1)
+    assert not unknown.refills_in_batches  # nothing measured: refill at once
+    long_jobs, short_jobs = ClaimAhead(fixed=None, threads=1), ClaimAhead(fixed=200, threads=1)
+    for _ in range(10):
+        long_jobs.observe(0.02)  # half of the floor's 10 is 100 ms of work
+        short_jobs.observe(0.00001)  # half of 200 is a few milliseconds
+    assert long_jobs.refills_in_batches
+    assert not short_jobs.refills_in_batches
+    fixed_long = ClaimAhead(fixed=200, threads=1)
+    fixed_long.observe(0.01)
+    assert fixed_long.refills_in_batches  # a fixed setting still measures run times
+
+
 def test_descriptions_name_the_mode() -> None:
     assert ClaimAhead(fixed=None, threads=1).describe() == "auto, 10 to 200 by how long jobs run"
     assert ClaimAhead(fixed=7, threads=1).describe() == "7"

@@ -61,20 +61,24 @@ class ClaimAhead:
 
     def observe(self, run_seconds: float) -> None:
         """Take one finished job's run time into account."""
-        if self.fixed is not None:
-            return
         seconds = max(run_seconds, 0.0) + OVERHEAD_SECONDS
         average = self.average_seconds
         average = seconds if average is None else average + (seconds - average) * SMOOTHING
         self.average_seconds = average
-        wanted = int(self.threads * AHEAD_SECONDS / average)
-        self.per_process = min(max(wanted, self.floor), self.ceiling)
+        if self.fixed is None:
+            wanted = int(self.threads * AHEAD_SECONDS / average)
+            self.per_process = min(max(wanted, self.floor), self.ceiling)
 
     @property
-    def at_floor(self) -> bool:
-        """Whether jobs are long enough (or the setting fixed) that the worker holds its
-        floor: then a claim per ended job would cost more than the jobs' own bookkeeping."""
-        return self.per_process == self.floor
+    def refills_in_batches(self) -> bool:
+        """Whether half of what a process holds lasts long enough (``AHEAD_SECONDS`` / 2,
+        at the measured job length) for a refill to wait until that half is left: then
+        one claim brings several jobs, instead of one claim (a round trip, a statement
+        and a commit) per ended job. Short jobs refill at once, as the claims are large."""
+        average = self.average_seconds
+        if average is None:
+            return False
+        return average * self.per_process / 2 / self.threads >= AHEAD_SECONDS / 2
 
     def describe(self) -> str:
         if self.fixed is not None:
@@ -216,17 +220,18 @@ class Intake:
         With a long waiting line, claim in batches, once it is down to half of what
         may be held: the children keep working on the rest while the claim is on its
         way. A short line (it ends in the children's slots) is refilled as soon as a
-        slot frees up, one claim at a time, unless jobs are long (the pacing at its
-        floor) and every runner has one: then once half of what may be held has ended.
+        slot frees up, one claim at a time, unless jobs are long enough to refill in
+        batches (``ClaimAhead.refills_in_batches``) and every runner has one: then once
+        half of what may be held has ended.
         """
         if len(self.waiting) > self.capacity // 2:
             return 0
         # Jobs that ended are no longer in hand, even before their outcomes are read.
         held = len(self.waiting) + len(self.pool.busy()) - self.pool.ended_unread()
-        if self.pacing.at_floor and held > max(self.capacity // 2, self.pool.ready_runners()):
-            # Long jobs, every runner busy, more than half in hand: refill once half have
-            # ended, in one claim, rather than one claim (a round trip and a commit) per job.
-            return 0
+        if self.pacing.refills_in_batches and held > max(
+            self.capacity // 2, self.pool.ready_runners()
+        ):
+            return 0  # every runner busy and more than half in hand: see refills_in_batches
         return max(self.capacity - held, 0)
 
     def limit(self, now: float) -> int:
