@@ -7,6 +7,7 @@ memory, children included, are measured apart from the benchmark's own.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -113,9 +114,18 @@ def rss_bytes(pid: int) -> int:
     return int(resident) * PAGE_SIZE
 
 
-def wait_until(condition: Any, *, timeout: float, step: float = 0.05) -> None:
+def wait_until(
+    condition: Any, *, timeout: float, step: float = 0.05, what: str = "benchmark condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"benchmark condition not reached within {timeout} s")
+            raise TimeoutError(f"{what}: not reached within {timeout:.0f} s")
         time.sleep(step)
+
+
+def write_report(path: Path | None, report: Mapping[str, Any]) -> None:
+    """The run's report as JSON at ``path`` (``--json``), if one was given."""
+    if path is not None:
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nJSON written to {path}")

@@ -15,7 +15,6 @@ one row, which is what one-job-per-transaction work is bounded by.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 
 import measures
 from databases import BenchDatabase, bench_database
+from harness import write_report
 
 HISTORY_RESULTS = 1_000_000
 HISTORY_DELAYED = 100_000
@@ -390,9 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         db.drop()
     print()
     print_table(bench.figures)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nJSON written to {args.json}")
+    write_report(args.json, report)
     return 0
 
 

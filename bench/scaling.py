@@ -39,36 +39,43 @@ error or interrupt, and the databases are dropped.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
-import os
-import platform
 import random
 import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import bench_jobs
 import psycopg
 from databases import PostgresBenchDatabase
-from harness import CLOCK_TICKS, WorkerProcess
+from harness import wait_until, write_report
+from measures import percentile
+from scaling_probes import (
+    CLIENT_APP,
+    ActivitySampler,
+    Groups,
+    Monitor,
+    machine_ticks,
+    server_cpu,
+    tree_sizes,
+    with_application_name,
+)
+from scaling_report import (
+    Drain,
+    Step,
+    claims_per_job,
+    machine,
+    print_table,
+    server_settings,
+    summarize,
+)
 
 import errands
 
-QUEUE = "default"
-MONITOR_APP = "errands_scaling_monitor"  # the benchmark's own connections (not counted)
-CLIENT_APP = "errands_scaling_client"
-SAMPLE_SECONDS = 0.05
 DRAIN_TIMEOUT = 600.0
 START_TIMEOUT = 300.0
 ENQUEUE_CHUNK = 10_000
@@ -89,333 +96,6 @@ FULL = Scale(runs=2, io_seconds=8.0, noop_jobs=20_000, latency_samples=30, idle_
 QUICK = Scale(runs=1, io_seconds=2.0, noop_jobs=2_000, latency_samples=10, idle_seconds=1.0)
 
 
-# -- /proc: CPU of PostgreSQL, of the worker groups, of the machine -----------------------
-
-
-def _proc_table() -> dict[int, tuple[str, int, list[str]]]:
-    """pid -> (command name, parent pid, stat fields after the command)."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()
-        table[int(entry.name)] = (name, int(fields[1]), fields)
-    return table
-
-
-def server_cpu(postmaster: int) -> tuple[float, dict[int, float]]:
-    """CPU seconds of the PostgreSQL server whose postmaster is ``postmaster``: the
-    total of its process tree (utime+stime) plus the children it reaped (cutime+cstime:
-    backends that exited), and each live process's own share by pid."""
-    table = _proc_table()
-    by_pid = {}
-    total = 0
-    for pid, (_name, parent, fields) in table.items():
-        if pid == postmaster or parent == postmaster:
-            own = int(fields[11]) + int(fields[12])
-            by_pid[pid] = own / CLOCK_TICKS
-            total += own
-            if pid == postmaster:
-                total += int(fields[13]) + int(fields[14])
-    return total / CLOCK_TICKS, by_pid
-
-
-def tree_cpu_seconds(roots: Sequence[int]) -> float:
-    """CPU seconds of these processes and all their descendants."""
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (_name, parent, _fields) in table.items():
-        children.setdefault(parent, []).append(pid)
-    total = 0
-    pending = list(roots)
-    while pending:
-        pid = pending.pop()
-        if pid in table:
-            fields = table[pid][2]
-            total += int(fields[11]) + int(fields[12])
-        pending += children.get(pid, [])
-    return total / CLOCK_TICKS
-
-
-def tree_sizes(roots: Sequence[int]) -> list[int]:
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (_name, parent, _fields) in table.items():
-        children.setdefault(parent, []).append(pid)
-    sizes = []
-    for root in roots:
-        pending, size = [root], 0
-        while pending:
-            pid = pending.pop()
-            size += pid in table
-            pending += children.get(pid, [])
-        sizes.append(size)
-    return sizes
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot (/proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # steal included, guest counted in user already
-    return total - idle, total
-
-
-# -- the benchmark's view of the database -----------------------------------------------
-
-
-CLAIM_LABEL = "The jobs without limits (limited jobs: see claim_limited below)."
-
-
-def statement_label(query: str) -> str:
-    for line in query.splitlines():
-        line = line.strip()
-        if line:
-            return line.removeprefix("--").strip()[:70]
-    return ""
-
-
-def with_application_name(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    query = f"{parts.query}&" if parts.query else ""
-    return urlunsplit(parts._replace(query=query + urlencode({"application_name": name})))
-
-
-class Monitor:
-    """One persistent connection to the bench database for polling (a connection per
-    poll would add backends, and their start-up CPU, to what is measured)."""
-
-    def __init__(self, db: PostgresBenchDatabase) -> None:
-        self.db = db
-        self.conn = psycopg.connect(with_application_name(db.url, MONITOR_APP), autocommit=True)
-        backend = int(self.value("SELECT pg_backend_pid()"))
-        self.postmaster = _proc_table()[backend][1]  # a backend's parent (server on this host)
-        self.statements = bool(
-            self.value(
-                "SELECT 'pg_stat_statements' = ANY(string_to_array("
-                "replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"
-            )
-        )
-        if self.statements:
-            self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-
-    def reset_statements(self) -> None:
-        """Forget this database's statement statistics (pg_stat_statements, if loaded)."""
-        if self.statements:
-            self.conn.execute(
-                "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database"
-                " WHERE datname = current_database()), 0)"
-            )
-
-    def statement_stats(self, jobs: int) -> dict[str, dict[str, float]]:
-        """Top-level statements of the groups since the reset, per job: calls, rows, and
-        execution ms, labelled by the first line of their text (errands' statements
-        start with the comment of their named block in queries.sql)."""
-        if not self.statements:
-            return {}
-        rows = self.conn.execute(
-            "SELECT query, calls, rows, total_exec_time FROM pg_stat_statements AS s"
-            " JOIN pg_database AS d ON d.oid = s.dbid"
-            " WHERE d.datname = current_database() AND s.toplevel"
-            " AND s.query NOT LIKE %s ORDER BY total_exec_time DESC",
-            ("%pg_stat%",),
-        ).fetchall()
-        stats: dict[str, dict[str, float]] = {}
-        for query, calls, returned, total_ms in rows:
-            label = statement_label(query)
-            entry = stats.setdefault(label, {"calls": 0, "rows": 0, "ms": 0.0})
-            entry["calls"] += calls
-            entry["rows"] += returned
-            entry["ms"] += total_ms
-        return {
-            label: {
-                "calls_per_job": round(e["calls"] / jobs, 3),
-                "rows_per_call": round(e["rows"] / e["calls"], 2) if e["calls"] else 0,
-                "exec_ms_per_job": round(e["ms"] / jobs, 4),
-                "mean_ms": round(e["ms"] / e["calls"], 3) if e["calls"] else 0,
-            }
-            for label, e in list(stats.items())[:12]
-        }
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def value(self, query: str, params: Any = None) -> Any:
-        row = self.conn.execute(query, params).fetchone()
-        assert row is not None
-        return row[0]
-
-    def workers(self) -> int:
-        return int(self.value("SELECT count(*) FROM errands_worker"))
-
-    def remaining(self) -> int:
-        return int(
-            self.value(
-                "SELECT (SELECT count(*) FROM errands_request WHERE start_at <= now())"
-                " + (SELECT count(*) FROM errands_process)"
-            )
-        )
-
-    def started_at(self, request_uuid: Any) -> float | None:
-        row = self.conn.execute(
-            "SELECT extract(epoch FROM started_at)::float8 FROM errands_result"
-            " WHERE request_uuid = %s",
-            (request_uuid,),
-        ).fetchone()
-        return None if row is None else float(row[0])
-
-    def pause(self) -> None:
-        self.conn.execute(
-            "INSERT INTO errands_paused_queue (queue) VALUES (%s) ON CONFLICT DO NOTHING",
-            (QUEUE,),
-        )
-
-    def resume(self) -> None:
-        """Resume the queue and wake every listening worker in the same transaction
-        (resume_queue itself sends no notification: workers would wait for their poll)."""
-        with self.conn.transaction():
-            self.conn.execute("DELETE FROM errands_paused_queue WHERE queue = %s", (QUEUE,))
-            self.conn.execute("SELECT pg_notify('errands_jobs', %s)", (QUEUE,))
-
-    def clear_results(self) -> None:
-        self.conn.execute("DELETE FROM errands_result")
-        self.conn.execute("VACUUM ANALYZE errands_request")
-        self.conn.execute("VACUUM ANALYZE errands_process")
-        self.conn.execute("VACUUM ANALYZE errands_result")
-
-    def checkpoint(self) -> None:
-        self.conn.execute("CHECKPOINT")
-
-    def counters(self) -> dict[str, float]:
-        """Server and database counters, read in one statement."""
-        row = self.conn.execute(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8,"
-            " w.wal_records::float8, w.wal_fpi::float8, w.wal_bytes::float8,"
-            " d.xact_commit::float8, d.xact_rollback::float8"
-            " FROM pg_stat_wal AS w, pg_stat_database AS d WHERE d.datname = current_database()"
-        ).fetchone()
-        assert row is not None
-        # pg_stat_database is cached for the transaction (autocommit: for the statement)
-        keys = ("wal_lsn", "wal_records", "wal_fpi", "wal_bytes", "commits", "rollbacks")
-        return dict(zip(keys, row, strict=True))
-
-    def drain_window(self) -> tuple[int, int, float, float]:
-        row = self.conn.execute(
-            "SELECT count(*), extract(epoch FROM min(created_at))::float8,"
-            " extract(epoch FROM max(created_at))::float8 FROM errands_result"
-            " WHERE status = 'SUCCESSFUL'"
-        ).fetchone()
-        assert row is not None
-        first = self.value(
-            "SELECT count(*) FROM errands_result WHERE created_at = to_timestamp(%s)", (row[1],)
-        )
-        return int(row[0]), int(first), float(row[1]), float(row[2])
-
-    def per_group(self) -> list[int]:
-        rows = self.conn.execute(
-            "SELECT count(*) FROM errands_result GROUP BY worker_id ORDER BY 1"
-        ).fetchall()
-        return [int(r[0]) for r in rows]
-
-    def failed(self) -> int:
-        return int(self.value("SELECT count(*) FROM errands_result WHERE status <> 'SUCCESSFUL'"))
-
-
-class ActivitySampler:
-    """pg_stat_activity of the bench database every ``SAMPLE_SECONDS`` on a thread:
-    connections (the benchmark's own left out) and what the active ones wait on."""
-
-    def __init__(self, db: PostgresBenchDatabase) -> None:
-        self.conn = psycopg.connect(with_application_name(db.url, MONITOR_APP), autocommit=True)
-        self.stop_event = threading.Event()
-        self.connections: list[int] = []
-        self.active: list[int] = []
-        self.waits: Counter[str] = Counter()
-        self.pids: set[int] = set()  # the bench database's backends, and background ones
-        self.groups_active: list[int] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ActivitySampler:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join()
-        self.conn.close()
-
-    def _run(self) -> None:
-        while not self.stop_event.is_set():
-            rows = self.conn.execute(
-                "SELECT pid, backend_type = 'client backend', state, wait_event_type,"
-                " wait_event FROM pg_stat_activity"
-                " WHERE (datname = current_database() AND backend_type = 'client backend'"
-                " AND application_name NOT IN (%s, %s))"
-                " OR backend_type <> 'client backend'",
-                (MONITOR_APP, CLIENT_APP),
-            ).fetchall()
-            self.pids.update(r[0] for r in rows)
-            clients = [r for r in rows if r[1]]
-            self.connections.append(len(clients))
-            active = [r for r in clients if r[2] == "active"]
-            self.active.append(len(active))
-            for *_rest, kind, event in active:
-                self.waits["CPU" if kind is None else f"{kind}:{event}"] += 1
-            self.stop_event.wait(SAMPLE_SECONDS)
-
-
-# -- worker groups -------------------------------------------------------------------------
-
-
-class Groups:
-    """N worker groups (one child, one thread each), always stopped and killed."""
-
-    def __init__(self, url: str, count: int, settings: dict[str, Any]) -> None:
-        self.workers: list[WorkerProcess] = []
-        for _ in range(count):
-            self.workers.append(WorkerProcess(url, settings))
-
-    @property
-    def pids(self) -> list[int]:
-        return [w.pid for w in self.workers]
-
-    def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.pids)
-
-    def alive(self) -> bool:
-        return all(w.process.poll() is None for w in self.workers)
-
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM to all at once, then wait; SIGKILL to whatever is left, groups included."""
-        for worker in self.workers:
-            if worker.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for worker in self.workers:
-            try:
-                worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-                worker.process.wait()
-        for worker in self.workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGKILL)  # no child may outlive the run
-
-
-def wait_for(condition: Any, *, timeout: float, step: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not reached within {timeout:.0f} s")
-        time.sleep(step)
-
-
 def wait_until_ready(monitor: Monitor, groups: Groups, count: int) -> float:
     """Until all ``count`` groups are registered, have their child and are quiet
     (start-up imports done). Returns the seconds it took."""
@@ -426,8 +106,8 @@ def wait_until_ready(monitor: Monitor, groups: Groups, count: int) -> float:
             raise RuntimeError("a worker group exited during start-up")
         return monitor.workers() >= count
 
-    wait_for(registered, timeout=START_TIMEOUT, step=0.2, what=f"{count} workers registered")
-    wait_for(
+    wait_until(registered, timeout=START_TIMEOUT, step=0.2, what=f"{count} workers registered")
+    wait_until(
         lambda: min(tree_sizes(groups.pids)) >= 2,
         timeout=START_TIMEOUT,
         step=0.2,
@@ -440,61 +120,11 @@ def wait_until_ready(monitor: Monitor, groups: Groups, count: int) -> float:
         time.sleep(1.0)
         return groups.cpu_seconds() - before < quiet
 
-    wait_for(is_quiet, timeout=START_TIMEOUT, step=0, what="worker groups quiet")
+    wait_until(is_quiet, timeout=START_TIMEOUT, step=0, what="worker groups quiet")
     return time.monotonic() - began
 
 
 # -- one measurement -----------------------------------------------------------------------
-
-
-@dataclass
-class Drain:
-    jobs: int
-    rate: float  # jobs/s, from the results' write times
-    wall: float  # seconds from release to the last job done (as seen by polling)
-    pg_cpu: float  # seconds: the bench database's backends and the background processes
-    server_cpu: float  # seconds: every process of the server (other databases' too)
-    worker_cpu: float  # seconds
-    machine_busy: float  # share of all CPUs, 0..1
-    wal: dict[str, float]
-    commits: float
-    max_connections: int
-    mean_connections: float
-    mean_active: float
-    waits: dict[str, int]
-    failed: int
-    per_group: list[int]  # jobs each group ran, fewest first
-    statements: dict[str, dict[str, float]]  # pg_stat_statements, per job (if loaded)
-
-    @property
-    def claims_per_job(self) -> float:
-        return self.statements.get(CLAIM_LABEL, {}).get("calls_per_job", float("nan"))
-
-    def summary(self, groups: int) -> dict[str, Any]:
-        return {
-            "jobs": self.jobs,
-            "rate": round(self.rate, 1),
-            "wall_s": round(self.wall, 2),
-            "pg_cpu_ms_per_job": round(1000 * self.pg_cpu / self.jobs, 3),
-            "pg_cores": round(self.pg_cpu / self.wall, 3),
-            "server_cpu_ms_per_job": round(1000 * self.server_cpu / self.jobs, 3),
-            "server_cores": round(self.server_cpu / self.wall, 3),
-            "per_group_jobs": self.per_group,
-            "worker_cpu_ms_per_job": round(1000 * self.worker_cpu / self.jobs, 3),
-            "worker_cores": round(self.worker_cpu / self.wall, 3),
-            "machine_busy_pct": round(100 * self.machine_busy, 1),
-            "wal_bytes_per_job": round(self.wal["wal_lsn"] / self.jobs, 1),
-            "wal_records_per_job": round(self.wal["wal_records"] / self.jobs, 2),
-            "wal_fpi_per_job": round(self.wal["wal_fpi"] / self.jobs, 3),
-            "commits_per_job": round(self.commits / self.jobs, 3),
-            "max_connections": self.max_connections,
-            "connections_per_group": round(self.max_connections / groups, 2),
-            "mean_active_backends": round(self.mean_active, 2),
-            "waits": self.waits,
-            "claims_per_job": self.claims_per_job,
-            "statements": self.statements,
-            "failed": self.failed,
-        }
 
 
 def fill(jobs: list[errands.Job]) -> None:
@@ -521,7 +151,7 @@ def drain(db: PostgresBenchDatabase, monitor: Monitor, groups: Groups, jobs: lis
                 raise RuntimeError("a worker group exited during a drain")
             return monitor.remaining() == 0
 
-        wait_for(drained, timeout=DRAIN_TIMEOUT, step=0.05, what="drain")
+        wait_until(drained, timeout=DRAIN_TIMEOUT, step=0.05, what="drain")
     wall = time.monotonic() - start
     pg_after, pids_after = server_cpu(monitor.postmaster)
     pg_cpu = pg_after - pg_before
@@ -605,31 +235,6 @@ def idle_load(
 # -- per N ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Step:
-    groups: int
-    start_seconds: float = 0.0
-    io: list[Drain] = field(default_factory=list)
-    noop: list[Drain] = field(default_factory=list)
-    latency: list[list[float]] = field(default_factory=list)
-    latency_statements: list[dict[str, Any]] = field(default_factory=list)
-    idle: list[dict[str, float]] = field(default_factory=list)
-    idle_connections: int = 0
-
-
-def claims_per_job(statements: dict[str, Any]) -> float:
-    return float(statements.get(CLAIM_LABEL, {}).get("calls_per_job", float("nan")))
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def measure(
     server_url: str, count: int, scale: Scale, sleep: float, *, result_notify: bool = True
 ) -> Step:
@@ -701,136 +306,6 @@ def measure(
 
 
 # -- report --------------------------------------------------------------------------------
-
-
-def summarize(steps: list[Step], sleep: float) -> list[dict[str, Any]]:
-    base = next((s for s in steps if s.groups == 1), None)
-    base_rate = median([d.rate for d in base.io]) if base else None
-    rows = []
-    for s in steps:
-        io_rate = median([d.rate for d in s.io])
-        per_group = base_rate if base_rate else min(1 / sleep, io_rate / s.groups)
-        all_latency = [v for run in s.latency for v in run]
-
-        def med(drains: list[Drain], key: str, groups: int = s.groups) -> float:
-            return median([d.summary(groups)[key] for d in drains])
-
-        rows.append(
-            {
-                "groups": s.groups,
-                "io_rate": io_rate,
-                "io_runs": [round(d.rate, 1) for d in s.io],
-                "io_linear": per_group * s.groups,
-                "io_efficiency_pct": 100 * io_rate / (per_group * s.groups),
-                "noop_rate": median([d.rate for d in s.noop]),
-                "noop_runs": [round(d.rate, 1) for d in s.noop],
-                "pickup_p50_ms": 1000 * percentile(all_latency, 0.5),
-                "pickup_p95_ms": 1000 * percentile(all_latency, 0.95),
-                "pickup_samples": len(all_latency),
-                "max_connections": max(d.max_connections for d in s.io + s.noop),
-                "connections_per_group": max(d.max_connections for d in s.io + s.noop) / s.groups,
-                "idle_connections": s.idle_connections,
-                "io_pg_cpu_ms_per_job": med(s.io, "pg_cpu_ms_per_job"),
-                "io_pg_cores": med(s.io, "pg_cores"),
-                "io_server_cores": med(s.io, "server_cores"),
-                "io_groups_seen": median([len(d.per_group) for d in s.io]),
-                "io_worker_cores": med(s.io, "worker_cores"),
-                "io_machine_busy_pct": med(s.io, "machine_busy_pct"),
-                "io_commits_per_job": med(s.io, "commits_per_job"),
-                "io_wal_bytes_per_job": med(s.io, "wal_bytes_per_job"),
-                "noop_pg_cpu_ms_per_job": med(s.noop, "pg_cpu_ms_per_job"),
-                "noop_pg_cores": med(s.noop, "pg_cores"),
-                "noop_server_cpu_ms_per_job": med(s.noop, "server_cpu_ms_per_job"),
-                "noop_worker_cpu_ms_per_job": med(s.noop, "worker_cpu_ms_per_job"),
-                "noop_worker_cores": med(s.noop, "worker_cores"),
-                "noop_machine_busy_pct": med(s.noop, "machine_busy_pct"),
-                "noop_wal_bytes_per_job": med(s.noop, "wal_bytes_per_job"),
-                "noop_wal_records_per_job": med(s.noop, "wal_records_per_job"),
-                "noop_wal_fpi_per_job": med(s.noop, "wal_fpi_per_job"),
-                "noop_commits_per_job": med(s.noop, "commits_per_job"),
-                "idle_pg_cpu_pct": median([i["pg_cpu_pct"] for i in s.idle]),
-                "idle_server_cpu_pct": median([i["server_cpu_pct"] for i in s.idle]),
-                "idle_worker_cpu_pct": median([i["worker_cpu_pct"] for i in s.idle]),
-                "idle_commits_per_s": median([i["commits_per_s"] for i in s.idle]),
-                "start_seconds": s.start_seconds,
-                "io_drains": [d.summary(s.groups) for d in s.io],
-                "noop_drains": [d.summary(s.groups) for d in s.noop],
-                "latency_ms": [[round(1000 * v, 2) for v in run] for run in s.latency],
-                "latency_statements": s.latency_statements,
-                "io_claims_per_job": median([d.claims_per_job for d in s.io]),
-                "noop_claims_per_job": median([d.claims_per_job for d in s.noop]),
-                "pickup_claims_per_job": median(
-                    [claims_per_job(st) for st in s.latency_statements]
-                ),
-                "idle_statements_per_s": median([i["statements_per_s"] for i in s.idle]),
-            }
-        )
-    return rows
-
-
-COLUMNS = (
-    ("N", "groups", "{:d}"),
-    ("io jobs/s", "io_rate", "{:,.1f}"),
-    ("linear", "io_linear", "{:,.0f}"),
-    ("eff %", "io_efficiency_pct", "{:.0f}"),
-    ("io pg ms/job", "io_pg_cpu_ms_per_job", "{:.2f}"),
-    ("io pg cores", "io_pg_cores", "{:.2f}"),
-    ("io wrk cores", "io_worker_cores", "{:.2f}"),
-    ("io busy %", "io_machine_busy_pct", "{:.0f}"),
-    ("noop jobs/s", "noop_rate", "{:,.0f}"),
-    ("noop pg ms/job", "noop_pg_cpu_ms_per_job", "{:.3f}"),
-    ("noop pg cores", "noop_pg_cores", "{:.2f}"),
-    ("noop busy %", "noop_machine_busy_pct", "{:.0f}"),
-    ("WAL B/job", "noop_wal_bytes_per_job", "{:,.0f}"),
-    ("io claims/job", "io_claims_per_job", "{:.2f}"),
-    ("pickup p50 ms", "pickup_p50_ms", "{:.1f}"),
-    ("p95 ms", "pickup_p95_ms", "{:.1f}"),
-    ("claims/pickup", "pickup_claims_per_job", "{:.1f}"),
-    ("max conns", "max_connections", "{:d}"),
-    ("conns/group", "connections_per_group", "{:.2f}"),
-    ("idle pg %", "idle_pg_cpu_pct", "{:.1f}"),
-    ("idle stmt/s", "idle_statements_per_s", "{:.1f}"),
-)
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    table = [[title for title, _key, _fmt in COLUMNS]]
-    table += [[fmt.format(row[key]) for _title, key, fmt in COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    for index, line in enumerate(table):
-        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def server_settings(url: str) -> dict[str, str]:
-    names = (
-        "server_version",
-        "max_connections",
-        "shared_buffers",
-        "synchronous_commit",
-        "wal_level",
-        "checkpoint_timeout",
-        "max_wal_size",
-    )
-    with psycopg.connect(url, autocommit=True) as conn:
-        return {n: conn.execute(f"SHOW {n}").fetchone()[0] for n in names}  # type: ignore[index]
 
 
 def free_connections(url: str) -> int:
@@ -950,9 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     for skip in skipped:
         print(f"N={skip['groups']} skipped: {skip['reason']}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nJSON written to {args.json}")
+    write_report(args.json, report)
     return 0
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
-from harness import process_tree, rss_bytes
+from harness import process_tree, rss_bytes, write_report
 from systems import (
     ERRANDS_TUNED,
     PGQ_TUNED_BATCH,
@@ -357,9 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"versions: {report['versions']}")
     print()
     print_table(rows)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nJSON written to {args.json}")
+    write_report(args.json, report)
     return 0
 
 
